@@ -1,0 +1,467 @@
+"""The result of every local explanation method, with plotting and a pickle-free file format.
+
+An :class:`Explanation` holds the attribution values (the shape of the input), the input, the
+explained target, the model's prediction, the method and its parameters, an optional component
+map, and the scores that metrics add later. ``save`` writes one ``.npz`` file: every array as a
+plain ``.npy`` member and one JSON metadata member (UTF-8 bytes in a ``uint8`` array), so
+``np.load(path, allow_pickle=False)`` reads it and nothing in it can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import secrets
+import zipfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xaikit._version import __version__
+
+__all__ = ["Explanation"]
+
+KINDS = ("image", "tabular", "text")
+FORMAT = "xaikit.explanation"
+FORMAT_VERSION = 1
+META_KEY = "__xaikit__"
+ARRAY_MARK = "__xaikit_array__"  # JSON stand-in for an array stored as its own npz member
+ARRAY_FIELDS = ("values", "x", "prediction", "components", "component_values")
+MAX_GRID = 16
+
+
+def _json_safe(obj: Any, *, key: str, arrays: dict[str, np.ndarray], notes: list[str]) -> Any:
+    """Return ``obj`` as JSON-able data; arrays go to ``arrays[key]``, leaving a marker.
+
+    NumPy scalars become Python numbers, tuples become lists, object arrays become lists, and
+    anything else that JSON cannot hold (a callable, a model) becomes its ``repr`` string with
+    a line in ``notes``. Nothing is ever pickled.
+    """
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            return _json_safe(obj.tolist(), key=key, arrays=arrays, notes=notes)
+        arrays[key] = obj
+        return {ARRAY_MARK: key}
+    if isinstance(obj, (list, tuple)):
+        return [
+            _json_safe(v, key=f"{key}/{i}", arrays=arrays, notes=notes) for i, v in enumerate(obj)
+        ]
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                notes.append(f"{key}: key {k!r} is not a string; stored as {str(k)!r}")
+            out[str(k)] = _json_safe(v, key=f"{key}/{k}", arrays=arrays, notes=notes)
+        return out
+    notes.append(f"{key}: {type(obj).__name__} is not JSON-able; stored as its repr, not pickled")
+    return repr(obj)
+
+
+def _from_json(obj: Any, arrays: Any) -> Any:
+    """Invert :func:`_json_safe`: put the stored arrays back in place of their markers."""
+    if isinstance(obj, dict):
+        if set(obj) == {ARRAY_MARK}:
+            return arrays[obj[ARRAY_MARK]]
+        return {k: _from_json(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json(v, arrays) for v in obj]
+    return obj
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Deep equality that treats arrays as equal when dtype, shape and contents (NaN too) are."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+            return False
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        nan_ok = a.dtype.kind in "fc"
+        return bool(np.array_equal(a, b, equal_nan=nan_ok))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def _numeric(name: str, value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or arr.dtype.kind == "c":
+        raise ValueError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+@dataclass(eq=False, kw_only=True)
+class Explanation:
+    """The attributions of one local explanation method for one input (or a batch of inputs).
+
+    Parameters
+    ----------
+    values : array_like
+        Attributions, the shape of ``x``; stored as floats (integers are cast to float64).
+    x : array_like
+        The explained input: ``(C, H, W)`` or ``(H, W)`` image, ``(F,)`` row, ``(L,)`` token ids;
+        with a leading item axis when ``batch=True``.
+    target : int or array_like of int
+        The explained class; an int array of length N when ``batch`` (an int is repeated).
+    prediction : array_like
+        The model's scores for ``x``: ``(K,)``, or ``(N, K)`` when ``batch``.
+    method : str
+        The method's registered name, e.g. ``"occlusion"``.
+    params : dict
+        The method's parameters: JSON-able values or NumPy arrays (e.g. a baseline image).
+    components : array_like of int, optional
+        Component-id map, the shape of ``x`` without the channel axis (images: ``(H, W)``);
+        with ``batch`` either one map per item ``(N, ...)`` or one map shared by all items.
+        Ids are ``0 .. M-1``.
+    component_values : array_like, optional
+        One value per component, ``(M,)`` or ``(N, M)``: ``component_values[..., j]`` belongs
+        to id ``j``. M is the number of ids, ``max id + 1``; a map may leave ids unused (an item
+        of a batch), so the rule checked is ``max id < M``.
+    scores : dict
+        Metric name -> value, filled by the metrics.
+    info : dict
+        Method diagnostics, e.g. ``{"completeness_gap": 0.01}``: numbers, strings, lists or arrays.
+    kind : {"image", "tabular", "text"}, optional
+        Inferred when None: a 2-D or 3-D item is an image, a 1-D float item tabular, a 1-D
+        integer item text.
+    feature_names : list of str, optional
+        Tabular only: one name per feature.
+    tokens : list of str, optional
+        Text only: one string per token (or, with ``batch``, one such list per item).
+    batch : bool
+        Whether the arrays carry a leading item axis.
+    """
+
+    values: np.ndarray
+    x: np.ndarray
+    target: int | np.ndarray
+    prediction: np.ndarray
+    method: str
+    params: dict = field(default_factory=dict)
+    components: np.ndarray | None = None
+    component_values: np.ndarray | None = None
+    scores: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    kind: str | None = None
+    feature_names: list[str] | None = None
+    tokens: list[str] | list[list[str]] | None = None
+    batch: bool = False
+
+    def __post_init__(self) -> None:
+        self.batch = bool(self.batch)
+        self.x = _numeric("x", self.x)
+        self.values = _numeric("values", self.values)
+        if not np.issubdtype(self.values.dtype, np.floating):
+            self.values = self.values.astype(np.float64)
+        if self.values.shape != self.x.shape:
+            raise ValueError(
+                f"values: expected the shape of x {self.x.shape}, got {self.values.shape}"
+            )
+        lead = 1 if self.batch else 0
+        if self.x.ndim < lead + 1:
+            raise ValueError(f"x: expected at least {lead + 1} dimensions, got shape {self.x.shape}")
+        n = self.x.shape[0] if self.batch else None
+        item = self.x.shape[lead:]
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"method: expected a non-empty string, got {self.method!r}")
+        for name in ("params", "scores", "info"):
+            d = getattr(self, name)
+            if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+                raise TypeError(f"{name}: expected a dict with string keys, got {d!r}")
+            setattr(self, name, dict(d))
+        # kind
+        if self.kind is None:
+            if len(item) in (2, 3):
+                self.kind = "image"
+            elif len(item) == 1:
+                integer = np.issubdtype(self.x.dtype, np.integer)
+                self.kind = "text" if integer else "tabular"
+            else:
+                raise ValueError(
+                    f"kind: cannot infer from an item of shape {item}; pass kind= one of {KINDS}"
+                )
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
+        want = (2, 3) if self.kind == "image" else (1,)
+        if len(item) not in want:
+            raise ValueError(f"x: a {self.kind} item must have {want} dimensions, got {item}")
+        # target and prediction
+        if self.batch:
+            t = np.asarray(self.target)
+            if not np.issubdtype(t.dtype, np.integer) or t.ndim > 1:
+                raise ValueError(f"target: expected ints of length {n}, got {self.target!r}")
+            self.target = np.broadcast_to(t, (n,)).copy() if t.ndim == 0 else t
+            if self.target.shape != (n,):
+                raise ValueError(f"target: expected length {n}, got shape {self.target.shape}")
+        else:
+            if isinstance(self.target, bool):
+                raise ValueError(f"target: expected an int, got {self.target!r}")
+            try:
+                self.target = operator.index(self.target)
+            except TypeError:
+                raise ValueError(f"target: expected an int, got {self.target!r}") from None
+        self.prediction = _numeric("prediction", self.prediction)
+        if self.prediction.ndim != lead + 1 or (self.batch and self.prediction.shape[0] != n):
+            want_p = f"({n}, K)" if self.batch else "(K,)"
+            raise ValueError(f"prediction: expected shape {want_p}, got {self.prediction.shape}")
+        self._check_components(n, item)
+        self._check_names(n, item)
+
+    def _check_components(self, n: int | None, item: tuple[int, ...]) -> None:
+        spatial = item[-2:] if self.kind == "image" else item
+        if self.components is not None:
+            c = _numeric("components", self.components)
+            if not np.issubdtype(c.dtype, np.integer):
+                raise ValueError(f"components: expected integer ids, got dtype {c.dtype}")
+            if c.shape not in (spatial, (n, *spatial)):
+                raise ValueError(
+                    f"components: expected shape {spatial} (x without channels), got {c.shape}"
+                )
+            if c.size and c.min() < 0:
+                raise ValueError(f"components: ids must be >= 0, got {c.min()}")
+            self.components = c
+        if self.component_values is None:
+            return
+        if self.components is None:
+            raise ValueError("component_values: given without components")
+        cv = _numeric("component_values", self.component_values)
+        if not np.issubdtype(cv.dtype, np.floating):
+            cv = cv.astype(np.float64)
+        want_ndim = 2 if self.batch else 1
+        if cv.ndim != want_ndim or (self.batch and cv.shape[0] != n):
+            raise ValueError(
+                f"component_values: expected shape {'(N, M)' if self.batch else '(M,)'} "
+                f"with N={n}, got {cv.shape}"
+            )
+        top = int(self.components.max()) + 1 if self.components.size else 0
+        if cv.shape[-1] < top:
+            raise ValueError(
+                f"component_values: expected M >= max component id + 1 = {top}, got {cv.shape}"
+            )
+        self.component_values = cv
+
+    def _check_names(self, n: int | None, item: tuple[int, ...]) -> None:
+        for name, kind in (("feature_names", "tabular"), ("tokens", "text")):
+            names = getattr(self, name)
+            if names is None:
+                continue
+            if self.kind != kind:
+                raise ValueError(f"{name}: only for kind={kind!r}, got kind={self.kind!r}")
+            names = list(names)
+            nested = self.batch and bool(names) and not isinstance(names[0], str)
+            rows = [list(r) for r in names] if nested else [names]
+            if nested and len(rows) != n:
+                raise ValueError(f"{name}: expected {n} lists (one per item), got {len(rows)}")
+            for row in rows:
+                if len(row) != item[0] or not all(isinstance(s, str) for s in row):
+                    raise ValueError(f"{name}: expected {item[0]} strings, got {row!r}")
+            setattr(self, name, rows if nested else names)
+
+    # ------------------------------------------------------------------ container protocol
+
+    def __len__(self) -> int:
+        if not self.batch:
+            raise TypeError("len() of an Explanation of one input; only batch=True has a length")
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int | slice) -> Explanation:
+        """Return item ``i`` (an int) as a single Explanation, or a slice as a batch.
+
+        ``params``, ``info`` and ``scores`` are shared by all items and are copied as they are.
+        """
+        n = len(self)
+        per_item = self.components is not None and self.components.ndim == self.x.ndim - (
+            1 if self.kind == "image" and self.x.ndim == 4 else 0
+        )
+        nested_tokens = self.tokens is not None and bool(self.tokens) and not isinstance(
+            self.tokens[0], str
+        )
+        if isinstance(i, slice):
+            idx: Any = i
+            tokens = self.tokens[i] if nested_tokens else self.tokens
+        else:
+            idx = operator.index(i)
+            if not -n <= idx < n:
+                raise IndexError(f"index {i} out of range for a batch of {n}")
+            tokens = self.tokens[idx] if nested_tokens else self.tokens
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        target = self.target[idx]
+        return Explanation(
+            values=self.values[idx],
+            x=self.x[idx],
+            target=target if isinstance(i, slice) else int(target),
+            prediction=self.prediction[idx],
+            method=self.method,
+            params=dict(self.params),
+            components=pick(self.components) if per_item else self.components,
+            component_values=pick(self.component_values),
+            scores=dict(self.scores),
+            info=dict(self.info),
+            kind=self.kind,
+            feature_names=self.feature_names,
+            tokens=tokens,
+            batch=isinstance(i, slice),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Explanation):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        target = self.target.tolist() if isinstance(self.target, np.ndarray) else self.target
+        if isinstance(target, list) and len(target) > 6:
+            target = f"[{', '.join(map(str, target[:6]))}, ...]"
+        parts = [f"method={self.method!r}", f"kind={self.kind!r}", f"target={target}"]
+        parts.append(f"shape={self.values.shape}")
+        if self.batch:
+            parts.append(f"batch={len(self)}")
+        if self.component_values is not None:
+            parts.append(f"components={self.component_values.shape[-1]}")
+        if self.scores:
+            parts.append(f"scores={self.scores!r}")
+        return f"Explanation({', '.join(parts)})"
+
+    def top(self, k: int = 10) -> np.ndarray:
+        """Indices of the ``k`` largest ``|values|``, largest first (ties: lower index first).
+
+        Returns component ids ``(k,)`` when ``component_values`` exist, feature/token indices
+        ``(k,)`` for a 1-D input, else coordinates ``(k, ndim)`` (e.g. ``(c, h, w)`` rows).
+        With ``batch`` the result has a leading item axis.
+        """
+        if operator.index(k) < 0:
+            raise ValueError(f"k: expected a non-negative int, got {k}")
+        if self.batch:
+            return np.stack([self[i].top(k) for i in range(len(self))])
+        v = self.component_values if self.component_values is not None else self.values
+        order = np.argsort(-np.abs(v), axis=None, kind="stable")[:k]
+        if v.ndim == 1:
+            return order
+        return np.stack(np.unravel_index(order, v.shape), axis=-1)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike, *, compress: bool = False) -> Path:
+        """Write one ``.npz`` file (suffix added if missing) atomically; return its path.
+
+        Arrays are stored as ``.npy`` members (``params/...``, ``info/...``, ``scores/...`` for
+        array-valued entries), everything else as one JSON member; no pickle. The file is written
+        to a temporary name in the same folder and renamed into place, so on any error no
+        partial file exists and a file already at ``path`` is left unchanged.
+        """
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        arrays: dict[str, np.ndarray] = {f: getattr(self, f) for f in ARRAY_FIELDS}
+        arrays = {k: v for k, v in arrays.items() if v is not None}
+        notes: list[str] = []
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "xaikit_version": __version__,
+            "method": self.method,
+            "kind": self.kind,
+            "batch": self.batch,
+            "fields": sorted(arrays),
+            "feature_names": self.feature_names,
+            "tokens": self.tokens,
+        }
+        for name in ("target", "params", "info", "scores"):
+            meta[name] = _json_safe(getattr(self, name), key=name, arrays=arrays, notes=notes)
+        meta["notes"] = notes
+        text = json.dumps(meta, allow_nan=True, ensure_ascii=False)
+        arrays[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                with zipfile.ZipFile(fh, "w", compression=mode, allowZip64=True) as zf:
+                    for key, arr in arrays.items():
+                        with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                            np.lib.format.write_array(member, arr, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Explanation:
+        """Read a file written by :meth:`save` (``allow_pickle=False``).
+
+        Raises
+        ------
+        FileNotFoundError
+            If neither ``path`` nor ``path + ".npz"`` exists.
+        ValueError
+            If the file is not an xaikit explanation.
+        """
+        path = Path(path)
+        if not path.exists() and path.suffix != ".npz" and path.with_name(path.name + ".npz").exists():
+            path = path.with_name(path.name + ".npz")
+        if not path.is_file():
+            raise FileNotFoundError(f"path: no explanation file at {str(path)!r}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            meta = json.loads(bytes(arrays.pop(META_KEY)).decode("utf-8"))
+            if meta.get("format") != FORMAT:
+                raise ValueError("no xaikit metadata")
+        except Exception as err:
+            raise ValueError(f"path: {str(path)!r} is not an xaikit explanation ({err})") from err
+        if meta["version"] > FORMAT_VERSION:
+            raise ValueError(
+                f"path: {str(path)!r} has format version {meta['version']}; this xaikit reads "
+                f"up to {FORMAT_VERSION}; upgrade xaikit"
+            )
+        try:
+            return cls(
+                **{f: arrays.get(f) for f in ARRAY_FIELDS},
+                **{k: _from_json(meta[k], arrays) for k in ("target", "params", "info", "scores")},
+                **{k: meta[k] for k in ("method", "kind", "feature_names", "tokens", "batch")},
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"path: {str(path)!r} holds an invalid explanation ({err})") from err
+
+    # ------------------------------------------------------------------ plotting
+
+    def plot(
+        self,
+        *,
+        ax: Any = None,
+        cmap: str | None = None,
+        signed: bool | None = None,
+        top_k: int = 20,
+        title: str | None = None,
+        show_input: bool = True,
+    ) -> Any:
+        """Draw the explanation and return the matplotlib ``Figure``.
+
+        Images: the input in grey with the channel-summed attributions over it and a colour
+        bar, in a diverging map (``"RdBu_r"``, limits symmetric around 0) when any value is
+        negative, else a sequential one (``"inferno"``); ``signed`` overrides the choice.
+        Tabular: horizontal bars of the ``top_k`` features by ``|value|``. Text: the tokens on
+        backgrounds coloured by their values (diverging map). A batch: a grid of the first
+        16 items (``ax`` must be None). No GUI backend is used; nothing is shown.
+        """
+        from xaikit import _plot
+
+        return _plot.plot(
+            self, ax=ax, cmap=cmap, signed=signed, top_k=top_k, title=title, show_input=show_input
+        )

@@ -1,0 +1,645 @@
+"""The Model adapter: one object that answers ``scores``, ``gradients`` and ``layer`` for any model.
+
+Whatever the user has (an ``nn.Module``, a TorchScript file, or a ``predict_proba``-style
+callable on NumPy batches), every method in xaikit talks to it through this adapter, which
+
+- chunks any number of inputs into batches of a size it finds by measuring throughput (once
+  per model, kind of call and input shape, then remembered);
+- leaves no trace on the user's model: every module's training flag is restored, BatchNorm
+  statistics are never updated (the call runs in eval mode), parameters' ``requires_grad`` and
+  ``.grad`` are untouched, and every hook it adds is removed, also when the forward raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xaikit._progress import progress_bar
+from xaikit._validation import (
+    check_batch,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_targets,
+    describe,
+)
+
+OUTPUTS = ("logits", "probabilities", "log_probabilities", "scores")
+GRADIENT_OF = ("score", "probability", "log_probability", "loss")
+
+# Batch sizes tried by the "auto" search, smallest first. Each is timed twice on real inputs
+# (whose results are kept), so the search costs little more than the work itself.
+_CPU_CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024)
+_GPU_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_MAX_BATCH_BYTES = 512 * 2**20  # never try a batch whose inputs alone exceed this
+
+
+class Model:
+    """Adapter around a PyTorch module, a TorchScript file or a callable on NumPy batches.
+
+    Parameters
+    ----------
+    model : nn.Module, str or os.PathLike, callable, or object with ``predict_proba``
+        The model to explain. A path is loaded as TorchScript. A callable receives a NumPy
+        batch ``(N, ...)`` and must return scores ``(N, K)``; an object with ``predict_proba``
+        (scikit-learn style) is called through that method.
+    output : {"logits", "probabilities", "log_probabilities", "scores"}, optional
+        What the model returns. Default: ``"logits"`` for PyTorch models, ``"probabilities"``
+        for callables. Metrics that need probabilities apply softmax to logits.
+    device : str or torch.device, optional
+        Where a PyTorch model runs. Default: the device of its first parameter (CPU if none).
+    batch_size : int or "auto"
+        Items per forward pass. ``"auto"`` measures throughput on the first large calls
+        (largest batch that fits and still gains, on a GPU) and remembers the best size per
+        kind of call and input shape.
+    input_shape : tuple of int, optional
+        Shape of one input item; when given, every call checks it up front.
+
+    Examples
+    --------
+    >>> m = Model(torch.nn.Linear(3, 2))
+    >>> m.scores(np.zeros((5, 3), dtype=np.float32)).shape
+    (5, 2)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        output: str | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int | str = "auto",
+        input_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        if isinstance(model, Model):
+            raise TypeError("model: already an xaikit.Model; use it directly (or xaikit.as_model)")
+        self.module: nn.Module | None = None
+        self.function: Callable[[np.ndarray], Any] | None = None
+        if isinstance(model, (str, os.PathLike)):
+            model = _load_torchscript(model, device=device)
+        if isinstance(model, nn.Module):
+            self.module = model
+        elif hasattr(model, "predict_proba") and callable(model.predict_proba):
+            self.function = model.predict_proba
+        elif callable(model):
+            self.function = model
+        else:
+            raise TypeError(
+                "model: expected an nn.Module, a TorchScript file path, a callable on NumPy "
+                f"batches or an object with predict_proba, got {describe(model)}"
+            )
+        default_output = "logits" if self.module is not None else "probabilities"
+        self.output = check_choice(output or default_output, name="output", choices=OUTPUTS)
+        if batch_size != "auto":
+            batch_size = check_positive_int(batch_size, name="batch_size")
+        self.batch_size = batch_size
+        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.device = torch.device(device) if device is not None else _module_device(self.module)
+        held_on = _module_device(self.module)
+        if self.module is not None and held_on.type != self.device.type:
+            raise ValueError(
+                f"device: the model's tensors are on {held_on}, got device='{self.device}'; "
+                "move the model first (xaikit never moves a user's model)"
+            )
+        self.n_classes: int | None = None
+        # Batch-size search state per (call kind, item shape, dtype): measured seconds per item
+        # for each tried size, and the chosen size once the search is complete.
+        self._timings: dict[tuple, dict[int, float]] = {}
+        self._chosen: dict[tuple, int] = {}
+
+    # ------------------------------------------------------------------ public calls
+
+    @property
+    def is_torch(self) -> bool:
+        """True when the model is a PyTorch module (gradients and layers are available)."""
+        return self.module is not None
+
+    def scores(self, x: Any, *, as_numpy: bool = True, progress: bool | None = None):
+        """Model outputs for a batch ``x`` of shape ``(N, ...)``: an ``(N, K)`` array.
+
+        Runs without gradients, in batches, in eval mode; the user's model is left as it was.
+        """
+        x = self._check_x(x)
+        if self.module is None:
+            step = self._function_step
+        else:
+
+            def step(xb, _start):
+                with torch.inference_mode():
+                    out = self._forward(self._to_tensor(xb))
+                out = _float_output(out)
+                return (out.cpu().numpy(),) if as_numpy else (out,)
+
+        with self._user_state_preserved():
+            (out,) = self._map_batches(x, step, kind="scores", progress=progress)
+        return out
+
+    def probabilities(self, x: Any, *, progress: bool | None = None) -> np.ndarray:
+        """Class probabilities ``(N, K)``: softmax of logits, or the outputs when already so."""
+        out = self.scores(x, progress=progress)
+        return to_probabilities(out, output=self.output)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """The predicted class (argmax of the scores) for each item."""
+        return self.scores(x).argmax(axis=1)
+
+    def gradients(
+        self,
+        x: Any,
+        target: Any = None,
+        *,
+        of: str = "score",
+        as_numpy: bool = True,
+        progress: bool | None = None,
+    ):
+        """Scores and the gradient of each item's target output with respect to its input.
+
+        Parameters
+        ----------
+        x : array or tensor (N, ...)
+        target : int, sequence of int, or None
+            Class per item (or one for all); ``None`` uses each item's predicted class.
+        of : {"score", "probability", "log_probability", "loss"}
+            What is differentiated: the raw output for the target (default), its softmax
+            probability, its log-probability, or the cross-entropy loss against the target as
+            a label (the loss-gradient saliency of Simonyan et al. 2014 as taught in lectures).
+
+        Returns
+        -------
+        scores : (N, K) array
+        gradients : array of the shape of ``x``
+        """
+        if self.module is None:
+            raise TypeError(
+                "model: gradients need a PyTorch model; this Model wraps a callable on NumPy "
+                "batches (use a perturbation method such as occlusion, lime or kernel_shap)"
+            )
+        of = check_choice(of, name="of", choices=GRADIENT_OF)
+        x = self._check_x(x)
+        n = len(x)
+        targets = None
+        if target is not None:
+            if self.n_classes is None:  # learn K from one item before checking the targets
+                self.scores(x[:1])
+            targets = check_targets(target, n=n, n_classes=self.n_classes)
+
+        def step(xb, start):
+            inp = self._to_tensor(xb).detach()
+            if not inp.dtype.is_floating_point:
+                raise TypeError(
+                    f"x: gradients need floating-point inputs, got dtype {inp.dtype}; for token "
+                    "ids attribute to the embedding layer instead"
+                )
+            inp.requires_grad_(True)
+            with torch.enable_grad():
+                out = self._forward(inp)
+                if targets is None:
+                    tb = out.detach().argmax(dim=1)
+                else:
+                    tb = torch.as_tensor(targets[start : start + len(inp)], device=out.device)
+                objective = _objective(out, tb, of=of, output=self.output)
+                if not objective.requires_grad:
+                    raise ValueError(
+                        "model: its output does not depend on the input through autograd (a "
+                        ".detach(), torch.no_grad() or non-torch step inside forward?)"
+                    )
+                (grad,) = torch.autograd.grad(objective.sum(), inp, allow_unused=True)
+            if grad is None:
+                grad = torch.zeros_like(inp)
+            out = _float_output(out.detach())
+            if as_numpy:
+                return out.cpu().numpy(), grad.cpu().numpy()
+            return out, grad
+
+        with self._user_state_preserved():
+            return self._map_batches(x, step, kind="gradients", progress=progress)
+
+    @contextlib.contextmanager
+    def layer(
+        self,
+        name: str,
+        *,
+        gradients: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Iterator[LayerRecording]:
+        """Record one layer's outputs (and their gradients) during the calls inside the block.
+
+        >>> with m.layer("conv2", gradients=True) as rec:
+        ...     m.gradients(x, target=3)
+        >>> rec.activations.shape, rec.gradients.shape
+
+        ``name`` is a path from ``named_modules()`` (e.g. ``"features.3"``). ``transform`` is
+        applied to each batch of activations before it is kept (e.g. spatial pooling), so a
+        large data set need not be held at full size. The hook is removed when the block
+        ends, also on error.
+        """
+        module = self.find_layer(name)
+        recording = LayerRecording(name)
+
+        def hook(_module, _inputs, output):
+            tensor = _first_tensor(output)
+            if tensor is None:
+                return
+            kept = tensor.detach()
+            recording._activations.append(transform(kept) if transform else kept)
+            if gradients and tensor.requires_grad:
+                tensor.register_hook(lambda g: recording._gradients.append(g.detach()))
+
+        try:
+            handle = module.register_forward_hook(hook)
+        except RuntimeError as err:  # TorchScript modules refuse hooks added after scripting
+            raise TypeError(f"name: layer {name!r} does not accept hooks ({err})") from err
+        try:
+            yield recording
+        finally:
+            handle.remove()
+
+    def find_layer(self, name: str) -> nn.Module:
+        """The submodule at path ``name``; the error lists close matches when there is none."""
+        if self.module is None:
+            raise TypeError("model: layers exist only for PyTorch models, not for a callable")
+        modules = dict(self.module.named_modules())
+        if not isinstance(name, str) or name not in modules:
+            close = difflib.get_close_matches(str(name), [k for k in modules if k], n=5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"name: no layer {name!r} in the model{hint}")
+        return modules[name]
+
+    def layer_names(self) -> list[str]:
+        """Paths of all submodules, in registration order (the model itself excluded)."""
+        if self.module is None:
+            return []
+        return [k for k, _ in self.module.named_modules() if k]
+
+    @property
+    def chosen_batch_sizes(self) -> dict[tuple, int]:
+        """The batch size chosen by the "auto" search per (call kind, item shape, dtype)."""
+        return dict(self._chosen)
+
+    def __repr__(self) -> str:
+        inner = type(self.module).__name__ if self.module is not None else repr(self.function)
+        return f"Model({inner}, output={self.output!r}, device='{self.device}')"
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_x(self, x: Any):
+        x = check_batch(x, name="x", item_shape=self.input_shape)
+        if self.module is None and isinstance(x, torch.Tensor):
+            x = x.cpu().numpy()
+        return x
+
+    def _to_tensor(self, xb) -> torch.Tensor:
+        tensor = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(xb))
+        if tensor.dtype.is_floating_point or not _has_embedding(self.module):
+            dtype = _float_dtype(self.module)
+        else:  # integer token ids for a model that embeds them
+            dtype = torch.long
+        return tensor.to(device=self.device, dtype=dtype)
+
+    def _forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            out = self.module(tensor)
+        except Exception as err:
+            hint = _input_mismatch(self.module, tensor)
+            if hint:
+                raise ValueError(f"x: {hint}; the batch has shape {tuple(tensor.shape)}") from err
+            raise
+        self._check_output(out, len(tensor))
+        return out
+
+    def _function_step(self, xb: np.ndarray, _start: int):
+        out = self.function(xb)
+        if isinstance(out, torch.Tensor):
+            out = out.detach().cpu().numpy()
+        if not isinstance(out, np.ndarray):
+            with contextlib.suppress(TypeError, ValueError):  # _check_output names what came
+                out = np.asarray(out)
+        if isinstance(out, np.ndarray):
+            if out.dtype == bool or out.dtype.kind not in "fiu":
+                raise ValueError(
+                    f"model: expected numeric scores of shape (N, K), got {describe(out)}"
+                )
+            out = out.astype(np.float64 if out.dtype == np.float64 else np.float32, copy=False)
+        self._check_output(out, len(xb))
+        return (out,)
+
+    def _check_output(self, out: Any, n: int) -> None:
+        if not isinstance(out, (torch.Tensor, np.ndarray)):
+            raise ValueError(
+                f"model: expected its output to be scores of shape (N, K) = ({n}, K), got "
+                f"{describe(out)}; wrap the model so it returns one tensor"
+            )
+        shape = tuple(out.shape)
+        if len(shape) != 2 or shape[0] != n:
+            raise ValueError(
+                f"model: expected scores of shape (N, K) = ({n}, K) for {n} inputs, got shape "
+                f"{shape}"
+                + ("; reshape the output to (N, 1) for a single score" if len(shape) == 1 else "")
+            )
+        if self.n_classes is None:
+            self.n_classes = shape[1]
+        elif shape[1] != self.n_classes:
+            raise ValueError(
+                f"model: returned {shape[1]} scores per input, earlier calls gave {self.n_classes}"
+            )
+        check_finite(out.detach() if isinstance(out, torch.Tensor) else out, name="model output")
+
+    @contextlib.contextmanager
+    def _user_state_preserved(self) -> Iterator[None]:
+        """Run in eval mode; restore every module's own training flag afterwards, even on error."""
+        if self.module is None:
+            yield
+            return
+        flags = [(m, m.training) for m in self.module.modules()]
+        try:
+            for m, _ in flags:
+                _set_training(m, False)
+            yield
+        finally:
+            for m, flag in flags:
+                _set_training(m, flag)
+
+    def _map_batches(self, x, step, *, kind: str, progress: bool | None):
+        """Apply ``step`` to consecutive chunks of ``x``; gather its outputs in item order."""
+        n = len(x)
+        key = (kind, tuple(x.shape[1:]), str(x.dtype))
+        sink = _Sink(n)
+        position = 0
+        with progress_bar(n, f"{kind}", enabled=progress) as bar:
+            if self.batch_size != "auto":
+                size = self.batch_size
+            elif key in self._chosen:
+                size = self._chosen[key]
+            else:
+                position, size = self._search_batch_size(x, step, key, sink, bar)
+            while position < n:
+                end = min(position + size, n)
+                sink.put(position, step(x[position:end], position))
+                bar.advance(end - position)
+                position = end
+        return sink.result()
+
+    def _search_batch_size(self, x, step, key, sink, bar) -> tuple[int, int]:
+        """Time candidate sizes on real chunks of ``x`` (keeping their results).
+
+        Returns how many items were processed and the size to use for the rest. The search
+        resumes on later calls until it is complete, then the choice is remembered.
+        """
+        n = len(x)
+        on_gpu = self.device.type == "cuda"
+        item_bytes = max(
+            1, x[:1].nbytes if isinstance(x, np.ndarray) else x[:1].numel() * x.element_size()
+        )
+        candidates = [
+            c
+            for c in (_GPU_CANDIDATES if on_gpu else _CPU_CANDIDATES)
+            if c * item_bytes <= _MAX_BATCH_BYTES
+        ] or [1]
+        timings = self._timings.setdefault(key, {})
+        position = 0
+        complete = False
+        for size in candidates:
+            if size in timings:
+                continue
+            if position + 2 * size > n:
+                break  # not enough items left for a fair measurement; resume next call
+            per_item = math.inf
+            for _ in range(2):  # the first run may pay for warm-up
+                try:
+                    start = time.perf_counter()
+                    result = step(x[position : position + size], position)
+                    if on_gpu:
+                        torch.cuda.synchronize(self.device)
+                    per_item = min(per_item, (time.perf_counter() - start) / size)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    complete = True  # the previous size is the largest that fits
+                    break
+                sink.put(position, result)
+                bar.advance(size)
+                position += size
+            if complete:
+                break
+            timings[size] = per_item
+            best = min(timings.values())
+            # Past the optimum on a CPU: stop once clearly slower. On a GPU keep growing while
+            # larger batches do not lose throughput ("largest that fits").
+            if per_item > (1.10 if on_gpu else 1.15) * best:
+                complete = True
+                break
+        else:
+            complete = True
+        if not timings:
+            return position, max(1, min(n - position, candidates[0]))
+        best = min(timings.values())
+        tolerance = 1.05 if on_gpu else 1.0
+        size = max(c for c, t in timings.items() if t <= tolerance * best)
+        if complete:
+            self._chosen[key] = size
+        return position, size
+
+
+class LayerRecording:
+    """What ``Model.layer`` recorded: activations (and gradients) of one layer, in call order."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._activations: list[torch.Tensor] = []
+        self._gradients: list[torch.Tensor] = []
+
+    @property
+    def activation_batches(self) -> list[torch.Tensor]:
+        """The recorded activations, one detached tensor per forward pass."""
+        return list(self._activations)
+
+    @property
+    def gradient_batches(self) -> list[torch.Tensor]:
+        """The recorded gradients, one detached tensor per backward pass."""
+        return list(self._gradients)
+
+    @property
+    def activations(self) -> np.ndarray:
+        """All recorded activations as one NumPy array (items of every call, in order)."""
+        return _concat(self._activations, what="activations", name=self.name)
+
+    @property
+    def gradients(self) -> np.ndarray:
+        """All recorded gradients as one NumPy array (items of every call, in order)."""
+        return _concat(self._gradients, what="gradients", name=self.name)
+
+    def clear(self) -> None:
+        """Forget what was recorded so far (the hook stays while the block is open)."""
+        self._activations.clear()
+        self._gradients.clear()
+
+
+def as_model(model: Any, **kwargs: Any) -> Model:
+    """Return ``model`` as a :class:`Model` (unchanged when it already is one)."""
+    if isinstance(model, Model):
+        if kwargs:
+            raise TypeError(
+                f"model: already an xaikit.Model; options {sorted(kwargs)} apply only when "
+                "wrapping a raw model"
+            )
+        return model
+    return Model(model, **kwargs)
+
+
+def to_probabilities(scores: np.ndarray, *, output: str) -> np.ndarray:
+    """Turn model outputs of kind ``output`` into probabilities (softmax for logits)."""
+    if output == "probabilities":
+        return scores
+    if output == "log_probabilities":
+        return np.exp(scores)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _Sink:
+    """Gathers per-batch outputs into preallocated arrays (or tensors) of ``n`` rows."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.parts: list | None = None
+
+    def put(self, start: int, outputs: tuple) -> None:
+        if self.parts is None:
+            self.parts = [_empty_like_rows(o, self.n) for o in outputs]
+        for part, out in zip(self.parts, outputs, strict=True):
+            part[start : start + len(out)] = out
+
+    def result(self):
+        return tuple(self.parts)
+
+
+def _empty_like_rows(sample, n: int):
+    if isinstance(sample, torch.Tensor):
+        return torch.empty((n, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
+    return np.empty((n, *sample.shape[1:]), dtype=sample.dtype)
+
+
+def _objective(out: torch.Tensor, target: torch.Tensor, *, of: str, output: str) -> torch.Tensor:
+    """Per-item quantity whose input gradient is wanted."""
+    if of == "score":
+        return out.gather(1, target[:, None])[:, 0]
+    if output == "probabilities":
+        log_p = torch.log(out.clamp_min(torch.finfo(out.dtype).tiny))
+    elif output == "log_probabilities":
+        log_p = out
+    elif output == "logits":
+        log_p = F.log_softmax(out, dim=1)
+    else:
+        raise ValueError(f"of: {of!r} needs class probabilities; the model's output is {output!r}")
+    picked = log_p.gather(1, target[:, None])[:, 0]
+    if of == "probability":
+        return picked.exp()
+    if of == "log_probability":
+        return picked
+    return -picked  # cross-entropy loss against the target label
+
+
+def _float_output(out: torch.Tensor) -> torch.Tensor:
+    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((o for o in output if isinstance(o, torch.Tensor)), None)
+    return None
+
+
+def _concat(batches: list[torch.Tensor], *, what: str, name: str) -> np.ndarray:
+    if not batches:
+        raise ValueError(
+            f"name: nothing was recorded for layer {name!r} ({what}); call the model inside "
+            "the block"
+        )
+    return torch.cat([b.float().cpu() for b in batches]).numpy()
+
+
+def _set_training(module: nn.Module, flag: bool) -> None:
+    if isinstance(module, torch.jit.ScriptModule):
+        if module.training != flag:
+            module.train(flag)  # script modules keep the flag on the C++ side
+    else:
+        module.training = flag  # per module, without train()'s recursion or user overrides
+
+
+def _module_device(module: nn.Module | None) -> torch.device:
+    if module is None:
+        return torch.device("cpu")
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _float_dtype(module: nn.Module | None) -> torch.dtype:
+    if module is not None:
+        for p in module.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+    return torch.float32
+
+
+def _has_embedding(module: nn.Module | None) -> bool:
+    if module is None:
+        return False
+    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in module.modules())
+
+
+def _input_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
+    """Explain a failed forward by the first layer's expectations, when they are clear."""
+    first = next(
+        (
+            m
+            for m in module.modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+        ),
+        None,
+    )
+    if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)]
+        if tensor.ndim != dims + 2:
+            return f"expected a batch of {dims + 1}-D items (N, C, ...) for its first convolution"
+        if tensor.shape[1] != first.in_channels:
+            return (
+                f"expected {first.in_channels} channel(s) for its first convolution, got "
+                f"{tensor.shape[1]} (channel axis 1)"
+            )
+    if isinstance(first, nn.Linear) and tensor.ndim == 2 and tensor.shape[1] != first.in_features:
+        return f"expected {first.in_features} features per item for its first linear layer"
+    return None
+
+
+def _load_torchscript(path: str | os.PathLike, *, device) -> nn.Module:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model: no file {path!r}")
+    if path.endswith(".onnx"):
+        raise ValueError(f"model: {path!r} is an ONNX file; ONNX models are not supported yet")
+    try:
+        return torch.jit.load(path, map_location=device or "cpu")
+    except Exception as err:  # torch raises several kinds for a file that is no TorchScript
+        raise ValueError(
+            f"model: {path!r} is not a TorchScript file ({type(err).__name__}); save the model "
+            "with torch.jit.script(...).save(path), or pass the nn.Module itself"
+        ) from err
