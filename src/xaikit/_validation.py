@@ -74,8 +74,13 @@ def check_finite(arr, *, name: str) -> None:
             raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite")
 
 
-def check_targets(target: Any, *, n: int, n_classes: int, name: str = "target") -> np.ndarray:
-    """Turn ``target`` (an int, or one int per item) into an int64 array of length ``n``."""
+def check_targets(
+    target: Any, *, n: int, n_classes: int | None, name: str = "target"
+) -> np.ndarray:
+    """Turn ``target`` (an int, or one int per item) into an int64 array of length ``n``.
+
+    The range [0, n_classes) is checked when ``n_classes`` is known.
+    """
     if isinstance(target, torch.Tensor):
         target = target.detach().cpu().numpy()
     if isinstance(target, (bool, np.bool_)):
@@ -98,6 +103,10 @@ def check_targets(target: Any, *, n: int, n_classes: int, name: str = "target") 
         raise TypeError(
             f"{name}: expected a class index (int) or a sequence of them, got {describe(target)}"
         )
+    if n_classes is None:
+        if (arr < 0).any():
+            raise ValueError(f"{name}: expected non-negative class indices, got {arr.min()}")
+        return arr
     bad = (arr < 0) | (arr >= n_classes)
     if bad.any():
         raise ValueError(

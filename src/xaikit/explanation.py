@@ -48,6 +48,8 @@ def _json_safe(obj: Any, *, key: str, arrays: dict[str, np.ndarray], notes: list
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             return _json_safe(obj.tolist(), key=key, arrays=arrays, notes=notes)
+        while key in arrays:  # {"a/b": ...} and {"a": {"b": ...}} would share a name
+            key += "'"
         arrays[key] = obj
         return {ARRAY_MARK: key}
     if isinstance(obj, (list, tuple)):
@@ -77,7 +79,8 @@ def _from_json(obj: Any, arrays: Any) -> Any:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Deep equality that treats arrays as equal when dtype, shape and contents (NaN too) are."""
+    """Deep equality: arrays by dtype, shape and contents (NaN too); NumPy scalars as numbers."""
+    a, b = (v.item() if isinstance(v, np.generic) else v for v in (a, b))
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
             return False
@@ -88,7 +91,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b, strict=True))
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b
@@ -170,7 +173,9 @@ class Explanation:
             )
         lead = 1 if self.batch else 0
         if self.x.ndim < lead + 1:
-            raise ValueError(f"x: expected at least {lead + 1} dimensions, got shape {self.x.shape}")
+            raise ValueError(
+                f"x: expected at least {lead + 1} dimensions, got shape {self.x.shape}"
+            )
         n = self.x.shape[0] if self.batch else None
         item = self.x.shape[lead:]
         if not isinstance(self.method, str) or not self.method:
@@ -180,7 +185,6 @@ class Explanation:
             if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
                 raise TypeError(f"{name}: expected a dict with string keys, got {d!r}")
             setattr(self, name, dict(d))
-        # kind
         if self.kind is None:
             if len(item) in (2, 3):
                 self.kind = "image"
@@ -196,7 +200,6 @@ class Explanation:
         want = (2, 3) if self.kind == "image" else (1,)
         if len(item) not in want:
             raise ValueError(f"x: a {self.kind} item must have {want} dimensions, got {item}")
-        # target and prediction
         if self.batch:
             t = np.asarray(self.target)
             if not np.issubdtype(t.dtype, np.integer) or t.ndim > 1:
@@ -215,6 +218,9 @@ class Explanation:
         if self.prediction.ndim != lead + 1 or (self.batch and self.prediction.shape[0] != n):
             want_p = f"({n}, K)" if self.batch else "(K,)"
             raise ValueError(f"prediction: expected shape {want_p}, got {self.prediction.shape}")
+        k = self.prediction.shape[-1]
+        if not np.all((np.asarray(self.target) >= 0) & (np.asarray(self.target) < k)):
+            raise ValueError(f"target: expected class ids in [0, {k}), got {self.target!r}")
         self._check_components(n, item)
         self._check_names(n, item)
 
@@ -281,11 +287,10 @@ class Explanation:
         ``params``, ``info`` and ``scores`` are shared by all items and are copied as they are.
         """
         n = len(self)
-        per_item = self.components is not None and self.components.ndim == self.x.ndim - (
-            1 if self.kind == "image" and self.x.ndim == 4 else 0
-        )
-        nested_tokens = self.tokens is not None and bool(self.tokens) and not isinstance(
-            self.tokens[0], str
+        spatial_ndim = 2 if self.kind == "image" else 1
+        per_item = self.components is not None and self.components.ndim == spatial_ndim + 1
+        nested_tokens = (
+            self.tokens is not None and bool(self.tokens) and not isinstance(self.tokens[0], str)
         )
         if isinstance(i, slice):
             idx: Any = i
@@ -365,6 +370,8 @@ class Explanation:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"path: folder {str(path.parent)!r} does not exist")
         arrays: dict[str, np.ndarray] = {f: getattr(self, f) for f in ARRAY_FIELDS}
         arrays = {k: v for k, v in arrays.items() if v is not None}
         notes: list[str] = []
@@ -375,7 +382,6 @@ class Explanation:
             "method": self.method,
             "kind": self.kind,
             "batch": self.batch,
-            "fields": sorted(arrays),
             "feature_names": self.feature_names,
             "tokens": self.tokens,
         }
@@ -413,7 +419,11 @@ class Explanation:
             If the file is not an xaikit explanation.
         """
         path = Path(path)
-        if not path.exists() and path.suffix != ".npz" and path.with_name(path.name + ".npz").exists():
+        if (
+            not path.exists()
+            and path.suffix != ".npz"
+            and path.with_name(path.name + ".npz").exists()
+        ):
             path = path.with_name(path.name + ".npz")
         if not path.is_file():
             raise FileNotFoundError(f"path: no explanation file at {str(path)!r}")
@@ -421,7 +431,7 @@ class Explanation:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
             meta = json.loads(bytes(arrays.pop(META_KEY)).decode("utf-8"))
-            if meta.get("format") != FORMAT:
+            if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int):
                 raise ValueError("no xaikit metadata")
         except Exception as err:
             raise ValueError(f"path: {str(path)!r} is not an xaikit explanation ({err})") from err
@@ -460,8 +470,125 @@ class Explanation:
         backgrounds coloured by their values (diverging map). A batch: a grid of the first
         16 items (``ax`` must be None). No GUI backend is used; nothing is shown.
         """
-        from xaikit import _plot
-
-        return _plot.plot(
+        return _plot(
             self, ax=ax, cmap=cmap, signed=signed, top_k=top_k, title=title, show_input=show_input
         )
+
+
+# ---------------------------------------------------------------------- plotting helpers
+
+
+def _plot(e: Explanation, *, ax: Any, title: str | None, **kw: Any) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not e.batch:
+        if ax is None:
+            size = {"image": (5, 4), "tabular": (6, 1.2 + 0.3 * min(kw["top_k"], e.x.size))}
+            layout = None if e.kind == "text" else "constrained"  # text sizes its own figure
+            fig = Figure(figsize=size.get(e.kind, (8, 2)), layout=layout)
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
+        _draw(e, ax, title=f"{e.method} · target {e.target}" if title is None else title, **kw)
+        return ax.figure
+    if ax is not None:
+        raise ValueError("ax: a batch draws its own grid; pass ax=None or plot one item e[i]")
+    n = len(e)
+    shown = min(n, MAX_GRID)
+    cols = min(4, shown)
+    rows = -(-shown // cols)
+    fig = Figure(figsize=(4.5 * cols, 3.5 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, a in enumerate(fig.subplots(rows, cols, squeeze=False).ravel()):
+        if i < shown:
+            _draw(e[i], a, title=f"#{i} · target {e.target[i]}", **kw)
+        else:
+            a.set_axis_off()
+    note = f"first {shown} of {n} items" if shown < n else f"{n} items"
+    fig.suptitle(f"{e.method} · {note}" if title is None else f"{title} ({note})")
+    return fig
+
+
+def _finite_range(a: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite entries of ``a``; (0, 0) when there are none."""
+    a = a[np.isfinite(a)]
+    return (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+
+
+def _draw(e: Explanation, ax: Any, *, cmap, signed, top_k, title, show_input) -> None:
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    fig = ax.figure
+    v = np.asarray(e.values, dtype=np.float64)
+    ax.set_title(title)
+    if e.kind == "image":
+        if v.ndim == 3:
+            v = v.sum(axis=0)
+        lo, top = _finite_range(v)
+        signed = lo < 0 if signed is None else signed
+        hi = max(-lo, top)
+        if signed:
+            lim = (-hi, hi) if hi > 0 else (-1.0, 1.0)
+        else:
+            lim = (min(lo, 0.0), top) if top > min(lo, 0.0) else (min(lo, 0.0), min(lo, 0.0) + 1)
+        if show_input:
+            grey = np.asarray(e.x, dtype=np.float64)
+            grey = grey.mean(axis=0) if grey.ndim == 3 else grey
+            g0, g1 = _finite_range(grey)
+            grey = (grey - g0) / (g1 - g0) if g1 > g0 else np.zeros_like(grey)
+            ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0)
+        name = cmap or ("RdBu_r" if signed else "inferno")
+        im = ax.imshow(v, cmap=name, vmin=lim[0], vmax=lim[1], alpha=0.6 if show_input else 1.0)
+        fig.colorbar(im, ax=ax, shrink=0.85)
+        ax.set_axis_off()
+    elif e.kind == "tabular":
+        names = e.feature_names or [f"x[{i}]" for i in range(v.size)]
+        order = np.argsort(-np.abs(v), kind="stable")[:top_k][::-1]  # largest at the top
+        pos, neg = (colormaps[cmap](0.9), colormaps[cmap](0.1)) if cmap else ("#b2182b", "#2166ac")
+        ax.barh(np.arange(order.size), v[order], color=[pos if v[i] >= 0 else neg for i in order])
+        ax.set_yticks(np.arange(order.size), labels=[names[i] for i in order])
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        more = f" (top {order.size} of {v.size} by |value|)" if order.size < v.size else ""
+        ax.set_xlabel("attribution" + more)
+    else:
+        _draw_text(e, ax, v, colormaps[cmap or "RdBu_r"], Normalize)
+
+
+def _draw_text(e: Explanation, ax: Any, v: np.ndarray, cm: Any, normalize: Any) -> None:
+    """Tokens left to right on coloured backgrounds, wrapped at the axes' width (monospace)."""
+    from matplotlib.cm import ScalarMappable
+
+    fig, size = ax.figure, 11.0
+    tokens = e.tokens or [str(t) for t in e.x.tolist()]
+    hi = max(np.abs(_finite_range(v)))
+    norm = normalize(-hi, hi) if hi > 0 else normalize(-1.0, 1.0)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cm), ax=ax, orientation="horizontal", shrink=0.6)
+    char = 0.6 * size / (ax.get_position().width * fig.get_figwidth() * 72)  # axes fraction
+    places, col, line = [], 0.0, 0
+    for tok in tokens:
+        width = (len(tok) + 1) * char
+        if col > 0 and col + width > 1.0:
+            col, line = 0.0, line + 1
+        places.append((col, line))
+        col += width
+    if fig.get_layout_engine() is None:  # a figure of our own: make it as tall as the text
+        fig.set_figheight(max(2.0, 1.2 + (line + 1) * 1.9 * size / 72))
+    step = 1.9 * size / (ax.get_position().height * fig.get_figheight() * 72)
+    for tok, value, (col, row) in zip(tokens, v, places, strict=True):
+        r, g, b, _ = cm(norm(value))
+        ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+        box = {"facecolor": (r, g, b), "edgecolor": "none", "pad": 1.5}
+        ax.text(
+            col,
+            1.0 - (row + 0.5) * step,
+            tok,
+            transform=ax.transAxes,
+            ha="left",
+            va="center",
+            family="monospace",
+            fontsize=size,
+            color=ink,
+            bbox=box,
+        )
+    ax.set_axis_off()

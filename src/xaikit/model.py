@@ -17,6 +17,7 @@ import difflib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -188,11 +189,8 @@ class Model:
         of = check_choice(of, name="of", choices=GRADIENT_OF)
         x = self._check_x(x)
         n = len(x)
-        targets = None
-        if target is not None:
-            if self.n_classes is None:  # learn K from one item before checking the targets
-                self.scores(x[:1])
-            targets = check_targets(target, n=n, n_classes=self.n_classes)
+        # Types and length are checked now; the class range as soon as K is known.
+        targets = None if target is None else check_targets(target, n=n, n_classes=self.n_classes)
 
         def step(xb, start):
             inp = self._to_tensor(xb).detach()
@@ -207,6 +205,8 @@ class Model:
                 if targets is None:
                     tb = out.detach().argmax(dim=1)
                 else:
+                    if start == 0:
+                        check_targets(targets, n=n, n_classes=out.shape[1])
                     tb = torch.as_tensor(targets[start : start + len(inp)], device=out.device)
                 objective = _objective(out, tb, of=of, output=self.output)
                 if not objective.requires_grad:
@@ -216,7 +216,9 @@ class Model:
                     )
                 (grad,) = torch.autograd.grad(objective.sum(), inp, allow_unused=True)
             if grad is None:
-                grad = torch.zeros_like(inp)
+                raise ValueError(
+                    "model: its output does not depend on the input (a .detach() inside forward?)"
+                )
             out = _float_output(out.detach())
             if as_numpy:
                 return out.cpu().numpy(), grad.cpu().numpy()
@@ -637,7 +639,9 @@ def _load_torchscript(path: str | os.PathLike, *, device) -> nn.Module:
     if path.endswith(".onnx"):
         raise ValueError(f"model: {path!r} is an ONNX file; ONNX models are not supported yet")
     try:
-        return torch.jit.load(path, map_location=device or "cpu")
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users still have files
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(path, map_location=device or "cpu")
     except Exception as err:  # torch raises several kinds for a file that is no TorchScript
         raise ValueError(
             f"model: {path!r} is not a TorchScript file ({type(err).__name__}); save the model "

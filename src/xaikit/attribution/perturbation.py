@@ -1,0 +1,143 @@
+"""The perturbation engine: the model's scores on many masked copies of one input.
+
+Occlusion, LIME, KernelSHAP, RISE and the deletion/insertion metrics differ only in which masks
+they ask for and how they turn scores into attributions. The engine takes one input ``x``, a
+baseline (what "removed" means), and an iterable of mask chunks, and streams the masked inputs
+through :meth:`Model.scores` chunk by chunk: at most one chunk of inputs exists at a time, so
+10,000 masks of a 3x224x224 image never become 10,000 images.
+
+A mask is 1 where the input is kept and 0 where it is replaced by the baseline (values in
+between blend, as RISE's soft masks do): ``x_masked = baseline + mask * (x - baseline)``.
+Masks come either per component (shape ``(b, M)`` with a ``components`` map that gives every
+input element its component id) or per element (shape ``(b, *s)`` where ``s`` is the input's
+shape or its trailing spatial shape; channels share a mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from xaikit.model import Model
+
+# Inputs built per chunk (bytes). Large enough that each chunk fills the model's best batch,
+# small enough that memory stays bounded whatever the number of masks.
+CHUNK_BYTES = 64 * 2**20
+
+
+def chunk_size(x: np.ndarray, *, n_background: int = 1, budget: int = CHUNK_BYTES) -> int:
+    """How many masks to build at once for input ``x`` within ``budget`` bytes of inputs."""
+    item = max(1, x.size * 4 * n_background)
+    return max(1, budget // item)
+
+
+def perturbation_scores(
+    model: Model,
+    x: np.ndarray,
+    masks: Iterable[np.ndarray],
+    *,
+    baseline: np.ndarray | float,
+    components: np.ndarray | None = None,
+    background: bool = False,
+) -> np.ndarray:
+    """Scores ``(n_masks, K)`` of ``model`` on ``x`` masked by each mask in turn.
+
+    Parameters
+    ----------
+    model : Model
+    x : array
+        One input (no batch axis).
+    masks : iterable of arrays
+        Chunks of masks, ``(b, M)`` with ``components`` or ``(b, *s)`` per element.
+    baseline : float or array
+        The replacement values: a number, an array of ``x``'s shape, or with
+        ``background=True`` an array ``(R, *x.shape)`` of background rows whose scores are
+        averaged (the expectation over the background, as KernelSHAP defines removal).
+    components : int array, optional
+        Component id of every element of ``x`` (shape of ``x``, or of its trailing axes).
+    """
+    on_device = model.is_torch
+    x_t, base_t = _prepare(model, x, baseline, background=background)
+    comp_index = None
+    if components is not None:
+        comp_index = _component_index(components, x.shape)
+        comp_index = torch.as_tensor(comp_index, device=x_t.device) if on_device else comp_index
+    outputs = []
+    for chunk in masks:
+        chunk = np.asarray(chunk)
+        if chunk.ndim < 2 or len(chunk) == 0:
+            continue
+        inputs = _masked_inputs(x_t, base_t, chunk, comp_index, background=background)
+        scores = model.scores(inputs)
+        if background:  # average over the background rows of each mask
+            scores = scores.reshape(len(chunk), -1, scores.shape[1]).mean(axis=1)
+        outputs.append(scores)
+    if not outputs:
+        raise ValueError("masks: expected at least one mask, got none")
+    return np.concatenate(outputs)
+
+
+def batched(masks: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """Yield ``masks`` in chunks of ``size`` rows (views, no copies)."""
+    for start in range(0, len(masks), size):
+        yield masks[start : start + size]
+
+
+def _prepare(model: Model, x: np.ndarray, baseline, *, background: bool):
+    """``x`` and the baseline as float tensors on the model's device (or float arrays)."""
+    x = np.asarray(x)
+    base = np.asarray(baseline, dtype=np.float64)
+    expected = (x.ndim + 1) if background else x.ndim
+    if base.ndim not in (0, expected) or (base.ndim and base.shape[-x.ndim :] != x.shape):
+        want = f"(R, {', '.join(map(str, x.shape))})" if background else f"{x.shape} or a number"
+        raise ValueError(f"baseline: expected shape {want}, got shape {base.shape}")
+    if model.is_torch:
+        dtype = torch.float32
+        x_t = torch.as_tensor(x, dtype=dtype, device=model.device)
+        base_t = torch.as_tensor(base, dtype=dtype, device=model.device)
+        return x_t, base_t
+    dtype = np.float64 if x.dtype == np.float64 else np.float32
+    return x.astype(dtype, copy=False), base.astype(dtype, copy=False)
+
+
+def _component_index(components: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Flat component id of every element of an input of ``shape`` (channels share ids)."""
+    components = np.asarray(components)
+    if components.shape != shape[len(shape) - components.ndim :]:
+        raise ValueError(
+            f"components: expected the input's shape {shape} or its trailing axes, got shape "
+            f"{components.shape}"
+        )
+    return np.broadcast_to(components, shape).reshape(-1).astype(np.int64)
+
+
+def _masked_inputs(x, base, chunk: np.ndarray, comp_index, *, background: bool):
+    """Build one chunk of masked inputs, vectorised over the masks."""
+    is_torch = isinstance(x, torch.Tensor)
+    lib_mask = torch.as_tensor(chunk, device=x.device) if is_torch else chunk
+    b = len(chunk)
+    if comp_index is not None:
+        keep = lib_mask[:, comp_index]  # (b, prod(shape)): each element takes its component's bit
+    else:
+        spatial = chunk.shape[1:]
+        lead = x.ndim - len(spatial)
+        if spatial != tuple(x.shape[lead:]):
+            raise ValueError(
+                f"masks: expected masks of shape (b, {', '.join(map(str, x.shape[lead:]))}), "
+                f"got {chunk.shape}"
+            )
+        keep = lib_mask.reshape(b, *([1] * lead), *spatial)
+        keep = keep.expand(b, *x.shape) if is_torch else np.broadcast_to(keep, (b, *x.shape))
+        keep = keep.reshape(b, -1)
+    keep = keep.to(x.dtype) if is_torch else keep.astype(x.dtype, copy=False)
+    flat_x = x.reshape(1, -1)
+    if background:
+        flat_base = base.reshape(1, base.shape[0], -1)  # (1, R, P)
+        keep = keep[:, None, :]
+        out = flat_base + keep * (flat_x[:, None, :] - flat_base)  # (b, R, P)
+        return out.reshape(b * base.shape[0], *x.shape)
+    flat_base = base.reshape(1, -1) if base.ndim else base
+    out = flat_base + keep * (flat_x - flat_base)
+    return out.reshape(b, *x.shape)

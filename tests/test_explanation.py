@@ -1,0 +1,389 @@
+"""Tests for xaikit.explanation: validation, container protocol, save/load, plot."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from matplotlib.figure import Figure
+
+from xaikit.explanation import Explanation
+
+
+def image(*, signed: bool = True, **kw) -> Explanation:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    if not signed:
+        values = np.abs(values)
+    comps = np.repeat(np.repeat(np.arange(4).reshape(2, 2), 4, axis=0), 4, axis=1)
+    args = dict(
+        values=values,
+        x=rng.random((3, 8, 8)).astype(np.float32),
+        target=3,
+        prediction=rng.random(10),
+        method="occlusion",
+        params={"window": [4, 4], "stride": 2, "baseline": np.zeros((3, 8, 8), np.float32)},
+        components=comps,
+        component_values=np.array([0.5, -1.0, 2.0, 0.0]),
+        info={"completeness_gap": 0.01, "per_step": np.arange(5, dtype=np.int16)},
+    )
+    return Explanation(**{**args, **kw})
+
+
+def tabular(**kw) -> Explanation:
+    args = dict(
+        values=np.array([0.1, -2.0, 0.5, 3.0, 0.0]),
+        x=np.array([1.0, 2.0, 3.0, 4.0, 5.0]),
+        target=1,
+        prediction=np.array([0.3, 0.7]),
+        method="kernel_shap",
+        params={"samples": 100, "seed": 0, "background": np.ones((4, 5))},
+        feature_names=["age", "bmi", "bp", "s1", "s2"],
+    )
+    return Explanation(**{**args, **kw})
+
+
+def text(**kw) -> Explanation:
+    args = dict(
+        values=np.array([0.2, -0.4, 1.0, 0.0]),
+        x=np.array([5, 17, 3, 9]),
+        target=0,
+        prediction=np.array([2.0, -1.0]),
+        method="integrated_gradients",
+        params={"steps": 32, "rule": "riemann_middle"},
+        tokens=["the", "film", "was", "great"],
+    )
+    return Explanation(**{**args, **kw})
+
+
+def batch(**kw) -> Explanation:
+    rng = np.random.default_rng(1)
+    args = dict(
+        values=rng.normal(size=(5, 1, 6, 6)),
+        x=rng.random((5, 1, 6, 6)),
+        target=np.array([0, 1, 2, 1, 0]),
+        prediction=rng.random((5, 3)),
+        method="lime",
+        params={"samples": 50, "components": "grid"},
+        components=rng.integers(0, 4, (5, 6, 6)),
+        component_values=rng.normal(size=(5, 4)),
+        batch=True,
+    )
+    return Explanation(**{**args, **kw})
+
+
+# ---------------------------------------------------------------- construction
+
+
+def test_kind_inference_and_conversions():
+    assert image().kind == "image"
+    assert (
+        image(
+            values=np.zeros((8, 8)), x=np.zeros((8, 8)), components=None, component_values=None
+        ).kind
+        == "image"
+    )
+    assert tabular().kind == "tabular"
+    assert text().kind == "text"
+    e = Explanation(
+        values=[1, 2], x=[0.5, 0.5], target=np.int64(1), prediction=[0.1, 0.9], method="saliency"
+    )
+    assert e.values.dtype == np.float64 and isinstance(e.x, np.ndarray)
+    assert type(e.target) is int
+    assert image().values.dtype == np.float32  # float dtypes are kept
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"values": np.zeros((3, 8, 7))}, "values"),
+        ({"kind": "audio"}, "kind"),
+        ({"kind": "tabular"}, "x"),
+        ({"target": 1.5}, "target"),
+        ({"target": 10}, "target"),
+        ({"prediction": np.zeros((2, 10))}, "prediction"),
+        ({"components": np.zeros((3, 8), int)}, "components"),
+        ({"components": np.zeros((8, 8))}, "components"),
+        ({"component_values": np.zeros(3)}, "component_values"),
+        ({"components": None}, "component_values"),
+        ({"feature_names": ["a"]}, "feature_names"),
+        ({"params": []}, "params"),
+    ],
+)
+def test_validation_names_the_field(change, field):
+    with pytest.raises((ValueError, TypeError), match=field):
+        image(**change)
+
+
+def test_shape_mismatch_message_has_both_shapes():
+    with pytest.raises(ValueError, match=r"values.*\(3, 8, 8\).*\(3, 8, 7\)"):
+        image(values=np.zeros((3, 8, 7)))
+
+
+def test_names_and_tokens_lengths():
+    with pytest.raises(ValueError, match="feature_names"):
+        tabular(feature_names=["a", "b"])
+    with pytest.raises(ValueError, match="tokens"):
+        text(tokens=["a"])
+    with pytest.raises(ValueError, match="tokens"):
+        tabular(tokens=["a"] * 5)
+
+
+def test_batch_target_and_len():
+    e = batch(target=2)
+    assert e.target.tolist() == [2] * 5 and len(e) == 5
+    with pytest.raises(ValueError, match="target"):
+        batch(target=np.array([1, 2]))
+    with pytest.raises(TypeError):
+        len(image())
+
+
+def test_getitem_on_batch():
+    e = batch()
+    item = e[2]
+    assert not item.batch and item.target == int(e.target[2])
+    np.testing.assert_array_equal(item.values, e.values[2])
+    np.testing.assert_array_equal(item.components, e.components[2])
+    np.testing.assert_array_equal(item.component_values, e.component_values[2])
+    np.testing.assert_array_equal(e[-1].x, e.x[4])
+    assert len(e[1:3]) == 2
+    with pytest.raises(IndexError):
+        e[5]
+    with pytest.raises(TypeError):
+        image()[0]
+    shared = batch(components=np.zeros((6, 6), int), component_values=np.ones((5, 1)))
+    np.testing.assert_array_equal(shared[0].components, shared.components)
+    texts = Explanation(
+        values=np.zeros((2, 3)),
+        x=np.zeros((2, 3), int),
+        target=[0, 1],
+        prediction=np.zeros((2, 2)),
+        method="m",
+        batch=True,
+        tokens=[["a", "b", "c"], ["d", "e", "f"]],
+    )
+    assert texts[1].tokens == ["d", "e", "f"]
+
+
+def test_top():
+    assert tabular().top(2).tolist() == [3, 1]
+    assert image().top(2).tolist() == [2, 1]  # component ids
+    coords = image(components=None, component_values=None).top(3)
+    assert coords.shape == (3, 3)
+    v = image().values
+    assert abs(v[tuple(coords[0])]) == np.abs(v).max()
+    assert batch().top(2).shape == (5, 2)
+
+
+def test_repr_is_short():
+    r = repr(image())
+    assert "occlusion" in r and "target=3" in r and "(3, 8, 8)" in r and "array" not in r
+
+
+# ---------------------------------------------------------------- save / load
+
+
+@pytest.mark.parametrize("make", [image, tabular, text, batch])
+def test_round_trip(tmp_path, make):
+    e = make()
+    e.scores["deletion"] = np.float64(0.25)
+    path = e.save(tmp_path / "e")
+    assert path == tmp_path / "e.npz" and path.exists()
+    back = Explanation.load(path)
+    assert back == e
+    assert type(back.scores["deletion"]) is float
+    for name in ("values", "x", "prediction", "components", "component_values"):
+        a, b = getattr(e, name), getattr(back, name)
+        assert (a is None and b is None) or (a.dtype == b.dtype and a.shape == b.shape)
+    assert Explanation.load(tmp_path / "e") == e  # suffix found on load too
+
+
+def test_round_trip_none_fields_and_odd_params(tmp_path):
+    e = tabular(
+        feature_names=None,
+        params={
+            "f": print,
+            "n": np.int32(3),
+            "t": (1, 2),
+            "nested": {"a": np.arange(3)},
+            "nested/a": np.ones(2),
+        },
+    )
+    back = Explanation.load(e.save(tmp_path / "e.npz"))
+    assert back.feature_names is None and back.components is None and back.tokens is None
+    assert back.params["f"] == repr(print)
+    assert back.params["n"] == 3 and type(back.params["n"]) is int
+    assert back.params["t"] == [1, 2]
+    np.testing.assert_array_equal(back.params["nested"]["a"], np.arange(3))
+    np.testing.assert_array_equal(back.params["nested/a"], np.ones(2))  # no name clash
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as data:
+        meta = bytes(data["__xaikit__"]).decode()
+    assert "repr" in meta  # the note about the callable
+
+
+def test_no_pickle_in_file(tmp_path):
+    path = image().save(tmp_path / "e.npz")
+    with np.load(path, allow_pickle=False) as data:
+        assert "params/baseline" in data.files and "info/per_step" in data.files
+        for key in data.files:
+            assert not data[key].dtype.hasobject
+    with zipfile.ZipFile(path) as zf:
+        assert all(name.endswith(".npy") for name in zf.namelist())
+
+
+def _fail_mid_write(member, array, **kw):
+    member.write(b"partial bytes")
+    raise OSError("disk full")
+
+
+def test_atomic_save(tmp_path, monkeypatch):
+    path = tmp_path / "e.npz"
+    monkeypatch.setattr(np.lib.format, "write_array", _fail_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        image().save(path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    tabular().save(path)
+    before = path.read_bytes()
+    monkeypatch.setattr(np.lib.format, "write_array", _fail_mid_write)
+    with pytest.raises(OSError):
+        image().save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]
+
+
+def test_atomic_save_fails_at_rename(tmp_path, monkeypatch):
+    def no_replace(src, dst):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(os, "replace", no_replace)
+    with pytest.raises(PermissionError):
+        image().save(tmp_path / "e.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Explanation.load(tmp_path / "missing.npz")
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.arange(3))
+    with pytest.raises(ValueError, match=re.escape(str(other))):
+        Explanation.load(other)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match=re.escape(str(junk))):
+        Explanation.load(junk)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, __xaikit__=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=re.escape(str(pickled))):
+        Explanation.load(pickled)
+
+
+FLOATS = st.sampled_from([np.float16, np.float32, np.float64])
+INPUTS = st.sampled_from([np.float32, np.float64, np.uint8, np.int64, np.bool_])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), ndim=st.integers(1, 3), vdtype=FLOATS, xdtype=INPUTS, batched=st.booleans())
+def test_round_trip_property(data, ndim, vdtype, xdtype, batched):
+    shape = data.draw(hnp.array_shapes(min_dims=ndim, max_dims=ndim, min_side=1, max_side=5))
+    full = (data.draw(st.integers(1, 3)), *shape) if batched else shape
+    values = data.draw(hnp.arrays(vdtype, full))  # NaN and inf included
+    x = data.draw(hnp.arrays(xdtype, full))
+    spatial = shape[-2:] if ndim > 1 else shape
+    comps = data.draw(hnp.arrays(np.int32, spatial, elements=st.integers(0, 6)))
+    m = int(comps.max()) + 1
+    lead = (full[0],) if batched else ()
+    e = Explanation(
+        values=values,
+        x=x,
+        target=np.zeros(full[0], np.int64) if batched else 0,
+        prediction=np.linspace(0, 1, 3 * (full[0] if batched else 1)).reshape(*lead, 3),
+        method="rise",
+        params={"p": 0.5, "mask": np.ones(spatial, np.bool_)},
+        components=comps,
+        component_values=np.arange(m * (full[0] if batched else 1), dtype=vdtype).reshape(*lead, m),
+        kind="tabular" if ndim == 1 else None,
+        batch=batched,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        back = Explanation.load(e.save(Path(tmp) / "e"))
+    assert back == e
+    assert back.values.dtype == vdtype and back.x.dtype == x.dtype
+
+
+# ---------------------------------------------------------------- plot
+
+
+def test_plot_image_signed_uses_diverging_symmetric_map():
+    e = image()
+    fig = e.plot()
+    assert isinstance(fig, Figure)
+    im = fig.axes[0].images[-1]
+    assert im.get_cmap().name == "RdBu_r"
+    lo, hi = im.get_clim()
+    assert lo == -hi and hi == pytest.approx(np.abs(e.values.sum(axis=0)).max())
+    assert len(fig.axes) == 2  # image + colour bar
+    assert fig.axes[0].get_title() == "occlusion · target 3"
+
+
+def test_plot_image_nonnegative_uses_sequential_map():
+    fig = image(signed=False).plot()
+    im = fig.axes[0].images[-1]
+    assert im.get_cmap().name == "inferno"
+    assert im.get_clim()[0] == 0
+    forced = image(signed=False).plot(signed=True, cmap="PuOr", title="t").axes[0].images[-1]
+    assert forced.get_cmap().name == "PuOr" and forced.get_clim()[0] < 0
+    assert len(image().plot(show_input=False).axes[0].images) == 1
+
+
+def test_plot_tabular_bars_with_feature_names():
+    fig = tabular().plot(top_k=3)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["bp", "bmi", "s1"]  # the largest |value| at the top
+    assert len(ax.patches) == 3
+    fig = tabular(feature_names=None).plot()
+    assert "x[3]" in [t.get_text() for t in fig.axes[0].get_yticklabels()]
+
+
+def test_plot_text_draws_tokens():
+    fig = text().plot()
+    assert isinstance(fig, Figure)
+    drawn = [t.get_text() for t in fig.axes[0].texts]
+    assert drawn == ["the", "film", "was", "great"]
+    ids = [t.get_text() for t in text(tokens=None).plot().axes[0].texts]
+    assert ids == ["5", "17", "3", "9"]
+    fig.canvas.draw()  # renders without a GUI backend
+
+
+def test_plot_batch_grid_and_truncation():
+    fig = batch().plot()
+    assert isinstance(fig, Figure) and "5 items" in fig.get_suptitle()
+    rng = np.random.default_rng(0)
+    big = Explanation(
+        values=rng.normal(size=(20, 4)),
+        x=rng.random((20, 4)),
+        target=np.zeros(20, int),
+        prediction=rng.random((20, 2)),
+        method="saliency",
+        batch=True,
+    )
+    fig = big.plot()
+    assert "first 16 of 20" in fig.get_suptitle()
+    with pytest.raises(ValueError, match="ax"):
+        big.plot(ax=fig.axes[0])
+
+
+def test_plot_into_given_axes():
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert tabular().plot(ax=ax) is fig

@@ -1,0 +1,504 @@
+"""The Model adapter: batching, gradients, layers, bad input, and no trace on the user's model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import xaikit as xk
+
+
+class TinyCNN(nn.Module):
+    """Conv + BatchNorm + dropout: every piece of state a careless explainer could change."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(4 * 8 * 8, classes)
+        self.fail_after_bn = False
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        if self.fail_after_bn:
+            raise RuntimeError("boom inside forward")
+        return self.head(self.drop(h).flatten(1))
+
+
+def make_net(seed: int = 0) -> TinyCNN:
+    torch.manual_seed(seed)
+    net = TinyCNN()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def inputs(n: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+
+
+def snapshot(net: nn.Module) -> dict:
+    """Everything about a module that xaikit promises not to change."""
+    return {
+        "training": {k: m.training for k, m in net.named_modules()},
+        "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "requires_grad": {k: p.requires_grad for k, p in net.named_parameters()},
+        "grad": {
+            k: (None if p.grad is None else (id(p.grad), p.grad.clone()))
+            for k, p in net.named_parameters()
+        },
+        "hooks": {
+            k: (
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(m._backward_pre_hooks),
+            )
+            for k, m in net.named_modules()
+        },
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before["training"] == after["training"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["hooks"] == after["hooks"]
+    for key, value in before["state"].items():
+        assert torch.equal(value, after["state"][key]), key
+    for key, value in before["grad"].items():
+        other = after["grad"][key]
+        if value is None:
+            assert other is None, key
+        else:
+            assert other[0] == value[0] and torch.equal(other[1], value[1]), key
+
+
+def user_state(net: TinyCNN) -> None:
+    """Mixed training flags, one frozen parameter, one existing .grad."""
+    net.train()
+    net.drop.eval()
+    net.conv.bias.requires_grad_(False)
+    net.head.weight.grad = torch.full_like(net.head.weight, 0.25)
+
+
+CALLS = {
+    "scores": lambda m, x: m.scores(x),
+    "gradients": lambda m, x: m.gradients(x, target=1),
+    "gradients_pred": lambda m, x: m.gradients(x),
+    "loss_gradients": lambda m, x: m.gradients(x, target=2, of="loss"),
+    "layer": lambda m, x: _with_layer(m, x),
+}
+
+
+def _with_layer(m: xk.Model, x):
+    with m.layer("bn", gradients=True) as rec:
+        m.gradients(x, target=0)
+    return rec
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_state_preserved_on_success(call):
+    net = make_net()
+    user_state(net)
+    before = snapshot(net)
+    CALLS[call](xk.Model(net, batch_size=3), inputs())
+    assert_same_state(before, snapshot(net))
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_state_preserved_when_forward_raises(call):
+    net = make_net()
+    user_state(net)
+    m = xk.Model(net, batch_size=4)
+    m.scores(inputs(2))  # a first good call, so the failure happens mid-way through batches
+    net.fail_after_bn = True
+    before = snapshot(net)
+    with pytest.raises(RuntimeError, match="boom inside forward"):
+        CALLS[call](m, inputs())
+    assert_same_state(before, snapshot(net))
+
+
+def test_global_state_restored():
+    net = make_net()
+    m = xk.Model(net)
+    grad_mode = torch.is_grad_enabled()
+    m.gradients(inputs(), target=0)
+    assert torch.is_grad_enabled() == grad_mode
+    assert not torch.is_inference_mode_enabled()
+
+
+def test_batchnorm_statistics_not_updated_in_train_mode():
+    net = make_net()
+    net.train()
+    mean = net.bn.running_mean.clone()
+    tracked = net.bn.num_batches_tracked.clone()
+    xk.Model(net).scores(inputs(50) * 10)
+    assert torch.equal(net.bn.running_mean, mean)
+    assert torch.equal(net.bn.num_batches_tracked, tracked)
+
+
+def test_scores_equal_eval_forward_and_dropout_is_off():
+    net = make_net()
+    net.train()
+    x = inputs(20)
+    got = xk.Model(net).scores(x)
+    net.eval()
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+
+
+def test_gradients_equal_autograd():
+    net = make_net().eval()
+    x = inputs(12)
+    targets = np.arange(12) % 4
+    scores, grads = xk.Model(net, batch_size=5).gradients(x, targets)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = net(xt)
+    out.gather(1, torch.from_numpy(targets)[:, None]).sum().backward()
+    np.testing.assert_allclose(grads, xt.grad.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scores, out.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_default_target_is_prediction():
+    net = make_net().eval()
+    x = inputs(9)
+    m = xk.Model(net)
+    predicted = m.predict(x)
+    _, got = m.gradients(x)
+    _, want = m.gradients(x, predicted)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("of", ["probability", "log_probability", "loss"])
+def test_gradients_of_probability_and_loss(of):
+    net = make_net().eval()
+    x = inputs(6)
+    target = np.array([0, 1, 2, 3, 0, 1])
+    _, got = xk.Model(net).gradients(x, target, of=of)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    logits = net(xt)
+    t = torch.from_numpy(target)
+    if of == "loss":
+        value = F.cross_entropy(logits, t, reduction="sum")
+    else:
+        log_p = F.log_softmax(logits, 1).gather(1, t[:, None])
+        value = (log_p.exp() if of == "probability" else log_p).sum()
+    value.backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_gradients_of_a_frozen_model():
+    net = make_net().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    _, grads = xk.Model(net).gradients(inputs(3), target=1)
+    assert np.abs(grads).sum() > 0
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_tensor_inputs_are_left_alone_and_tensors_can_come_back():
+    net = make_net().eval()
+    xt = torch.from_numpy(inputs(5))
+    copy = xt.clone()
+    m = xk.Model(net)
+    scores, grads = m.gradients(xt, target=0, as_numpy=False)
+    assert isinstance(scores, torch.Tensor) and isinstance(grads, torch.Tensor)
+    assert not xt.requires_grad and xt.grad is None and torch.equal(xt, copy)
+    assert isinstance(m.scores(xt), np.ndarray)
+    # float64 NumPy input is cast to the model's dtype
+    np.testing.assert_allclose(m.scores(copy.double().numpy()), m.scores(xt), rtol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 40), batch=st.integers(1, 17))
+def test_results_do_not_depend_on_batch_size(n, batch):
+    net = make_net().eval()
+    x = inputs(n, seed=n)
+    ref = xk.Model(net, batch_size=64)
+    got = xk.Model(net, batch_size=batch)
+    np.testing.assert_allclose(got.scores(x), ref.scores(x), rtol=1e-5, atol=1e-6)
+    targets = np.arange(n) % 4
+    np.testing.assert_allclose(
+        got.gradients(x, targets)[1], ref.gradients(x, targets)[1], rtol=1e-5, atol=1e-7
+    )
+
+
+class BatchSizeSpy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 3)
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.lin(x)
+
+
+def test_auto_batch_size_is_found_once_and_remembered():
+    spy = BatchSizeSpy()
+    m = xk.Model(spy)
+    x = np.random.default_rng(0).random((6000, 8), dtype=np.float32)
+    first = m.scores(x)
+    key = ("scores", (8,), "float32")
+    assert key in m.chosen_batch_sizes
+    chosen = m.chosen_batch_sizes[key]
+    assert len(set(spy.sizes)) > 2  # several sizes were tried
+    spy.sizes.clear()
+    second = m.scores(x)
+    assert set(spy.sizes[:-1]) == {chosen}  # no new search: one size (plus the remainder)
+    np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-6)
+    assert sum(spy.sizes) == len(x)
+
+
+def test_auto_search_resumes_over_small_calls():
+    spy = BatchSizeSpy()
+    m = xk.Model(spy)
+    x = np.random.default_rng(1).random((40, 8), dtype=np.float32)
+    for _ in range(200):
+        out = m.scores(x)
+        assert out.shape == (40, 3)
+    assert m._timings[("scores", (8,), "float32")]  # measured across calls
+
+
+def test_numpy_callable_and_predict_proba():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    clf = LogisticRegression().fit(X, y)
+    m = xk.Model(clf, batch_size=32)
+    assert m.output == "probabilities" and not m.is_torch
+    np.testing.assert_allclose(m.scores(X), clf.predict_proba(X))
+    np.testing.assert_allclose(m.probabilities(torch.from_numpy(X)), clf.predict_proba(X))
+
+    def plain(batch):
+        return np.stack([batch.sum(1), -batch.sum(1)], axis=1)
+
+    fm = xk.Model(plain, output="scores")
+    np.testing.assert_allclose(fm.scores(X)[:, 0], X.sum(1))
+    with pytest.raises(TypeError, match="model: gradients need a PyTorch model"):
+        fm.gradients(X, 0)
+    with pytest.raises(TypeError, match="model"):
+        fm.layer("anything").__enter__()
+
+
+def test_probabilities_softmax_logits():
+    net = make_net().eval()
+    m = xk.Model(net)
+    p = m.probabilities(inputs(4))
+    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-6)
+    want = torch.softmax(torch.from_numpy(m.scores(inputs(4))), 1)
+    np.testing.assert_allclose(p, want, rtol=1e-6)
+
+
+def test_token_model_with_embedding_gets_integer_ids():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Embedding(20, 4), nn.Flatten(), nn.Linear(4 * 6, 2))
+    ids = np.random.default_rng(0).integers(0, 20, size=(7, 6))
+    got = xk.Model(net).scores(ids)
+    with torch.no_grad():
+        want = net(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(TypeError, match="x: gradients need floating-point inputs"):
+        xk.Model(net).gradients(ids, 0)
+
+
+def test_layer_records_activations_and_gradients_and_removes_hook():
+    net = make_net().eval()
+    x = inputs(7)
+    m = xk.Model(net, batch_size=3)
+    with m.layer("conv", gradients=True) as rec:
+        m.gradients(x, target=2)
+    xt = torch.from_numpy(x)
+    act = net.conv(xt)
+    act.retain_grad()
+    net.head(torch.relu(net.bn(act)).flatten(1))[:, 2].sum().backward()
+    np.testing.assert_allclose(rec.activations, act.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rec.gradients, act.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert len(rec.activation_batches) == 3
+    assert len(net.conv._forward_hooks) == 0
+
+
+def test_layer_transform_and_hook_removed_on_error():
+    net = make_net().eval()
+    m = xk.Model(net)
+    with m.layer("bn", transform=lambda a: a.mean(dim=(2, 3))) as rec:
+        m.scores(inputs(5))
+    assert rec.activations.shape == (5, 4)
+    with pytest.raises(KeyError), m.layer("conv"):
+        raise KeyError("user code failed inside the block")
+    assert len(net.conv._forward_hooks) == 0
+
+
+def test_unknown_layer_names_the_argument_and_suggests():
+    m = xk.Model(make_net())
+    with pytest.raises(ValueError, match=r"name: no layer 'con' .*'conv'"):
+        m.find_layer("con")
+    assert m.layer_names() == ["conv", "bn", "drop", "head"]
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "pattern"),
+    [
+        (np.zeros((3, 2, 8, 8), np.float32), ValueError, r"x: expected 1 channel"),
+        (np.zeros((3, 8, 8), np.float32), ValueError, r"x: expected a batch of 3-D items"),
+        (np.full((2, 1, 8, 8), np.nan, np.float32), ValueError, r"x: expected finite values"),
+        (torch.full((2, 1, 8, 8), float("inf")), ValueError, r"x: expected finite values"),
+        (np.array([["a"]]), TypeError, r"x: expected real numbers"),
+        (np.zeros((2, 1, 8, 8), bool), TypeError, r"x: expected real numbers"),
+        (torch.zeros((2, 1, 8, 8), dtype=torch.complex64), TypeError, r"x: expected real"),
+        ("image.png", TypeError, r"x: expected an array or tensor"),
+        (None, TypeError, r"x: expected an array or tensor"),
+        (np.zeros((0, 1, 8, 8), np.float32), ValueError, r"x: expected at least one item"),
+        (np.float32(1.0), ValueError, r"x: expected a batch"),
+    ],
+)
+def test_bad_inputs_name_the_argument(bad, error, pattern):
+    m = xk.Model(make_net())
+    with pytest.raises(error, match=pattern):
+        m.scores(bad)
+
+
+def test_declared_input_shape_is_checked_up_front():
+    m = xk.Model(make_net(), input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match=r"x: expected items of shape \(1, 8, 8\).*\(2, 1, 9, 9\)"):
+        m.scores(np.zeros((2, 1, 9, 9), np.float32))
+
+
+def test_linear_model_feature_count_is_named():
+    m = xk.Model(nn.Linear(5, 2))
+    with pytest.raises(ValueError, match="x: expected 5 features per item"):
+        m.scores(np.zeros((3, 4), np.float32))
+
+
+class Returns(nn.Module):
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.make(self.lin(x))
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda out: out[:, 0], r"model: expected scores of shape \(N, K\) = \(4, K\).*got shape \(4,\)"),
+        (lambda out: (out, out), r"model: expected its output to be scores .* tuple"),
+        (lambda out: {"logits": out}, r"model: expected its output to be scores .* dict"),
+        (lambda out: out[:1], r"model: expected scores of shape .*got shape \(1, 2\)"),
+        (lambda out: out[:, :, None], r"model: expected scores .*got shape \(4, 2, 1\)"),
+        (lambda out: out * float("nan"), r"model output: expected finite values"),
+    ],
+)
+def test_model_with_wrong_output_is_named(make, pattern):
+    m = xk.Model(Returns(make))
+    with pytest.raises(ValueError, match=pattern):
+        m.scores(np.zeros((4, 3), np.float32))
+
+
+def test_callable_with_wrong_output_is_named():
+    with pytest.raises(ValueError, match="model: expected scores of shape"):
+        xk.Model(lambda b: b.sum(1)).scores(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="model: expected numeric scores"):
+        xk.Model(lambda b: np.array([["a", "b"]] * len(b))).scores(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="model: expected numeric scores"):
+        xk.Model(lambda b: None).scores(np.ones((3, 2)))
+
+
+def test_model_whose_output_does_not_depend_on_input():
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.lin(x.detach())
+
+    with pytest.raises(ValueError, match="model: its output does not depend on the input"):
+        xk.Model(Detached()).gradients(np.ones((2, 3), np.float32), 0)
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "pattern"),
+    [
+        (4, ValueError, r"target: expected class indices in \[0, 4\).*got 4"),
+        (-1, ValueError, r"target: expected .*class indices.*got -1"),
+        ([0, 1], ValueError, r"target: expected one class index per item \(3\)"),
+        (1.5, TypeError, r"target: expected a class index"),
+        ([0.0, 1.0, 2.0], TypeError, r"target: expected integer class indices"),
+        (True, TypeError, r"target: expected a class index"),
+        ("cat", TypeError, r"target: expected a class index"),
+    ],
+)
+def test_bad_targets_are_named(target, error, pattern):
+    m = xk.Model(make_net())
+    with pytest.raises(error, match=pattern):
+        m.gradients(inputs(3), target)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size: expected a positive int"),
+        ({"batch_size": "big"}, TypeError, "batch_size: expected a positive int"),
+        ({"output": "probs"}, ValueError, "output: expected one of"),
+    ],
+)
+def test_bad_options_are_named(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        xk.Model(make_net(), **kwargs)
+
+
+def test_bad_model_objects_are_named(tmp_path):
+    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+        xk.Model(42)
+    with pytest.raises(FileNotFoundError, match="model: no file"):
+        xk.Model(tmp_path / "missing.pt")
+    junk = tmp_path / "notes.pt"
+    junk.write_text("this is not a model")
+    with pytest.raises(ValueError, match="model: .*notes.pt' is not a TorchScript file"):
+        xk.Model(junk)
+    state_dict = tmp_path / "weights.pt"
+    torch.save(make_net().state_dict(), state_dict)
+    with pytest.raises(ValueError, match="is not a TorchScript file"):
+        xk.Model(str(state_dict))
+    with pytest.raises(ValueError, match="device: the model's tensors are on cpu"):
+        xk.Model(make_net(), device="meta")
+
+
+def test_torchscript_file(tmp_path):
+    net = make_net().eval()
+    path = tmp_path / "net.pt"
+    torch.jit.script(net).save(str(path))
+    m = xk.Model(path)
+    x = inputs(5)
+    np.testing.assert_allclose(m.scores(x), xk.Model(net).scores(x), rtol=1e-5, atol=1e-6)
+    _, grads = m.gradients(x, 1)
+    np.testing.assert_allclose(grads, xk.Model(net).gradients(x, 1)[1], rtol=1e-4, atol=1e-6)
+    scripted = torch.jit.load(str(path))
+    scripted.train()
+    xk.Model(scripted).scores(x)
+    assert scripted.training and scripted.bn.training  # flags restored on script modules too
+
+
+def test_as_model_passes_models_through():
+    m = xk.Model(make_net())
+    assert xk.as_model(m) is m
+    assert isinstance(xk.as_model(make_net()), xk.Model)
+    with pytest.raises(TypeError, match="model: already an xaikit.Model"):
+        xk.as_model(m, batch_size=3)
