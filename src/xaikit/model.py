@@ -227,6 +227,80 @@ class Model:
         with self._user_state_preserved():
             return self._map_batches(x, step, kind="gradients", progress=progress)
 
+    def layer_gradients(
+        self,
+        x: Any,
+        target: Any = None,
+        *,
+        layer: str,
+        values: torch.Tensor | np.ndarray | None = None,
+        of: str = "score",
+        as_numpy: bool = True,
+    ):
+        """Gradient of each item's target output with respect to a layer's output.
+
+        With ``values`` (one per item, the layer output's shape), the layer's output is
+        replaced by them for the forward pass, e.g. points on a path in embedding space, as
+        layer Integrated Gradients needs. Works for integer inputs (token ids).
+
+        Returns
+        -------
+        scores : (N, K)
+        layer_values : the layer outputs used (computed, or ``values``)
+        gradients : d target / d layer output, same shape
+        """
+        if self.module is None:
+            raise TypeError("model: layer gradients need a PyTorch model, not a callable")
+        of = check_choice(of, name="of", choices=GRADIENT_OF)
+        module = self.find_layer(layer)
+        x = self._check_x(x)
+        n = len(x)
+        targets = None if target is None else check_targets(target, n=n, n_classes=self.n_classes)
+        if values is not None and len(values) != n:
+            raise ValueError(f"values: expected one layer output per item ({n}), got {len(values)}")
+
+        def step(xb, start):
+            leaf = {}
+
+            def replace(_module, _inputs, output):
+                if not isinstance(output, torch.Tensor):
+                    raise ValueError(
+                        f"layer: {layer!r} must return one tensor, got {describe(output)}"
+                    )
+                tensor = output
+                if values is not None:
+                    given = torch.as_tensor(values[start : start + len(xb)], device=self.device)
+                    if tuple(given.shape) != tuple(tensor.shape):
+                        raise ValueError(
+                            f"values: expected layer outputs of shape {tuple(tensor.shape)}, got "
+                            f"{tuple(given.shape)}"
+                        )
+                    tensor = given.to(tensor.dtype)
+                leaf["value"] = tensor.detach().requires_grad_(True)
+                return leaf["value"]
+
+            handle = module.register_forward_hook(replace)
+            try:
+                with torch.enable_grad():
+                    out = self._forward(self._to_tensor(xb))
+                    if targets is None:
+                        tb = out.detach().argmax(dim=1)
+                    else:
+                        if start == 0:
+                            check_targets(targets, n=n, n_classes=out.shape[1])
+                        tb = torch.as_tensor(targets[start : start + len(xb)], device=out.device)
+                    objective = _objective(out, tb, of=of, output=self.output)
+                    (grad,) = torch.autograd.grad(objective.sum(), leaf["value"], allow_unused=True)
+            finally:
+                handle.remove()
+            if grad is None:
+                raise ValueError(f"layer: the output does not depend on layer {layer!r}")
+            result = (_float_output(out.detach()), leaf["value"].detach(), grad)
+            return tuple(r.cpu().numpy() for r in result) if as_numpy else result
+
+        with self._user_state_preserved():
+            return self._map_batches(x, step, kind=f"layer_gradients:{layer}", progress=None)
+
     @contextlib.contextmanager
     def layer(
         self,
