@@ -64,11 +64,12 @@ def check_batch(x: Any, *, name: str = "x", item_shape: tuple[int, ...] | None =
 def check_finite(arr, *, name: str) -> None:
     """Raise a ValueError naming ``name`` when ``arr`` holds NaN or infinity."""
     if isinstance(arr, torch.Tensor):
-        if arr.dtype.is_floating_point:
+        if arr.dtype.is_floating_point and not bool(torch.isfinite(arr.sum())):
             bad = int((~torch.isfinite(arr)).sum())
             if bad:
                 raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite")
-    elif arr.dtype.kind == "f":
+    elif arr.dtype.kind == "f" and not np.isfinite(np.add.reduce(arr, axis=None)):
+        # The sum is a cheap first test; count only when it is not finite (it may overflow).
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if bad:
             raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite")

@@ -39,8 +39,8 @@ from xaikit._validation import (
 OUTPUTS = ("logits", "probabilities", "log_probabilities", "scores")
 GRADIENT_OF = ("score", "probability", "log_probability", "loss")
 
-# Batch sizes tried by the "auto" search, smallest first. Each is timed twice on real inputs
-# (whose results are kept), so the search costs little more than the work itself.
+# Batch sizes tried by the "auto" search, smallest first. Each is timed on a real chunk of the
+# input (whose results are kept), so the search costs little more than the work itself.
 _CPU_CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024)
 _GPU_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _MAX_BATCH_BYTES = 512 * 2**20  # never try a batch whose inputs alone exceed this
@@ -485,33 +485,32 @@ class Model:
         timings = self._timings.setdefault(key, {})
         position = 0
         complete = False
+        if not timings and n >= 2 * candidates[0]:  # one warm-up chunk: first calls pay set-up
+            sink.put(0, step(x[: candidates[0]], 0))
+            bar.advance(candidates[0])
+            position = candidates[0]
         for size in candidates:
             if size in timings:
                 continue
-            if position + 2 * size > n:
-                break  # not enough items left for a fair measurement; resume next call
-            per_item = math.inf
-            for _ in range(2):  # the first run may pay for warm-up
-                try:
-                    start = time.perf_counter()
-                    result = step(x[position : position + size], position)
-                    if on_gpu:
-                        torch.cuda.synchronize(self.device)
-                    per_item = min(per_item, (time.perf_counter() - start) / size)
-                except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    complete = True  # the previous size is the largest that fits
-                    break
-                sink.put(position, result)
-                bar.advance(size)
-                position += size
-            if complete:
+            if position + size > n:
+                break  # not enough items left for this size; the search resumes next call
+            try:
+                start = time.perf_counter()
+                result = step(x[position : position + size], position)
+                if on_gpu:
+                    torch.cuda.synchronize(self.device)
+                per_item = (time.perf_counter() - start) / size
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                complete = True  # the previous size is the largest that fits
                 break
+            sink.put(position, result)
+            bar.advance(size)
+            position += size
             timings[size] = per_item
-            best = min(timings.values())
             # Past the optimum on a CPU: stop once clearly slower. On a GPU keep growing while
             # larger batches do not lose throughput ("largest that fits").
-            if per_item > (1.10 if on_gpu else 1.15) * best:
+            if per_item > (1.10 if on_gpu else 1.15) * min(timings.values()):
                 complete = True
                 break
         else:
