@@ -334,3 +334,16 @@ def test_token_model_layer_input_x_gradient_and_saliency():
     assert e.kind == "text"
     with pytest.raises(TypeError, match="x: gradients need floating-point inputs"):
         xk.explain(net, ids, method="saliency", target=1)
+
+
+def test_loss_saliency_warns_when_the_model_is_confident():
+    lin = nn.Linear(4, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[60.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]))
+        lin.bias.zero_()
+    x = np.array([1.0, 0.5, 0.2, 0.1], dtype=np.float32)
+    with pytest.warns(RuntimeWarning, match="gradient nearly vanishes"):
+        e = xk.explain(lin, x, method="saliency", target=0, of="loss")
+    assert e.values.max() < 1e-6
+    score = xk.explain(lin, x, method="saliency", target=0)
+    assert score.values[0] == pytest.approx(60.0)
