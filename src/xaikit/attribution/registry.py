@@ -134,7 +134,7 @@ def explain(
     if target is None:
         targets = scores.argmax(axis=1)
     else:
-        if not batch and not isinstance(target, (int, np.integer)):
+        if not batch and (np.ndim(target) != 0 or isinstance(target, (str, bytes))):
             raise TypeError(
                 f"target: expected one class index (int) for one input, got {describe(target)}"
             )
