@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import math
 import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,11 +39,15 @@ from xaikit._validation import (
 OUTPUTS = ("logits", "probabilities", "log_probabilities", "scores")
 GRADIENT_OF = ("score", "probability", "log_probability", "loss")
 
-# Batch sizes tried by the "auto" search, smallest first. Each is timed on a real chunk of the
-# input (whose results are kept), so the search costs little more than the work itself.
+# Batch sizes tried by the "auto" search, smallest first, each timed once on copies of an item.
 _CPU_CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024)
 _GPU_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _MAX_BATCH_BYTES = 512 * 2**20  # never try a batch whose inputs alone exceed this
+_SEARCH_SECONDS = 2.0  # the search stops trying larger sizes after this long
+
+# Chosen batch sizes per model object, shared by every Model wrapping it (weak keys: the memo
+# never keeps a user's model alive).
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Model:
@@ -114,8 +118,8 @@ class Model:
                 "move the model first (xaikit never moves a user's model)"
             )
         self.n_classes: int | None = None
-        # Batch-size search state per (call kind, item shape, dtype): measured seconds per item
-        # for each tried size, and the chosen size once the search is complete.
+        # Batch-size search: seconds per item measured for each tried size (for inspection),
+        # and the sizes this Model has used per (call kind, item shape, dtype, device).
         self._timings: dict[tuple, dict[int, float]] = {}
         self._chosen: dict[tuple, int] = {}
 
@@ -126,17 +130,26 @@ class Model:
         """True when the model is a PyTorch module (gradients and layers are available)."""
         return self.module is not None
 
-    def scores(self, x: Any, *, as_numpy: bool = True, progress: bool | None = None):
+    def scores(
+        self,
+        x: Any,
+        *,
+        as_numpy: bool = True,
+        progress: bool | None = None,
+        check: bool = True,
+    ):
         """Model outputs for a batch ``x`` of shape ``(N, ...)``: an ``(N, K)`` array.
 
         Runs without gradients, in batches, in eval mode; the user's model is left as it was.
+        ``check=False`` skips the input checks (NaN scan included), for inputs that xaikit's
+        engines build from inputs already checked.
         """
-        x = self._check_x(x)
+        x = self._check_x(x) if check else x
         if self.module is None:
             step = self._function_step
         else:
 
-            def step(xb, _start):
+            def step(xb, _rows):
                 with torch.inference_mode():
                     out = self._forward(self._to_tensor(xb))
                 out = _float_output(out)
@@ -163,6 +176,7 @@ class Model:
         of: str = "score",
         as_numpy: bool = True,
         progress: bool | None = None,
+        check: bool = True,
     ):
         """Scores and the gradient of each item's target output with respect to its input.
 
@@ -175,6 +189,8 @@ class Model:
             What is differentiated: the raw output for the target (default), its softmax
             probability, its log-probability, or the cross-entropy loss against the target as
             a label (the loss-gradient saliency of Simonyan et al. 2014 as taught in lectures).
+        check : bool
+            ``False`` skips the input checks, for points built by xaikit from checked inputs.
 
         Returns
         -------
@@ -187,12 +203,13 @@ class Model:
                 "batches (use a perturbation method such as occlusion, lime or kernel_shap)"
             )
         of = check_choice(of, name="of", choices=GRADIENT_OF)
-        x = self._check_x(x)
+        x = self._check_x(x) if check else x
         n = len(x)
         # Types and length are checked now; the class range as soon as K is known.
         targets = None if target is None else check_targets(target, n=n, n_classes=self.n_classes)
+        checked: list[bool] = []
 
-        def step(xb, start):
+        def step(xb, rows):
             inp = self._to_tensor(xb).detach()
             if not inp.dtype.is_floating_point:
                 raise TypeError(
@@ -205,9 +222,8 @@ class Model:
                 if targets is None:
                     tb = out.detach().argmax(dim=1)
                 else:
-                    if start == 0:
-                        check_targets(targets, n=n, n_classes=out.shape[1])
-                    tb = torch.as_tensor(targets[start : start + len(inp)], device=out.device)
+                    _check_range_once(targets, out.shape[1], checked)
+                    tb = torch.as_tensor(targets[rows], device=out.device)
                 objective = _objective(out, tb, of=of, output=self.output)
                 if not objective.requires_grad:
                     raise ValueError(
@@ -256,10 +272,11 @@ class Model:
         x = self._check_x(x)
         n = len(x)
         targets = None if target is None else check_targets(target, n=n, n_classes=self.n_classes)
+        checked: list[bool] = []
         if values is not None and len(values) != n:
             raise ValueError(f"values: expected one layer output per item ({n}), got {len(values)}")
 
-        def step(xb, start):
+        def step(xb, rows):
             leaf = {}
 
             def replace(_module, _inputs, output):
@@ -269,7 +286,7 @@ class Model:
                     )
                 tensor = output
                 if values is not None:
-                    given = torch.as_tensor(values[start : start + len(xb)], device=self.device)
+                    given = torch.as_tensor(values[rows], device=self.device)
                     if tuple(given.shape) != tuple(tensor.shape):
                         raise ValueError(
                             f"values: expected layer outputs of shape {tuple(tensor.shape)}, got "
@@ -286,9 +303,8 @@ class Model:
                     if targets is None:
                         tb = out.detach().argmax(dim=1)
                     else:
-                        if start == 0:
-                            check_targets(targets, n=n, n_classes=out.shape[1])
-                        tb = torch.as_tensor(targets[start : start + len(xb)], device=out.device)
+                        _check_range_once(targets, out.shape[1], checked)
+                        tb = torch.as_tensor(targets[rows], device=out.device)
                     objective = _objective(out, tb, of=of, output=self.output)
                     (grad,) = torch.autograd.grad(objective.sum(), leaf["value"], allow_unused=True)
             finally:
@@ -360,7 +376,7 @@ class Model:
 
     @property
     def chosen_batch_sizes(self) -> dict[tuple, int]:
-        """The batch size chosen by the "auto" search per (call kind, item shape, dtype)."""
+        """Batch sizes this Model used per (call kind, item shape, dtype, device)."""
         return dict(self._chosen)
 
     def __repr__(self) -> str:
@@ -394,7 +410,7 @@ class Model:
         self._check_output(out, len(tensor))
         return out
 
-    def _function_step(self, xb: np.ndarray, _start: int):
+    def _function_step(self, xb: np.ndarray, _rows: np.ndarray):
         out = self.function(xb)
         if isinstance(out, torch.Tensor):
             out = out.detach().cpu().numpy()
@@ -447,82 +463,81 @@ class Model:
                 _set_training(m, flag)
 
     def _map_batches(self, x, step, *, kind: str, progress: bool | None):
-        """Apply ``step`` to consecutive chunks of ``x``; gather its outputs in item order."""
-        n = len(x)
-        key = (kind, tuple(x.shape[1:]), str(x.dtype))
-        sink = _Sink(n)
-        position = 0
-        with progress_bar(n, f"{kind}", enabled=progress) as bar:
-            if self.batch_size != "auto":
-                size = self.batch_size
-            elif key in self._chosen:
-                size = self._chosen[key]
-            else:
-                position, size = self._search_batch_size(x, step, key, sink, bar)
-            while position < n:
-                end = min(position + size, n)
-                sink.put(position, step(x[position:end], position))
-                bar.advance(end - position)
-                position = end
-        return sink.result()
+        """Apply ``step(chunk, rows)`` to consecutive chunks of ``x``; gather its outputs.
 
-    def _search_batch_size(self, x, step, key, sink, bar) -> tuple[int, int]:
-        """Time candidate sizes on real chunks of ``x`` (keeping their results).
-
-        Returns how many items were processed and the size to use for the rest. The search
-        resumes on later calls until it is complete, then the choice is remembered.
+        ``rows`` are the chunk's item indices in ``x`` (for per-item targets or values).
         """
         n = len(x)
+        if self.batch_size != "auto":
+            size = self.batch_size
+        elif n <= _CPU_CANDIDATES[0]:
+            size = n  # one small batch: nothing to tune
+        else:
+            size = self._tuned_batch_size(x, step, kind)
+        sink = _Sink(n)
+        with progress_bar(n, kind, enabled=progress) as bar:
+            for start in range(0, n, size):
+                chunk = x[start : start + size]
+                sink.put(start, step(chunk, np.arange(start, start + len(chunk))))
+                bar.advance(len(chunk))
+        return sink.result()
+
+    def _tuned_batch_size(self, x, step, kind: str) -> int:
+        """The remembered batch size for this kind of call and item shape; search it once.
+
+        The search times candidate sizes on copies of the first item and discards their
+        outputs, so every call batches its real inputs the same way: results never depend on
+        timing noise, and a call repeated gives bit-identical results. The choice is kept per
+        model object (also across Model wrappers of it) and never changes afterwards.
+        """
+        key = (kind, tuple(x.shape[1:]), str(x.dtype), str(self.device))
+        memo = _batch_memo(self.module if self.module is not None else self.function, self)
+        if key not in memo:
+            memo[key] = self._search(x[:1], step)
+        self._chosen[key] = memo[key]
+        return memo[key]
+
+    def _search(self, first, step) -> int:
+        """Largest-throughput batch size (largest that fits and still gains, on a GPU)."""
         on_gpu = self.device.type == "cuda"
-        item_bytes = max(
-            1, x[:1].nbytes if isinstance(x, np.ndarray) else x[:1].numel() * x.element_size()
+        item_bytes = (
+            first.nbytes if isinstance(first, np.ndarray) else first.numel() * first.element_size()
         )
         candidates = [
             c
             for c in (_GPU_CANDIDATES if on_gpu else _CPU_CANDIDATES)
-            if c * item_bytes <= _MAX_BATCH_BYTES
+            if c * max(1, item_bytes) <= _MAX_BATCH_BYTES
         ] or [1]
-        timings = self._timings.setdefault(key, {})
-        position = 0
-        complete = False
-        if not timings and n >= 2 * candidates[0]:  # one warm-up chunk: first calls pay set-up
-            sink.put(0, step(x[: candidates[0]], 0))
-            bar.advance(candidates[0])
-            position = candidates[0]
+
+        def copies(size):
+            if isinstance(first, torch.Tensor):
+                return first.expand(size, *first.shape[1:]).contiguous()
+            return np.ascontiguousarray(np.broadcast_to(first, (size, *first.shape[1:])))
+
+        timings: dict[int, float] = {}
+        began = time.perf_counter()
+        step(copies(candidates[0]), np.zeros(candidates[0], dtype=np.int64))  # warm-up
         for size in candidates:
-            if size in timings:
-                continue
-            if position + size > n:
-                break  # not enough items left for this size; the search resumes next call
             try:
                 start = time.perf_counter()
-                result = step(x[position : position + size], position)
+                step(copies(size), np.zeros(size, dtype=np.int64))  # all copies of item 0
                 if on_gpu:
                     torch.cuda.synchronize(self.device)
-                per_item = (time.perf_counter() - start) / size
+                timings[size] = (time.perf_counter() - start) / size
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                complete = True  # the previous size is the largest that fits
-                break
-            sink.put(position, result)
-            bar.advance(size)
-            position += size
-            timings[size] = per_item
+                break  # the previous size is the largest that fits
+            best = min(timings.values())
             # Past the optimum on a CPU: stop once clearly slower. On a GPU keep growing while
-            # larger batches do not lose throughput ("largest that fits").
-            if per_item > (1.10 if on_gpu else 1.15) * min(timings.values()):
-                complete = True
+            # larger batches do not lose throughput. Never spend long on the search itself.
+            if timings[size] > (1.10 if on_gpu else 1.15) * best:
                 break
-        else:
-            complete = True
-        if not timings:
-            return position, max(1, min(n - position, candidates[0]))
+            if time.perf_counter() - began > _SEARCH_SECONDS:
+                break
+        self._timings[(tuple(first.shape[1:]), str(first.dtype))] = timings
         best = min(timings.values())
         tolerance = 1.05 if on_gpu else 1.0
-        size = max(c for c, t in timings.items() if t <= tolerance * best)
-        if complete:
-            self._chosen[key] = size
-        return position, size
+        return max(c for c, t in timings.items() if t <= tolerance * best)
 
 
 class LayerRecording:
@@ -600,6 +615,22 @@ class _Sink:
 
     def result(self):
         return tuple(self.parts)
+
+
+def _check_range_once(targets: np.ndarray, n_classes: int, checked: list) -> None:
+    """Check the targets' class range at the first forward, once K is known."""
+    if not checked:
+        check_targets(targets, n=len(targets), n_classes=n_classes)
+        checked.append(True)
+
+
+def _batch_memo(owner, fallback) -> dict:
+    """The batch-size memo of a model object (kept on ``fallback`` if it takes no weakref)."""
+    owner = getattr(owner, "__self__", owner)  # a bound predict_proba: key on its estimator
+    try:
+        return _MEMO.setdefault(owner, {})
+    except TypeError:
+        return fallback.__dict__.setdefault("_own_memo", {})
 
 
 def _empty_like_rows(sample, n: int):

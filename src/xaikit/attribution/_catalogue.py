@@ -3,5 +3,12 @@
 Add a new method's module here.
 """
 
-from xaikit.attribution import cam, gradients, guided  # noqa: F401
-from xaikit.attribution import occlusion, rise  # noqa: F401
+from xaikit.attribution import (  # noqa: F401
+    cam,
+    gradients,
+    guided,
+    kernel_shap,
+    lime,
+    occlusion,
+    rise,
+)

@@ -59,6 +59,7 @@ def perturbation_scores(
         Component id of every element of ``x`` (shape of ``x``, or of its trailing axes).
     """
     on_device = model.is_torch
+    integer_ids = np.asarray(x).dtype.kind in "iu"
     x_t, base_t = _prepare(model, x, baseline, background=background)
     comp_index = None
     if components is not None:
@@ -70,7 +71,10 @@ def perturbation_scores(
         if chunk.ndim < 2 or len(chunk) == 0:
             continue
         inputs = _masked_inputs(x_t, base_t, chunk, comp_index, background=background)
-        scores = model.scores(inputs)
+        if integer_ids:  # token ids: a removed token takes the baseline id, never a blend
+            inputs = inputs.round().long() if on_device else inputs.round().astype(x.dtype)
+        # x and the baseline were checked; their blends need no second NaN scan per chunk.
+        scores = model.scores(inputs, check=False)
         if background:  # average over the background rows of each mask
             scores = scores.reshape(len(chunk), -1, scores.shape[1]).mean(axis=1)
         outputs.append(scores)
@@ -135,9 +139,15 @@ def _masked_inputs(x, base, chunk: np.ndarray, comp_index, *, background: bool):
     flat_x = x.reshape(1, -1)
     if background:
         flat_base = base.reshape(1, base.shape[0], -1)  # (1, R, P)
-        keep = keep[:, None, :]
-        out = flat_base + keep * (flat_x[:, None, :] - flat_base)  # (b, R, P)
+        out = _blend(flat_base, flat_x[:, None, :], keep[:, None, :])  # (b, R, P)
         return out.reshape(b * base.shape[0], *x.shape)
     flat_base = base.reshape(1, -1) if base.ndim else base
-    out = flat_base + keep * (flat_x - flat_base)
-    return out.reshape(b, *x.shape)
+    return _blend(flat_base, flat_x, keep).reshape(b, *x.shape)
+
+
+def _blend(base, x, keep):
+    """base where keep is 0, x where it is 1, exactly; linear in between (RISE's soft masks)."""
+    if isinstance(x, torch.Tensor):
+        base = torch.as_tensor(base, dtype=x.dtype, device=x.device)
+        return torch.lerp(base, x, keep)  # broadcasts
+    return keep * x + (1 - keep) * base

@@ -1,0 +1,152 @@
+"""RISE (Petsiuk et al. 2018): saliency as the score-weighted average of random soft masks.
+
+Each mask is a random binary ``cell x cell`` grid (each cell kept with probability ``p``),
+upsampled bilinearly to ``(cell + 1) * ceil(H / cell)`` pixels per side and cropped to ``H x W``
+at a random shift below one cell (the paper's Sec. 3.2: smooth masks whose cell borders fall
+anywhere). The saliency of pixel u is ``sum_i f(x * M_i) M_i(u) / (N p)`` (eq. 6), the
+Monte-Carlo estimate of ``E[f(x * M) | M(u) = 1]``.
+
+The low-resolution grids and shifts are drawn once (``N * cell**2`` bits); the full-size masks
+exist only one chunk at a time, upsampled with ``F.interpolate`` and cropped by indexing, so
+8000 masks of a 224 px image never sit in memory together, and the result does not depend on
+the chunk size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xaikit._validation import check_positive_int, describe
+from xaikit.attribution.perturbation import chunk_size, perturbation_scores
+from xaikit.attribution.registry import Attribution, register
+from xaikit.baselines import make_baseline
+from xaikit.components import input_kind
+from xaikit.model import Model
+
+
+@register(
+    "rise",
+    needs_gradients=False,
+    reference="Petsiuk, Das & Saenko 2018, RISE: Randomized input sampling for explanation "
+    "of black-box models",
+)
+def rise(
+    model: Model,
+    x: np.ndarray,
+    targets: np.ndarray,
+    *,
+    samples: int = 4000,
+    cell: Any = None,
+    p: float = 0.5,
+    seed: int | None = 0,
+    baseline: Any = 0.0,
+) -> Attribution:
+    """Score-weighted average of random smooth masks (Petsiuk et al. 2018, eq. 6).
+
+    Parameters
+    ----------
+    samples : int
+        Number of masks N (the paper uses 4000 to 8000).
+    cell : int or tuple of int, optional
+        Side of the low-resolution grid, per spatial axis. Default for images: ``side / 7``
+        clipped to [2, 7]: 7 on 224 px (the paper's), 4 on 28 px; for 1-D inputs (tokens,
+        features) cells of about 3 elements.
+    p : float
+        Probability that a grid cell is kept, in (0, 1] (paper: 0.5).
+    seed : int or None
+        Seed of the grids and shifts (default 0: reproducible as it is); the same seed gives
+        the same saliency, ``None`` draws fresh randomness.
+    baseline : number, str or array
+        What masked-out pixels become (paper: 0); see :func:`xaikit.baselines.make_baseline`.
+
+    References
+    ----------
+    Petsiuk, Das & Saenko 2018, RISE: Randomized input sampling for explanation of black-box
+    models, BMVC.
+    """
+    samples = check_positive_int(samples, name="samples")
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0 < p <= 1:
+        raise ValueError(f"p: expected a keep probability in (0, 1], got {p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed: expected an int or None, got {describe(seed)}")
+    item = x.shape[1:]
+    kind = input_kind(x[0])
+    if kind == "text":
+        raise TypeError(
+            "x: RISE blends inputs with soft masks, which token ids do not allow; use "
+            "occlusion, lime or kernel_shap for text (or pass float features)"
+        )
+    spatial = item[-2:] if kind == "image" else item
+    cell = _resolve_cell(cell, spatial)
+    rng = np.random.default_rng(seed)
+    grids = rng.random((samples, *cell)) < p
+    cell_px = [math.ceil(d / c) for d, c in zip(spatial, cell, strict=True)]
+    shifts = np.stack([rng.integers(0, c, samples) for c in cell_px], axis=1)
+    values = np.empty(x.shape, dtype=np.float32)
+    for i in range(len(x)):
+        base = make_baseline(x[i], baseline, seed=seed)
+        size = chunk_size(x[i], n_background=len(base.values) if base.background else 1)
+        saliency = np.zeros(int(np.prod(spatial)), dtype=np.float64)
+        for start in range(0, samples, size):
+            stop = min(start + size, samples)
+            masks = _upsample(grids[start:stop], shifts[start:stop], cell, cell_px, spatial)
+            scores = perturbation_scores(
+                model, x[i], [masks], baseline=base.values, background=base.background
+            )
+            # float32 product (no float64 copy of the masks), float64 running sum
+            weights = scores[:, targets[i]].astype(np.float32)
+            saliency += weights @ masks.reshape(len(masks), -1)
+        saliency /= samples * p
+        values[i] = np.broadcast_to(saliency.reshape(spatial), item)
+    return Attribution(values=values, params={"cell": cell})
+
+
+def _resolve_cell(cell: Any, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    if cell is None:
+        if len(spatial) == 1:  # tokens and features: cells of about 3 elements
+            return (math.ceil(spatial[0] / 3),)
+        return tuple(max(2, min(7, round(d / 7))) for d in spatial)
+    if isinstance(cell, (int, np.integer)) and not isinstance(cell, bool):
+        cell = (int(cell),) * len(spatial)
+    if (
+        not isinstance(cell, (tuple, list))
+        or len(cell) != len(spatial)
+        or not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in cell)
+    ):
+        raise TypeError(
+            f"cell: expected an int or {len(spatial)} ints (one per spatial axis), got "
+            f"{describe(cell)}"
+        )
+    if any(c < 1 or c > d for c, d in zip(cell, spatial, strict=True)):
+        raise ValueError(f"cell: expected grid sizes in [1, input side {spatial}], got {cell}")
+    return tuple(int(c) for c in cell)
+
+
+def _upsample(grids, shifts, cell, cell_px, spatial) -> np.ndarray:
+    """Soft masks ``(b, *spatial)``: bilinear upsampling of the grids, then shifted crops.
+
+    Bilinear interpolation is separable, so upsampling a grid G and cropping at (dy, dx) is
+    ``U_y[dy:dy+H] @ G @ U_x[dx:dx+W].T`` with ``U`` the 1-D interpolation matrix of
+    ``F.interpolate`` (align_corners=False): two small batched products instead of building
+    the full upsampled masks and gathering crops from them.
+    """
+    factors = []
+    for axis, (c, px, d) in enumerate(zip(cell, cell_px, spatial, strict=True)):
+        u = _interpolation_matrix(c, (c + 1) * px)  # (upsampled length, c)
+        rows = torch.from_numpy(shifts[:, axis])[:, None] + torch.arange(d)[None, :]
+        factors.append(u[rows])  # (b, d, c): the crop's rows of U, per mask
+    grid = torch.from_numpy(grids).to(torch.float32)
+    if len(cell) == 1:
+        return torch.bmm(factors[0], grid[:, :, None])[:, :, 0].numpy()
+    return torch.bmm(torch.bmm(factors[0], grid), factors[1].transpose(1, 2)).numpy()
+
+
+def _interpolation_matrix(n: int, size: int) -> torch.Tensor:
+    """``(size, n)`` matrix of torch's linear upsampling from n to size (align_corners=False)."""
+    eye = torch.eye(n, dtype=torch.float32)[None]  # interpolate the n unit vectors at once
+    return F.interpolate(eye, size=size, mode="linear", align_corners=False)[0].T.contiguous()
