@@ -7,16 +7,24 @@ from xaikit._progress import set_progress
 from xaikit._version import __version__
 from xaikit.attribution import explain, methods
 from xaikit.explanation import Explanation
+from xaikit.importance import Importance, permutation_importance
 from xaikit.model import LayerRecording, Model, as_model, to_probabilities
+from xaikit.surrogates import FidelityCurve, Surrogate, fidelity_curve, surrogate
 
 __all__ = [
     "Explanation",
+    "FidelityCurve",
+    "Importance",
     "LayerRecording",
     "Model",
+    "Surrogate",
     "__version__",
     "as_model",
     "explain",
+    "fidelity_curve",
     "methods",
+    "permutation_importance",
     "set_progress",
+    "surrogate",
     "to_probabilities",
 ]

@@ -1,0 +1,284 @@
+"""Interpretable mimics: a decision tree, a sparse linear model or a rule list fitted to the model.
+
+The lecture's point: a linear model or a small tree explains itself but predicts poorly, so let
+it imitate the black box instead of the labels, and measure how well it does (fidelity) on data
+it was not fitted on. A global surrogate is fitted to the model's *predictions* on the data plus
+samples drawn around it (Craven & Shavlik 1996, "Extracting tree-structured representations of
+trained networks"; Molnar, "Interpretable Machine Learning", ch. "Global surrogate").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import Lasso, LogisticRegression
+from sklearn.metrics import r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, export_text
+
+from xaikit._plotting import new_figure
+from xaikit._validation import check_batch, check_choice, check_positive_int
+from xaikit.model import as_model
+
+KINDS = ("tree", "linear", "rules")
+
+
+@dataclass
+class Surrogate:
+    """A fitted interpretable mimic of a model, with its fidelity on held-out data."""
+
+    kind: str
+    estimator: Any
+    feature_names: list[str]
+    task: str  # "classification" (agreement) or "regression" (R²)
+    fidelity: float
+    complexity: dict[str, int]
+    scaler: StandardScaler | None = None
+    class_names: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The surrogate's prediction (class index, or score for a regression)."""
+        X = np.asarray(check_batch(X, name="X"), dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
+            raise ValueError(
+                f"X: expected rows of {len(self.feature_names)} features, got shape {X.shape}"
+            )
+        return self.estimator.predict(self.scaler.transform(X) if self.scaler else X)
+
+    def rules(self) -> str:
+        """The surrogate as readable text, with the feature names."""
+        if self.kind in ("tree", "rules"):
+            if self.kind == "tree":
+                return export_text(self.estimator, feature_names=self.feature_names)
+            return "\n".join(_rule_list(self.estimator, self.feature_names, self.class_names))
+        return _linear_text(self)
+
+    def plot(self, *, ax=None):
+        """The tree (or the linear weights as bars) as a matplotlib Figure."""
+        from sklearn.tree import plot_tree
+
+        size = (12, 6) if self.kind != "linear" else (6, 4)
+        fig = ax.figure if ax is not None else new_figure(size, layout=None)
+        ax = ax if ax is not None else fig.add_subplot()
+        if self.kind == "linear":
+            weights = _linear_weights(self)
+            order = np.argsort(np.abs(weights))[-20:]
+            ax.barh(
+                [self.feature_names[i] for i in order],
+                weights[order],
+                color=["#b2182b" if w > 0 else "#2166ac" for w in weights[order]],
+            )
+            ax.set_xlabel("weight (standardised features)")
+        else:
+            plot_tree(
+                self.estimator,
+                feature_names=self.feature_names,
+                ax=ax,
+                filled=True,
+                class_names=self.class_names,
+                fontsize=7,
+                impurity=False,
+            )
+        ax.set_title(f"{self.kind} surrogate · fidelity {self.fidelity:.3f}")
+        return fig
+
+
+def surrogate(
+    model: Any,
+    X: Any,
+    *,
+    kind: str = "tree",
+    max_depth: int = 4,
+    alpha: float = 0.01,
+    feature_names: list[str] | None = None,
+    class_names: list[str] | None = None,
+    samples: int = 1000,
+    test_size: float = 0.25,
+    seed: int = 0,
+) -> Surrogate:
+    """Fit an interpretable model to the predictions of ``model`` and measure its fidelity.
+
+    Parameters
+    ----------
+    model : nn.Module, xaikit.Model or callable
+        The black box. Classifiers (K > 1 outputs) are mimicked on their predicted class;
+        a single output is a regression.
+    X : array (N, F)
+        Data the surrogate should be faithful on. A held-out part (``test_size``) measures
+        fidelity; the rest plus ``samples`` points drawn around it (Gaussian, each feature's
+        standard deviation scaled by 0.5) is labelled by the model and fitted.
+    kind : {"tree", "linear", "rules"}
+        A decision tree of ``max_depth``; a sparse linear model (L1-penalised logistic
+        regression or Lasso with strength ``alpha`` on standardised features); or the tree
+        read as a list of if-then rules.
+
+    Returns
+    -------
+    Surrogate
+        ``fidelity`` = agreement with the model's predicted class (classifiers) or R² to its
+        output (regression) on the held-out rows; ``complexity``; ``rules()``; ``plot()``.
+    """
+    kind = check_choice(kind, name="kind", choices=KINDS)
+    max_depth = check_positive_int(max_depth, name="max_depth")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 0:
+        raise ValueError(f"samples: expected an int >= 0, got {samples!r}")
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
+    m = as_model(model)
+    X = np.asarray(check_batch(X, name="X"), dtype=np.float64)
+    if X.ndim != 2 or len(X) < 8:
+        raise ValueError(f"X: expected a table (N, F) with at least 8 rows, got shape {X.shape}")
+    names = _feature_names(feature_names, X.shape[1])
+    rng = np.random.default_rng(seed)
+    X_fit, X_test = train_test_split(X, test_size=test_size, random_state=seed)
+    spread = 0.5 * X_fit.std(axis=0)
+    extra = (
+        X_fit[rng.integers(0, len(X_fit), samples)]
+        + rng.normal(size=(samples, X.shape[1])) * spread
+    )
+    X_fit = np.concatenate([X_fit, extra])
+
+    scores_fit = m.scores(X_fit.astype(np.float32) if m.is_torch else X_fit)
+    scores_test = m.scores(X_test.astype(np.float32) if m.is_torch else X_test)
+    task = "classification" if scores_fit.shape[1] > 1 else "regression"
+    y_fit = scores_fit.argmax(1) if task == "classification" else scores_fit[:, 0]
+    y_test = scores_test.argmax(1) if task == "classification" else scores_test[:, 0]
+
+    scaler = None
+    if kind == "linear":
+        scaler = StandardScaler().fit(X_fit)
+        if task == "classification":
+            # Same scale as Lasso's alpha: sklearn's logistic loss is summed, Lasso's averaged.
+            estimator = _l1_logistic(C=1.0 / (alpha * len(X_fit)), seed=seed)
+        else:
+            estimator = Lasso(alpha=alpha, random_state=seed, max_iter=20_000)
+        estimator.fit(scaler.transform(X_fit), y_fit)
+    else:
+        tree = DecisionTreeClassifier if task == "classification" else DecisionTreeRegressor
+        estimator = tree(max_depth=max_depth, random_state=seed).fit(X_fit, y_fit)
+    predicted = estimator.predict(scaler.transform(X_test) if scaler else X_test)
+    if task == "classification":
+        fidelity = float(np.mean(predicted == y_test))
+    else:
+        fidelity = float(r2_score(y_test, predicted))
+    result = Surrogate(
+        kind=kind, estimator=estimator, feature_names=names, task=task, fidelity=fidelity,
+        complexity={}, scaler=scaler, class_names=class_names,
+        info={"fitted_rows": len(X_fit), "held_out_rows": len(X_test)},
+    )  # fmt: skip
+    result.complexity = _complexity(result)
+    return result
+
+
+@dataclass
+class FidelityCurve:
+    """Fidelity of surrogates of growing complexity, to choose the depth or sparsity."""
+
+    kind: str
+    settings: list[float]
+    complexity: list[int]
+    fidelity: list[float]
+
+    def plot(self, *, ax=None):
+        fig = ax.figure if ax is not None else new_figure((5, 3.5))
+        ax = ax if ax is not None else fig.add_subplot()
+        ax.plot(self.complexity, self.fidelity, marker="o")
+        ax.set_xlabel("leaves" if self.kind != "linear" else "non-zero weights")
+        ax.set_ylabel("held-out fidelity")
+        ax.set_title(f"{self.kind} surrogate: fidelity against complexity")
+        return fig
+
+
+def fidelity_curve(
+    model: Any, X: Any, *, kind: str = "tree", settings: list[float] | None = None, **kwargs: Any
+) -> FidelityCurve:
+    """Fit surrogates over ``settings`` (tree depths, or linear ``alpha`` values) and collect
+    their held-out fidelity against their complexity (leaves or non-zero weights)."""
+    kind = check_choice(kind, name="kind", choices=KINDS)
+    if settings is None:
+        settings = [1, 2, 3, 4, 5, 6, 8] if kind != "linear" else [1.0, 0.3, 0.1, 0.03, 0.01]
+    m = as_model(model)  # one adapter: its batch size is found once
+    fits = [
+        surrogate(
+            m, X, kind=kind, **({"alpha": s} if kind == "linear" else {"max_depth": s}), **kwargs
+        )
+        for s in settings
+    ]
+    measure = "nonzero_weights" if kind == "linear" else "leaves"
+    return FidelityCurve(
+        kind=kind,
+        settings=list(settings),
+        complexity=[f.complexity[measure] for f in fits],
+        fidelity=[f.fidelity for f in fits],
+    )
+
+
+def _l1_logistic(*, C: float, seed: int) -> LogisticRegression:
+    """L1-penalised logistic regression across scikit-learn versions (1.8 renamed the knob)."""
+    import sklearn
+
+    major, minor = (int(v) for v in sklearn.__version__.split(".")[:2])
+    penalty = {"l1_ratio": 1.0} if (major, minor) >= (1, 8) else {"penalty": "l1"}
+    return LogisticRegression(C=C, solver="saga", max_iter=5000, random_state=seed, **penalty)
+
+
+def _feature_names(names: list[str] | None, n: int) -> list[str]:
+    if names is None:
+        return [f"x[{i}]" for i in range(n)]
+    names = [str(v) for v in names]
+    if len(names) != n:
+        raise ValueError(f"feature_names: expected {n} names, got {len(names)}")
+    return names
+
+
+def _complexity(s: Surrogate) -> dict[str, int]:
+    if s.kind == "linear":
+        return {"nonzero_weights": int(np.count_nonzero(_linear_weights(s)))}
+    return {"depth": int(s.estimator.get_depth()), "leaves": int(s.estimator.get_n_leaves())}
+
+
+def _linear_weights(s: Surrogate) -> np.ndarray:
+    coef = np.atleast_2d(s.estimator.coef_)
+    return coef[0] if len(coef) == 1 else np.abs(coef).max(axis=0)
+
+
+def _linear_text(s: Surrogate) -> str:
+    coef = np.atleast_2d(s.estimator.coef_)
+    intercept = np.atleast_1d(s.estimator.intercept_)
+    lines = []
+    for row, b in zip(coef, intercept, strict=True):
+        terms = [
+            f"{w:+.3f} * {name}"
+            for w, name in sorted(zip(row, s.feature_names, strict=True), key=lambda t: -abs(t[0]))
+            if w != 0
+        ]
+        lines.append(f"score = {b:+.3f} " + " ".join(terms) + "   (standardised features)")
+    return "\n".join(lines)
+
+
+def _rule_list(tree, names: list[str], class_names: list[str] | None) -> list[str]:
+    """Each leaf of the tree as one 'IF ... THEN ...' rule, most covering rule first."""
+    t = tree.tree_
+    rules = []
+
+    def walk(node: int, conditions: list[str]) -> None:
+        if t.children_left[node] == t.children_right[node]:  # a leaf
+            value = t.value[node][0]
+            if hasattr(tree, "classes_"):
+                label = tree.classes_[int(np.argmax(value))]
+                outcome = class_names[label] if class_names else f"class {label}"
+            else:
+                outcome = f"score {value[0]:.3f}"
+            cond = " AND ".join(conditions) or "always"
+            rules.append((t.n_node_samples[node], f"IF {cond} THEN {outcome}"))
+            return
+        name, threshold = names[t.feature[node]], t.threshold[node]
+        walk(t.children_left[node], [*conditions, f"{name} <= {threshold:.4g}"])
+        walk(t.children_right[node], [*conditions, f"{name} > {threshold:.4g}"])
+
+    walk(0, [])
+    return [f"{text}   [{n} rows]" for n, text in sorted(rules, key=lambda r: -r[0])]

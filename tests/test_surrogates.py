@@ -1,0 +1,152 @@
+"""Global surrogates and permutation importance on the breast-cancer table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.inspection import permutation_importance as sk_permutation_importance
+from sklearn.linear_model import LinearRegression
+from torch import nn
+
+import xaikit as xk
+from xaikit.datasets import load_breast_cancer_table
+
+
+class TableMLP(nn.Module):
+    """An MLP with its own standardisation, so it takes the raw table."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: int = 32) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.net = nn.Sequential(
+            nn.Linear(len(mean), hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, 2),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std)
+
+
+@pytest.fixture(scope="module")
+def table_mlp():
+    train = load_breast_cancer_table("train")
+    torch.manual_seed(0)
+    net = TableMLP(train.X.mean(0), train.X.std(0))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
+    X, y = torch.tensor(train.X, dtype=torch.float32), torch.tensor(train.y)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+    return net.eval()
+
+
+def test_depth4_tree_mimics_an_mlp(table_mlp):
+    table = load_breast_cancer_table()
+    s = xk.surrogate(
+        table_mlp, table.X, kind="tree", max_depth=4,
+        feature_names=table.feature_names, class_names=table.class_names,
+    )  # fmt: skip
+    assert s.fidelity >= 0.95
+    assert s.complexity["depth"] <= 4 and s.complexity["leaves"] <= 16
+    text = s.rules()
+    assert any(name in text for name in table.feature_names)
+    # predictions agree with the fitted fidelity on the same held-out rows
+    assert s.predict(table.X).shape == (len(table.X),)
+    rules = xk.surrogate(
+        table_mlp,
+        table.X,
+        kind="rules",
+        max_depth=3,
+        feature_names=table.feature_names,
+        class_names=table.class_names,
+    )
+    assert rules.rules().startswith("IF ") and "THEN malignant" in rules.rules()
+    assert s.plot() is not None and rules.plot() is not None
+
+
+def test_sparse_linear_surrogate(table_mlp):
+    table = load_breast_cancer_table()
+    s = xk.surrogate(
+        table_mlp, table.X, kind="linear", alpha=0.02, feature_names=table.feature_names
+    )
+    assert s.fidelity >= 0.9
+    assert 0 < s.complexity["nonzero_weights"] < len(table.feature_names)
+    assert "score =" in s.rules() and any(n in s.rules() for n in table.feature_names)
+
+
+def test_regression_surrogate_reports_r2():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4))
+    reg = LinearRegression().fit(X, X @ np.array([2.0, -1.0, 0.0, 0.5]))
+    s = xk.surrogate(lambda b: reg.predict(b)[:, None], X, kind="linear", alpha=0.001)
+    assert s.task == "regression" and s.fidelity > 0.99
+    tree = xk.surrogate(lambda b: reg.predict(b)[:, None], X, kind="tree", max_depth=6)
+    assert 0.5 < tree.fidelity < 1.0
+
+
+def test_fidelity_curve_rises_with_depth(table_mlp):
+    table = load_breast_cancer_table()
+    curve = xk.fidelity_curve(table_mlp, table.X, settings=[1, 2, 4, 8])
+    assert curve.complexity == sorted(curve.complexity)
+    assert curve.fidelity[-1] > curve.fidelity[0]
+    assert curve.plot() is not None
+
+
+def test_permutation_importance_agrees_with_scikit_learn():
+    train, test = load_breast_cancer_table("train"), load_breast_cancer_table("test")
+    gb = GradientBoostingClassifier(random_state=0).fit(train.X, train.y)
+    ours = xk.permutation_importance(
+        gb, test.X, test.y, n_repeats=30, feature_names=test.feature_names
+    )
+    theirs = sk_permutation_importance(gb, test.X, test.y, n_repeats=30, random_state=0)
+    assert np.corrcoef(ours.importances_mean, theirs.importances_mean)[0, 1] > 0.95
+    np.testing.assert_allclose(ours.importances_mean, theirs.importances_mean, atol=0.01)
+    assert ours.baseline_score == pytest.approx(gb.score(test.X, test.y))
+    assert ours.ranking()[0][0] in test.feature_names
+    assert ours.plot() is not None
+
+
+def test_permutation_importance_finds_the_only_used_feature():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 5)).astype(np.float32)
+
+    def model(b):
+        return np.stack([b[:, 2], -b[:, 2]], axis=1)
+
+    imp = xk.permutation_importance(model, X, n_repeats=3, seed=0)
+    assert imp.scoring == "agreement with the model"
+    assert np.argmax(imp.importances_mean) == 2
+    np.testing.assert_array_equal(np.delete(imp.importances_mean, 2), 0)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"),
+    [
+        (lambda X: xk.surrogate(lambda b: b[:, :2], X, kind="forest"), ValueError, "kind:"),
+        (lambda X: xk.surrogate(lambda b: b[:, :2], X, max_depth=0), ValueError, "max_depth:"),
+        (
+            lambda X: xk.surrogate(lambda b: b[:, :2], X, feature_names=["a"]),
+            ValueError,
+            "feature_names: expected 3",
+        ),
+        (lambda X: xk.surrogate(lambda b: b[:, :2], X[:, 0]), ValueError, "X: expected a table"),
+        (
+            lambda X: xk.permutation_importance(lambda b: b[:, :2], X, y=[0, 1]),
+            ValueError,
+            "y: expected 20 labels",
+        ),
+        (
+            lambda X: xk.permutation_importance(lambda b: b[:, :2], X, n_repeats=0),
+            ValueError,
+            "n_repeats:",
+        ),
+    ],
+)
+def test_bad_input_is_named(call, error, pattern):
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(error, match=pattern):
+        call(X)
