@@ -7,6 +7,14 @@ from xaikit._progress import set_progress
 from xaikit._version import __version__
 from xaikit.attribution import explain, methods
 from xaikit.explanation import Explanation
+from xaikit.featureviz import (
+    FilterActivations,
+    Visualization,
+    filter_activations,
+    objectives,
+    train_generator,
+    visualize,
+)
 from xaikit.importance import Importance, permutation_importance
 from xaikit.model import LayerRecording, Model, as_model, to_probabilities
 from xaikit.surrogates import FidelityCurve, Surrogate, fidelity_curve, surrogate
@@ -14,17 +22,23 @@ from xaikit.surrogates import FidelityCurve, Surrogate, fidelity_curve, surrogat
 __all__ = [
     "Explanation",
     "FidelityCurve",
+    "FilterActivations",
     "Importance",
     "LayerRecording",
     "Model",
     "Surrogate",
+    "Visualization",
     "__version__",
     "as_model",
     "explain",
     "fidelity_curve",
+    "filter_activations",
     "methods",
+    "objectives",
     "permutation_importance",
     "set_progress",
     "surrogate",
     "to_probabilities",
+    "train_generator",
+    "visualize",
 ]

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from xaikit._plotting import new_figure
 from xaikit._progress import progress_enabled
 from xaikit._version import __version__
+from xaikit.attribution import explain
 from xaikit.datasets import (
     WATERMARK_CLASS,
     WATERMARK_REGION,
@@ -79,8 +81,30 @@ def run_demo(
         alt="marked test digits with both models' predictions",
     )
     page.paragraph(
-        "Local explanations, their quality scores, the data-set audit and feature "
-        "visualisations join this report as those parts of xaikit land.",
+        "Integrated Gradients of the shortcut model on those marked digits: where its evidence "
+        f"for class {WATERMARK_CLASS} sits (the mark's region is rows {WATERMARK_REGION[0]}–"
+        f"{WATERMARK_REGION[2] - 1}, columns {WATERMARK_REGION[1]}–{WATERMARK_REGION[3] - 1})."
+    )
+    marked_ig = explain(
+        shortcut, X_marked[:4], method="integrated_gradients", target=WATERMARK_CLASS,
+        batch=True, steps=32,
+    )  # fmt: skip
+    page.figure(marked_ig.plot(), alt="integrated gradients on marked digits")
+    inside = _share_in_region(marked_ig.values, WATERMARK_REGION)
+    summary["watermark"]["ig_relevance_share_in_mark"] = inside
+    page.paragraph(
+        f"Share of positive relevance inside the mark ({_area_share(WATERMARK_REGION):.1%} of "
+        f"the image): {inside:.1%}."
+    )
+
+    page.heading("Local explanations of the clean model, side by side")
+    digit = X_test[0]
+    explanations = [explain(clean, digit, method=name, **params) for name, params in DEMO_METHODS]
+    summary["local_methods"] = [e.method for e in explanations]
+    page.figure(_side_by_side(explanations), alt="every local method on one test digit")
+    page.paragraph(
+        "Quality scores of each explanation (deletion/insertion, sanity checks), the data-set "
+        "audit and feature visualisations join this report as those parts of xaikit land.",
         note=True,
     )
     page.save(out / "index.html")
@@ -88,11 +112,46 @@ def run_demo(
     return summary
 
 
-def _examples_figure(X: np.ndarray, y: np.ndarray, clean: Model, shortcut: Model):
-    from matplotlib.figure import Figure
+# Every local method with parameters that keep the demo fast on a 28x28 digit.
+DEMO_METHODS = (
+    ("saliency", {}),
+    ("input_x_gradient", {}),
+    ("smoothgrad", {"samples": 32}),
+    ("integrated_gradients", {"steps": 32}),
+    ("gradcam", {}),
+    ("guided_backprop", {}),
+    ("occlusion", {}),
+    ("rise", {"samples": 1000}),
+    ("lime", {"samples": 500}),
+    ("kernel_shap", {"samples": 500}),
+)
 
+
+def _side_by_side(explanations):
+    cols = 5
+    rows = -(-len(explanations) // cols)
+    fig = new_figure((3.2 * cols, 2.8 * rows))
+    for ax, e in zip(fig.subplots(rows, cols).ravel(), explanations, strict=False):
+        e.plot(ax=ax, title=e.method)
+    return fig
+
+
+def _share_in_region(values: np.ndarray, region) -> float:
+    """Mean share of positive relevance inside ``region`` (y0, x0, y1, x1) over the items."""
+    y0, x0, y1, x1 = region
+    positive = np.clip(values.sum(axis=1), 0, None)
+    inside = positive[:, y0:y1, x0:x1].sum(axis=(1, 2))
+    return float(np.mean(inside / np.maximum(positive.sum(axis=(1, 2)), 1e-12)))
+
+
+def _area_share(region) -> float:
+    y0, x0, y1, x1 = region
+    return (y1 - y0) * (x1 - x0) / (28 * 28)
+
+
+def _examples_figure(X: np.ndarray, y: np.ndarray, clean: Model, shortcut: Model):
     clean_pred, shortcut_pred = clean.predict(X), shortcut.predict(X)
-    fig = Figure(figsize=(1.6 * len(X), 2.2))
+    fig = new_figure((1.6 * len(X), 2.2))
     for i, ax in enumerate(fig.subplots(1, len(X))):
         ax.imshow(X[i, 0], cmap="gray", vmin=0, vmax=1)
         title = f"true {y[i]}\nclean {clean_pred[i]} · shortcut {shortcut_pred[i]}"

@@ -550,10 +550,12 @@ def blur(*, sigma: float = 0.5) -> Objective:
         k = torch.as_tensor(kernel_1d, dtype=x.dtype, device=x.device)
         with torch.no_grad():
             padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-            smooth = F.conv2d(padded, k.reshape(1, 1, 1, -1).expand(channels_, 1, 1, -1),
-                              groups=channels_)
-            smooth = F.conv2d(smooth, k.reshape(1, 1, -1, 1).expand(channels_, 1, -1, 1),
-                              groups=channels_)
+            smooth = F.conv2d(
+                padded, k.reshape(1, 1, 1, -1).expand(channels_, 1, 1, -1), groups=channels_
+            )
+            smooth = F.conv2d(
+                smooth, k.reshape(1, 1, -1, 1).expand(channels_, 1, -1, 1), groups=channels_
+            )
         return 0.5 * (x - smooth).pow(2).reshape(c.batch, -1).sum(dim=1)
 
     return Objective(value, name=f"blur(sigma={_fmt(sigma)})")
@@ -624,6 +626,5 @@ def _check_class(c: Context, target: int) -> None:
     k = c.output.shape[1]
     if target >= k:
         raise ValueError(
-            f"target: expected a class index in [0, {k}) for a model with {k} outputs, "
-            f"got {target}"
+            f"target: expected a class index in [0, {k}) for a model with {k} outputs, got {target}"
         )

@@ -1,0 +1,668 @@
+"""The optimisation loop: :func:`visualize` finds inputs that maximise an objective.
+
+This is where the three parts meet (Olah et al. 2017; Lucid's ``render``): an objective (what
+to maximise, :mod:`~xaikit.featureviz.objectives`), a parameterisation (how the image is made,
+:mod:`~xaikit.featureviz.param`, or a generator's latent ``z``) and random transforms (how the
+image is perturbed at each step, :mod:`~xaikit.featureviz.transforms`).
+
+Guarantees
+----------
+- The user's model is left as it was: it runs in eval mode for the call and every module's own
+  training flag is restored (:meth:`xaikit.Model._user_state_preserved`); the forward hooks that
+  record activations are removed in ``finally``; gradients are taken with
+  ``torch.autograd.grad`` with respect to the image parameters only, so no parameter's ``.grad``
+  or ``requires_grad`` changes. The same holds for a ``generator``.
+- Items of a batch are independent: each has its own seed (``seed + i``) for its initial noise
+  and its transforms, its own objective, and Adam's updates are element-wise, so visualising
+  all channels of a layer in one batch gives the same images as one call per channel.
+- Images stay in the data range: a sigmoid maps the parameters into ``value_range``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xaikit._progress import progress_bar
+from xaikit._validation import check_batch, check_positive_int, describe
+from xaikit.featureviz import generator as _gen
+from xaikit.featureviz import param as _param
+from xaikit.featureviz import transforms as _tf
+from xaikit.featureviz.objectives import Context, Objective, ObjectiveBatch
+from xaikit.model import Model, _input_mismatch, as_model
+
+__all__ = ["Visualization", "visualize"]
+
+# Square sizes tried, largest first, when the input size must be guessed from the model: the
+# ImageNet size, the lecture homework's 128 px food images, then small-image data sets.
+_GUESS_SIZES = (224, 128, 96, 64, 32, 28)
+
+
+@dataclass
+class Visualization:
+    """The result of :func:`visualize`.
+
+    Attributes
+    ----------
+    images : np.ndarray, shape (B, C, H, W)
+        The optimised inputs, in ``value_range`` (for a generator: ``G(z*)``).
+    objective_values : np.ndarray, shape (B,)
+        Each item's objective on its final image, evaluated without transforms.
+    initial_values : np.ndarray, shape (B,)
+        Each item's objective on its starting image, without transforms.
+    history : np.ndarray, shape (steps, B)
+        The objective at every step, on the transformed image the step used.
+    objectives : list of str
+        Each item's objective as text.
+    seeds : list of int
+        Each item's seed.
+    latents : np.ndarray or None
+        ``z*`` (B, latent_dim) when a generator was used.
+    params : dict
+        The settings of the call (steps, lr, param, transforms, value_range, prior).
+    """
+
+    images: np.ndarray
+    objective_values: np.ndarray
+    initial_values: np.ndarray
+    history: np.ndarray
+    objectives: list[str]
+    seeds: list[int]
+    latents: np.ndarray | None = None
+    params: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def plot(
+        self,
+        *,
+        columns: int | None = None,
+        titles: bool = True,
+        cmap: str = "gray",
+        size: float = 1.5,
+    ) -> Any:
+        """A grid of the images; returns a matplotlib ``Figure`` (no GUI backend, not shown).
+
+        Grey images use ``cmap``; 3-channel images are drawn as RGB. Each title is the item's
+        objective and its final value.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        n = len(self.images)
+        columns = min(n, columns or math.ceil(math.sqrt(n * 1.5)))
+        rows = math.ceil(n / columns)
+        fig = Figure(figsize=(size * columns, (size + (0.3 if titles else 0)) * rows))
+        FigureCanvasAgg(fig)
+        low, high = self.params.get("value_range", (0.0, 1.0))
+        for i in range(rows * columns):
+            ax = fig.add_subplot(rows, columns, i + 1)
+            ax.set_axis_off()
+            if i >= n:
+                continue
+            img = self.images[i]
+            if img.ndim == 3 and img.shape[0] == 3:
+                ax.imshow(np.clip((img.transpose(1, 2, 0) - low) / (high - low), 0, 1))
+            else:
+                shown = img[0] if img.ndim == 3 and img.shape[0] == 1 else img
+                if shown.ndim == 1:  # a flat input: show it as a strip
+                    shown = shown[None]
+                elif shown.ndim == 3:  # other channel counts: their mean
+                    shown = shown.mean(axis=0)
+                ax.imshow(shown, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+            if titles:
+                label = self.objectives[i].replace("channel(", "ch(")
+                if len(label) > 24:  # a long sum: its first term names the item well enough
+                    label = label.split(" ")[0] + " ..."
+                ax.set_title(f"{label}\n{self.objective_values[i]:.3g}", fontsize=7)
+        fig.subplots_adjust(wspace=0.05, hspace=0.5 if titles else 0.05)
+        return fig
+
+
+def visualize(
+    model: Any,
+    objective: Objective | ObjectiveBatch | Sequence[Objective],
+    *,
+    generator: nn.Module | None = None,
+    start: Any = None,
+    steps: int = 256,
+    lr: float = 0.05,
+    batch: int | None = None,
+    param: str | _param.Parameterization = "fourier",
+    transforms: Any = "default",
+    value_range: tuple[float, float] = (0.0, 1.0),
+    prior: float = 0.01,
+    seed: int | Sequence[int] = 0,
+    progress: bool | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Visualization:
+    """Find inputs that maximise an objective by gradient ascent (feature visualisation).
+
+    The lecture's global explanation: ``X* = argmax_X sum_ij a_ij`` shows what a filter detects
+    (Erhan et al. 2009), ``X* = argmax_X y_i + R(X)`` what a class looks like (Simonyan et al.
+    2014; Yosinski et al. 2015), and ``X* = G(z*)``, ``z* = argmax_z y_i(G(z))`` the same
+    constrained to what a generator makes (Nguyen et al. 2016). Adam on the image parameters,
+    random transforms at each step, images kept in ``value_range`` by a sigmoid (Olah et al.
+    2017).
+
+    Parameters
+    ----------
+    model : nn.Module or xaikit.Model
+        A PyTorch model (gradients are needed). It is not changed.
+    objective : Objective, ObjectiveBatch or sequence of Objective
+        What to maximise. One :class:`Objective` is applied to every item of the batch (see
+        ``batch``); a sequence gives one objective per item; :func:`objectives.channels`
+        gives one per channel of a layer. All items are optimised together, independently.
+    generator : nn.Module, optional
+        Maps latent vectors ``z (B, d)`` to model inputs; then ``z`` is optimised with the
+        penalty ``prior * ||z||^2`` and the images are ``G(z)``. ``d`` is read from the
+        generator's ``latent_dim`` attribute or its first linear layer.
+    start : array or tensor, optional
+        Starting images ``(B, C, H, W)`` (or one image ``(1, ...)`` shared by all items) in
+        ``value_range``, instead of noise; with a generator, starting latent vectors ``(B, d)``.
+    steps : int
+        Optimisation steps.
+    lr : float
+        Adam's learning rate.
+    batch : int, optional
+        Number of items for a single objective (each from its own seed); default 1, or the
+        number of ``start`` images.
+    param : {"fourier", "pixels"} or Parameterization
+        How images are made (:mod:`xaikit.featureviz.param`); ignored with a generator.
+    transforms : "default", None or sequence of Transform
+        Random transforms at each step (:mod:`xaikit.featureviz.transforms`); ``"default"`` is
+        Lucid's set scaled to the image size, ``None`` none (raw maximisation).
+    value_range : (float, float)
+        The data range images are kept in (the model's input range; MNIST: (0, 1)).
+    prior : float
+        Weight of the latent penalty ``||z||^2`` with a generator.
+    seed : int or sequence of int
+        Item ``i`` uses ``seed + i`` (or ``seed[i]``) for its initial noise and transforms, so
+        ``visualize(m, channel(l, k), seed=s + k)`` equals item ``k`` of
+        ``visualize(m, channels(l), seed=s)``.
+    progress : bool, optional
+        Show a progress bar over the steps; ``None`` follows :func:`xaikit.set_progress`.
+    input_shape : tuple of int, optional
+        Shape of one input item. Default: from ``start`` or the generator, else guessed from
+        the first layer (channels of the first convolution; square sizes 224, 128, 96, 64, 32,
+        28 are tried, largest first) with an error asking for it when no guess works.
+
+    Returns
+    -------
+    Visualization
+        ``images`` (B, C, H, W), ``objective_values`` (B,), ``history`` (steps, B),
+        ``plot()``.
+
+    Raises
+    ------
+    ValueError
+        Before any optimisation, when an objective names a missing layer (with close names), a
+        channel or class out of range, or when the generator's output does not fit the model.
+
+    References
+    ----------
+    .. [1] Erhan, Bengio, Courville, Vincent (2009). Visualizing higher-layer features of a
+       deep network. Technical Report 1341, University of Montreal.
+    .. [2] Simonyan, Vedaldi, Zisserman (2014). Deep inside convolutional networks. ICLR
+       workshop.
+    .. [3] Yosinski, Clune, Nguyen, Fuchs, Lipson (2015). Understanding neural networks through
+       deep visualization. ICML Deep Learning workshop.
+    .. [4] Nguyen, Dosovitskiy, Yosinski, Brox, Clune (2016). Synthesizing the preferred inputs
+       for neurons in neural networks via deep generator networks. NeurIPS.
+    .. [5] Olah, Mordvintsev, Schubert (2017). Feature visualization. Distill.
+
+    Examples
+    --------
+    >>> from xaikit.featureviz import objectives as obj
+    >>> v = visualize(cnn, obj.channels("conv2"), steps=128)              # doctest: +SKIP
+    >>> v = visualize(cnn, obj.logit(7) - 0.05 * obj.l1(), param="pixels")  # doctest: +SKIP
+    >>> v.plot()                                                          # doctest: +SKIP
+    """
+    m = as_model(model)
+    if not m.is_torch:
+        raise TypeError(
+            "model: feature visualisation needs gradients, so a PyTorch model; this Model wraps "
+            "a callable on NumPy batches"
+        )
+    steps = check_positive_int(steps, name="steps")
+    lr = _check_positive(lr, name="lr")
+    prior = _check_nonnegative(prior, name="prior")
+    low, high = _check_range(value_range)
+    if batch is not None:
+        batch = check_positive_int(batch, name="batch")
+    if generator is not None and not isinstance(generator, nn.Module):
+        raise TypeError(
+            f"generator: expected an nn.Module mapping z to x, got {describe(generator)}"
+        )
+    parameterization = None if generator is not None else _param.resolve(param)
+    if input_shape is not None:
+        input_shape = _check_shape(input_shape)
+    elif m.input_shape is not None:
+        input_shape = tuple(m.input_shape)
+    dtype = _float_dtype(m.module)
+
+    spec = _ObjectiveSpec.from_argument(objective)
+    layers = sorted(spec.layers)
+    modules = {name: _find_layer(m, name, spec) for name in layers}
+
+    acts: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(_module, _inputs, output):
+            # Raising inside the user's forward would be reported as the forward's failure;
+            # keep what came and complain after the pass (in run).
+            acts[name] = output
+
+        return hook
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(m._user_state_preserved())
+        if generator is not None:
+            stack.enter_context(as_model(generator)._user_state_preserved())
+        handles = []
+        stack.callback(lambda: [h.remove() for h in handles])
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(record(name)))
+        stack.callback(acts.clear)  # drop references to the last activations
+
+        # ---- what the items are: start images/latents, their shape, the objectives per item
+        if generator is not None:
+            d, start_t = _latent_start(generator, start)
+            gen_dtype, gen_device = _float_dtype(generator), _module_device(generator)
+        else:
+            start_t = None
+            if start is not None:
+                start_t = _as_start(start, shape=input_shape, low=low, high=high, device=m.device)
+                input_shape = tuple(start_t.shape[1:])
+
+        def forward(x: torch.Tensor) -> Any:
+            acts.clear()
+            return m.module(x)
+
+        def context(out: Any, x: torch.Tensor) -> Context:
+            return Context(_layer_tensors(acts, layers), out, x, m.output)
+
+        def run(x: torch.Tensor) -> Context:
+            return context(forward(x), x)
+
+        # One forward pass on one item checks everything before optimising: the layers exist and
+        # give tensors, channel and class indices are in range, the generator fits the model.
+        with torch.no_grad():
+            if generator is not None:
+                z0 = (start_t[:1] if start_t is not None else torch.zeros(1, d)).to(
+                    device=gen_device, dtype=gen_dtype
+                )
+                x0 = _gen.check_fits(_generate(generator, z0), expected=input_shape, n=1)
+                if x0.device != m.device:
+                    raise ValueError(
+                        f"generator: its output is on {x0.device}, the model on {m.device}"
+                    )
+                input_shape = tuple(x0.shape[1:])
+                probe = _probe(m, forward, context, x0.to(dtype), culprit="generator", dtype=dtype)
+            else:
+                if input_shape is None:
+                    input_shape = _guess_input_shape(m, forward, dtype=dtype, fill=(low + high) / 2)
+                x0 = start_t[:1] if start_t is not None else None
+                if x0 is None:
+                    x0 = torch.full(
+                        (1, *input_shape), (low + high) / 2, dtype=dtype, device=m.device
+                    )
+                culprit = "start" if start_t is not None else "input_shape"
+                probe = _probe(m, forward, context, x0.to(dtype), culprit=culprit, dtype=dtype)
+            item_objectives = spec.per_item(probe)
+            for obj in spec.unique(item_objectives):
+                obj.check(probe)
+                obj(probe)  # and it evaluates to one value per item
+
+        n_items = _count_items(item_objectives, batch=batch, start=start_t)
+        seeds = _item_seeds(seed, n_items)
+        objs = item_objectives or [spec.single] * n_items
+        per_item = item_objectives is not None
+
+        # ---- parameters: one slice per item, drawn from the item's own seed
+        if generator is not None:
+            if start_t is not None:
+                raw0 = _broadcast(start_t, n_items, name="start")
+            else:
+                raw0 = torch.from_numpy(
+                    np.stack([np.random.default_rng([s, 0]).standard_normal(d) for s in seeds])
+                )
+            raw = raw0.to(device=gen_device, dtype=gen_dtype).clone().requires_grad_(True)
+
+            def make_image(r: torch.Tensor) -> torch.Tensor:
+                return _generate(generator, r).to(dtype)
+
+        else:
+            assert parameterization is not None
+            shape = input_shape
+            if start_t is not None:
+                raw0 = parameterization.from_image(
+                    _broadcast(start_t, n_items, name="start").to(dtype), low=low, high=high
+                )
+            else:
+                raw0 = torch.from_numpy(
+                    np.stack(
+                        [
+                            parameterization.noise(shape, np.random.default_rng([s, 0]))
+                            for s in seeds
+                        ]
+                    )
+                )
+            raw = raw0.to(device=m.device, dtype=dtype).clone().requires_grad_(True)
+
+            def make_image(r: torch.Tensor) -> torch.Tensor:
+                return parameterization.image(r, shape, low=low, high=high)
+
+        chain = _tf.resolve(transforms, shape=input_shape)
+        draws = torch.from_numpy(
+            np.stack([np.random.default_rng([s, 1]).random((steps, chain.draws)) for s in seeds])
+        ).to(m.device)
+
+        def evaluate(ctx: Context) -> torch.Tensor:
+            if per_item:
+                return torch.cat([obj(ctx.item(i)) for i, obj in enumerate(objs)])
+            return objs[0](ctx)
+
+        def values_of(r: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return evaluate(run(make_image(r))).detach()
+
+        initial = values_of(raw)
+        optimizer = torch.optim.Adam([raw], lr=lr)
+        history = []
+        with progress_bar(steps, "visualize", enabled=progress) as bar:
+            for step in range(steps):
+                image = make_image(raw)
+                moved = chain(image, draws[:, step], fill=low)
+                ctx = run(moved)
+                ctx.image = image  # regularisers act on the image itself, not its moved copy
+                values = evaluate(ctx)
+                total = values.sum()
+                if generator is not None and prior:
+                    total = total - prior * raw.pow(2).sum()
+                (grad,) = torch.autograd.grad(total, [raw], allow_unused=True)
+                if grad is None:
+                    raise ValueError(
+                        f"objective: {spec.name} does not depend on the input (a .detach() or "
+                        "torch.no_grad() in the model or the objective?)"
+                    )
+                raw.grad = -grad  # Adam minimises
+                optimizer.step()
+                history.append(values.detach())
+                bar.advance()
+        final = values_of(raw)
+        with torch.no_grad():
+            images = make_image(raw)
+
+    return Visualization(
+        images=images.detach().cpu().numpy(),
+        objective_values=final.cpu().numpy(),
+        initial_values=initial.cpu().numpy(),
+        history=torch.stack(history).cpu().numpy(),
+        objectives=[repr(o) for o in objs],
+        seeds=seeds,
+        latents=raw.detach().cpu().numpy() if generator is not None else None,
+        params={
+            "steps": steps,
+            "lr": lr,
+            "param": "generator" if generator is not None else repr(parameterization),
+            "transforms": repr(chain),
+            "value_range": (low, high),
+            "prior": prior if generator is not None else None,
+        },
+    )
+
+
+# ---------------------------------------------------------------------- objective handling
+
+
+@dataclass
+class _ObjectiveSpec:
+    """The ``objective`` argument normalised: one shared objective, a list, or a batch."""
+
+    single: Objective | None
+    listed: list[Objective] | None
+    batch: ObjectiveBatch | None
+    layers: frozenset[str]
+    name: str
+
+    @classmethod
+    def from_argument(cls, objective: Any) -> _ObjectiveSpec:
+        if isinstance(objective, Objective):
+            return cls(objective, None, None, objective.layers, repr(objective))
+        if isinstance(objective, ObjectiveBatch):
+            return cls(None, None, objective, objective.layers, repr(objective))
+        if isinstance(objective, Sequence) and not isinstance(objective, (str, bytes)):
+            items = list(objective)
+            if not items or not all(isinstance(o, Objective) for o in items):
+                raise TypeError(
+                    "objective: expected an Objective, a non-empty sequence of Objectives or "
+                    f"objectives.channels(...), got {describe(objective)}"
+                )
+            layers = frozenset().union(*(o.layers for o in items))
+            return cls(None, items, None, layers, f"[{len(items)} objectives]")
+        raise TypeError(
+            "objective: expected an Objective (xaikit.objectives.channel, logit, ...), a "
+            f"sequence of them or objectives.channels(...), got {describe(objective)}"
+        )
+
+    def per_item(self, probe: Context) -> list[Objective] | None:
+        if self.batch is not None:
+            return self.batch.resolve(probe)
+        return self.listed
+
+    def unique(self, items: list[Objective] | None) -> list[Objective]:
+        return [self.single] if items is None else items
+
+
+def _count_items(items, *, batch, start) -> int:
+    n_start = None if start is None else len(start)
+    if items is not None:
+        n = len(items)
+        if batch is not None and batch != n:
+            raise ValueError(
+                f"batch: the objective has {n} items (one per item), got batch={batch}"
+            )
+    else:
+        n = batch or n_start or 1
+    if n_start is not None and n_start not in (1, n):
+        raise ValueError(f"start: expected 1 or {n} starting items, got {n_start}")
+    return n
+
+
+def _item_seeds(seed: Any, n: int) -> list[int]:
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed}")
+        return [int(seed) + i for i in range(n)]
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        seeds = list(seed)
+        if len(seeds) != n or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in seeds
+        ):
+            raise ValueError(f"seed: expected {n} non-negative ints (one per item), got {seed!r}")
+        return [int(s) for s in seeds]
+    raise TypeError(f"seed: expected an int or one int per item, got {describe(seed)}")
+
+
+def _find_layer(m: Model, name: str, spec: _ObjectiveSpec) -> nn.Module:
+    try:
+        return m.find_layer(name)
+    except ValueError as err:
+        message = str(err).removeprefix("name: ")
+        raise ValueError(f"layer: {message} (objective {spec.name})") from None
+
+
+# ---------------------------------------------------------------------- inputs and shapes
+
+
+def _probe(m: Model, forward, context, x: torch.Tensor, *, culprit: str, dtype) -> Context:
+    """One forward pass to check shapes before optimising.
+
+    A forward that fails because of the input's shape (the first layer says so, or another
+    square size works) is blamed on ``culprit``, the argument that decided the shape; any other
+    failure of the user's forward propagates unchanged.
+    """
+    try:
+        out = forward(x)
+    except Exception as err:
+        hint = _input_mismatch(m.module, x)
+        if hint is None:
+            with contextlib.suppress(ValueError):
+                expected = _guess_input_shape(m, forward, dtype=dtype, fill=0.5)
+                if expected != tuple(x.shape[1:]):
+                    hint = f"it takes items of shape {expected}"
+        if hint is None:
+            raise
+        raise ValueError(
+            f"{culprit}: items of shape {tuple(x.shape[1:])} do not fit the model: {hint}"
+        ) from err
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"model: expected its output to be one tensor, got {describe(out)}")
+    return context(out, x)
+
+
+def _layer_tensors(recorded: dict[str, Any], layers: list[str]) -> dict[str, torch.Tensor]:
+    """The recorded outputs as tensors; a layer that was not called or gave none is an error."""
+    out = {}
+    for name in layers:
+        if name not in recorded:
+            raise ValueError(f"layer: {name!r} was not called in the model's forward pass")
+        value = recorded[name]
+        tensor = value if isinstance(value, torch.Tensor) else _first_tensor(value)
+        if tensor is None:
+            raise ValueError(f"layer: {name!r} returned no tensor ({describe(value)})")
+        out[name] = tensor
+    return out
+
+
+def _guess_input_shape(m: Model, forward, *, dtype, fill: float) -> tuple[int, ...]:
+    first = next(
+        (
+            mod
+            for mod in m.module.modules()
+            if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+        ),
+        None,
+    )
+    if isinstance(first, nn.Linear):
+        candidates = [(first.in_features,)]
+    elif isinstance(first, nn.Conv2d):
+        candidates = [(first.in_channels, s, s) for s in _GUESS_SIZES]
+    elif isinstance(first, nn.Conv1d):
+        candidates = [(first.in_channels, s) for s in _GUESS_SIZES]
+    else:
+        candidates = []
+    for shape in candidates:
+        try:
+            forward(torch.full((1, *shape), fill, dtype=dtype, device=m.device))
+        except Exception:  # any failure means "not this size"; try the next
+            continue
+        return shape
+    raise ValueError(
+        "input_shape: could not infer the shape of one input from the model (tried "
+        f"{candidates or 'nothing: no convolution or linear layer found'}); pass "
+        "input_shape=(C, H, W) or start= images"
+    )
+
+
+def _as_start(start: Any, *, shape, low: float, high: float, device) -> torch.Tensor:
+    arr = check_batch(start, name="start", item_shape=shape)
+    t = arr.detach() if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
+    if not t.dtype.is_floating_point:
+        t = t.to(torch.float64)
+    lo, hi = float(t.min()), float(t.max())
+    if lo < low or hi > high:
+        raise ValueError(
+            f"start: expected values in value_range ({low:g}, {high:g}), got [{lo:g}, {hi:g}]; "
+            "pass value_range= the data range"
+        )
+    return t.to(device)
+
+
+def _latent_start(generator: nn.Module, start: Any) -> tuple[int, torch.Tensor | None]:
+    if start is None:
+        return _gen.latent_size(generator), None
+    arr = check_batch(start, name="start")
+    t = arr.detach() if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
+    if t.ndim != 2:
+        raise ValueError(
+            f"start: with a generator, expected latent vectors (B, latent_dim), got shape "
+            f"{tuple(t.shape)}"
+        )
+    return t.shape[1], t.to(torch.float64)
+
+
+def _broadcast(t: torch.Tensor, n: int, *, name: str) -> torch.Tensor:
+    return t.expand(n, *t.shape[1:]) if len(t) == 1 else t
+
+
+def _generate(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    try:
+        return generator(z)
+    except Exception as err:
+        raise ValueError(
+            f"generator: failed on latent vectors of shape {tuple(z.shape)} "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or not shape:
+        raise TypeError(f"input_shape: expected a tuple of ints such as (1, 28, 28), got {shape!r}")
+    if not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape
+    ):
+        raise ValueError(f"input_shape: expected positive ints, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _check_range(value_range: Any) -> tuple[float, float]:
+    ok = (
+        isinstance(value_range, Sequence)
+        and len(value_range) == 2
+        and all(isinstance(v, numbers.Real) and math.isfinite(v) for v in value_range)
+    )
+    if not ok or not value_range[0] < value_range[1]:
+        raise ValueError(f"value_range: expected (low, high) with low < high, got {value_range!r}")
+    return float(value_range[0]), float(value_range[1])
+
+
+def _check_positive(value: Any, *, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name}: expected a positive number, got {describe(value)}")
+    return float(value)
+
+
+def _check_nonnegative(value: Any, *, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name}: expected a non-negative number, got {describe(value)}")
+    return float(value)
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, (tuple, list)):
+        return next((o for o in output if isinstance(o, torch.Tensor)), None)
+    return None
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return torch.float32
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for t in [*module.parameters(), *module.buffers()]:
+        return t.device
+    return torch.device("cpu")
