@@ -479,16 +479,13 @@ class Explanation:
 
 
 def _plot(e: Explanation, *, ax: Any, title: str | None, **kw: Any) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from xaikit._plotting import new_figure
 
     if not e.batch:
         if ax is None:
             size = {"image": (5, 4), "tabular": (6, 1.2 + 0.3 * min(kw["top_k"], e.x.size))}
             layout = None if e.kind == "text" else "constrained"  # text sizes its own figure
-            fig = Figure(figsize=size.get(e.kind, (8, 2)), layout=layout)
-            FigureCanvasAgg(fig)
-            ax = fig.add_subplot()
+            ax = new_figure(size.get(e.kind, (8, 2)), layout=layout).add_subplot()
         _draw(e, ax, title=f"{e.method} · target {e.target}" if title is None else title, **kw)
         return ax.figure
     if ax is not None:
@@ -497,8 +494,7 @@ def _plot(e: Explanation, *, ax: Any, title: str | None, **kw: Any) -> Any:
     shown = min(n, MAX_GRID)
     cols = min(4, shown)
     rows = -(-shown // cols)
-    fig = Figure(figsize=(4.5 * cols, 3.5 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure((4.5 * cols, 3.5 * rows))
     for i, a in enumerate(fig.subplots(rows, cols, squeeze=False).ravel()):
         if i < shown:
             _draw(e[i], a, title=f"#{i} · target {e.target[i]}", **kw)

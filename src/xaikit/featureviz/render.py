@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xaikit._plotting import new_figure
 from xaikit._progress import progress_bar
 from xaikit._validation import check_batch, check_positive_int, describe
 from xaikit.featureviz import generator as _gen
@@ -95,14 +96,10 @@ class Visualization:
         Grey images use ``cmap``; 3-channel images are drawn as RGB. Each title is the item's
         objective and its final value.
         """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         n = len(self.images)
         columns = min(n, columns or math.ceil(math.sqrt(n * 1.5)))
         rows = math.ceil(n / columns)
-        fig = Figure(figsize=(size * columns, (size + (0.3 if titles else 0)) * rows))
-        FigureCanvasAgg(fig)
+        fig = new_figure((size * columns, (size + (0.3 if titles else 0)) * rows), layout=None)
         low, high = self.params.get("value_range", (0.0, 1.0))
         for i in range(rows * columns):
             ax = fig.add_subplot(rows, columns, i + 1)
