@@ -510,3 +510,11 @@ def test_as_model_passes_models_through():
     assert isinstance(xk.as_model(make_net()), xk.Model)
     with pytest.raises(TypeError, match="model: already an xaikit.Model"):
         xk.as_model(m, batch_size=3)
+
+
+def test_layer_recording_ignores_the_batch_size_search():
+    net = make_net().eval()  # a fresh module: its first large call runs the search
+    m = xk.Model(net)
+    with m.layer("conv", gradients=True) as rec:
+        m.gradients(inputs(100), target=1)
+    assert rec.activations.shape[0] == 100 and rec.gradients.shape[0] == 100

@@ -17,18 +17,36 @@ from xaikit.featureviz import (
 )
 from xaikit.importance import Importance, permutation_importance
 from xaikit.model import LayerRecording, Model, as_model, to_probabilities
+from xaikit.representations import (
+    Activations,
+    LayerProjections,
+    ProbeResult,
+    Projection,
+    Reconstruction,
+    activations,
+    probe,
+    project,
+    project_layers,
+    reconstruct,
+)
 from xaikit.surrogates import FidelityCurve, Surrogate, fidelity_curve, surrogate
 
 __all__ = [
+    "Activations",
     "Explanation",
     "FidelityCurve",
     "FilterActivations",
     "Importance",
+    "LayerProjections",
     "LayerRecording",
     "Model",
+    "ProbeResult",
+    "Projection",
+    "Reconstruction",
     "Surrogate",
     "Visualization",
     "__version__",
+    "activations",
     "as_model",
     "explain",
     "fidelity_curve",
@@ -36,6 +54,10 @@ __all__ = [
     "methods",
     "objectives",
     "permutation_importance",
+    "probe",
+    "project",
+    "project_layers",
+    "reconstruct",
     "set_progress",
     "surrogate",
     "to_probabilities",

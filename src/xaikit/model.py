@@ -122,6 +122,7 @@ class Model:
         # and the sizes this Model has used per (call kind, item shape, dtype, device).
         self._timings: dict[tuple, dict[int, float]] = {}
         self._chosen: dict[tuple, int] = {}
+        self._searching = False
 
     # ------------------------------------------------------------------ public calls
 
@@ -340,6 +341,8 @@ class Model:
         recording = LayerRecording(name)
 
         def hook(_module, _inputs, output):
+            if self._searching:  # the batch-size search's timing runs are not the user's data
+                return
             tensor = _first_tensor(output)
             if tensor is None:
                 return
@@ -493,7 +496,11 @@ class Model:
         key = (kind, tuple(x.shape[1:]), str(x.dtype), str(self.device))
         memo = _batch_memo(self.module if self.module is not None else self.function, self)
         if key not in memo:
-            memo[key] = self._search(x[:1], step)
+            self._searching = True
+            try:
+                memo[key] = self._search(x[:1], step)
+            finally:
+                self._searching = False
         self._chosen[key] = memo[key]
         return memo[key]
 
@@ -519,11 +526,15 @@ class Model:
         step(copies(candidates[0]), np.zeros(candidates[0], dtype=np.int64))  # warm-up
         for size in candidates:
             try:
-                start = time.perf_counter()
-                step(copies(size), np.zeros(size, dtype=np.int64))  # all copies of item 0
-                if on_gpu:
-                    torch.cuda.synchronize(self.device)
-                timings[size] = (time.perf_counter() - start) / size
+                batch, rows = copies(size), np.zeros(size, dtype=np.int64)  # copies of item 0
+                runs = []
+                for _ in range(2):  # the faster of two runs: one noisy timing must not decide
+                    start = time.perf_counter()
+                    step(batch, rows)
+                    if on_gpu:
+                        torch.cuda.synchronize(self.device)
+                    runs.append((time.perf_counter() - start) / size)
+                timings[size] = min(runs)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break  # the previous size is the largest that fits

@@ -89,7 +89,7 @@ def check_labels(labels: Any, *, n: int, name: str = "labels", classes: bool = T
     distinct = np.unique(arr)
     if len(distinct) < 2:
         raise ValueError(
-            f"{name}: expected at least two classes, got only {distinct[0]!r} for all {n} "
+            f"{name}: expected at least two classes, got only {distinct[0].item()!r} for all {n} "
             "items; a probe needs items with and without the property"
         )
     return arr

@@ -93,7 +93,7 @@ class LayerProjections:
             p.plot(ax=ax, title=p.layer, legend=False)
             if i == 0 and p.labels is not None and len(np.unique(p.labels)) <= 20:
                 handles, names = ax.get_legend_handles_labels()
-                fig.legend(handles, names, loc="outside right center", frameon=False)
+                fig.legend(handles, names, loc="outside right center", frameon=False, markerscale=3)
         for ax in axes[n:]:
             ax.set_axis_off()
         first = next(iter(self.projections.values()))

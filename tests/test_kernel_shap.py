@@ -1,0 +1,314 @@
+"""KernelSHAP: exact Shapley values by enumeration, linear models, peers, sampling, bad input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import xaikit as xk
+from xaikit.attribution.kernel_shap import shapley_pairs, walsh_kernel
+
+
+def mlp(features: int, outputs: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, outputs)
+    ).eval()
+
+
+def as_callable(net: nn.Module):
+    """The same network as a NumPy callable (float64 in, float64 out)."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net.double()(torch.as_tensor(batch, dtype=torch.float64)).numpy()
+
+    return predict
+
+
+def shapley_by_enumeration(f, x: np.ndarray, background: np.ndarray, target: int) -> np.ndarray:
+    """Shapley values by the formula: sum over S of |S|!(M-|S|-1)!/M! (v(S + i) - v(S)).
+
+    v(S) = mean over background rows r of f(x on S, r elsewhere).
+    """
+    m = len(x)
+    codes = np.arange(2**m)
+    z = ((codes[:, None] >> np.arange(m)) & 1).astype(bool)
+    rows = np.where(z[:, None, :], x, background[None])  # (2^m, R, m)
+    v = f(rows.reshape(-1, m))[:, target].reshape(2**m, -1).mean(axis=1)
+    phi = np.zeros(m)
+    for i in range(m):
+        without = codes[~z[:, i]]
+        size = z[without].sum(axis=1)
+        weight = np.array([math.factorial(s) * math.factorial(m - s - 1) for s in size])
+        phi[i] = (weight / math.factorial(m) * (v[without | (1 << i)] - v[without])).sum()
+    return phi
+
+
+def relative_error(got, want) -> float:
+    return float(np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want))
+
+
+def products(batch: np.ndarray) -> np.ndarray:
+    """A nonlinear model with interactions of order 2 and 3 (a NumPy callable)."""
+    a = batch[:, 0] * batch[:, 1] + np.sin(batch[:, 2]) * batch[:, 3] * batch[:, 4]
+    b = batch[:, 5] ** 2 - batch[:, 6] * batch[:, 7] * batch[:, 8] + np.tanh(batch[:, 1])
+    return np.stack([a + b, a - b], axis=1)
+
+
+# ---------------------------------------------------------------------- exact answers
+
+
+def test_enumeration_gives_exact_shapley_values_of_a_nonlinear_network():
+    net, rng = mlp(8), np.random.default_rng(0)
+    x, base = rng.normal(size=8).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    want = shapley_by_enumeration(as_callable(mlp(8)), x, base[None].astype(np.float64), 1)
+    e = xk.explain(net, x, method="kernel_shap", target=1, baseline=base, samples=2**8)
+    assert e.info["exact"] and e.info["samples"] == 2**8
+    assert relative_error(e.component_values, want) < 1e-5
+    assert np.allclose(e.values, e.component_values)  # one component per feature
+    assert abs(e.info["efficiency_gap"]) < 1e-9
+    assert e.component_values.sum() == pytest.approx(e.info["score"] - e.info["expected_value"])
+
+
+def test_exact_on_products_with_a_baseline_value_and_close_with_fewer_samples():
+    x = np.random.default_rng(1).normal(size=9)
+    want = shapley_by_enumeration(products, x, np.full((1, 9), 0.5), 0)
+    model = xk.Model(products, output="scores")
+    exact = xk.explain(model, x, method="kernel_shap", target=0, baseline=0.5, samples=2**9)
+    assert relative_error(exact.component_values, want) < 1e-9
+    fewer = xk.explain(model, x, method="kernel_shap", target=0, baseline=0.5, samples=200, seed=0)
+    assert fewer.info["samples"] <= 200 and not fewer.info["exact"]
+    assert relative_error(fewer.component_values, want) < 0.05
+    assert abs(fewer.info["efficiency_gap"]) < 1e-9
+
+
+@pytest.mark.parametrize("samples", ["auto", 40])
+def test_linear_model_with_background_gives_w_times_x_minus_mean(samples):
+    rng = np.random.default_rng(2)
+    background = rng.normal(size=(20, 6)).astype(np.float32)
+    x = rng.normal(size=6).astype(np.float32)
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 2).eval()
+    w = linear.weight.detach().numpy()[1].astype(np.float64)
+    want = w * (x - background.mean(axis=0))
+    e = xk.explain(linear, x, method="kernel_shap", target=1, baseline=background, samples=samples)
+    np.testing.assert_allclose(e.component_values, want, rtol=1e-4, atol=1e-6)
+    expected = linear(torch.from_numpy(background)).detach().numpy()[:, 1].mean()
+    assert e.info["expected_value"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_linear_regression_callable_with_background():
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(100, 5))
+    reg = LinearRegression().fit(X, X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.1)
+    model = xk.Model(lambda batch: reg.predict(batch)[:, None], output="scores")
+    background, x = X[:10], X[50]
+    e = xk.explain(model, x, method="kernel_shap", target=0, baseline=background, samples=20)
+    want = reg.coef_ * (x - background.mean(axis=0))
+    np.testing.assert_allclose(e.component_values, want, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- peers
+
+
+def test_equals_shap_kernel_explainer_with_full_enumeration_on_the_same_background():
+    shap = pytest.importorskip("shap")
+    net, rng = mlp(7, seed=4), np.random.default_rng(4)
+    f = as_callable(net)
+    background, x = rng.normal(size=(5, 7)), rng.normal(size=7)
+    explainer = shap.KernelExplainer(lambda batch: f(batch)[:, 2], background)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = explainer.shap_values(x[None], nsamples=2**7, l1_reg=False, silent=True)[0]
+    e = xk.explain(f, x, method="kernel_shap", target=2, baseline=background, samples=2**7)
+    np.testing.assert_allclose(e.component_values, want, rtol=1e-6, atol=1e-9)
+    assert e.info["expected_value"] == pytest.approx(explainer.expected_value)
+
+
+def test_close_to_captum_kernel_shap_with_many_samples():
+    from captum.attr import KernelShap
+
+    net, rng = mlp(4, seed=5), np.random.default_rng(5)
+    x, base = rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    torch.manual_seed(0)
+    want = (
+        KernelShap(net)
+        .attribute(
+            torch.from_numpy(x[None]),
+            baselines=torch.from_numpy(base[None]),
+            target=0,
+            n_samples=3000,
+            perturbations_per_eval=500,
+        )[0]
+        .numpy()
+    )
+    e = xk.explain(net, x, method="kernel_shap", target=0, baseline=base)
+    assert e.info["exact"]  # 2^4 <= the default budget
+    assert relative_error(want, e.component_values) < 0.05  # Captum samples with replacement
+
+
+# ---------------------------------------------------------------------- inputs and models
+
+
+def test_numpy_callable_and_module_agree_and_batch_targets_match_single_calls():
+    net, rng = mlp(10, seed=6), np.random.default_rng(6)
+    x = rng.normal(size=(3, 10)).astype(np.float32)
+    targets = [0, 2, 1]
+
+    def callable_net(batch):
+        with torch.no_grad():
+            return net(torch.as_tensor(batch)).numpy()
+
+    a = xk.explain(net, x, method="kernel_shap", target=targets, batch=True, samples=300, seed=1)
+    b = xk.explain(
+        xk.Model(callable_net, output="logits"),
+        x,
+        method="kernel_shap",
+        target=targets,
+        batch=True,
+        samples=300,
+        seed=1,
+    )
+    np.testing.assert_allclose(a.component_values, b.component_values, rtol=1e-5, atol=1e-7)
+    for i, t in enumerate(targets):
+        one = xk.explain(net, x[i], method="kernel_shap", target=t, samples=300, seed=1)
+        np.testing.assert_allclose(a.component_values[i], one.component_values, atol=1e-9)
+
+
+def test_seed_reproduces_and_different_seeds_differ():
+    net, x = mlp(12, seed=7), np.random.default_rng(7).normal(size=12).astype(np.float32)
+    run = lambda seed: xk.explain(net, x, method="kernel_shap", samples=100, seed=seed)  # noqa: E731
+    np.testing.assert_array_equal(run(3).values, run(3).values)
+    assert not np.allclose(run(3).values, run(4).values)
+
+
+def test_image_with_grid_components_and_component_mean_baseline():
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 5))
+    x = np.random.default_rng(8).random((3, 16, 16), dtype=np.float32)
+    e = xk.explain(net.eval(), x, method="kernel_shap", components="grid", samples=300, seed=0)
+    m = int(e.components.max()) + 1
+    assert e.components.shape == (16, 16) and e.component_values.shape == (m,)
+    np.testing.assert_allclose(e.values[1], e.component_values[e.components])  # channels share
+    assert abs(e.info["efficiency_gap"]) < 1e-6
+
+
+def test_tokens_are_replaced_by_a_pad_id():
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = nn.Embedding(30, 4), nn.Linear(4, 2)
+
+        def forward(self, ids):
+            return self.head(self.embed(ids).sum(dim=1))
+
+    torch.manual_seed(9)
+    net, ids = Bag().eval(), np.array([3, 8, 1, 20, 7], dtype=np.int64)
+    e = xk.explain(net, ids, method="kernel_shap", target=1, baseline=0)
+    # a bag of embeddings is additive in the tokens: phi_i = head(e[id_i] - e[pad])
+    with torch.no_grad():
+        per_token = net.head.weight[1] @ (net.embed.weight[ids] - net.embed.weight[0]).T
+    np.testing.assert_allclose(e.component_values, per_token.numpy(), rtol=1e-4, atol=1e-6)
+    assert e.kind == "text"
+
+
+def test_map_with_unused_ids_is_relabelled():
+    x = np.random.default_rng(10).normal(size=6)
+    e = xk.explain(products_6, x, method="kernel_shap", components=[1, 1, 3, 3, 5, 9])
+    assert e.component_values.shape == (4,)
+    np.testing.assert_array_equal(e.components, [0, 0, 1, 1, 2, 3])
+
+
+def products_6(batch):
+    return np.stack([batch[:, 0] * batch[:, 2] + batch[:, 4] - batch[:, 5]], axis=1)
+
+
+def test_per_item_maps_with_different_numbers_of_components_are_padded():
+    x = np.random.default_rng(11).normal(size=(2, 6))
+    maps = np.array([[0, 0, 1, 1, 2, 2], [0, 1, 2, 3, 4, 5]])
+    e = xk.explain(products_6, x, method="kernel_shap", components=maps, batch=True)
+    assert e.component_values.shape == (2, 6)
+    np.testing.assert_array_equal(e.component_values[0, 3:], 0.0)
+    for i in range(2):
+        one = xk.explain(products_6, x[i], method="kernel_shap", components=maps[i])
+        np.testing.assert_allclose(e.values[i], one.values)
+        total = one.info["score"] - one.info["expected_value"]
+        assert e.component_values[i].sum() == pytest.approx(total)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), samples=st.integers(2, 140))
+def test_efficiency_for_any_budget_and_null_players_when_exact(seed, samples):
+    coef = np.random.default_rng(seed).normal(size=4)
+
+    def game(batch):  # feature 6 is never used: a null player
+        a = coef[0] * batch[:, 0] * batch[:, 1] + coef[1] * np.sin(batch[:, 2] * batch[:, 3])
+        return (a + coef[2] * batch[:, 4] ** 3 + coef[3] * batch[:, 5])[:, None]
+
+    x = np.random.default_rng(seed + 1).normal(size=7)
+    model = xk.Model(game, output="scores")
+    e = xk.explain(model, x, method="kernel_shap", samples=samples, seed=seed)
+    assert abs(e.info["efficiency_gap"]) < 1e-9
+    assert e.info["samples"] <= max(samples, 2)
+    if samples >= 2**7:
+        assert abs(e.component_values[6]) < 1e-12
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def test_pairs_are_distinct_complementary_and_within_budget():
+    reps, weights = shapley_pairs(12, 300, np.random.default_rng(0))
+    coalitions = np.concatenate([reps, ~reps])
+    assert 2 * len(reps) + 2 <= 300
+    assert len(np.unique(coalitions, axis=0)) == len(coalitions)
+    assert not coalitions.all(axis=1).any() and coalitions.any(axis=1).all()
+    assert weights.sum() == pytest.approx(1.0) and (weights > 0).all()
+    sizes = np.minimum(reps.sum(axis=1), 12 - reps.sum(axis=1))
+    assert (np.bincount(sizes)[1] == 12) and set(sizes) == set(range(1, 7))  # size 1 enumerated
+
+
+def test_walsh_kernel_equals_the_sum_of_parities():
+    m, rng = 6, np.random.default_rng(0)
+    s, t = rng.choice([-1.0, 1.0], size=(2, m))
+    distance = (m - s @ t) / 2
+    for d in range(m + 1):
+        parities = [np.prod(s[list(c)] * t[list(c)]) for c in _subsets(m, d)]
+        unit = np.eye(m + 1)[d]
+        assert walsh_kernel(m, distance, unit) == pytest.approx(np.mean(parities))
+
+
+def _subsets(m, d):
+    import itertools
+
+    return list(itertools.combinations(range(m), d))
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("samples", "error"), [(0, ValueError), (1, ValueError), (2.5, TypeError), ("many", ValueError)]
+)
+def test_bad_samples(samples, error):
+    with pytest.raises(error, match="samples"):
+        xk.explain(products, np.zeros(9), method="kernel_shap", samples=samples)
+
+
+def test_bad_components_and_background():
+    with pytest.raises(ValueError, match="components"):
+        xk.explain(products, np.zeros(9), method="kernel_shap", components=np.zeros(8, int))
+    with pytest.raises(ValueError, match="baseline"):
+        xk.explain(products, np.zeros(9), method="kernel_shap", baseline=np.zeros((5, 8)))
+    with pytest.raises(TypeError, match="seed"):
+        xk.explain(products, np.zeros(9), method="kernel_shap", seed="a")
