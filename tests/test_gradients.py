@@ -70,7 +70,8 @@ def test_input_x_gradient_equals_captum():
 
 
 @pytest.mark.parametrize(
-    "rule", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+    "rule",
+    ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"],
 )
 @pytest.mark.parametrize("steps", [7, 32])
 def test_integrated_gradients_equals_captum(rule, steps):

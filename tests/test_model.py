@@ -405,7 +405,10 @@ class Returns(nn.Module):
 @pytest.mark.parametrize(
     ("make", "pattern"),
     [
-        (lambda out: out[:, 0], r"model: expected scores of shape \(N, K\) = \(4, K\).*got shape \(4,\)"),
+        (
+            lambda out: out[:, 0],
+            r"model: expected scores of shape \(N, K\) = \(4, K\).*got shape \(4,\)",
+        ),
         (lambda out: (out, out), r"model: expected its output to be scores .* tuple"),
         (lambda out: {"logits": out}, r"model: expected its output to be scores .* dict"),
         (lambda out: out[:1], r"model: expected scores of shape .*got shape \(1, 2\)"),
@@ -473,13 +476,13 @@ def test_bad_options_are_named(kwargs, error, pattern):
 
 
 def test_bad_model_objects_are_named(tmp_path):
-    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+    with pytest.raises(TypeError, match=r"model: expected an nn\.Module"):
         xk.Model(42)
     with pytest.raises(FileNotFoundError, match="model: no file"):
         xk.Model(tmp_path / "missing.pt")
     junk = tmp_path / "notes.pt"
     junk.write_text("this is not a model")
-    with pytest.raises(ValueError, match="model: .*notes.pt' is not a TorchScript file"):
+    with pytest.raises(ValueError, match=r"model: .*notes\.pt' is not a TorchScript file"):
         xk.Model(junk)
     state_dict = tmp_path / "weights.pt"
     torch.save(make_net().state_dict(), state_dict)
@@ -508,7 +511,7 @@ def test_as_model_passes_models_through():
     m = xk.Model(make_net())
     assert xk.as_model(m) is m
     assert isinstance(xk.as_model(make_net()), xk.Model)
-    with pytest.raises(TypeError, match="model: already an xaikit.Model"):
+    with pytest.raises(TypeError, match=r"model: already an xaikit\.Model"):
         xk.as_model(m, batch_size=3)
 
 
