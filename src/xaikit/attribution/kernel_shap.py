@@ -60,7 +60,7 @@ def kernel_shap(
     components: Any = "auto",
     samples: int | str = "auto",
     baseline: Any = None,
-    seed: int | None = None,
+    seed: int | None = 0,
 ) -> Attribution:
     """KernelSHAP: Shapley values of the components, summing to ``v(1) - v(0)`` exactly.
 
@@ -75,8 +75,9 @@ def kernel_shap(
         What a removed component becomes (see ``lime``). Background rows ``(R, *x.shape)``
         give the interventional expectation ``v(z) = mean_r f(x_z, r_{not z})``, so the values
         sum to ``f(x) - mean_r f(r)``; each coalition then costs R forward passes.
-    seed : int, optional
-        Seeds the sampled coalitions (the same for every item of a batch).
+    seed : int or None
+        Seeds the sampled coalitions (the same for every item of a batch). Default 0:
+        reproducible; ``None`` draws a fresh seed.
 
     Returns
     -------

@@ -44,7 +44,7 @@ def lime(
     kernel_width: float = 0.25,
     baseline: Any = None,
     alpha: float = 1.0,
-    seed: int | None = None,
+    seed: int | None = 0,
 ) -> Attribution:
     """LIME attributions: one ridge coefficient per component, painted over its elements.
 
@@ -71,8 +71,8 @@ def lime(
         training rows, the "background statistics" to sample from).
     alpha : float
         Ridge penalty (lime's ``Ridge(alpha=1)``).
-    seed : int, optional
-        Seeds the coalitions; every item of a batch uses the same draws, so an item's result
+    seed : int or None
+        Seeds the coalitions (default 0: reproducible; ``None`` draws a fresh seed); every item of a batch uses the same draws, so an item's result
         does not depend on the other items.
 
     Returns
