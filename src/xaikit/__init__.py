@@ -3,6 +3,7 @@
 The public API is re-exported here; see docs/architecture.md for how the parts fit.
 """
 
+from xaikit import metrics
 from xaikit._progress import set_progress
 from xaikit._version import __version__
 from xaikit.attribution import explain, methods
@@ -16,6 +17,7 @@ from xaikit.featureviz import (
     visualize,
 )
 from xaikit.importance import Importance, permutation_importance
+from xaikit.metrics import Comparison, SanityResult, compare, evaluate, sanity_check
 from xaikit.model import LayerRecording, Model, as_model, to_probabilities
 from xaikit.representations import (
     Activations,
@@ -33,6 +35,7 @@ from xaikit.surrogates import FidelityCurve, Surrogate, fidelity_curve, surrogat
 
 __all__ = [
     "Activations",
+    "Comparison",
     "Explanation",
     "FidelityCurve",
     "FilterActivations",
@@ -43,21 +46,26 @@ __all__ = [
     "ProbeResult",
     "Projection",
     "Reconstruction",
+    "SanityResult",
     "Surrogate",
     "Visualization",
     "__version__",
     "activations",
     "as_model",
+    "compare",
+    "evaluate",
     "explain",
     "fidelity_curve",
     "filter_activations",
     "methods",
+    "metrics",
     "objectives",
     "permutation_importance",
     "probe",
     "project",
     "project_layers",
     "reconstruct",
+    "sanity_check",
     "set_progress",
     "surrogate",
     "to_probabilities",

@@ -72,7 +72,8 @@ def lime(
     alpha : float
         Ridge penalty (lime's ``Ridge(alpha=1)``).
     seed : int or None
-        Seeds the coalitions (default 0: reproducible; ``None`` draws a fresh seed); every item of a batch uses the same draws, so an item's result
+        Seeds the coalitions (default 0: reproducible; ``None`` draws a fresh seed); every
+        item of a batch uses the same draws, so an item's result
         does not depend on the other items.
 
     Returns

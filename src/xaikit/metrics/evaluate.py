@@ -1,0 +1,265 @@
+"""``xk.evaluate`` and ``xk.compare``: a scorecard on every explanation, and methods ranked.
+
+``evaluate`` runs named metrics on one explanation and stores the numbers in ``e.scores``;
+``compare`` explains one input with several methods and ranks them on each metric. Each
+metric is a function from this package; options reach the metrics that accept them (``steps``
+and ``baseline`` for deletion, ``mask`` for localisation, ``samples`` for robustness, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xaikit._plotting import new_figure
+from xaikit._validation import describe
+from xaikit.explanation import Explanation
+from xaikit.metrics import complexity, faithfulness, localisation, robustness
+
+
+def _lerf(model, x, e, **kw):
+    return faithfulness.pixel_flipping(model, x, e, order="lerf", **kw).area
+
+
+def _re_explained(function: Callable) -> Callable:
+    """A robustness metric re-explains perturbed inputs with the explanation's own method."""
+
+    def run(model, x, e, **kw):
+        if not isinstance(e, Explanation):
+            raise TypeError(
+                "explanation: robustness metrics re-run the method, so they need an Explanation "
+                f"(from xk.explain), got {describe(e)}"
+            )
+        from xaikit.attribution import methods
+
+        known = methods()
+        if e.method not in known:
+            raise ValueError(f"explanation: method {e.method!r} is not a registered method")
+        params = {k: v for k, v in e.params.items() if k in known[e.method]["params"]}
+        return function(model, x, e.method, explanation=e, **kw, **params)
+
+    return run
+
+
+# name -> (function(model, x, e, **options) -> float, higher_is_better)
+METRICS: dict[str, tuple[Callable[..., Any], bool]] = {
+    "deletion": (lambda m, x, e, **kw: faithfulness.deletion(m, x, e, **kw).area, False),
+    "insertion": (lambda m, x, e, **kw: faithfulness.insertion(m, x, e, **kw).area, True),
+    "morf": (lambda m, x, e, **kw: faithfulness.pixel_flipping(m, x, e, **kw).area, False),
+    "lerf": (_lerf, True),
+    "sparseness": (lambda m, x, e: complexity.sparseness(e), True),
+    "entropy": (lambda m, x, e: complexity.entropy(e), False),
+    "pointing_game": (lambda m, x, e, *, mask: float(localisation.pointing_game(e, mask)), True),
+    "relevance_mass": (lambda m, x, e, *, mask: localisation.relevance_mass(e, mask), True),
+    "relevance_rank": (lambda m, x, e, *, mask: localisation.relevance_rank(e, mask), True),
+    "max_sensitivity": (_re_explained(robustness.max_sensitivity), False),
+    "local_lipschitz": (_re_explained(robustness.local_lipschitz), False),
+}
+# The options each metric takes (from the signatures of the functions behind it).
+_OPTIONS: dict[str, set[str]] = {
+    "deletion": {"target", "steps", "baseline"},
+    "insertion": {"target", "steps", "baseline", "sigma"},
+    "morf": {"target", "steps", "baseline"},
+    "lerf": {"target", "steps", "baseline"},
+    "sparseness": set(),
+    "entropy": set(),
+    "pointing_game": {"mask"},
+    "relevance_mass": {"mask"},
+    "relevance_rank": {"mask"},
+    "max_sensitivity": {"radius", "samples", "seed", "target"},
+    "local_lipschitz": {"radius", "samples", "seed", "target"},
+}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (deletion, entropy, robustness: lower)."""
+    return METRICS[_check_metric(metric)][1]
+
+
+def _check_metric(name: Any) -> str:
+    if not isinstance(name, str) or name not in METRICS:
+        close = difflib.get_close_matches(str(name), list(METRICS), n=2)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"metrics: unknown metric {name!r}; known: {sorted(METRICS)}{hint}")
+    return name
+
+
+def _check_metrics(metrics: Any, options: dict[str, Any]) -> list[str]:
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    names = [_check_metric(m) for m in metrics]
+    if not names:
+        raise ValueError("metrics: expected at least one metric name")
+    accepted = set().union(*(_OPTIONS[n] for n in names))
+    unused = sorted(set(options) - accepted)
+    if unused:
+        raise TypeError(
+            f"{unused[0]}: not an option of the metrics {names}; they take {sorted(accepted)}"
+        )
+    missing = [n for n in names if "mask" in _OPTIONS[n] and options.get("mask") is None]
+    if missing:
+        raise ValueError(f"mask: metric {missing[0]!r} needs a ground-truth mask (mask=...)")
+    return names
+
+
+def _score_one(model, x, e, names, options) -> dict[str, float]:
+    out = {}
+    for name in names:
+        function = METRICS[name][0]
+        kw = {k: v for k, v in options.items() if k in _OPTIONS[name]}
+        out[name] = float(function(model, x, e, **kw))
+    return out
+
+
+def evaluate(
+    model: Any,
+    x: Any,
+    explanation: Explanation,
+    *,
+    metrics: str | Sequence[str] = ("deletion", "insertion"),
+    **options: Any,
+) -> dict[str, Any]:
+    """Score an explanation with named metrics; the scores are also stored in ``e.scores``.
+
+    Parameters
+    ----------
+    model : nn.Module, xaikit.Model or callable
+    x : array or None
+        The explained input (``None``: ``explanation.x``).
+    explanation : Explanation
+        Of one input, or a batch (every item is scored).
+    metrics : str or sequence of str
+        Names from ``METRICS``: ``deletion``, ``insertion``, ``morf``, ``lerf`` (pixel
+        flipping), ``sparseness``, ``entropy``, ``pointing_game``, ``relevance_mass``,
+        ``relevance_rank`` (need ``mask=``), ``max_sensitivity``, ``local_lipschitz``.
+    **options
+        Passed to the metrics that take them: ``steps``, ``baseline``, ``sigma``, ``mask``
+        (one mask, or one per item for a batch), ``radius``, ``samples``, ``seed``.
+
+    Returns
+    -------
+    dict
+        Metric -> float; for a batch, metric -> array ``(N,)`` of per-item scores.
+    """
+    if not isinstance(explanation, Explanation):
+        raise TypeError(f"explanation: expected an xaikit Explanation, got {describe(explanation)}")
+    names = _check_metrics(metrics, options)
+    x = explanation.x if x is None else x
+    if not explanation.batch:
+        scores = _score_one(model, x, explanation, names, options)
+    else:
+        x = np.asarray(x)
+        if x.shape != explanation.x.shape:
+            raise ValueError(
+                f"x: expected the explained batch's shape {explanation.x.shape}, got {x.shape}"
+            )
+        masks = options.get("mask")
+        per_item_mask = isinstance(masks, np.ndarray) and masks.ndim == 3 and len(masks) == len(x)
+        rows = []
+        for i in range(len(x)):
+            opts = dict(options)
+            if per_item_mask:
+                opts["mask"] = masks[i]
+            rows.append(_score_one(model, x[i], explanation[i], names, opts))
+        scores = {n: np.array([r[n] for r in rows]) for n in names}
+    explanation.scores.update(scores)
+    return scores
+
+
+@dataclass
+class Comparison:
+    """Several methods' explanations of one input and their scores.
+
+    Attributes
+    ----------
+    explanations : dict
+        Method -> Explanation (its ``scores`` filled).
+    table : list of dict
+        One row per method: ``{"method": name, metric: value, ...}``, in the order given.
+    metrics : list of str
+    """
+
+    explanations: dict[str, Explanation]
+    table: list[dict[str, Any]]
+    metrics: list[str]
+
+    def rank(self, metric: str | None = None) -> list[str]:
+        """Methods best first on ``metric`` (default the first metric), its direction applied."""
+        metric = self.metrics[0] if metric is None else _check_metric(metric)
+        if metric not in self.metrics:
+            raise ValueError(f"metric: not computed in this comparison; computed: {self.metrics}")
+        sign = -1.0 if higher_is_better(metric) else 1.0
+        rows = sorted(self.table, key=lambda r: sign * r[metric])  # stable: ties keep order
+        return [r["method"] for r in rows]
+
+    def __str__(self) -> str:
+        head = "| method | " + " | ".join(self.metrics) + " |"
+        sep = "|---" * (len(self.metrics) + 1) + "|"
+        lines = [head, sep]
+        for row in self.table:
+            lines.append(
+                f"| {row['method']} | " + " | ".join(f"{row[m]:.3f}" for m in self.metrics) + " |"
+            )
+        return "\n".join(lines)
+
+    def plot(self) -> Any:
+        """The maps side by side, each titled with its scores; return the Figure."""
+        n = len(self.explanations)
+        fig = new_figure((3.0 * n, 3.4))
+        for ax, (name, e) in zip(
+            fig.subplots(1, n, squeeze=False)[0], self.explanations.items(), strict=True
+        ):
+            lines = [f"{m} {e.scores[m]:.3f}" for m in self.metrics]
+            e.plot(ax=ax, title=name + "\n" + "\n".join(lines))
+        return fig
+
+
+def compare(
+    model: Any,
+    x: Any,
+    *,
+    methods: Sequence[str] | dict[str, dict[str, Any]] = ("saliency", "integrated_gradients"),
+    metrics: str | Sequence[str] = ("deletion", "insertion"),
+    target: int | None = None,
+    **options: Any,
+) -> Comparison:
+    """Explain ``x`` with several methods and score each on the same metrics.
+
+    Parameters
+    ----------
+    model : nn.Module, xaikit.Model or callable
+    x : array
+        One input.
+    methods : sequence of str, or dict method -> parameters
+    metrics : str or sequence of str
+        As in :func:`evaluate`.
+    target : int, optional
+        The class every method explains (default the predicted class).
+    **options
+        Metric options, as in :func:`evaluate`.
+
+    Returns
+    -------
+    Comparison
+        ``.table`` (rows per method), ``.rank(metric)``, ``.explanations``, ``.plot()``.
+    """
+    from xaikit.attribution import explain
+
+    names = _check_metrics(metrics, options)
+    if isinstance(methods, str):
+        methods = [methods]
+    specs = dict(methods) if isinstance(methods, dict) else {m: {} for m in methods}
+    if not specs:
+        raise ValueError("methods: expected at least one method name")
+    explanations: dict[str, Explanation] = {}
+    table = []
+    for method, params in specs.items():
+        e = explain(model, x, method=method, target=target, **params)
+        scores = evaluate(model, x, e, metrics=names, **options)
+        explanations[method] = e
+        table.append({"method": method, **scores})
+    return Comparison(explanations, table, names)

@@ -1,0 +1,276 @@
+"""Complexity, localisation, robustness, evaluate and compare; cross-checks with Quantus."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import xaikit as xk
+from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
+from xaikit.metrics import (
+    compare,
+    entropy,
+    evaluate,
+    local_lipschitz,
+    max_sensitivity,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
+    sparseness,
+)
+
+# ---------------------------------------------------------------------- complexity
+
+
+def test_sparseness_and_entropy_values():
+    assert sparseness(np.ones(10)) == pytest.approx(0.0)
+    one_hot = np.zeros(10)
+    one_hot[3] = -5.0
+    assert sparseness(one_hot) == pytest.approx(0.9)  # (n - 1) / n for one non-zero of n
+    assert sparseness(np.zeros(4)) == 0.0
+    assert sparseness(np.array([1.0, 3.0])) == pytest.approx(0.25)  # (-1*1 + 1*3) / (2*4)
+    assert entropy(np.ones(8)) == pytest.approx(np.log(8))
+    assert entropy(one_hot) == pytest.approx(0.0)
+    assert entropy(np.array([1.0, 1.0, 2.0])) == pytest.approx(
+        -(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5))
+    )
+
+
+def test_sparseness_agrees_with_quantus():
+    """Quantus's Sparseness (abs, normalised by max, +1e-7 before sorting): |diff| < 1e-5.
+
+    Quantus normalises by the maximum over the whole batch (its default normalise_axes), so
+    a weak item in a batch with a strong one meets its +1e-7 at a much smaller scale (0.005
+    apart here); item by item the two agree to 1e-6.
+    """
+    quantus = pytest.importorskip("quantus")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 1, 12, 12)) * rng.uniform(0, 1, size=(6, 1, 1, 1)) ** 3
+    a[0] = 2.0  # nearly flat (Quantus refuses constant maps)
+    a[0, 0, 0, 0] = 2.5
+    a[1, 0, 3, 4] = 50.0
+    x = rng.uniform(size=a.shape).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metric = quantus.Sparseness(disable_warnings=True)
+        theirs = [
+            metric(model=None, x_batch=xi[None], y_batch=[0], a_batch=ai[None].copy())[0]
+            for xi, ai in zip(x, a, strict=True)
+        ]
+    ours = [sparseness(item) for item in a]
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- localisation
+
+
+def test_localisation_on_planted_patch():
+    r = np.zeros((1, 10, 10))
+    r[0, 2:4, 2:4] = [[1.0, 2.0], [3.0, 4.0]]
+    r[0, 8, 8] = 2.0
+    r[0, 0, 9] = -7.0  # negative relevance counts for neither mass nor the maximum
+    mask = (2, 2, 4, 4)
+    assert pointing_game(r, mask)
+    assert relevance_mass(r, mask) == pytest.approx(10 / 12)
+    assert relevance_rank(r, mask) == pytest.approx(3 / 4)  # top 4: 4, 3, 2 (in), 2 at (8, 8)
+    boolean = np.zeros((10, 10), bool)
+    boolean[8, 8] = True
+    assert not pointing_game(r, boolean)
+    assert relevance_mass(r, boolean) == pytest.approx(2 / 12)
+    flat = np.ones((10, 10))
+    assert not pointing_game(flat, boolean)  # ties must all be inside
+
+
+def test_localisation_bad_mask():
+    with pytest.raises(ValueError, match="mask: expected a mask of shape"):
+        relevance_mass(np.ones((1, 10, 10)), np.ones((9, 10), bool))
+    with pytest.raises(ValueError, match="mask"):
+        relevance_mass(np.ones((10, 10)), (0, 0, 11, 3))
+    with pytest.raises(ValueError, match="mask: the mask is empty"):
+        pointing_game(np.ones((10, 10)), np.zeros((10, 10), bool))
+
+
+def test_watermark_model_looks_at_the_mark(watermark_cnn):
+    X, y, _ = load_watermark_mnist("test_marked")
+    pred = watermark_cnn(torch.as_tensor(X[:200])).argmax(1).numpy()
+    fooled = np.flatnonzero((pred == WATERMARK_CLASS) & (y[:200] != WATERMARK_CLASS))[:10]
+    assert len(fooled) >= 5
+    area_share = 36 / 784
+    for method in ("saliency", "integrated_gradients"):
+        e = xk.explain(watermark_cnn, X[fooled], method=method, batch=True)
+        values = np.abs(e.values) if method == "saliency" else e.values
+        mass = np.array([relevance_mass(v, WATERMARK_REGION) for v in values])
+        assert mass.mean() > 5 * area_share, (method, mass)
+        rank = np.array([relevance_rank(v, WATERMARK_REGION) for v in values])
+        assert rank.mean() > 5 * area_share, (method, rank)
+
+
+# ---------------------------------------------------------------------- robustness
+
+
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = nn.Parameter(torch.randn(2, 30, generator=g))
+
+    def forward(self, x):
+        return x @ self.w.T
+
+
+def input_x_gradient(model, x, targets, **_):
+    return xk.explain(
+        model, np.asarray(x), method="input_x_gradient", target=targets, batch=True
+    ).values
+
+
+def test_max_sensitivity_exact_on_linear_model():
+    # For a linear model, input x gradient = w * x, so the change is w * d: computable here.
+    model = Linear()
+    x = np.linspace(0.5, 1.5, 30).astype(np.float32)
+    w = model.w.detach().numpy()[1]
+    got = max_sensitivity(model, x, input_x_gradient, target=1, radius=0.1, samples=50, seed=4)
+    d = np.random.default_rng(4).uniform(-0.1, 0.1, size=(50, 30)).astype(np.float32)
+    want = np.linalg.norm(w * d, axis=1).max() / np.linalg.norm(w * x)
+    assert got == pytest.approx(want, rel=1e-4)
+    lip = local_lipschitz(model, x, input_x_gradient, target=1, radius=0.1, samples=50, seed=4)
+    assert lip == pytest.approx(
+        (np.linalg.norm(w * d, axis=1) / np.linalg.norm(d, axis=1)).max(), rel=1e-4
+    )
+    # Saliency of a linear model does not move at all.
+    assert max_sensitivity(model, x, "saliency", target=1, samples=5) == pytest.approx(
+        0.0, abs=1e-6
+    )
+
+
+def test_max_sensitivity_agrees_with_quantus_in_distribution():
+    """Quantus draws its noise from np.random; we compare the maximum over 200 draws.
+
+    Same model, input, target, explain function, radius (0.2), norms (Frobenius), no
+    normalisation, no abs. With 30 features the max over 200 draws is stable: rel. tol 10%.
+    """
+    quantus = pytest.importorskip("quantus")
+    model = Linear()
+    x = np.linspace(0.5, 1.5, 30).astype(np.float32)[None]
+    np.random.seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = quantus.MaxSensitivity(
+            nr_samples=200,
+            lower_bound=0.2,
+            disable_warnings=True,
+            normalise=False,
+            abs=False,
+            return_nan_when_prediction_changes=False,
+        )(
+            model=model,
+            x_batch=x,
+            y_batch=np.array([1]),
+            a_batch=input_x_gradient(model, x, np.array([1])),
+            explain_func=lambda model, inputs, targets, **_: input_x_gradient(
+                model, inputs, targets
+            ),
+            device="cpu",
+        )
+    ours = max_sensitivity(model, x[0], input_x_gradient, target=1, radius=0.2, samples=200)
+    assert ours == pytest.approx(float(theirs[0]), rel=0.1)
+
+
+def test_robustness_bad_input():
+    with pytest.raises(ValueError, match="radius"):
+        max_sensitivity(Linear(), np.ones(30, np.float32), radius=0)
+    with pytest.raises(ValueError, match="samples"):
+        local_lipschitz(Linear(), np.ones(30, np.float32), samples=0)
+
+
+# ---------------------------------------------------------------------- evaluate and compare
+
+
+class Patch(nn.Module):
+    def forward(self, x):
+        s = 4 * x[:, :, 2:5, 3:7].mean(dim=(1, 2, 3))
+        return torch.stack([s, -s], dim=1)
+
+
+@pytest.fixture
+def image():
+    return np.random.default_rng(0).uniform(0.2, 1, size=(1, 10, 10)).astype(np.float32)
+
+
+def test_evaluate_fills_scores(image):
+    model = Patch()
+    e = xk.explain(model, image, method="saliency", target=0)
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 3:7] = True
+    scores = evaluate(
+        model,
+        image,
+        e,
+        metrics=[
+            "deletion",
+            "insertion",
+            "sparseness",
+            "relevance_mass",
+            "pointing_game",
+            "max_sensitivity",
+        ],
+        mask=mask,
+        samples=3,
+        steps=10,
+    )
+    assert e.scores == scores
+    assert scores["deletion"] == pytest.approx(xk.metrics.deletion(model, image, e, steps=10).area)
+    assert scores["relevance_mass"] == pytest.approx(1.0)
+    assert scores["pointing_game"] == 1.0
+    assert scores["max_sensitivity"] == pytest.approx(0.0, abs=1e-6)  # saliency is constant here
+
+
+def test_evaluate_batch(image):
+    model = Patch()
+    X = np.stack([image, image * 0.5])
+    e = xk.explain(model, X, method="saliency", target=0, batch=True)
+    scores = evaluate(model, None, e, metrics="deletion", steps=5)
+    assert scores["deletion"].shape == (2,)
+    assert scores["deletion"][0] == pytest.approx(
+        xk.metrics.deletion(model, image, e[0], steps=5).area
+    )
+
+
+def test_evaluate_errors(image):
+    model = Patch()
+    e = xk.explain(model, image, method="saliency", target=0)
+    with pytest.raises(ValueError, match=r"metrics: unknown metric 'delection'.*deletion"):
+        evaluate(model, image, e, metrics=["delection"])
+    with pytest.raises(ValueError, match="mask"):
+        evaluate(model, image, e, metrics=["relevance_mass"])
+    with pytest.raises(TypeError, match="window"):
+        evaluate(model, image, e, metrics=["deletion"], window=3)
+    with pytest.raises(TypeError, match="explanation"):
+        evaluate(model, image, e.values)
+
+
+def test_compare_ranks_methods(image):
+    model = Patch()
+    rng = np.random.default_rng(0)
+    noise = lambda m, x, t: rng.normal(size=x.shape)  # noqa: E731
+    result = compare(
+        model,
+        image,
+        methods={"saliency": {}, "occlusion": {"window": 2, "stride": 2}},
+        metrics=("deletion", "insertion"),
+        target=0,
+    )
+    assert [r["method"] for r in result.table] == ["saliency", "occlusion"]
+    assert set(result.rank("deletion")) == {"saliency", "occlusion"}
+    assert result.explanations["saliency"].scores["deletion"] == result.table[0]["deletion"]
+    best = result.rank("deletion")[0]
+    assert result.table[[r["method"] for r in result.table].index(best)]["deletion"] == min(
+        r["deletion"] for r in result.table
+    )
+    assert "| saliency |" in str(result)
+    assert len(result.plot().axes) >= 2
+    del noise
