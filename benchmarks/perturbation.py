@@ -160,8 +160,11 @@ def run_case(name, net, x, target, *, cell, samples, window, sweep, repeats) -> 
     rows = []
     cases = contenders(net, x, target, cell=cell, samples=samples, window=window)
     cases[0][3]()  # warm-up (allocations, the batch-size search)
+    limits: dict[int, float] = {}  # one limit per number of forwards (shared by contenders)
     for method, who, passes, run in cases:
-        limit = min(forward_limit(net, x.shape, passes, sweep) for _ in range(repeats))
+        if passes not in limits:
+            limits[passes] = min(forward_limit(net, x.shape, passes, sweep) for _ in range(repeats))
+        limit = limits[passes]
         with PeakMemory() as memory:
             seconds = min(_seconds(run) for _ in range(repeats))
         rows.append(
