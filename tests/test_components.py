@@ -106,17 +106,25 @@ def test_feature_groups_and_ungrouped_features():
     assert make_components(np.array([1, 2, 3]), "tokens", groups=[[1, 2]]).tolist() == [1, 0, 0]
 
 
-def test_user_map_is_relabelled_in_id_order():
-    user = np.array([[5, 5, 1], [7, 1, 7]])
+def test_user_map_is_kept_as_given():
+    user = np.array([[1, 1, 0], [2, 0, 2]])
     comp = make_components(np.zeros((3, 2, 3)), user)
-    assert comp.tolist() == [[1, 1, 0], [2, 0, 2]]
+    assert comp.tolist() == user.tolist() and comp.dtype == np.int64
     assert np.array_equal(make_components(np.zeros((2, 3)), torch.from_numpy(user)), comp)
+
+
+@pytest.mark.parametrize("user", [[[5, 5, 1], [7, 1, 7]], [[1, 1, 2], [2, 1, 2]]])
+def test_user_map_with_empty_ids_is_an_error(user):
+    with pytest.raises(ValueError, match=r"^components: ids must run from 0 to M-1.*\[0"):
+        make_components(np.zeros((2, 3)), np.array(user))
 
 
 @settings(max_examples=40, deadline=None)
 @given(hnp.arrays(np.int32, hnp.array_shapes(min_dims=2, max_dims=2), elements=st.integers(0, 9)))
-def test_relabelling_keeps_the_partition(user):
-    comp = make_components(np.zeros(user.shape), user)
+def test_segmenters_output_contiguous_ids(user):
+    # Our own segmentations are always renumbered; a renumbered user map passes unchanged.
+    renumbered = np.unique(user, return_inverse=True)[1].reshape(user.shape)
+    comp = make_components(np.zeros(user.shape), renumbered)
     assert_contiguous(comp, user.shape)
     flat_u, flat_c = user.ravel(), comp.ravel()
     assert np.array_equal(flat_u[:, None] == flat_u[None], flat_c[:, None] == flat_c[None])

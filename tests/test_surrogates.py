@@ -150,3 +150,24 @@ def test_bad_input_is_named(call, error, pattern):
     X = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(error, match=pattern):
         call(X)
+
+
+@pytest.mark.parametrize("method", ["lime", "kernel_shap"])
+def test_tabular_local_methods_on_gradient_boosting_predict_proba(method):
+    train, test = load_breast_cancer_table("train"), load_breast_cancer_table("test")
+    gb = GradientBoostingClassifier(random_state=0).fit(train.X, train.y)
+    background = train.X[:25]
+    e = xk.explain(
+        gb, test.X[0], method=method, target=1, baseline=background, samples=400,
+        feature_names=test.feature_names,
+    )  # fmt: skip
+    assert e.values.shape == (30,) and e.kind == "tabular"
+    assert np.isfinite(e.values).all() and np.abs(e.values).sum() > 0
+    if method == "kernel_shap":  # efficiency: values sum to f(x) - E[f(background)]
+        p = gb.predict_proba(np.vstack([test.X[:1], background]))[:, 1]
+        assert e.values.sum() == pytest.approx(p[0] - p[1:].mean(), abs=1e-6)
+    else:
+        assert 0 <= e.info["r2"] <= 1
+    assert e.feature_names == list(test.feature_names)
+    labels = [t.get_text() for t in e.plot().axes[0].get_yticklabels()]
+    assert set(labels) <= set(test.feature_names) and labels

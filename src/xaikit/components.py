@@ -84,8 +84,8 @@ def make_components(x: Any, how: Any = "auto", *, kind: str | None = None, **opt
         (``scale``, ``sigma``, ``min_size``), ``"features"`` / ``"tokens"`` (one component
         per element; ``groups=[[0, 3], [5, 6, 7]]`` makes one component per group, each other
         element stays its own component, after the groups), or a user map of the shape of
-        :func:`component_shape` with ids >= 0, which is relabelled to ``0 .. M-1`` in the
-        order of its ids.
+        :func:`component_shape` with ids ``0 .. M-1``, every id used (an empty id is an
+        error: ``component_values[i]`` is always the value of the user's id ``i``).
     kind : {"image", "tabular", "text"}, optional
         Overrides the inferred kind.
 
@@ -174,7 +174,18 @@ def _user_map(how: Any, shape: tuple[int, ...]) -> np.ndarray:
         )
     if comp.size and comp.min() < 0:
         raise ValueError(f"components: ids must be >= 0, got {comp.min()}")
-    return _relabel(comp)
+    # A user's ids must be 0..M-1, each used: component_values[i] then means the user's id i.
+    # Silently renumbering would shift every value; an unused id is the homework's bug (SLIC's
+    # start_label=1 left feature 0 empty and never perturbed).
+    present = np.unique(comp)
+    if comp.size and (present[0] != 0 or present[-1] != len(present) - 1):
+        missing = np.setdiff1d(np.arange(present[-1] + 1), present)[:5].tolist()
+        raise ValueError(
+            f"components: ids must run from 0 to M-1 with every id used; ids {missing} are "
+            "empty. Renumber the map, e.g. "
+            "np.unique(map, return_inverse=True)[1].reshape(map.shape)"
+        )
+    return comp.astype(np.int64)
 
 
 def _elements(shape: tuple[int, ...], groups: Any) -> np.ndarray:

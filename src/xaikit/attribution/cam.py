@@ -66,10 +66,9 @@ def _cam(model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None,
     if np.ndim(x) != 4:
         raise ValueError(f"x: Grad-CAM needs images (C, H, W), got items of shape {x.shape[1:]}")
     layer = layer or last_conv_layer(model)
-    with model.layer(layer, gradients=True) as recording:
-        scores, _ = model.gradients(x, targets, as_numpy=False)
-    activations = torch.cat([a.float() for a in recording.activation_batches])
-    grads = torch.cat([g.float() for g in recording.gradient_batches])
+    # Gradients at the layer only: the backward pass stops there instead of reaching the input.
+    scores, activations, grads = model.layer_gradients(x, targets, layer=layer, as_numpy=False)
+    activations, grads = activations.float(), grads.float()
     if activations.ndim != 4:
         raise ValueError(
             f"layer: Grad-CAM needs a layer with (N, C, h, w) outputs; {layer!r} gives "

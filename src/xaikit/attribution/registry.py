@@ -89,6 +89,8 @@ def explain(
     method: str = "occlusion",
     target: Any = None,
     batch: bool = False,
+    feature_names: list[str] | None = None,
+    tokens: list[str] | None = None,
     **params: Any,
 ) -> Explanation:
     """Explain the model's output for ``target`` on input ``x`` with a local method.
@@ -103,6 +105,8 @@ def explain(
         A name from :func:`methods`.
     target : int, sequence of int, or None
         The explained class; ``None`` explains the predicted class (per item).
+    feature_names, tokens : list of str, optional
+        Names of a row's features, or the token strings, carried into the result and its plot.
     **params
         The method's parameters (see ``xk.methods()[method]["params"]``).
 
@@ -155,6 +159,8 @@ def explain(
         component_values=_item(result.component_values, batch),
         info=info,
         batch=batch,
+        feature_names=None if feature_names is None else [str(n) for n in feature_names],
+        tokens=tokens,
     )
 
 
