@@ -9,12 +9,9 @@ trains a new model instead of loading a stale one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import os
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xaikit._cache import default_cache_dir, load_weights, save_weights
 from xaikit._progress import progress_bar
 from xaikit.datasets.mnist import load_mnist, load_watermark_mnist
 
@@ -175,18 +173,6 @@ def train_cnn(
     return model.eval()
 
 
-def default_cache_dir() -> Path:
-    """Where xaikit keeps trained default models.
-
-    ``$XAIKIT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/xaikit``, else ``~/.cache/xaikit``.
-    """
-    if os.environ.get("XAIKIT_CACHE_DIR"):
-        return Path(os.environ["XAIKIT_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "xaikit"
-
-
 def _cache_key(X: np.ndarray, y: np.ndarray, seed: int) -> str:
     """Hash of everything that decides the trained weights."""
     h = hashlib.sha256()
@@ -197,19 +183,6 @@ def _cache_key(X: np.ndarray, y: np.ndarray, seed: int) -> str:
     h.update(repr((seed, EPOCHS, BATCH_SIZE, LR, MAX_SHIFT)).encode())
     h.update(".".join(torch.__version__.split(".")[:2]).encode())
     return h.hexdigest()[:16]
-
-
-def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    # Write next to the target and rename, so a reader never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def load_default_cnn(
@@ -252,28 +225,14 @@ def load_default_cnn(
 
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = directory / f"smallcnn-{kind}-seed{seed}-{_cache_key(X, y, seed)}.pt"
-    if path.exists():
-        model = SmallCNN()
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return model.eval()
-        except Exception as err:  # any unreadable file: truncated, foreign, wrong keys
-            warnings.warn(
-                f"ignoring unreadable cached model {path} ({err}); training a new one",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    model = SmallCNN()
+    if load_weights(model, path, what="model"):
+        return model.eval()
 
     model = train_cnn(
         X, y, seed=seed, epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR, progress=progress
     )
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        _save_atomic(model.state_dict(), path)
-    except OSError as err:  # a read-only or full disk must not cost the caller the model
-        warnings.warn(
-            f"could not cache the model in {directory} ({err})", RuntimeWarning, stacklevel=2
-        )
+    save_weights(model, path, what="model")
     return model
 
 

@@ -25,7 +25,6 @@ import hashlib
 import inspect
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xaikit._cache import default_cache_dir, load_weights, save_weights
 from xaikit._progress import progress_bar
 from xaikit._validation import check_batch, check_choice, check_positive_int, describe
-from xaikit.datasets.models import _save_atomic, default_cache_dir
 
 __all__ = ["MLPGenerator", "latent_size", "train_generator"]
 
@@ -264,19 +263,12 @@ def train_generator(
     key = _cache_key(x, kind=kind, latent_dim=latent_dim, epochs=epochs, seed=int(seed))
     path = directory / f"generator-{kind}-z{latent_dim}-seed{seed}-{key}.pt"
     shape = tuple(x.shape[1:])
-    if cache and path.exists():
+    if cache:
         generator = MLPGenerator(
             latent_dim=latent_dim, output_shape=shape, low=low, high=high, batch_norm=kind == "gan"
         )
-        try:
-            generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if load_weights(generator, path, what="generator"):
             return generator.eval()
-        except Exception as err:  # any unreadable file: truncated, foreign, wrong keys
-            warnings.warn(
-                f"ignoring unreadable cached generator {path} ({err}); training a new one",
-                RuntimeWarning,
-                stacklevel=2,
-            )
 
     generator = _train(
         x,
@@ -289,15 +281,7 @@ def train_generator(
         progress=progress,
     )
     if cache:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            _save_atomic(generator.state_dict(), path)
-        except OSError as err:  # a read-only or full disk must not cost the caller the model
-            warnings.warn(
-                f"could not cache the generator in {directory} ({err})",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        save_weights(generator, path, what="generator")
     return generator
 
 
