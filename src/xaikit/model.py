@@ -41,6 +41,8 @@ GRADIENT_OF = ("score", "probability", "log_probability", "loss")
 
 # Batch sizes tried by the "auto" search, smallest first, each timed once on copies of an item.
 _CPU_CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024)
+# A NumPy callable (scikit-learn, XGBoost) pays a fixed cost per call: larger batches keep paying
+_FUNCTION_CANDIDATES = (*_CPU_CANDIDATES, 4096, 16384, 65536)
 _GPU_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _MAX_BATCH_BYTES = 512 * 2**20  # never try a batch whose inputs alone exceed this
 _SEARCH_SECONDS = 2.0  # the search stops trying larger sizes after this long
@@ -512,7 +514,13 @@ class Model:
         )
         candidates = [
             c
-            for c in (_GPU_CANDIDATES if on_gpu else _CPU_CANDIDATES)
+            for c in (
+                _GPU_CANDIDATES
+                if on_gpu
+                else _CPU_CANDIDATES
+                if self.module is not None
+                else _FUNCTION_CANDIDATES
+            )
             if c * max(1, item_bytes) <= _MAX_BATCH_BYTES
         ] or [1]
 
