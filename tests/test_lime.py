@@ -211,3 +211,106 @@ def test_bad_input_names_the_argument(linear_image, params, error, name):
 def test_background_of_the_wrong_width_for_tabular_rows():
     with pytest.raises(ValueError, match="baseline"):
         xk.explain(nn.Linear(6, 2), np.zeros(6), method="lime", baseline=np.zeros((10, 5)))
+
+
+# ---------------------------------------------------------------------- tabular, from training
+
+
+@pytest.fixture(scope="module")
+def table():
+    from xaikit.datasets import load_breast_cancer_table
+
+    train, test = load_breast_cancer_table("train"), load_breast_cancer_table("test")
+    return train.X, train.y, test.X
+
+
+def test_training_sampling_recovers_a_linear_model_exactly(table):
+    X, _, Xt = table
+    w = np.random.default_rng(0).normal(size=X.shape[1])
+    x = Xt[3]
+    e = xk.explain(
+        lambda rows: (rows @ w)[:, None], x, method="lime", target=0, sampling="training",
+        baseline=X, discretize=None, alpha=0.0, samples=500, seed=0,
+    )  # fmt: skip
+    # standardised representation: a coefficient per training std, a contribution per feature
+    # of w_i (x_i - mean_i) (the linear model's Shapley values), and a perfect local fit
+    np.testing.assert_allclose(e.component_values, w * X.std(axis=0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(e.info["contributions"], w * (x - X.mean(axis=0)), rtol=1e-6)
+    assert e.info["r2"] == pytest.approx(1.0)
+    assert e.info["local_prediction"] == pytest.approx(x @ w)
+
+
+@pytest.mark.parametrize("discretize", ["quartile", None])
+def test_training_sampling_agrees_with_lime_tabular_explainer(table, discretize):
+    lime_tabular = pytest.importorskip("lime.lime_tabular")
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    X, y, Xt = table
+    gb = GradientBoostingClassifier(random_state=0, n_estimators=50).fit(X, y)
+    x = Xt[3]
+    ours = xk.explain(
+        gb, x, method="lime", target=1, sampling="training", baseline=X,
+        discretize=discretize, samples=5000, seed=0,
+    )  # fmt: skip
+    explainer = lime_tabular.LimeTabularExplainer(
+        X, discretize_continuous=discretize is not None, random_state=0
+    )
+    result = explainer.explain_instance(
+        x, gb.predict_proba, labels=(1,), num_features=X.shape[1], num_samples=5000
+    )
+    theirs = np.zeros(X.shape[1])
+    for j, weight in result.local_exp[1]:
+        theirs[j] = weight
+    # different random draws of the same distribution: the weights agree up to sampling noise
+    assert np.corrcoef(ours.component_values, theirs)[0, 1] > 0.95
+    assert np.abs(ours.component_values - theirs).max() < 0.35 * np.abs(theirs).max()
+    # x's bins are lime's: the first sample is x itself and the same quartiles cut the data
+    for j in np.argsort(-np.abs(theirs))[:3]:
+        low, high = ours.info["bin_low"][j], ours.info["bin_high"][j]
+        assert (low < x[j] <= high) or (discretize is None and np.isinf(low))
+
+
+def test_training_sampling_bins_categorical_features_and_batches(table):
+    X, _, Xt = table
+    X = X[:, :6].copy()
+    X[:, 2] = np.round(X[:, 2] / X[:, 2].max() * 3)  # a categorical feature with 4 values
+    x = Xt[:4, :6].copy()
+    x[:, 2] = np.round(x[:, 2] / Xt[:, 2].max() * 3)
+    w = np.array([1.0, -2.0, 5.0, 0.0, 0.5, 0.0])
+    model = lambda rows: np.stack([rows @ w, -(rows @ w)], axis=1)  # noqa: E731
+    kwargs = {"method": "lime", "sampling": "training", "baseline": X, "seed": 3, "samples": 800}
+    e = xk.explain(model, x, target=[0, 1, 0, 1], batch=True, categorical=[2], **kwargs)
+    assert e.values.shape == x.shape
+    assert e.info["bin_low"][0, 2] == e.info["bin_high"][0, 2] == x[0, 2]  # categorical: x's value
+    single = xk.explain(model, x[1], target=1, categorical=[2], **kwargs)
+    np.testing.assert_allclose(e.values[1], single.values)
+    # the same draws for targets 0 and 1 of an antisymmetric model: opposite coefficients
+    np.testing.assert_allclose(
+        xk.explain(model, x[1], target=0, categorical=[2], **kwargs).values, -single.values,
+        atol=1e-10,
+    )  # fmt: skip
+    continuous = xk.explain(model, x[1], target=0, discretize=None, alpha=0.0, **kwargs)
+    assert abs(continuous.values[3]) < 1e-8 * np.abs(continuous.values).max()  # unused feature
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "name"),
+    [
+        ({"sampling": "bogus"}, ValueError, "sampling"),
+        ({"sampling": "training"}, ValueError, "baseline"),
+        ({"sampling": "training", "baseline": np.zeros((10, 5))}, ValueError, "baseline"),
+        ({"sampling": "training", "baseline": np.zeros((10, 6)), "discretize": "median"},
+         ValueError, "discretize"),
+        ({"sampling": "training", "baseline": np.zeros((10, 6)), "categorical": [7]},
+         ValueError, "categorical"),
+    ],
+)  # fmt: skip
+def test_bad_tabular_sampling_input(params, error, name):
+    with pytest.raises(error, match=name):
+        xk.explain(nn.Linear(6, 2), np.zeros(6), method="lime", **params)
+
+
+def test_training_sampling_refuses_images(linear_image):
+    net, x, _, _ = linear_image
+    with pytest.raises(ValueError, match="sampling"):
+        xk.explain(net, x, method="lime", sampling="training", baseline=np.zeros((3, 5)))

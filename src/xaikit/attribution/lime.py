@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_positive_int, describe
+from xaikit._validation import check_choice, check_positive_int, describe
 from xaikit.attribution.perturbation import batched, chunk_size, perturbation_scores
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
@@ -41,10 +41,13 @@ def lime(
     *,
     components: Any = "auto",
     samples: int = 1000,
-    kernel_width: float = 0.25,
+    kernel_width: float | None = None,
     baseline: Any = None,
     alpha: float = 1.0,
     seed: int | None = 0,
+    sampling: str = "coalitions",
+    discretize: str | None = "quartile",
+    categorical: Any = None,
 ) -> Attribution:
     """LIME attributions: one ridge coefficient per component, painted over its elements.
 
@@ -57,12 +60,11 @@ def lime(
         ``batch=True``). Maps with unused ids are relabelled to ``0 .. M-1``.
     samples : int
         Coalitions drawn, the input itself first (lime's ``num_samples``, 1000).
-    kernel_width : float
-        Width of the kernel ``pi(z) = sqrt(exp(-d(z)^2 / width^2))`` on the cosine distance
-        ``d`` between ``z`` and the all-ones coalition (lime's images use 0.25; its text
-        explainer's 25 on 100 x cosine is the same kernel). lime's tabular explainer uses
-        ``0.75 sqrt(F)`` on euclidean distances of standardised values, a representation xaikit
-        does not use: here tabular rows are coalitions too.
+    kernel_width : float or None
+        Width of the kernel ``pi(z) = sqrt(exp(-d(z)^2 / width^2))``. ``None``: 0.25 on the
+        cosine distance ``d`` between a coalition and the all-ones one (lime's images; its text
+        explainer's 25 on 100 x cosine is the same kernel), or with ``sampling="training"``
+        ``0.75 sqrt(F)`` on the euclidean distance of representations (lime's tabular).
     baseline : None, number, str, array, or background rows
         What a removed component becomes (:func:`xaikit.baselines.make_baseline`). ``None``:
         images fill each component with its own mean colour (lime's ``hide_color=None``);
@@ -75,6 +77,16 @@ def lime(
         Seeds the coalitions (default 0: reproducible; ``None`` draws a fresh seed); every
         item of a batch uses the same draws, so an item's result
         does not depend on the other items.
+    sampling : "coalitions" or "training"
+        ``"coalitions"`` removes components (any input kind). ``"training"`` (table rows only)
+        is the paper's tabular LIME: new rows drawn from the statistics of the training rows
+        passed as ``baseline`` (see :mod:`xaikit.attribution.lime_tabular`).
+    discretize : "quartile", "decile" or None
+        With ``sampling="training"``: cut features into training percentile bins and regress on
+        "in x's bin" (lime's default ``"quartile"``), or ``None`` for standardised values.
+    categorical : sequence of int, optional
+        With ``sampling="training"``: features drawn from their training frequencies and
+        represented as "same value as x".
 
     Returns
     -------
@@ -93,12 +105,12 @@ def lime(
     logits). Wrap the model with ``Model(..., output=...)`` or add a softmax to explain
     probabilities.
 
-    Tabular rows are coalitions of features, like images and tokens. lime's
-    ``LimeTabularExplainer`` instead draws each feature from N(mean, std) of the training data
-    (optionally quartile-discretised) and regresses on the standardised values; that sampling
-    and the discretisation are not implemented. Passing training rows as ``baseline`` gives the
-    closest equivalent: a removed feature takes the background's values (the expectation over
-    the rows, without sampling noise).
+    With ``sampling="training"`` the component values are lime's coefficients (of the bin
+    indicators, or per training std); ``info["contributions"]`` gives each feature's share of
+    the local prediction relative to the training rows' mean (``w_i (x_i - mean_i)`` for a linear
+    model with ``discretize=None``), ``info["bin_low"]``/``["bin_high"]`` x's bin per feature.
+    ``sampling="coalitions"`` with training rows as ``baseline`` is the other reading: a
+    removed feature takes the background's values (the expectation over the rows).
 
     References
     ----------
@@ -106,9 +118,18 @@ def lime(
     uniformly at random (where the number of such draws is also uniformly sampled)".
     """
     samples = check_positive_int(samples, name="samples")
-    kernel_width = _check_positive_float(kernel_width, name="kernel_width")
+    if kernel_width is not None:
+        kernel_width = _check_positive_float(kernel_width, name="kernel_width")
     alpha = _check_positive_float(alpha, name="alpha", allow_zero=True)
     seed = check_seed(seed)
+    sampling = check_choice(sampling, name="sampling", choices=("coalitions", "training"))
+    if sampling == "training":
+        return _lime_from_training(
+            model, x, targets, baseline=baseline, discretize=discretize,
+            categorical=categorical, samples=samples, kernel_width=kernel_width, alpha=alpha,
+            seed=seed,
+        )  # fmt: skip
+    kernel_width = 0.25 if kernel_width is None else kernel_width
     games = games_for(model, x, targets, components=components, baseline=baseline, seed=seed)
     fits = []
     for game in games:
@@ -124,6 +145,37 @@ def lime(
     info["evaluations"] = np.array([f[0].evaluations for f in fits])
     info["explained_output"] = model.output
     return assemble(x, [(g, c) for g, c, _ in fits], info)
+
+
+def _lime_from_training(model, x, targets, *, baseline, discretize, categorical, **fit):
+    """``sampling="training"``: the paper's tabular LIME (:mod:`.lime_tabular`)."""
+    from xaikit.attribution.lime_tabular import (  # it builds on this module's ridge
+        DISCRETIZERS,
+        check_categorical,
+        check_training_rows,
+        tabular_lime,
+    )
+
+    if input_kind(x[0]) != "tabular":
+        raise ValueError(
+            f"sampling: 'training' draws table rows and needs rows of shape (F,); got inputs of "
+            f"shape {x.shape[1:]} (use sampling='coalitions' for images and tokens)"
+        )
+    if discretize is not None:
+        discretize = check_choice(discretize, name="discretize", choices=tuple(DISCRETIZERS))
+    training = check_training_rows(baseline, x[0])
+    categorical = check_categorical(categorical, x.shape[1])
+    if fit["samples"] < 2:
+        raise ValueError(f"samples: sampling='training' needs at least 2, got {fit['samples']}")
+    result = tabular_lime(
+        model, x.astype(np.float64), targets, training=training, discretize=discretize,
+        categorical=categorical, **fit,
+    )  # fmt: skip
+    coef = result.pop("coefficients")
+    components = np.broadcast_to(np.arange(x.shape[1]), x.shape).copy()
+    info = {**result, "evaluations": np.full(len(x), fit["samples"])}
+    info["explained_output"] = model.output
+    return Attribution(values=coef.copy(), components=components, component_values=coef, info=info)
 
 
 def lime_coalitions(m: int, samples: int, rng: np.random.Generator) -> np.ndarray:
