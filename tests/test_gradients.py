@@ -286,9 +286,26 @@ def test_gradient_method_on_a_numpy_callable_says_it_needs_torch():
         xk.explain(lambda b: np.ones((len(b), 2)) / 2, np.zeros(3), method="saliency")
 
 
-def test_target_out_of_range_is_named():
+@pytest.mark.parametrize("method", ["saliency", "gradcam", "guided_backprop", "occlusion"])
+def test_target_out_of_range_is_named(method):
     with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 5\)"):
-        xk.explain(make_net(), images(1)[0], method="saliency", target=5)
+        xk.explain(make_net(), images(1)[0], method=method, target=5)
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "gradcam", "guided_backprop"])
+def test_one_pass_methods_run_the_model_once_and_explain_the_predicted_class(method):
+    net = make_net()
+    calls = []
+    net.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
+    x = images(4)
+    e = xk.explain(xk.Model(net, batch_size=64), x, method=method, batch=True)
+    assert calls == [4]  # the prediction comes from the method's own forward pass
+    with torch.no_grad():
+        scores = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(e.target, scores.argmax(1))
+    np.testing.assert_allclose(e.prediction, scores, rtol=1e-5, atol=1e-6)
+    given = xk.explain(net, x, method=method, target=list(scores.argmax(1)), batch=True)
+    np.testing.assert_allclose(given.values, e.values, rtol=1e-6, atol=1e-7)
 
 
 class TokenNet(nn.Module):

@@ -24,7 +24,12 @@ def last_conv_layer(model: Model) -> str:
     return convs[-1]
 
 
-@register("gradcam", needs_gradients=True, reference="Selvaraju et al. 2017, arXiv:1610.02391")
+@register(
+    "gradcam",
+    needs_gradients=True,
+    scores_at_input=True,
+    reference="Selvaraju et al. 2017, arXiv:1610.02391",
+)
 def gradcam(
     model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None = None
 ) -> Attribution:
@@ -38,7 +43,12 @@ def gradcam(
     return _cam(model, x, targets, layer=layer, weigh=_gradcam_weights)
 
 
-@register("gradcam++", needs_gradients=True, reference="Chattopadhay et al. 2018, arXiv:1710.11063")
+@register(
+    "gradcam++",
+    needs_gradients=True,
+    scores_at_input=True,
+    reference="Chattopadhay et al. 2018, arXiv:1710.11063",
+)
 def gradcam_plus_plus(
     model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None = None
 ) -> Attribution:

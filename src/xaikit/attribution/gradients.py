@@ -94,7 +94,12 @@ def baseline_tensor(baseline, x: torch.Tensor, *, name: str = "baseline") -> tor
     )
 
 
-@register("saliency", needs_gradients=True, reference="Simonyan et al. 2014, arXiv:1312.6034")
+@register(
+    "saliency",
+    needs_gradients=True,
+    scores_at_input=True,
+    reference="Simonyan et al. 2014, arXiv:1312.6034",
+)
 def saliency(
     model: Model,
     x: np.ndarray,
@@ -124,7 +129,10 @@ def saliency(
 
 
 @register(
-    "input_x_gradient", needs_gradients=True, reference="Shrikumar et al. 2016, arXiv:1605.01713"
+    "input_x_gradient",
+    needs_gradients=True,
+    scores_at_input=True,
+    reference="Shrikumar et al. 2016, arXiv:1605.01713",
 )
 def input_x_gradient(
     model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None = None

@@ -51,7 +51,10 @@ def guided_relus(module: nn.Module) -> Iterator[int]:
 
 
 @register(
-    "guided_backprop", needs_gradients=True, reference="Springenberg et al. 2015, arXiv:1412.6806"
+    "guided_backprop",
+    needs_gradients=True,
+    scores_at_input=True,
+    reference="Springenberg et al. 2015, arXiv:1412.6806",
 )
 def guided_backprop(model: Model, x: np.ndarray, targets: np.ndarray) -> Attribution:
     """Guided Backpropagation (Springenberg et al. 2015, "Striving for simplicity")."""

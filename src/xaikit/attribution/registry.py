@@ -48,13 +48,20 @@ class Method:
     needs_gradients: bool
     reference: str
     defaults: dict[str, Any]
+    scores_at_input: bool = False
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, needs_gradients: bool, reference: str):
-    """Decorator: make ``function(model, x, targets, *, **params)`` available as ``method=name``."""
+def register(name: str, *, needs_gradients: bool, reference: str, scores_at_input: bool = False):
+    """Decorator: make ``function(model, x, targets, *, **params)`` available as ``method=name``.
+
+    ``scores_at_input``: the method runs the model on ``x`` itself and returns those scores in
+    ``Attribution.scores``; it accepts ``targets=None`` (each item's predicted class, resolved
+    in that same forward pass), so :func:`explain` skips its own forward pass (a third of the
+    cost of a one-pass method such as Grad-CAM).
+    """
 
     def decorate(function: Callable[..., Attribution]) -> Callable[..., Attribution]:
         signature = inspect.signature(function)
@@ -63,7 +70,9 @@ def register(name: str, *, needs_gradients: bool, reference: str):
             for p in signature.parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        _METHODS[name] = Method(name, function, needs_gradients, reference, defaults)
+        _METHODS[name] = Method(
+            name, function, needs_gradients, reference, defaults, scores_at_input
+        )
         return function
 
     return decorate
@@ -134,16 +143,23 @@ def explain(
             "NumPy arrays (use occlusion, lime, kernel_shap or rise)"
         )
     xb = _as_batch(x, batch=batch)
-    scores = wrapped.scores(xb)
-    if target is None:
-        targets = scores.argmax(axis=1)
+    if not batch and (np.ndim(target) != 0 or isinstance(target, (str, bytes))):
+        raise TypeError(
+            f"target: expected one class index (int) for one input, got {describe(target)}"
+        )
+    if spec.scores_at_input:  # the method's own forward pass gives the scores and the class
+        targets = None
+        if target is not None:
+            targets = check_targets(target, n=len(xb), n_classes=wrapped.n_classes)
+        result = spec.function(wrapped, xb, targets, **params)
+        scores = np.asarray(result.scores)
+        targets = scores.argmax(axis=1) if targets is None else targets
     else:
-        if not batch and (np.ndim(target) != 0 or isinstance(target, (str, bytes))):
-            raise TypeError(
-                f"target: expected one class index (int) for one input, got {describe(target)}"
-            )
-        targets = check_targets(target, n=len(xb), n_classes=scores.shape[1])
-    result = spec.function(wrapped, xb, targets, **params)
+        scores = wrapped.scores(xb)
+        targets = scores.argmax(axis=1)
+        if target is not None:
+            targets = check_targets(target, n=len(xb), n_classes=scores.shape[1])
+        result = spec.function(wrapped, xb, targets, **params)
     used = {**spec.defaults, **params, **result.params}
     info = dict(result.info)
     if not batch:
