@@ -314,3 +314,21 @@ def test_training_sampling_refuses_images(linear_image):
     net, x, _, _ = linear_image
     with pytest.raises(ValueError, match="sampling"):
         xk.explain(net, x, method="lime", sampling="training", baseline=np.zeros((3, 5)))
+
+
+def test_segmentation_options_pass_through_explain():
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 64, 64)).astype(np.float32)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 2))
+    e = xk.explain(net, x, method="kernel_shap", components={"how": "grid", "cell": (16, 32)},
+                   samples=64)  # fmt: skip
+    assert e.components.max() + 1 == 8 and e.component_values.shape == (8,)
+    few = xk.explain(net, x, method="lime", components={"how": "slic", "n_segments": 6}, samples=50)
+    many = xk.explain(
+        net, x, method="lime", components={"how": "slic", "n_segments": 60}, samples=50
+    )
+    assert few.components.max() < many.components.max()
+    with pytest.raises(ValueError, match="components: a dict needs 'how'"):
+        xk.explain(net, x, method="lime", components={"n_segments": 6})
+    with pytest.raises(TypeError, match="n_segment: not an option of components='slic'"):
+        xk.explain(net, x, method="lime", components={"how": "slic", "n_segment": 6})

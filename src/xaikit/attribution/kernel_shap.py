@@ -67,8 +67,9 @@ def kernel_shap(
 
     Parameters
     ----------
-    components : "auto", str, or int array
-        As for ``lime``: a segmentation name or an id map (relabelled to ``0 .. M-1``).
+    components : "auto", str, dict, or int array
+        As for ``lime``: a segmentation name, a name with options (``{"how": "slic",
+        "n_segments": 100}``) or an id map.
     samples : int or "auto"
         Coalitions evaluated, the empty and the full one included (at least 2); ``"auto"``:
         ``2 M + 2048`` like shap. From ``2^M`` on, all coalitions: exact Shapley values.

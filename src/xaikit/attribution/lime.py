@@ -53,11 +53,12 @@ def lime(
 
     Parameters
     ----------
-    components : "auto", str, or int array
+    components : "auto", str, dict, or int array
         How the input is cut (:func:`xaikit.components.make_components`): ``"auto"`` (SLIC for
         images from 64 px, a grid below; one per feature; one per token), a name such as
-        ``"slic"`` or ``"grid"``, or an id map (the input without channels, or one per item with
-        ``batch=True``). Maps with unused ids are relabelled to ``0 .. M-1``.
+        ``"slic"`` or ``"grid"``, a name with options (``{"how": "slic", "n_segments": 100}``,
+        ``{"how": "grid", "cell": (4, 4)}``), or an id map (the input without channels, or one
+        per item with ``batch=True``) with ids ``0 .. M-1``, every id used.
     samples : int
         Coalitions drawn, the input itself first (lime's ``num_samples``, 1000).
     kernel_width : float or None
@@ -275,7 +276,19 @@ def games_for(model, x, targets, *, components, baseline, seed) -> list[Coalitio
 
 
 def component_maps(x: np.ndarray, components: Any) -> list[np.ndarray]:
-    """A validated map (ids ``0 .. M-1``) per item: one how-string/map for all, or one per item."""
+    """A validated map (ids ``0 .. M-1``) per item: one how-string/map for all, or one per item.
+
+    A dict names a segmentation with its options, e.g. ``{"how": "slic", "n_segments": 100}``.
+    """
+    if isinstance(components, dict):
+        options = dict(components)
+        how = options.pop("how", None)
+        if not isinstance(how, str):
+            raise ValueError(
+                "components: a dict needs 'how', the segmentation's name, e.g. "
+                f"{{'how': 'slic', 'n_segments': 100}}; got {components!r}"
+            )
+        return [make_components(xi, how, **options) for xi in x]
     if isinstance(components, str):
         return [make_components(xi, components) for xi in x]
     arr = components.detach().cpu().numpy() if hasattr(components, "detach") else components
