@@ -3,7 +3,7 @@
 The public API is re-exported here; see docs/architecture.md for how the parts fit.
 """
 
-from xaikit import metrics
+from xaikit import metrics, text
 from xaikit._progress import set_progress
 from xaikit._version import __version__
 from xaikit.attribution import explain, methods
@@ -68,6 +68,7 @@ __all__ = [
     "sanity_check",
     "set_progress",
     "surrogate",
+    "text",
     "to_probabilities",
     "train_generator",
     "visualize",

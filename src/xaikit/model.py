@@ -495,7 +495,13 @@ class Model:
         timing noise, and a call repeated gives bit-identical results. The choice is kept per
         model object (also across Model wrappers of it) and never changes afterwards.
         """
-        key = (kind, tuple(x.shape[1:]), str(x.dtype), str(self.device))
+        # Token sequences change length from sentence to sentence; one search serves them all
+        # (on a transformer a single candidate can take seconds).
+        integer = getattr(x.dtype, "is_floating_point", None) is False or (
+            isinstance(x, np.ndarray) and x.dtype.kind in "iu"
+        )
+        shape = ("sequence",) if integer and x.ndim == 2 else tuple(x.shape[1:])
+        key = (kind, shape, str(x.dtype), str(self.device))
         memo = _batch_memo(self.module if self.module is not None else self.function, self)
         if key not in memo:
             self._searching = True
@@ -736,6 +742,8 @@ def _has_embedding(module: nn.Module | None) -> bool:
 
 def _input_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
     """Explain a failed forward by the first layer's expectations, when they are clear."""
+    if not tensor.dtype.is_floating_point:  # token ids: the model's own error says more
+        return None
     first = next(
         (
             m

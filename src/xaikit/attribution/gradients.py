@@ -294,11 +294,15 @@ def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, lay
     """IG in a layer's output space: the path runs from the baseline's to the input's output."""
     if steps == "auto":
         raise ValueError('steps: "auto" is not available with layer=; give a number of steps')
-    base = np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape)
-    scores, acts, _ = model.layer_gradients(x, targets, layer=layer, as_numpy=False)
-    _, base_acts, _ = model.layer_gradients(base, targets, layer=layer, as_numpy=False)
-    alphas, weights = path_rule(rule, steps)
     n = len(x)
+    base = np.array(np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape))
+    # One pass over input and baseline: their layer outputs, and F(x), F(x') for completeness
+    scores, both_acts, _ = model.layer_gradients(
+        np.concatenate([x, base]), np.concatenate([targets, targets]), layer=layer,
+        as_numpy=False,
+    )  # fmt: skip
+    acts, base_acts = both_acts[:n], both_acts[n:]
+    alphas, weights = path_rule(rule, steps)
     items = np.repeat(np.arange(n), steps)
     alpha = torch.as_tensor(np.tile(alphas, n), dtype=acts.dtype, device=acts.device)
     alpha = alpha.reshape(-1, *([1] * (acts.ndim - 1)))
@@ -312,9 +316,9 @@ def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, lay
         0, torch.as_tensor(items, device=acts.device), w.reshape(alpha.shape) * grads
     )
     values = per_position(((acts - base_acts) * avg).cpu().numpy(), x, layer=layer)
-    base_scores = model.scores(base)
+    scores = scores.cpu().numpy()
     rows = np.arange(n)
-    difference = scores.cpu().numpy()[rows, targets] - base_scores[rows, targets]
+    difference = scores[rows, targets] - scores[n + rows, targets]
     gap = np.abs(values.reshape(n, -1).sum(axis=1) - difference)
     info = {"completeness_gap": gap, "output_difference": difference}
     return Attribution(values=values, info=info, params={"steps": steps, "rule": rule})
