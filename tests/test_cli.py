@@ -1,15 +1,23 @@
-"""The `xaikit` command and the demo end to end."""
+"""The `xaikit` command: each command on a small user model, and one clear line on bad input.
+
+The demo end to end (and its report in a browser) is in test_report_browser.py, which runs it
+once for both.
+"""
 
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
+from PIL import Image
 
 import xaikit
 from xaikit.cli import main
@@ -37,20 +45,259 @@ def test_demo_refuses_a_file_as_out(tmp_path):
     assert target.read_text() == "keep me"
 
 
-@pytest.mark.slow
-def test_demo_end_to_end(tmp_path, clean_cnn, watermark_cnn):
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--json"])
+NET_PY = """
+import torch
+from torch import nn
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(3 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.relu(self.conv(x))))
+
+def make():
+    return Tiny()
+"""
+EVIL = "<script>alert(1)</script>"
+EVIL_FILE = "<img src=x onerror=alert(1)>.png"  # a file name cannot hold the "/" of </script>
+
+
+@pytest.fixture
+def user(tmp_path):
+    """A user's folder: a model file, weights, inputs of each kind and class names."""
+    (tmp_path / "net.py").write_text(NET_PY)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 1, 8, 8), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    torch.manual_seed(1)
+    state = {k: torch.randn_like(v) for k, v in _tiny(tmp_path).state_dict().items()}
+    torch.save(state, tmp_path / "w.pt")
+    Image.fromarray((x[0, 0] * 255).astype(np.uint8), mode="L").save(tmp_path / "digit.png")
+    (tmp_path / "classes.txt").write_text(f"zero\none\n{EVIL}\n")
+    return tmp_path
+
+
+def _tiny(folder):
+    """The user's network, built from their net.py as the command builds it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_net_for_test", folder / "net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make()
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _model(user):
+    return ["--model", f"{user / 'net.py'}:make", "--weights", user / "w.pt"]
+
+
+def test_explain_writes_files_and_report(user):
+    out = user / "out"
+    result = _run("explain", *_model(user), user / "x.npy", "--method", "saliency",
+                  "--target", "2", "--out", out, "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert summary["models"]["clean"]["clean_test_accuracy"] >= 0.96
-    assert summary["models"]["watermark"]["clean_test_accuracy"] >= 0.95
-    assert summary["models"]["watermark"]["marked_predicted_as_watermark_class"] >= 0.5
-    assert json.loads((out / "summary.json").read_text()) == summary
-    page = (out / "index.html").read_text()
-    assert page.startswith("<!DOCTYPE html>")
-    assert "data:image/png;base64," in page
-    # Self-contained: no script, no external resource.
-    assert "<script" not in page
-    assert not re.search(r"""(src|href)=["'](https?:)?//""", page)
-    assert not list(out.glob(".*.tmp"))  # nothing half-written left behind
+    assert [i["input"] for i in summary["items"]] == ["x.npy[0]", "x.npy[1]"]
+    assert all(i["target"] == 2 for i in summary["items"])
+    e = xaikit.Explanation.load(out / "x.npy_0.saliency.npz")
+    x = np.load(user / "x.npy")
+    np.testing.assert_array_equal(e.x, x[0])
+    net = _tiny(user)
+    net.load_state_dict(torch.load(user / "w.pt", weights_only=True))
+    direct = xaikit.explain(net, x[0], method="saliency", target=2)
+    np.testing.assert_allclose(e.values, direct.values, rtol=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "index.html", "summary.json", "x.npy_0.saliency.npz", "x.npy_1.saliency.npz",
+    ]  # fmt: skip
+
+
+def test_report_with_class_names_escapes_them(user):
+    out = user / "report"
+    evil_png = user / EVIL_FILE
+    evil_png.write_bytes((user / "digit.png").read_bytes())
+    result = _run(
+        "report", *_model(user), evil_png, "--classes", user / "classes.txt", "--methods",
+        "saliency,occlusion", "--target", "2", "--out", out, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    item = summary["items"][0]
+    assert item["input"] == EVIL_FILE and set(item["methods"]) == {"saliency", "occlusion"}
+    assert item["methods"]["saliency"]["sanity_passed"] in (True, False)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "<script" not in html and "<img src=x" not in html
+    assert "2 (&lt;script&gt;alert(1)&lt;/script&gt;)" in html  # the class name, as text
+    assert "&lt;img src=x onerror=alert(1)&gt;.png" in html  # the file name, as text
+
+
+def test_compare_ranks_methods(user):
+    out = user / "cmp"
+    result = _run("compare", *_model(user), user / "x.npy", "--methods",
+                  "saliency,integrated_gradients,occlusion", "--out", out, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    item = json.loads(result.output)["items"][0]
+    assert [r["method"] for r in item["table"]] == ["saliency", "integrated_gradients", "occlusion"]
+    deletion = {r["method"]: r["deletion"] for r in item["table"]}
+    assert item["rank"]["deletion"] == sorted(deletion, key=deletion.get)
+    assert all(0.0 <= v <= 1.0 for v in deletion.values())
+
+
+def test_visualize_filters_and_classes(user):
+    out = user / "vis"
+    result = _run("visualize", *_model(user), "--layer", "conv", "--steps", "4",
+                  "--input-shape", "1,8,8", "--out", out, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["objectives"] == [f"channel('conv', {k})" for k in range(3)]
+    assert np.load(out / "images.npy").shape == (3, 1, 8, 8)
+    result = _run("visualize", *_model(user), "--target", "all", "--raw", "--steps", "4",
+                  "--input-shape", "1,8,8", "--out", out, "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert np.load(out / "images.npy").shape == (3, 1, 8, 8)  # replaced, folder reused
+
+
+def test_probe_and_surrogate(user):
+    rng = np.random.default_rng(1)
+    y = np.arange(80) % 2
+    x = (rng.random((80, 1, 8, 8)) * 0.5 + 0.5 * y[:, None, None, None]).astype(np.float32)
+    np.save(user / "many.npy", x)
+    (user / "y.txt").write_text("\n".join(map(str, y)))  # label 1: brighter images
+    result = _run("probe", *_model(user), user / "many.npy", "--labels", user / "y.txt",
+                  "--layers", "conv,fc", "--out", user / "probe", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert set(summary["accuracy"]) == {"conv", "fc"}
+    assert summary["accuracy"]["conv"] == 1.0  # brightness is linear in the conv features
+
+    from sklearn.tree import DecisionTreeClassifier
+
+    rows = np.random.default_rng(2).random((80, 2))
+    clf = DecisionTreeClassifier(max_depth=1).fit(rows, rows[:, 1] > 0.3)
+    with (user / "clf.pkl").open("wb") as f:
+        pickle.dump(clf, f)
+    np.savetxt(user / "t.csv", rows, delimiter=",", header="size,weight", comments="")
+    result = _run("surrogate", "--model", user / "clf.pkl", "--trust-pickle", user / "t.csv",
+                  "--max-depth", "1", "--out", user / "sur", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["fidelity"] == 1.0 and summary["rules"].startswith("|--- weight <= 0.3")
+    assert (user / "sur" / "rules.txt").read_text() == summary["rules"] + "\n"
+
+
+def test_onnx_model_runs_gradient_free_methods_only(user):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            _tiny(user), torch.zeros(1, 1, 8, 8), str(user / "m.onnx"), input_names=["x"],
+            dynamic_axes={"x": {0: "n"}}, dynamo=False,
+        )  # fmt: skip
+    result = _run("explain", "--model", user / "m.onnx", user / "x.npy", "--method", "occlusion",
+                  "--out", user / "o", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = _run("explain", "--model", user / "m.onnx", user / "x.npy", "--method", "saliency",
+                  "--out", user / "o2")  # fmt: skip
+    assert result.exit_code == 1
+    assert "method: 'saliency' needs gradients, which a onnx model" in result.output
+    assert not (user / "o2").exists()
+
+
+def _assert_one_line_failure(result, pattern: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("case", ["not_a_model", "weights_do_not_fit", "image_does_not_decode",
+                                  "pickle_without_trust"])  # fmt: skip
+def test_bad_input_one_line_and_nothing_written(user, case):
+    out = user / "out"
+    out.mkdir()
+    (out / "index.html").write_text("previous report")
+    model, inputs = _model(user), [user / "x.npy"]
+    if case == "not_a_model":
+        (user / "model.pt").write_text("just some notes")
+        model, pattern = ["--model", user / "model.pt"], r"model: .*model.pt' is not a model file"
+    elif case == "weights_do_not_fit":
+        torch.save(torch.nn.Linear(2, 2).state_dict(), user / "other.pt")
+        model = ["--model", f"{user / 'net.py'}:make", "--weights", user / "other.pt"]
+        pattern = r"weights: .*other.pt' does not fit the model"
+    elif case == "image_does_not_decode":
+        (user / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        inputs, pattern = [user / "broken.png"], r"input: .*broken.png' is not a readable image"
+    else:
+        with (user / "m.pkl").open("wb") as f:
+            pickle.dump({"not": "trusted"}, f)
+        model, pattern = ["--model", user / "m.pkl"], r"model: .*m.pkl' is a pickle.*--trust-pickle"
+    result = _run("report", *model, *inputs, "--out", out)
+    _assert_one_line_failure(result, pattern)
+    assert sorted(p.name for p in out.iterdir()) == ["index.html"]
+    assert (out / "index.html").read_text() == "previous report"
+    assert [p.name for p in user.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_failure_in_the_middle_leaves_no_folder(user):
+    # The model runs, then fails on the second method: nothing may appear.
+    out = user / "fresh"
+    result = _run("explain", *_model(user), user / "x.npy", "--method", "occlusion",
+                  "--param", "window=[99,99]", "--out", out)  # fmt: skip
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unknown_method_and_bad_param(user):
+    result = _run("explain", *_model(user), user / "x.npy", "--method", "magic", "--out",
+                  user / "o")  # fmt: skip
+    _assert_one_line_failure(result, r"methods: unknown method 'magic'")
+    result = _run("explain", *_model(user), user / "x.npy", "--param", "steps", "--out",
+                  user / "o")  # fmt: skip
+    _assert_one_line_failure(result, r"param: expected key=value, got 'steps'")
+
+
+def test_methods_lists_every_method():
+    result = _run("methods")
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.output.strip().splitlines()]
+    assert names == sorted(xaikit.methods())
+
+
+def test_audit_finds_a_planted_corner(user):
+    # Class 1 items carry a bright corner and a tiny linear model that reads only that corner.
+    (user / "corner.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Corner(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        s = x[:, 0, :2, :2].sum(dim=(1, 2))\n"
+        "        return torch.stack([-s + 1.0, s - 1.0], dim=1)\n\n"
+        "def make():\n    return Corner()\n"
+    )
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    x = (rng.random((40, 1, 8, 8)) * 0.2).astype(np.float32)
+    x[y == 1, 0, :2, :2] = 1.0
+    np.save(user / "set.npy", x)
+    np.savetxt(user / "set-labels.txt", y, fmt="%d")
+    out = user / "audit"
+    result = _run("audit", "--model", f"{user / 'corner.py'}:make", user / "set.npy",
+                  "--labels", user / "set-labels.txt", "--method", "input_x_gradient",
+                  "--out", out, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert sorted(p.name for p in out.iterdir()) == ["audit", "index.html", "summary.json"]
+    assert (out / "audit" / "audit.json").is_file()
+    assert summary["method"] == "input_x_gradient"
+    corner = [f for f in summary["findings"] if f["target"] == 1]
+    assert corner and corner[0]["region"][0] == 0 and corner[0]["region"][1] == 0

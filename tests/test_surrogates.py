@@ -54,6 +54,7 @@ def test_depth4_tree_mimics_an_mlp(table_mlp):
     assert s.complexity["depth"] <= 4 and s.complexity["leaves"] <= 16
     text = s.rules()
     assert any(name in text for name in table.feature_names)
+    assert "class: malignant" in text and "class: benign" in text  # names, not indices
     # predictions agree with the fitted fidelity on the same held-out rows
     assert s.predict(table.X).shape == (len(table.X),)
     rules = xk.surrogate(

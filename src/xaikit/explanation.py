@@ -319,6 +319,12 @@ class Explanation:
             batch=isinstance(i, slice),
         )
 
+    def _repr_html_(self) -> str:
+        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
+        from xaikit.report.html import result_html
+
+        return result_html(self)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Explanation):
             return NotImplemented

@@ -49,13 +49,32 @@ class Surrogate:
             )
         return self.estimator.predict(self.scaler.transform(X) if self.scaler else X)
 
+    def _repr_html_(self) -> str:
+        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
+        from xaikit.report.html import result_html
+
+        return result_html(self)
+
     def rules(self) -> str:
         """The surrogate as readable text, with the feature names."""
         if self.kind in ("tree", "rules"):
             if self.kind == "tree":
-                return export_text(self.estimator, feature_names=self.feature_names)
+                return export_text(
+                    self.estimator,
+                    feature_names=self.feature_names,
+                    class_names=self._leaf_class_names(),
+                )
             return "\n".join(_rule_list(self.estimator, self.feature_names, self.class_names))
         return _linear_text(self)
+
+    def _leaf_class_names(self) -> list[str] | None:
+        """Names of the classes the tree predicts, in its ``classes_`` order (a subset of K)."""
+        if self.task != "classification" or not self.class_names:
+            return None
+        names = list(self.class_names)
+        return [
+            names[int(c)] if 0 <= int(c) < len(names) else str(c) for c in self.estimator.classes_
+        ]
 
     def plot(self, *, ax=None):
         """The tree (or the linear weights as bars) as a matplotlib Figure."""
@@ -79,7 +98,7 @@ class Surrogate:
                 feature_names=self.feature_names,
                 ax=ax,
                 filled=True,
-                class_names=self.class_names,
+                class_names=self._leaf_class_names(),
                 fontsize=7,
                 impurity=False,
             )

@@ -49,6 +49,12 @@ class FilterActivations:
     layer: str
     channels: list[int]
 
+    def _repr_html_(self) -> str:
+        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
+        from xaikit.report.html import result_html
+
+        return result_html(self)
+
     def plot(
         self,
         *,

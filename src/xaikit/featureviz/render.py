@@ -83,6 +83,12 @@ class Visualization:
     def __len__(self) -> int:
         return len(self.images)
 
+    def _repr_html_(self) -> str:
+        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
+        from xaikit.report.html import result_html
+
+        return result_html(self)
+
     def plot(
         self,
         *,

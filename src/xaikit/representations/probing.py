@@ -65,6 +65,12 @@ class ProbeResult:
     n_test: int
     params: dict = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
+        from xaikit.report.html import result_html
+
+        return result_html(self)
+
     def plot(self, *, ax: Any = None, title: str | None = None) -> Any:
         """Accuracy, control accuracy and selectivity across layers; returns the ``Figure``."""
         if ax is None:

@@ -52,6 +52,12 @@ class Projection:
     how: str
     info: dict = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
+        from xaikit.report.html import result_html
+
+        return result_html(self)
+
     def plot(self, *, ax: Any = None, title: str | None = None, legend: bool = True) -> Any:
         """Scatter the points coloured by label and return the matplotlib ``Figure``."""
         if ax is None:
@@ -81,6 +87,12 @@ class LayerProjections:
 
     def __getitem__(self, layer: str) -> Projection:
         return self.projections[layer]
+
+    def _repr_html_(self) -> str:
+        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
+        from xaikit.report.html import result_html
+
+        return result_html(self)
 
     def plot(self, *, cols: int | None = None) -> Any:
         """One panel per layer, left to right then top to bottom; one legend for all."""

@@ -58,6 +58,12 @@ class Reconstruction:
     layers: list[str]
     params: dict = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
+        from xaikit.report.html import result_html
+
+        return result_html(self)
+
     def plot(self, *, title: str | None = None) -> Any:
         """A grid: the inputs on top, then one row of reconstructions per layer (with its
         held-out error); images as images, other inputs as line plots. Returns the ``Figure``."""

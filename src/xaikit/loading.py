@@ -1,0 +1,656 @@
+"""Load what users bring to the ``xaikit`` command: their model and their inputs.
+
+Models
+------
+- ``path/to/file.py:factory``: the file is imported and ``factory()`` (a function or an
+  ``nn.Module`` class) builds the network; ``weights=`` fills it from a ``.safetensors`` file
+  or a torch state dict read with ``torch.load(weights_only=True)`` (never a pickle).
+- A TorchScript file (``torch.jit.save``): ``.pt``, ``.pth``, ``.ts``, ...
+- An ONNX file (``.onnx``), run with onnxruntime (the ``onnx`` extra): no gradients, so only
+  the perturbation methods (occlusion, RISE, LIME, KernelSHAP).
+- A pickled scikit-learn model (``.pkl``, ``.pickle``, ``.joblib``), only with
+  ``trust_pickle=True``: unpickling runs whatever code the file's author put in it.
+
+Inputs
+------
+Image files (PNG, JPEG, anything Pillow reads; Pillow ships with matplotlib), ``.npy`` arrays
+(a batch with a leading item axis), CSV rows (a header row of names is recognised) and text
+files (one input per line). Images are resized, scaled to [0, 1] and normalised per channel.
+
+Every failure is a :class:`LoadError` (a ``ValueError``) whose one-line message starts with the
+argument's name: ``model: ...``, ``weights: ...``, ``input: ...``, ``classes: ...``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import pickle
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Inputs",
+    "LoadError",
+    "LoadedModel",
+    "OnnxModel",
+    "load_class_names",
+    "load_inputs",
+    "load_labels",
+    "load_model",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+TEXT_SUFFIXES = (".txt",)
+
+
+class LoadError(ValueError):
+    """A model, weights file or input that cannot be used; the message is one line."""
+
+
+@dataclass
+class LoadedModel:
+    """A user's model, ready for :class:`xaikit.Model`.
+
+    Attributes
+    ----------
+    model : nn.Module or callable
+        What to pass to ``xk.explain`` and friends.
+    kind : {"torch", "torchscript", "onnx", "sklearn"}
+    source : str
+        The ``--model`` argument, for messages and the report.
+    output : str
+        What the model returns (``"logits"`` or ``"probabilities"``), for :class:`xaikit.Model`.
+    """
+
+    model: Any
+    kind: str
+    source: str
+    output: str = "logits"
+
+    @property
+    def has_gradients(self) -> bool:
+        """Whether gradient methods (saliency, IG, Grad-CAM, feature visualisation) can run."""
+        return self.kind in ("torch", "torchscript")
+
+    @property
+    def input_channels(self) -> int | None:
+        """Channels the first 2-D convolution expects (to read images in the right mode)."""
+        if not isinstance(self.model, nn.Module):
+            return None
+        for module in self.model.modules():
+            if isinstance(module, nn.Conv2d):
+                return int(module.in_channels)
+        return None
+
+
+@dataclass
+class Inputs:
+    """Inputs read from files, as one batch.
+
+    Attributes
+    ----------
+    x : np.ndarray or None
+        ``(N, ...)`` float32 (images ``(N, C, H, W)``, rows ``(N, F)``); None for text.
+    names : list of str
+        One display name per item (``file.png``, ``file.npy[3]``, ``file.csv:row 2``).
+    kind : {"image", "array", "table", "text"}
+    feature_names : list of str, optional
+        A CSV header.
+    lines : list of str, optional
+        Text inputs, one per item.
+    """
+
+    x: np.ndarray | None
+    names: list[str]
+    kind: str
+    feature_names: list[str] | None = None
+    lines: list[str] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+# ---------------------------------------------------------------------- models
+
+
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    output: str | None = None,
+) -> LoadedModel:
+    """Load a user's model from ``spec`` (see the module docstring for the forms it takes).
+
+    Parameters
+    ----------
+    spec : str or path
+        ``file.py:factory``, a TorchScript file, an ONNX file or a pickle (with
+        ``trust_pickle``).
+    weights : path, optional
+        A ``.safetensors`` file or a torch state dict, for ``file.py:factory`` only.
+    trust_pickle : bool
+        Allow loading a pickled scikit-learn model (pickles can run code when loaded).
+    output : {"logits", "probabilities", ...}, optional
+        What the model returns; default ``"logits"`` for PyTorch and ONNX models,
+        ``"probabilities"`` for scikit-learn's ``predict_proba``.
+
+    Raises
+    ------
+    LoadError
+        One line naming ``model`` or ``weights``.
+    """
+    text = os.fspath(spec)
+    file, _, factory = text.rpartition(":") if _is_factory_spec(text) else (text, "", "")
+    path = Path(file)
+    if factory == "" and path.suffix == ".py":
+        raise LoadError(
+            f"model: {text!r} names a Python file without a factory; write {text}:make_model "
+            "(a function or nn.Module class that builds the network)"
+        )
+    if not path.is_file():
+        raise LoadError(f"model: no file {file!r}")
+    if weights is not None and not factory:
+        raise LoadError(
+            "weights: only with --model file.py:factory (TorchScript, ONNX and pickled models "
+            "carry their weights)"
+        )
+    suffix = path.suffix.lower()
+    if factory:
+        module = _from_factory(path, factory, text)
+        if weights is not None:
+            _load_weights(module, Path(weights), source=text)
+        loaded = LoadedModel(module.eval(), "torch", text)
+    elif suffix == ".onnx":
+        loaded = LoadedModel(OnnxModel(path), "onnx", text)
+    elif suffix in PICKLE_SUFFIXES:
+        loaded = LoadedModel(_from_pickle(path, trust=trust_pickle), "sklearn", text)
+        loaded.output = "probabilities"
+    else:
+        loaded = LoadedModel(_from_torchscript(path), "torchscript", text)
+    if output is not None:
+        loaded.output = output
+    return loaded
+
+
+def _is_factory_spec(text: str) -> bool:
+    head, sep, tail = text.rpartition(":")
+    return bool(sep) and head.endswith(".py") and tail.isidentifier()
+
+
+def _from_factory(path: Path, factory: str, text: str) -> nn.Module:
+    # Importing the user's file runs it: that is what they asked for by naming their own code.
+    name = f"_xaikit_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"model: cannot import {str(path)!r} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        sys.modules.pop(name, None)
+        raise LoadError(f"model: importing {str(path)!r} failed: {_one_line(err)}") from err
+    builder = getattr(module, factory, None)
+    if builder is None:
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise LoadError(f"model: {str(path)!r} has no {factory!r}; it defines {found}")
+    if not callable(builder):
+        raise LoadError(f"model: {text!r} is a {type(builder).__name__}, not a factory")
+    try:
+        built = builder()
+    except Exception as err:
+        raise LoadError(f"model: {text}() failed: {_one_line(err)}") from err
+    if not isinstance(built, nn.Module):
+        raise LoadError(f"model: {text}() returned {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
+def _load_weights(module: nn.Module, path: Path, *, source: str) -> None:
+    if not path.is_file():
+        raise LoadError(f"weights: no file {str(path)!r}")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            with warnings.catch_warnings():  # torch warns about foreign pickles: one line only
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors, zipfile, pickle and torch raise many kinds
+        raise LoadError(
+            f"weights: {str(path)!r} is not a safetensors file or a torch state dict "
+            f"readable with weights_only=True ({type(err).__name__})"
+        ) from err
+    state = _state_dict(state, path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            parts.append("shape mismatch: " + "; ".join(mismatched[:3]))
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        raise LoadError(
+            f"weights: {str(path)!r} does not fit the model from {source}: " + "; ".join(parts)
+        )
+    module.load_state_dict(state)
+
+
+def _state_dict(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict, also inside the usual checkpoint wrappers."""
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(key), dict):  # a training checkpoint around the weights
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise LoadError(
+            f"weights: {str(path)!r} holds {type(state).__name__}, not a state dict of tensors"
+        )
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _from_torchscript(path: Path) -> nn.Module:
+    try:
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users have files
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as err:  # torch raises several kinds for a file that is no TorchScript
+        cause = err
+    # Not TorchScript: say what it is, when we can tell without running any code.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        state = None
+    if isinstance(state, dict):
+        raise LoadError(
+            f"model: {str(path)!r} holds weights (a state dict), not a model; pass the "
+            f"architecture as --model file.py:factory and this file as --weights"
+        ) from cause
+    raise LoadError(
+        f"model: {str(path)!r} is not a model file: expected file.py:factory, a TorchScript file, "
+        "an ONNX file (.onnx) or a pickled scikit-learn model (.pkl, with --trust-pickle)"
+    ) from cause
+
+
+def _from_pickle(path: Path, *, trust: bool) -> Any:
+    if not trust:
+        raise LoadError(
+            f"model: {str(path)!r} is a pickle, which runs any code it holds when loaded; pass "
+            "--trust-pickle only if you trust whoever made it"
+        )
+    try:
+        if path.suffix.lower() == ".joblib":
+            import joblib
+
+            obj = joblib.load(path)
+        else:
+            with path.open("rb") as handle:
+                obj = pickle.load(handle)  # the user trusts this file
+    except Exception as err:
+        raise LoadError(
+            f"model: {str(path)!r} is not a readable pickle ({_one_line(err)})"
+        ) from err
+    if not (callable(getattr(obj, "predict_proba", None)) or callable(obj)):
+        raise LoadError(
+            f"model: {str(path)!r} holds a {type(obj).__name__}, not a model with predict_proba"
+        )
+    return obj
+
+
+class OnnxModel:
+    """An ONNX model as a callable on NumPy batches (onnxruntime, CPU).
+
+    A model exported with a fixed batch size is fed that many items at a time (the last chunk
+    padded and cut back), so ``xk.Model`` can still batch freely.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise LoadError(
+                "model: ONNX files need onnxruntime; install the extra: pip install 'xaikit[onnx]'"
+            ) from err
+        self.path = str(path)
+        try:
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3  # errors only: no warnings on stderr per run
+            self.session = onnxruntime.InferenceSession(
+                self.path, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:
+            raise LoadError(
+                f"model: {self.path!r} is not an ONNX model onnxruntime can run "
+                f"({_one_line(err)[:160]})"
+            ) from err
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise LoadError(f"model: {self.path!r} takes {len(inputs)} inputs; xaikit needs one")
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self.dtype = np.float64 if "double" in inputs[0].type else np.float32
+        first = self.input_shape[0] if self.input_shape else None
+        self.fixed_batch = first if isinstance(first, int) and first > 0 else None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if self.fixed_batch is None:
+            return self._run(x)
+        size, outs = self.fixed_batch, []
+        for start in range(0, len(x), size):
+            chunk = x[start : start + size]
+            n = len(chunk)
+            if n < size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+            outs.append(self._run(chunk)[:n])
+        return np.concatenate(outs)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: x})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({self.path!r})"
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def load_inputs(
+    paths: Sequence[str | os.PathLike],
+    *,
+    resize: tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    channels: int | None = None,
+) -> Inputs:
+    """Read input files into one batch.
+
+    Parameters
+    ----------
+    paths : sequence of paths
+        Image files, ``.npy`` arrays (with a leading item axis), ``.csv`` tables or ``.txt``
+        files (one text per line); all of one kind.
+    resize : (height, width), optional
+        Resize images to this size (bilinear); without it all images must share one size.
+    mean, std : sequence of float, optional
+        Per-channel normalisation ``(x - mean) / std`` after scaling to [0, 1] (one value, or
+        one per channel); applied to images and ``.npy`` arrays with a channel axis.
+    channels : {1, 3}, optional
+        Read images as grey (1) or RGB (3); default grey when every image is grey, else RGB.
+
+    Raises
+    ------
+    LoadError
+        One line naming ``input`` (or ``resize``, ``mean``, ``std``).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise LoadError("input: expected at least one input file")
+    for p in paths:
+        if not p.is_file():
+            raise LoadError(f"input: no file {str(p)!r}")
+    kinds = {_input_kind(p) for p in paths}
+    if len(kinds) > 1:
+        raise LoadError(f"input: mixed kinds of files {sorted(kinds)}; give one kind at a time")
+    kind = kinds.pop()
+    if resize is not None:
+        if len(resize) != 2 or any(int(s) < 1 for s in resize):
+            raise LoadError(f"resize: expected (height, width) >= 1, got {tuple(resize)}")
+        resize = (int(resize[0]), int(resize[1]))
+    if kind == "image":
+        x = np.stack(_read_images(paths, resize=resize, channels=channels))
+        x = _normalise(x, mean=mean, std=std)
+        return Inputs(x, [p.name for p in paths], "image")
+    if kind == "array":
+        arrays = [_read_npy(p) for p in paths]
+        shapes = {a.shape[1:] for a in arrays}
+        if len(shapes) > 1:
+            raise LoadError(f"input: .npy files hold items of different shapes {sorted(shapes)}")
+        names = [
+            f"{p.name}[{i}]" for p, a in zip(paths, arrays, strict=True) for i in range(len(a))
+        ]
+        x = np.concatenate(arrays).astype(np.float32, copy=False)
+        if x.ndim == 4 and (mean is not None or std is not None):
+            x = _normalise(x, mean=mean, std=std)
+        return Inputs(x, names, "array")
+    if kind == "table":
+        tables = [_read_csv(p) for p in paths]
+        headers = {tuple(h) if h else None for h, _ in tables}
+        widths = {rows.shape[1] for _, rows in tables}
+        if len(widths) > 1:
+            raise LoadError(f"input: CSV files have different numbers of columns {sorted(widths)}")
+        header = next(iter(headers)) if len(headers) == 1 else None
+        names = [
+            f"{p.name}:row {i + 1}" for p, (_, rows) in zip(paths, tables, strict=True)
+            for i in range(len(rows))
+        ]  # fmt: skip
+        x = np.concatenate([rows for _, rows in tables]).astype(np.float32)
+        return Inputs(x, names, "table", feature_names=list(header) if header else None)
+    lines = []
+    names = []
+    for p in paths:
+        for i, line in enumerate(_read_text(p, what="input").splitlines()):
+            if line.strip():
+                lines.append(line)
+                names.append(f"{p.name}:{i + 1}")
+    if not lines:
+        raise LoadError(f"input: no text lines in {[str(p) for p in paths]}")
+    return Inputs(None, names, "text", lines=lines)
+
+
+def _input_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix == ".npy":
+        return "array"
+    if suffix == ".csv":
+        return "table"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    raise LoadError(
+        f"input: {str(path)!r} has an unknown kind; expected an image "
+        f"({', '.join(IMAGE_SUFFIXES[:3])}, ...), .npy, .csv or .txt"
+    )
+
+
+def _read_images(paths: list[Path], *, resize, channels) -> list[np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    if channels not in (None, 1, 3):
+        raise LoadError(f"channels: expected 1 (grey) or 3 (RGB), got {channels!r}")
+    images = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.load()  # decode now: a truncated file fails here, not later
+                images.append(img.copy())
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise LoadError(
+                f"input: {str(p)!r} is not a readable image ({_one_line(err)})"
+            ) from err
+    if channels is None:
+        grey = all(img.mode in ("1", "L", "LA", "I", "I;16", "F") for img in images)
+        channels = 1 if grey else 3
+    out = []
+    for p, img in zip(paths, images, strict=True):
+        img = img.convert("L" if channels == 1 else "RGB")
+        if resize is not None:
+            img = img.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        if out[-1].shape != out[0].shape:
+            raise LoadError(
+                f"input: images of different sizes ({out[0].shape[1]}x{out[0].shape[2]} for "
+                f"{paths[0].name!r}, {out[-1].shape[1]}x{out[-1].shape[2]} for {p.name!r}); "
+                "pass --resize H W"
+            )
+    return out
+
+
+def _normalise(x: np.ndarray, *, mean, std) -> np.ndarray:
+    c = x.shape[1]
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) not in (1, c):
+            raise LoadError(
+                f"{name}: expected 1 or {c} values (one per channel), got {len(values)}"
+            )
+    if std is not None and any(float(s) <= 0 for s in std):
+        raise LoadError(f"std: expected positive values, got {list(std)}")
+    shape = (1, -1, 1, 1)
+    if mean is not None:
+        x = x - np.asarray(mean, dtype=np.float32).reshape(shape)
+    if std is not None:
+        x = x / np.asarray(std, dtype=np.float32).reshape(shape)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as err:  # a pickled object array or a file that is no .npy
+        raise LoadError(
+            f"input: {str(path)!r} is not a plain NumPy array file ({_one_line(err)[:120]})"
+        ) from err
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiub":
+        raise LoadError(f"input: {str(path)!r} holds no numeric array")
+    if a.ndim < 2:
+        raise LoadError(
+            f"input: {str(path)!r} has shape {a.shape}; expected a batch with a leading item "
+            "axis, e.g. (N, C, H, W) or (N, features); one item is (1, ...)"
+        )
+    if not np.isfinite(a).all():
+        raise LoadError(f"input: {str(path)!r} contains NaN or infinite values")
+    return a
+
+
+def _read_csv(path: Path) -> tuple[list[str] | None, np.ndarray]:
+    rows = list(csv.reader(_read_text(path, what="input").splitlines()))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows:
+        raise LoadError(f"input: {str(path)!r} has no rows")
+    header = None
+    if not all(_is_number(c) for c in rows[0]):
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    if not rows:
+        raise LoadError(f"input: {str(path)!r} has a header but no data rows")
+    width = len(header) if header else len(rows[0])
+    values = np.empty((len(rows), width), dtype=np.float64)
+    for i, row in enumerate(rows):
+        line = i + (2 if header else 1)
+        if len(row) != width:
+            raise LoadError(
+                f"input: {str(path)!r} line {line} has {len(row)} columns, expected {width}"
+            )
+        for j, cell in enumerate(row):
+            if not _is_number(cell):
+                raise LoadError(
+                    f"input: {str(path)!r} line {line} column {j + 1}: {cell.strip()!r} is not a "
+                    "number"
+                )
+            values[i, j] = float(cell)
+    if not np.isfinite(values).all():
+        raise LoadError(f"input: {str(path)!r} contains NaN or infinite values")
+    return header, values
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_text(path: Path, *, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LoadError(f"{what}: {str(path)!r} is not UTF-8 text") from err
+
+
+def load_class_names(path: str | os.PathLike, *, n_classes: int | None = None) -> list[str]:
+    """Class names from a text file (one per line) or a JSON list; checked against the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoadError(f"classes: no file {str(path)!r}")
+    text = _read_text(path, what="classes")
+    if path.suffix.lower() == ".json":
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LoadError(f"classes: {str(path)!r} is not valid JSON ({err.msg})") from err
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise LoadError(f"classes: {str(path)!r} must hold a JSON list of strings")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise LoadError(f"classes: {str(path)!r} names no classes")
+    if n_classes is not None and len(names) != n_classes:
+        raise LoadError(
+            f"classes: {str(path)!r} names {len(names)} classes; the model has {n_classes}"
+        )
+    return names
+
+
+def load_labels(path: str | os.PathLike, *, n: int | None = None) -> np.ndarray:
+    """Labels from a ``.npy`` array or a text/CSV file with one label per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoadError(f"labels: no file {str(path)!r}")
+    if path.suffix.lower() == ".npy":
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except Exception as err:
+            raise LoadError(f"labels: {str(path)!r} is not a plain NumPy array file") from err
+        labels = labels.ravel()
+    else:
+        lines = [ln.strip() for ln in _read_text(path, what="labels").splitlines() if ln.strip()]
+        labels = np.asarray(lines)
+        if all(_is_number(v) and float(v).is_integer() for v in lines):
+            labels = labels.astype(np.float64).astype(np.int64)
+    if n is not None and len(labels) != n:
+        raise LoadError(f"labels: {str(path)!r} has {len(labels)} labels for {n} inputs")
+    return labels
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

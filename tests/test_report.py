@@ -1,0 +1,160 @@
+"""The HTML report: escaping, self-containment, atomic writes, and results in Jupyter."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import xaikit as xk
+from xaikit._plotting import new_figure
+from xaikit.report import Markup, Page
+from xaikit.report.html import escape, table
+from xaikit.report.output import staged_dir, write_text_atomic
+
+EVIL = "<script>alert(1)</script>"
+
+
+def _figure():
+    fig = new_figure((1, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    return fig
+
+
+def test_page_escapes_every_string_and_is_self_contained(tmp_path):
+    page = Page(f"title {EVIL}")
+    page.section("first", f"heading {EVIL}")
+    page.paragraph(f"text {EVIL} & more")
+    page.table([EVIL], [[EVIL], [0.12345]])
+    page.pre(f"rule {EVIL}")
+    page.figure(_figure(), alt=f'alt "{EVIL}', caption=EVIL)
+    page.section("second", "two")
+    page.placeholder(EVIL)
+    html = page.save(tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "<script" not in html  # every copy of the evil string is escaped
+    # title and h1, heading and its contents link, text, 2 cells, pre, alt, caption, note
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 11
+    assert "<td>0.123</td>" in html  # floats to 3 decimals
+    assert re.findall(r'<section id="([a-z-]+)">', html) == ["first", "second"]
+    assert '<a href="#first">' in html  # contents: plain anchors, no script
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert len(srcs) == 1 and srcs[0].startswith("data:image/png;base64,")
+    assert not re.search(r"(src|href)=[\"'](https?:)?//", html)
+    assert "@import" not in html and "url(" not in html  # no font, no external style
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_page_refuses_untrusted_html_and_bad_ids():
+    page = Page("t")
+    with pytest.raises(TypeError, match="fragment: expected Markup"):
+        page.html("<b>raw</b>")
+    page.html(Markup("<b>ok</b>"))
+    with pytest.raises(ValueError, match="section_id"):
+        page.section("Bad Id", "x")
+    page.section("a", "x")
+    with pytest.raises(ValueError, match="section_id"):
+        page.section("a", "again")
+
+
+def test_escape_and_table_keep_markup_only():
+    assert escape(EVIL) == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert escape(Markup("<b>x</b>")) == "<b>x</b>"
+    assert table(["a"], [[Markup("<i>1</i>")], ["<i>2</i>"]]).count("<i>") == 1
+
+
+def test_atomic_write_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "index.html"
+    target.write_text("old")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_text_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]
+
+
+def test_staged_dir_all_or_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), staged_dir(out) as stage:
+        (stage / "a.txt").write_text("a")
+        raise RuntimeError("half way")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with staged_dir(out) as stage:
+        (stage / "a.txt").write_text("1")
+    assert (out / "a.txt").read_text() == "1"
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(RuntimeError), staged_dir(out) as stage:
+        (stage / "a.txt").write_text("2")
+        raise RuntimeError("again")
+    assert (out / "a.txt").read_text() == "1"  # untouched
+    with staged_dir(out) as stage:
+        (stage / "a.txt").write_text("3")
+    assert (out / "a.txt").read_text() == "3" and (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+    (tmp_path / "file").write_text("x")
+    with (
+        pytest.raises(ValueError, match=r"^out: expected a directory"),
+        staged_dir(tmp_path / "file"),
+    ):
+        pass
+
+
+class _TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.relu(self.conv(x))))
+
+
+def _is_fragment(html: str) -> bool:
+    return (
+        "<html" not in html
+        and "<script" not in html
+        and all(s.startswith("data:image/png") for s in re.findall(r'src="([^"]*)"', html))
+    )
+
+
+def test_repr_html_of_results():
+    net = _TinyCNN()
+    X = np.random.default_rng(0).random((24, 1, 8, 8), dtype=np.float32)
+    y = np.arange(24) % 2
+    e = xk.explain(net, X[0], method="saliency", target=1)
+    html = e._repr_html_()
+    assert _is_fragment(html) and "Explanation · saliency" in html
+    assert "<td>target</td><td>1</td>" in html
+    v = xk.visualize(net, xk.objectives.channels("conv"), steps=3, input_shape=(1, 8, 8))
+    assert _is_fragment(v._repr_html_()) and "3 images" in v._repr_html_()
+    fa = xk.filter_activations(net, X[:2], layer="conv")
+    assert "Activation maps of conv" in fa._repr_html_()
+    r = xk.probe(net, X, y, layers=["conv", "fc"])
+    html = r._repr_html_()
+    assert _is_fragment(html) and html.count("<tr>") == 3  # header + two layers
+    p = xk.project_layers(net, X, layers=["conv", "fc"], labels=y)
+    assert "Projections of conv, fc" in p._repr_html_()
+    assert _is_fragment(p["conv"]._repr_html_())
+
+
+def test_repr_html_of_surrogate_escapes_feature_names():
+    rows = np.random.default_rng(0).random((60, 2))
+
+    def model(x):
+        p = (x[:, 0] > 0.5).astype(float)
+        return np.stack([1 - p, p], axis=1)
+
+    s = xk.surrogate(model, rows, max_depth=1, feature_names=[EVIL, "b"])
+    html = s._repr_html_()
+    assert _is_fragment(html)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;= 0.5" in html
+    assert f"<td>fidelity (held out)</td><td>{s.fidelity:.3f}</td>" in html
