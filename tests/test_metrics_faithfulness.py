@@ -150,3 +150,40 @@ def test_bad_input(image, relevance):
     assert deletion(model, image, relevance.sum(0), target=0, steps=10).area == pytest.approx(
         deletion(model, image, relevance, target=0, steps=10).area
     )
+
+
+def test_pixel_flipping_agrees_with_quantus(image, relevance):
+    """Quantus's PixelFlipping on the same input, attributions, target and baseline: 1e-6.
+
+    Quantus removes ``features_in_step`` pixels per step by replacing them with its "black"
+    baseline (the input's minimum), records softmax probabilities after each step and leaves the
+    untouched input out; our curve with ``steps = pixels / features_in_step`` and
+    ``baseline=x.min()`` equals it from its second point on. One channel, so Quantus's
+    element order is our pixel order; no ties in the attributions (its argsort is unstable).
+    Quantus has no LeRF switch (and refuses all-negative maps): its curve for the reversed
+    map ``max(a) + 0.1 - a`` is our LeRF.
+    """
+    quantus = pytest.importorskip("quantus")
+    import warnings
+
+    x, a = image[:1], relevance[:1]
+
+    def theirs(attributions):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            metric = quantus.PixelFlipping(
+                features_in_step=4, perturb_baseline="black", normalise=False, disable_warnings=True
+            )
+            return metric(
+                model=PatchModel().eval(),
+                x_batch=x[None],
+                y_batch=np.array([0]),
+                a_batch=attributions[None].copy(),
+                device="cpu",
+            )[0]
+
+    base = float(x.min())
+    morf = pixel_flipping(PatchModel(), x, a, target=0, steps=25, baseline=base)
+    lerf = pixel_flipping(PatchModel(), x, a, order="lerf", target=0, steps=25, baseline=base)
+    np.testing.assert_allclose(morf.probabilities[1:], theirs(a), atol=1e-6)
+    np.testing.assert_allclose(lerf.probabilities[1:], theirs(a.max() + 0.1 - a), atol=1e-6)

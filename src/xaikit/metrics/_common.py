@@ -8,7 +8,7 @@ metric file only says what it measures.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -163,3 +163,19 @@ def as_batch(x: Any, *, batch: bool) -> np.ndarray:
     """``x`` with a leading item axis (added for one input)."""
     arr = as_array(x, name="x")
     return arr if batch else arr[None]
+
+
+def input_scores(model: Model, x: np.ndarray, chunks: Iterable[np.ndarray]) -> np.ndarray:
+    """Scores ``(n, K)`` of whole inputs built chunk by chunk, through the perturbation engine.
+
+    ROAD's imputed images and infidelity's ``x - I`` are not one baseline blended with ``x``,
+    so they cannot be expressed as keep-masks of ``x``. The engine blends
+    ``baseline + mask * (x - baseline)``; with ``x = 1`` and ``baseline = 0`` that is ``mask``
+    (exactly for a callable model, to one float32 rounding, ~6e-8, through ``torch.lerp``), so a
+    chunk of inputs given as "masks" of the input's full shape streams through
+    the same engine (one chunk in memory, the model's batch size, no second NaN scan).
+    """
+    from xaikit.attribution.perturbation import perturbation_scores
+
+    ones = np.ones(x.shape, dtype=np.float32)
+    return perturbation_scores(model, ones, chunks, baseline=0.0)

@@ -18,11 +18,27 @@ import numpy as np
 from xaikit._plotting import new_figure
 from xaikit._validation import describe
 from xaikit.explanation import Explanation
-from xaikit.metrics import complexity, faithfulness, localisation, robustness
+from xaikit.metrics import (
+    attack,
+    complexity,
+    faithfulness,
+    infidelity,
+    localisation,
+    road,
+    robustness,
+)
 
 
 def _lerf(model, x, e, **kw):
     return faithfulness.pixel_flipping(model, x, e, order="lerf", **kw).area
+
+
+def _road_lerf(model, x, e, **kw):
+    return road.road(model, x, e, order="lerf", **kw).area
+
+
+def _attack_top_k(model, x, method, **kw):
+    return attack.attack_explanation(model, x, method, **kw).top_k_intersection
 
 
 def _re_explained(function: Callable) -> Callable:
@@ -51,6 +67,9 @@ METRICS: dict[str, tuple[Callable[..., Any], bool]] = {
     "insertion": (lambda m, x, e, **kw: faithfulness.insertion(m, x, e, **kw).area, True),
     "morf": (lambda m, x, e, **kw: faithfulness.pixel_flipping(m, x, e, **kw).area, False),
     "lerf": (_lerf, True),
+    "road": (lambda m, x, e, **kw: road.road(m, x, e, **kw).area, False),
+    "road_lerf": (_road_lerf, True),
+    "infidelity": (lambda m, x, e, **kw: infidelity.infidelity(m, x, e, **kw), False),
     "sparseness": (lambda m, x, e: complexity.sparseness(e), True),
     "entropy": (lambda m, x, e: complexity.entropy(e), False),
     "pointing_game": (lambda m, x, e, *, mask: float(localisation.pointing_game(e, mask)), True),
@@ -58,6 +77,7 @@ METRICS: dict[str, tuple[Callable[..., Any], bool]] = {
     "relevance_rank": (lambda m, x, e, *, mask: localisation.relevance_rank(e, mask), True),
     "max_sensitivity": (_re_explained(robustness.max_sensitivity), False),
     "local_lipschitz": (_re_explained(robustness.local_lipschitz), False),
+    "attack_top_k": (_re_explained(_attack_top_k), True),
 }
 # The options each metric takes (from the signatures of the functions behind it).
 _OPTIONS: dict[str, set[str]] = {
@@ -65,6 +85,9 @@ _OPTIONS: dict[str, set[str]] = {
     "insertion": {"target", "steps", "baseline", "sigma"},
     "morf": {"target", "steps", "baseline"},
     "lerf": {"target", "steps", "baseline"},
+    "road": {"target", "percentages", "noise", "seed"},
+    "road_lerf": {"target", "percentages", "noise", "seed"},
+    "infidelity": {"target", "perturbation", "samples", "noise", "window", "normalize", "seed"},
     "sparseness": set(),
     "entropy": set(),
     "pointing_game": {"mask"},
@@ -72,6 +95,7 @@ _OPTIONS: dict[str, set[str]] = {
     "relevance_rank": {"mask"},
     "max_sensitivity": {"radius", "samples", "seed", "target"},
     "local_lipschitz": {"radius", "samples", "seed", "target"},
+    "attack_top_k": {"epsilon", "steps", "k", "bounds", "estimator", "seed", "target"},
 }
 
 
@@ -134,11 +158,16 @@ def evaluate(
         Of one input, or a batch (every item is scored).
     metrics : str or sequence of str
         Names from ``METRICS``: ``deletion``, ``insertion``, ``morf``, ``lerf`` (pixel
-        flipping), ``sparseness``, ``entropy``, ``pointing_game``, ``relevance_mass``,
-        ``relevance_rank`` (need ``mask=``), ``max_sensitivity``, ``local_lipschitz``.
+        flipping), ``road`` (MoRF) and ``road_lerf``, ``infidelity``, ``sparseness``,
+        ``entropy``, ``pointing_game``, ``relevance_mass``, ``relevance_rank`` (need
+        ``mask=``), ``max_sensitivity``, ``local_lipschitz``, ``attack_top_k`` (top-k
+        intersection after the Ghorbani et al. attack).
     **options
         Passed to the metrics that take them: ``steps``, ``baseline``, ``sigma``, ``mask``
-        (one mask, or one per item for a batch), ``radius``, ``samples``, ``seed``.
+        (one mask, or one per item for a batch), ``percentages`` (ROAD), ``perturbation``,
+        ``window``, ``normalize`` (infidelity), ``noise`` (ROAD's imputation noise and
+        infidelity's Gaussian std: give it only with one of them), ``radius``, ``samples``,
+        ``epsilon``, ``k``, ``bounds``, ``estimator`` (attack), ``seed``.
 
     Returns
     -------

@@ -42,7 +42,7 @@ class Curve:
     Attributes
     ----------
     name : str
-        ``"deletion"``, ``"insertion"`` or ``"pixel_flipping"``.
+        ``"deletion"``, ``"insertion"``, ``"pixel_flipping"`` or ``"road"``.
     fractions : (steps + 1,) array
         Fraction of the pixels removed (deletion) or revealed (insertion) at each point, 0 to 1.
     probabilities : (steps + 1,) array
@@ -52,6 +52,8 @@ class Curve:
     target : int
     order : str
         ``"morf"`` (most relevant first) or ``"lerf"``.
+    target_predicted : (steps + 1,) bool array
+        Whether ``target`` is still the model's predicted class at each point.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Curve:
     area: float
     target: int
     order: str = "morf"
+    target_predicted: np.ndarray | None = None
 
     def __float__(self) -> float:
         return self.area
@@ -199,4 +202,5 @@ def _curve(model, x, explanation, name, target, steps, baseline, sigma, order) -
     probabilities = to_probabilities(scores, output=m.output)[:, target]
     fractions = counts / n_pixels
     area = float(np.trapezoid(probabilities, fractions))
-    return Curve(name, fractions, probabilities, area, target, order)
+    predicted = scores.argmax(axis=1) == target
+    return Curve(name, fractions, probabilities, area, target, order, predicted)
