@@ -68,9 +68,16 @@ def gradient_points(
         _, grads = model.gradients(points, targets_b, of=of, as_numpy=False, check=False)
         if factor is not None:
             grads = grads * factor(items, k)
-        w = weights[k].reshape(-1, *([1] * (x.ndim - 1)))
+        # Points come item-major, so a chunk holds a few consecutive items: summing them is
+        # a (items x points) weight matrix times the gradients, far cheaper than index_add_.
+        first = int(items[0])
+        span = int(items[-1]) - first + 1
+        spread = torch.zeros((span, len(items)), dtype=x.dtype, device=x.device)
+        spread[items - first, torch.arange(len(items), device=x.device)] = weights[k]
+        flat_grads = grads.reshape(len(items), -1)
         for power, acc in enumerate(sums, start=1):
-            acc.index_add_(0, items, w * grads**power)
+            term = flat_grads if power == 1 else flat_grads**power
+            acc[first : first + span] += (spread @ term).reshape(span, *x.shape[1:])
     return sums
 
 
@@ -255,10 +262,11 @@ def integrated_gradients(
         alphas, weights = path_rule(rule_, n_steps)
         alphas = torch.as_tensor(alphas, dtype=xt.dtype, device=xt.device)
         sub_x, sub_base = xt[which], base[which]
+        sub_diff = sub_x - sub_base
 
         def make_points(items, k):
             a = alphas[k].reshape(-1, *([1] * (xt.ndim - 1)))
-            return sub_base[items] + a * (sub_x[items] - sub_base[items])
+            return torch.addcmul(sub_base[items], a, sub_diff[items])
 
         (avg_grad,) = gradient_points(
             model,
