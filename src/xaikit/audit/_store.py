@@ -1,0 +1,159 @@
+"""The audit's folder: a manifest that says which run the shards belong to, and the shards.
+
+Layout of ``out``::
+
+    manifest.json           identity of the run (model hash, method, params, data hash, ...)
+    shard-00000.npz ...     maps of items [i * shard_size, (i + 1) * shard_size)
+
+Every file is written to a temporary name in the same folder and renamed into place, so a run
+killed at any moment leaves only whole shards: resuming explains exactly the missing ones.
+No pickle anywhere: shards are ``.npz`` of plain arrays, the manifest is JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "xaikit-audit-shards"
+VERSION = 1
+MANIFEST = "manifest.json"
+_SHARD = re.compile(r"^shard-(\d{5,})\.npz$")
+SHARD_KEYS = ("indices", "maps", "background", "targets", "predictions")
+
+
+def model_hash(module: Any) -> str:
+    """SHA-256 of a module's class and state (names, dtypes, shapes, bytes), or a callable's name.
+
+    Two runs with the same weights get the same hash whatever object holds them, so a resumed
+    run in a new process recognises its shards; any changed weight gives another hash.
+    """
+    h = hashlib.sha256()
+    if isinstance(module, torch.nn.Module):
+        h.update(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return "sha256:" + h.hexdigest()
+    # A callable on NumPy batches has no weights to hash: its qualified name is the best we have.
+    owner = getattr(module, "__self__", module)
+    name = f"{type(owner).__module__}.{type(owner).__qualname__}"
+    return "callable:" + getattr(module, "__qualname__", name)
+
+
+def array_hash(arrays) -> str:
+    """SHA-256 over a sequence of arrays (shape, dtype and bytes of each)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def json_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Method parameters as JSON: arrays (a baseline image) by their hash, numbers as numbers."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(params.items()):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            out[key] = {"array": array_hash([value])}
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif isinstance(value, (list, tuple)):
+            out[key] = json_params({str(i): v for i, v in enumerate(value)})
+        else:
+            out[key] = repr(value)
+    return out
+
+
+def shard_path(out: Path, index: int) -> Path:
+    return out / f"shard-{index:05d}.npz"
+
+
+def existing_shards(out: Path) -> dict[int, Path]:
+    """Shard number -> path of every whole shard in ``out`` (temporary files are not shards)."""
+    if not out.is_dir():
+        return {}
+    found = {}
+    for path in out.iterdir():
+        match = _SHARD.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def prepare(out: Path, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Create ``out`` with its manifest, or check that its manifest is this run's.
+
+    Returns the manifest in force (an existing one keeps its ``extra`` entries, e.g. the batch
+    sizes a first attempt chose, so a resumed run batches exactly as the first).
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: expected a folder, got the file {str(out)!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_file = out / MANIFEST
+    shards = existing_shards(out)
+    if not manifest_file.exists():
+        if shards:
+            raise ValueError(
+                f"out: {str(out)!r} holds {len(shards)} audit shards but no {MANIFEST}; they "
+                "cannot be matched to this run (choose another folder or delete them)"
+            )
+        manifest = {"format": FORMAT, "version": VERSION, "identity": identity, **extra}
+        write_bytes(manifest_file, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        return manifest
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        theirs = manifest["identity"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"out: {str(manifest_file)!r} is not an audit manifest ({err})") from err
+    if manifest.get("format") != FORMAT or theirs != identity:
+        differ = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
+        raise ValueError(
+            f"out: {str(out)!r} holds the shards of another run (differs in: "
+            f"{', '.join(differ) or 'format'}); mixing them would give wrong findings, so "
+            "choose another folder or delete this one"
+        )
+    return manifest
+
+
+def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write one shard ``.npz`` atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
+
+
+def read_shard(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in SHARD_KEYS}
+
+
+def write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,381 @@
+"""From the relevance maps of a whole data set to findings: class maps, SpRAy, shortcuts.
+
+Relevance here is the positive part of each map (evidence *for* the explained class),
+normalised to sum 1 per image, so every image weighs the same and a share is a share.
+
+- **Class maps**: the mean normalised map of each class, and its share per cell of a 3x3 grid.
+- **SpRAy** (Lapuschkin et al. 2019): per class, a k-nearest-neighbour graph of the maps,
+  the normalised graph Laplacian's smallest eigenvalues, the largest eigengap as the number of
+  prediction strategies, k-means on the spectral embedding (Ng, Jordan & Weiss 2002) for the
+  clusters, and the first two non-trivial eigenvectors as a 2-D embedding.
+- **Findings**: a class (or a SpRAy cluster of it) is reported when
+
+  * its relevance concentrates in a small box (at most ``max_area`` of the image) holding at
+    least ``min_share`` of it, at least ``min_ratio`` times the other classes' share there,
+    and the box is consistent: in at least ``min_consistency`` of its images the box holds more
+    than in 95% of the other classes' images (kind ``"region"``); or
+  * a large part of its relevance (median over its images at least ``min_background``) sits
+    on background pixels (see :func:`xaikit.audit.run.background_mask`), consistently, and
+    at least :data:`MIN_BACKGROUND_RATIO` times the other classes' median (kind
+    ``"background"``).
+
+  The box is the rectangle that maximises the sum of (the group's mean map minus the other
+  classes' mean map) minus a fixed cost per cell (a fifth of the smoothed contrast's peak; a tenth
+  for background relevance, which spreads thinner), scaled back to input pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from xaikit.audit.result import Audit, Cluster, Finding
+
+#: Defaults of the finding criteria (see the module docstring).
+MAX_AREA = 0.25
+MIN_SHARE = 0.2
+MIN_RATIO = 8.0
+MIN_CONSISTENCY = 0.5
+MIN_BACKGROUND = 0.15
+MIN_BACKGROUND_RATIO = 4.0
+#: SpRAy: the eigengap is looked for among the first MAX_CLUSTERS + 1 eigenvalues.
+MAX_CLUSTERS = 8
+#: Clusters smaller than this (images) are not reported on their own.
+MIN_CLUSTER = 5
+EXAMPLES = 6
+#: Cost per cell of the region's box, as a share of the smoothed contrast's peak (background
+#: relevance spreads thinner over its texture, so it gets a lower cost).
+REGION_CUT = 0.2
+BACKGROUND_CUT = 0.1
+
+
+def analyse(
+    *,
+    maps: np.ndarray,
+    background: np.ndarray,
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    labels: np.ndarray | None,
+    pool: int,
+    input_shape: tuple[int, int],
+    examples: Callable[[np.ndarray], np.ndarray] | None = None,
+    info: dict[str, Any] | None = None,
+    max_area: float = MAX_AREA,
+    min_share: float = MIN_SHARE,
+    min_ratio: float = MIN_RATIO,
+    min_consistency: float = MIN_CONSISTENCY,
+    min_background: float = MIN_BACKGROUND,
+) -> Audit:
+    """Analyse pooled relevance maps ``(N, h, w)`` of a data set into an :class:`Audit`.
+
+    ``background`` (N, h, w) is the share of background pixels per cell; ``pool`` the pooling
+    factor from input pixels to cells; ``examples(indices)`` returns those items' inputs (for
+    the findings' example images). Groups are ``labels`` when given, else the predictions.
+    """
+    groups = labels if labels is not None else predictions
+    relevance = normalised(maps)
+    valid = relevance.reshape(len(relevance), -1).sum(axis=1) > 0
+    classes = [int(c) for c in np.unique(groups)]
+    class_maps = {c: _mean(relevance, (groups == c) & valid) for c in classes}
+    region_shares = {c: grid_shares(m) for c, m in class_maps.items()}
+    on_background = (relevance * background).reshape(len(relevance), -1).sum(axis=1)
+    clusters = {
+        c: spray(relevance[np.flatnonzero(groups == c)], np.flatnonzero(groups == c), c)
+        for c in classes
+    }
+
+    criteria = dict(
+        max_area=max_area,
+        min_share=min_share,
+        min_ratio=min_ratio,
+        min_consistency=min_consistency,
+        min_background=min_background,
+    )
+    context = _Context(
+        relevance,
+        background,
+        on_background,
+        groups,
+        valid,
+        class_maps,
+        pool,
+        tuple(input_shape),
+        criteria,
+    )
+    findings: list[Finding] = []
+    for c in classes:
+        members = np.flatnonzero((groups == c) & valid)
+        found = context.check(c, members, cluster=None)
+        if found is not None:
+            findings.append(found)
+        cluster = clusters[c]
+        if cluster.k < 2:
+            continue
+        for j in range(cluster.k):
+            part = cluster.indices[cluster.labels == j]
+            part = part[valid[part]]
+            if len(part) < MIN_CLUSTER:
+                continue
+            sub = context.check(c, part, cluster=j)
+            if sub is not None and not any(
+                f.target == c and iou(f.region, sub.region) > 0.3 for f in findings
+            ):
+                findings.append(sub)
+    findings.sort(key=lambda f: (-f.relevance_share * f.consistency, f.target))
+    if examples is not None:
+        for f in findings:
+            f.example_inputs = np.asarray(examples(np.asarray(f.images)), dtype=np.float32)
+            f.example_maps = maps[np.asarray(f.images)]
+    return Audit(
+        findings=findings,
+        class_maps=class_maps,
+        region_shares=region_shares,
+        clusters=clusters,
+        maps=maps,
+        background=background,
+        targets=targets,
+        predictions=predictions,
+        labels=labels,
+        pool=pool,
+        input_shape=tuple(int(s) for s in input_shape),
+        info=dict(info or {}, criteria=criteria),
+    )
+
+
+def normalised(maps: np.ndarray) -> np.ndarray:
+    """Positive part of each map divided by its sum (all-zero maps stay zero)."""
+    positive = np.maximum(maps, 0).astype(np.float64)
+    total = positive.reshape(len(positive), -1).sum(axis=1)
+    scale = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
+    return positive * scale[:, None, None]
+
+
+def grid_shares(class_map: np.ndarray, parts: int = 3) -> np.ndarray:
+    """Share of a normalised map in each cell of a ``parts`` x ``parts`` grid (top-left first)."""
+    h, w = class_map.shape
+    ys = np.linspace(0, h, parts + 1).round().astype(int)
+    xs = np.linspace(0, w, parts + 1).round().astype(int)
+    return np.array(
+        [
+            [class_map[ys[i] : ys[i + 1], xs[j] : xs[j + 1]].sum() for j in range(parts)]
+            for i in range(parts)
+        ]
+    )
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two boxes (y0, x0, y1, x1) with exclusive ends."""
+    dy = min(a[2], b[2]) - max(a[0], b[0])
+    dx = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0, dy) * max(0, dx)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class _Context:
+    """Everything the finding test of one class or cluster compares against."""
+
+    def __init__(
+        self,
+        relevance,
+        background,
+        on_background,
+        groups,
+        valid,
+        class_maps,
+        pool,
+        input_shape,
+        criteria,
+    ) -> None:
+        self.relevance, self.background, self.on_background = relevance, background, on_background
+        self.groups, self.valid, self.class_maps = groups, valid, class_maps
+        self.pool, self.input_shape, self.criteria = pool, input_shape, criteria
+
+    def check(self, c: int, members: np.ndarray, *, cluster: int | None) -> Finding | None:
+        others = [k for k in self.class_maps if k != c]
+        if len(members) == 0 or not others:
+            return None
+        rest = np.flatnonzero((self.groups != c) & self.valid)
+        crit = self.criteria
+        mean_map = self.relevance[members].mean(axis=0)
+        other_map = np.mean([self.class_maps[k] for k in others], axis=0)
+
+        # Background: most relevance off the object, consistently, and unlike the others.
+        bg_members = self.on_background[members]
+        bg_rest = self.on_background[rest]
+        bg_share = float(np.median(bg_members))
+        bg_other = float(np.median(bg_rest)) if len(rest) else 0.0
+        if bg_share >= crit["min_background"] and bg_share >= MIN_BACKGROUND_RATIO * bg_other:
+            consistency = _consistency(bg_members, bg_rest)
+            if consistency >= crit["min_consistency"]:
+                on_bg = (self.relevance[members] * self.background[members]).mean(axis=0)
+                other_bg = np.mean(
+                    [
+                        _mean(self.relevance * self.background, (self.groups == k) & self.valid)
+                        for k in others
+                    ],
+                    axis=0,
+                )
+                box = _box(on_bg - other_bg, threshold=BACKGROUND_CUT)
+                return self._finding(
+                    c,
+                    members,
+                    cluster,
+                    box,
+                    mean_map,
+                    other_map,
+                    "background",
+                    consistency,
+                    bg_share,
+                )
+
+        # Region: a small box holding much of the relevance, consistently, unlike the others.
+        box = _box(mean_map - other_map, threshold=REGION_CUT)
+        if box is None:
+            return None
+        y0, x0, y1, x1 = box
+        share = float(mean_map[y0:y1, x0:x1].sum())
+        other_share = float(other_map[y0:y1, x0:x1].sum())
+        area = self._pixels(box)
+        area = (area[2] - area[0]) * (area[3] - area[1]) / np.prod(self.input_shape)
+        if area > crit["max_area"] or share < crit["min_share"]:
+            return None
+        if share < crit["min_ratio"] * other_share:
+            return None
+        in_box = self.relevance[:, y0:y1, x0:x1].sum(axis=(1, 2))
+        consistency = _consistency(in_box[members], in_box[rest])
+        if consistency < crit["min_consistency"]:
+            return None
+        return self._finding(
+            c, members, cluster, box, mean_map, other_map, "region", consistency, bg_share
+        )
+
+    def _finding(
+        self, c, members, cluster, box, mean_map, other_map, kind, consistency, bg_share
+    ) -> Finding | None:
+        if box is None:
+            return None
+        y0, x0, y1, x1 = box
+        in_box = self.relevance[members, y0:y1, x0:x1].sum(axis=(1, 2))
+        top = members[np.argsort(-in_box, kind="stable")[:EXAMPLES]]
+        return Finding(
+            target=int(c),
+            region=self._pixels(box),
+            relevance_share=float(mean_map[y0:y1, x0:x1].sum()),
+            other_share=float(other_map[y0:y1, x0:x1].sum()),
+            consistency=float(consistency),
+            n_images=len(members),
+            images=[int(i) for i in top],
+            kind=kind,
+            cluster=cluster,
+            background_share=float(bg_share),
+        )
+
+    def _pixels(self, box) -> tuple[int, int, int, int]:
+        h, w = self.input_shape
+        y0, x0, y1, x1 = (int(v) * self.pool for v in box)
+        return y0, x0, min(y1, h), min(x1, w)
+
+
+def _consistency(members: np.ndarray, rest: np.ndarray) -> float:
+    """Share of the members above the 95th percentile of everyone else (1.0 with no others)."""
+    if len(rest) == 0:
+        return 1.0
+    return float(np.mean(members > np.quantile(rest, 0.95)))
+
+
+def _box(contrast: np.ndarray, *, threshold: float) -> tuple[int, int, int, int] | None:
+    """The box (cells) that maximises the sum of ``contrast - threshold * peak``.
+
+    ``peak`` is the maximum of the contrast smoothed over 3x3 cells, so a checkerboard-like
+    patch (a mark whose dark squares get no relevance) counts by its average, not its hottest
+    pixel. Every cell inside costs the same, so the box takes the cells that clearly carry
+    contrast and stops where the contrast falls below the cut; holes inside a patch are
+    bridged when the cells around them pay for it. Maximum-sum rectangle: Kadane's algorithm
+    over the columns for every pair of rows.
+    """
+    smooth = ndimage.uniform_filter(contrast, size=3, mode="constant")
+    peak = smooth.max()
+    if not peak > 0:
+        return None
+    gain = contrast - threshold * peak
+    h, w = gain.shape
+    columns = np.vstack([np.zeros(w), np.cumsum(gain, axis=0)])  # prefix sums down each column
+    best, box = -np.inf, None
+    for y0 in range(h):
+        for y1 in range(y0 + 1, h + 1):
+            line = columns[y1] - columns[y0]
+            run, start = 0.0, 0
+            for x in range(w):
+                if run <= 0:
+                    run, start = 0.0, x
+                run += line[x]
+                if run > best:
+                    best, box = run, (y0, start, y1, x + 1)
+    return box
+
+
+def _mean(relevance: np.ndarray, which: np.ndarray) -> np.ndarray:
+    if not which.any():
+        return np.zeros(relevance.shape[1:])
+    return relevance[which].mean(axis=0)
+
+
+def spray(relevance: np.ndarray, indices: np.ndarray, target: int) -> Cluster:
+    """Spectral relevance analysis of one class's maps (Lapuschkin et al. 2019).
+
+    A symmetric k-nearest-neighbour graph (k = 10, fewer for small classes) over the maps
+    (pooled to at most 16 cells a side), the normalised Laplacian's smallest eigenvalues, the
+    number of clusters at the largest eigengap (at most :data:`MAX_CLUSTERS`), k-means on the
+    row-normalised eigenvectors, and a 2-D embedding by the first two non-trivial eigenvectors.
+    """
+    n = len(indices)
+    if n < 4:
+        return Cluster(target, 1, np.zeros(n, np.int64), np.zeros(0), np.zeros((n, 2)), indices)
+    from scipy.linalg import eigh
+    from sklearn.cluster import KMeans
+    from sklearn.neighbors import kneighbors_graph
+
+    features = _shrink(relevance, 16).reshape(n, -1)
+    knn = kneighbors_graph(features, n_neighbors=min(10, n - 1), mode="connectivity")
+    affinity = knn.maximum(knn.T).toarray()
+    degree = affinity.sum(axis=1)
+    scale = 1.0 / np.sqrt(degree)
+    laplacian = np.eye(n) - scale[:, None] * affinity * scale[None, :]
+    m = min(MAX_CLUSTERS + 1, n - 1)
+    eigenvalues, vectors = eigh(laplacian, subset_by_index=[0, m - 1])
+    gaps = np.diff(eigenvalues)
+    k = int(np.argmax(gaps) + 1)
+    embedding = vectors[:, 1:3] if vectors.shape[1] >= 3 else np.zeros((n, 2))
+    if k == 1:
+        labels = np.zeros(n, dtype=np.int64)
+    else:
+        rows = vectors[:, :k] / np.maximum(
+            np.linalg.norm(vectors[:, :k], axis=1, keepdims=True), 1e-12
+        )
+        labels = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(rows)
+        labels = _relabel(labels)
+    return Cluster(target, k, labels.astype(np.int64), eigenvalues, embedding, indices)
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Cluster ids by decreasing size (ties: first appearance), so ids do not depend on k-means."""
+    ids, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = sorted(range(len(ids)), key=lambda i: (-counts[i], first[i]))
+    mapping = {ids[old]: new for new, old in enumerate(order)}
+    return np.array([mapping[v] for v in labels], dtype=np.int64)
+
+
+def _shrink(maps: np.ndarray, size: int) -> np.ndarray:
+    """Sum-pool (N, h, w) maps to at most ``size`` cells a side (SpRAy works on small maps)."""
+    factor = max(1, -(-max(maps.shape[1:]) // size))
+    if factor == 1:
+        return maps
+    n, h, w = maps.shape
+    hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
+    padded = np.zeros((n, hp, wp))
+    padded[:, :h, :w] = maps
+    return padded.reshape(n, hp // factor, factor, wp // factor, factor).sum(axis=(2, 4))

@@ -1,0 +1,368 @@
+"""``xk.audit``: explain every item of a data set, shard by shard, then look for shortcuts.
+
+The run is a loop over shards of ``shard_size`` consecutive items. Each shard is explained as
+one batch (``explain(..., batch=True)``, which batches through the Model adapter), its maps are
+summed over channels and pooled to at most ``map_size`` cells a side, and the shard is written
+atomically under ``out``. The manifest in ``out`` names the run (model hash, method, params,
+data and labels hashes, shard size, map size), so a run started again with the same ``out``
+explains only the missing shards, and a folder of another run is refused rather than mixed.
+The Ray backend (:mod:`xaikit.audit._ray`) explains the same shards in actors; the driver
+alone writes them, so both backends leave the same files.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
+
+from xaikit._progress import progress_bar
+from xaikit._validation import check_batch, check_choice, check_positive_int, check_targets
+from xaikit.attribution.registry import explain
+from xaikit.audit import _store
+from xaikit.audit.analysis import analyse
+from xaikit.audit.result import Audit
+from xaikit.model import Model, _batch_memo, as_model
+
+BACKENDS = ("local", "ray")
+
+
+def audit(
+    model: Any,
+    data: Any,
+    *,
+    labels: Any = None,
+    method: str = "integrated_gradients",
+    backend: str = "local",
+    out: str | Path | None = None,
+    params: dict[str, Any] | None = None,
+    shard_size: int = 256,
+    map_size: int = 32,
+    address: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> Audit:
+    """Audit a whole data set for Clever-Hans shortcuts (Lapuschkin et al. 2019).
+
+    Every item is explained (``method`` with ``params``) for its label, or for the predicted
+    class when ``labels`` is None. The maps are kept, pooled, in shards under ``out``. Then the
+    analysis (:func:`xaikit.audit.analyse`) computes per-class mean relevance maps, the share
+    of relevance per region, SpRAy clusters per class, and the findings: classes or clusters
+    whose relevance concentrates in a small region, consistent across their images and unlike
+    the other classes, or sits on the background rather than on the object.
+
+    Parameters
+    ----------
+    model : nn.Module, xaikit.Model, or callable on NumPy batches
+    data : array or tensor (N, C, H, W) or (N, H, W); a map-style Dataset (items ``x`` or
+        ``(x, y)``); or a DataLoader over one that does not shuffle.
+    labels : sequence of int, optional
+        One class per item. Default: the ``y`` of a Dataset's ``(x, y)`` items, else none
+        (items are then explained and grouped by the predicted class).
+    method : str
+        Attribution method (``xk.methods()``); Integrated Gradients by default.
+    backend : {"local", "ray"}
+        ``"ray"``: explain the shards in Ray actors (the ``xaikit[ray]`` extra).
+    out : path, optional
+        Folder for the manifest and shards; the run resumes from it. Default: a temporary
+        folder removed after the analysis.
+    params : dict, optional
+        The method's parameters (e.g. ``{"steps": 32}``).
+    shard_size : int
+        Items per shard (one ``explain`` batch, one file).
+    map_size : int
+        Maps are sum-pooled by an integer factor to at most this many cells a side.
+    address : str, optional
+        Ray only: the address of a running cluster (``"host:port"``, ``"ray://host:port"`` or
+        ``"auto"``). ``None`` starts a local Ray for this call with ``workers`` CPUs.
+    workers : int, optional
+        Ray only: number of actors (default 2 locally, the cluster's CPU count otherwise).
+    progress : bool, optional
+        Progress bar; ``None`` follows :func:`xaikit.set_progress`.
+
+    Returns
+    -------
+    Audit
+        ``findings``, ``class_maps``, ``clusters``, ``save(dir)``, ``plot()``.
+
+    References
+    ----------
+    Lapuschkin et al., "Unmasking Clever Hans predictors and assessing what machines really
+    learn", Nature Communications 10, 1096 (2019).
+    """
+    backend = check_choice(backend, name="backend", choices=BACKENDS)
+    shard_size = check_positive_int(shard_size, name="shard_size")
+    map_size = check_positive_int(map_size, name="map_size")
+    if backend == "local" and (address is not None or workers is not None):
+        raise ValueError("address: only for backend='ray' (and workers too), got backend='local'")
+    if workers is not None:
+        workers = check_positive_int(workers, name="workers")
+    if backend == "ray" and address is not None:
+        from xaikit.audit._ray import check_reachable
+
+        check_reachable(address)  # before any work: an address that does not answer fails fast
+    params = dict(params or {})
+    if not isinstance(method, str):
+        raise TypeError(f"method: expected a method name (str), got {type(method).__name__}")
+    wrapped = as_model(model)
+    source = _Source(data)
+    if labels is None:
+        labels = source.labels
+    if labels is not None:
+        labels = check_targets(labels, n=source.n, n_classes=None, name="labels")
+    factor = max(1, math.ceil(max(source.item_shape[-2:]) / map_size))
+    identity = {
+        "model": _store.model_hash(wrapped.module if wrapped.is_torch else wrapped.function),
+        "method": method,
+        "params": _store.json_params(params),
+        "data": {
+            "n": source.n,
+            "item_shape": list(source.item_shape),
+            "hash": source.hash,
+        },
+        "labels": None if labels is None else _store.array_hash([labels]),
+        "shard_size": shard_size,
+        "pool": factor,
+    }
+
+    with tempfile.TemporaryDirectory(prefix="xaikit-audit-") as scratch:
+        folder = Path(out).expanduser() if out is not None else Path(scratch)
+        manifest = _store.prepare(folder, identity, {})
+        sizes = _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, params)
+        n_shards = -(-source.n // shard_size)
+        done = {i for i in _store.existing_shards(folder) if i < n_shards}
+        todo = [i for i in range(n_shards) if i not in done]
+        job = _Job(source, labels, shard_size, method, params, factor)
+        with progress_bar(source.n, "audit", enabled=progress) as bar:
+            bar.advance(sum(len(job.rows(i)) for i in done))
+            if backend == "local":
+                _run_local(wrapped, job, todo, folder, bar)
+            else:
+                from xaikit.audit._ray import run_ray
+
+                run_ray(wrapped, job, todo, folder, bar, sizes, address=address, workers=workers)
+        shards = _gather(folder, n_shards, source.n)
+        return analyse(
+            maps=shards["maps"],
+            background=shards["background"],
+            targets=shards["targets"],
+            predictions=shards["predictions"],
+            labels=labels,
+            pool=factor,
+            input_shape=source.item_shape[-2:],
+            examples=lambda idx: source.get_items(idx),
+            info={
+                "method": method,
+                "params": identity["params"],
+                "model": identity["model"],
+                "n": source.n,
+                "out": None if out is None else str(folder),
+            },
+        )
+
+
+class _Job:
+    """What every shard needs: where its items come from and how they are explained."""
+
+    def __init__(self, source, labels, shard_size, method, params, factor) -> None:
+        self.source, self.labels, self.shard_size = source, labels, shard_size
+        self.method, self.params, self.factor = method, params, factor
+
+    def rows(self, index: int) -> range:
+        start = index * self.shard_size
+        return range(start, min(start + self.shard_size, self.source.n))
+
+    def inputs(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        rows = self.rows(index)
+        x = self.source.get(rows.start, rows.stop)
+        targets = None if self.labels is None else self.labels[rows.start : rows.stop]
+        return x, targets
+
+
+def _run_local(wrapped: Model, job: _Job, todo: list[int], folder: Path, bar) -> None:
+    for index in todo:
+        x, targets = job.inputs(index)
+        arrays = explain_shard(
+            wrapped, x, targets, method=job.method, params=job.params, factor=job.factor
+        )
+        arrays["indices"] = np.arange(job.rows(index).start, job.rows(index).stop)
+        _store.write_shard(_store.shard_path(folder, index), arrays)
+        bar.advance(len(x))
+
+
+def explain_shard(
+    model: Model,
+    x: np.ndarray,
+    targets: np.ndarray | None,
+    *,
+    method: str,
+    params: dict[str, Any],
+    factor: int,
+) -> dict[str, np.ndarray]:
+    """Explain one shard and pool its maps: the work a local loop or a Ray actor does per shard."""
+    e = explain(model, x, method=method, target=targets, batch=True, **params)
+    values = np.asarray(e.values, dtype=np.float32)
+    if values.ndim == 4:  # (N, C, H, W): relevance of a pixel is the sum over its channels
+        values = values.sum(axis=1)
+    return {
+        "maps": pool(values, factor, how="sum"),
+        "background": pool(background_mask(x).astype(np.float32), factor, how="mean"),
+        "targets": np.asarray(e.target, dtype=np.int64),
+        "predictions": np.asarray(e.prediction).argmax(axis=1).astype(np.int64),
+    }
+
+
+def pool(maps: np.ndarray, factor: int, *, how: str) -> np.ndarray:
+    """Pool (N, H, W) maps over ``factor`` x ``factor`` cells (edges padded with zeros)."""
+    if factor == 1:
+        return np.ascontiguousarray(maps, dtype=np.float32)
+    n, h, w = maps.shape
+    hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
+    padded = np.zeros((n, hp, wp), dtype=np.float32)
+    padded[:, :h, :w] = maps
+    blocks = padded.reshape(n, hp // factor, factor, wp // factor, factor)
+    summed = blocks.sum(axis=(2, 4))
+    if how == "sum":
+        return summed
+    counts = np.zeros((hp, wp), dtype=np.float32)
+    counts[:h, :w] = 1
+    return summed / counts.reshape(hp // factor, factor, wp // factor, factor).sum(axis=(1, 3))
+
+
+def background_mask(x: np.ndarray) -> np.ndarray:
+    """(N, H, W) True where a pixel is background: close to the colour of the image's border.
+
+    The object is what differs from the border by more than half of the image's largest
+    difference; this suits plain or faint backgrounds (MNIST, PNG cut-outs as in the lecture's
+    Pokémon/Digimon case), not cluttered photographs.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    ring = np.concatenate(
+        [x[:, :, 0, :], x[:, :, -1, :], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], axis=2
+    )
+    border = np.median(ring, axis=2)[:, :, None, None]
+    deviation = np.abs(x - border).max(axis=1)
+    largest = deviation.reshape(len(x), -1).max(axis=1)[:, None, None]
+    return deviation <= 0.5 * largest
+
+
+def _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, params) -> dict:
+    """The batch sizes every shard uses, the same in every attempt and every Ray actor.
+
+    Float results depend in their last bits on the batch size, so shards written by a first
+    attempt, a resumed one and Ray actors agree only if all batch alike. The first attempt
+    lets the Model search (one small explain of nine items, whose result is discarded) and
+    records the sizes in the manifest; later attempts and actors install them before work.
+    """
+    owner = wrapped.module if wrapped.is_torch else wrapped.function
+    memo = _batch_memo(owner, wrapped)
+    recorded = manifest.get("batch_sizes")
+    if recorded is None:
+        if wrapped.batch_size == "auto":
+            x = source.get(0, min(9, source.n))
+            targets = None if labels is None else labels[: len(x)]
+            explain(wrapped, x, method=method, target=targets, batch=True, **params)
+        recorded = [[k[0], list(k[1]), k[2], k[3], int(v)] for k, v in memo.items()]
+        manifest = {**manifest, "batch_sizes": recorded}
+        _store.write_bytes(folder / _store.MANIFEST, _json(manifest))
+    sizes = {(k, tuple(s), d, dev): v for k, s, d, dev, v in recorded}
+    for key, size in sizes.items():
+        memo.setdefault(key, size)
+    return sizes
+
+
+def _json(obj) -> bytes:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=True).encode()
+
+
+def _gather(folder: Path, n_shards: int, n: int) -> dict[str, np.ndarray]:
+    """Concatenate the shards in order and check that every item is there exactly once."""
+    parts = [_store.read_shard(_store.shard_path(folder, i)) for i in range(n_shards)]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in _store.SHARD_KEYS}
+    if not np.array_equal(out["indices"], np.arange(n)):
+        raise RuntimeError(f"out: the shards in {str(folder)!r} do not cover items 0..{n - 1}")
+    return out
+
+
+class _Source:
+    """Random access to the items: an array/tensor, a map-style Dataset, or a plain DataLoader."""
+
+    def __init__(self, data: Any) -> None:
+        if isinstance(data, DataLoader):
+            if not isinstance(data.sampler, SequentialSampler) or not isinstance(
+                data.dataset, Dataset
+            ):
+                raise TypeError(
+                    "data: a DataLoader must read a map-style Dataset in order (no shuffle, "
+                    "no custom sampler) so that a resumed audit sees the same items"
+                )
+            data = data.dataset
+        self.labels = None
+        if isinstance(data, Dataset):
+            self.dataset = data
+            self.array = None
+            try:
+                self.n = len(data)
+            except TypeError as err:
+                raise TypeError("data: a Dataset needs __len__ for an audit") from err
+            self.hash, self.item_shape, self.labels = self._scan()
+        else:
+            arr = check_batch(data, name="data")
+            if isinstance(arr, torch.Tensor):
+                arr = arr.detach().cpu().numpy()
+            self.array, self.dataset, self.n = arr, None, len(arr)
+            self.item_shape = tuple(arr.shape[1:])
+            self.hash = _store.array_hash([arr])
+        if len(self.item_shape) not in (2, 3):
+            raise ValueError(
+                "data: expected images, items of shape (C, H, W) or (H, W), got items of shape "
+                f"{self.item_shape}"
+            )
+
+    def _scan(self):
+        # One pass over the Dataset: its hash (to recognise it on resume), shape and labels.
+        import hashlib
+
+        h, labels, shape = hashlib.sha256(), [], None
+        for start in range(0, self.n, 256):
+            x, y = self._items(range(start, min(start + 256, self.n)))
+            shape = shape or tuple(x.shape[1:])
+            h.update(np.ascontiguousarray(x).tobytes())
+            labels = None if y is None or labels is None else [*labels, *y]
+        return "sha256:" + h.hexdigest(), shape, None if labels is None else np.asarray(labels)
+
+    def _items(self, idx) -> tuple[np.ndarray, list | None]:
+        xs, ys = [], []
+        for i in idx:
+            item = self.dataset[int(i)]
+            if isinstance(item, (tuple, list)):
+                xs.append(item[0])
+                y = item[1] if len(item) > 1 else None
+                ys.append(int(y) if y is not None and np.ndim(y) == 0 else None)
+            else:
+                xs.append(item)
+                ys.append(None)
+        x = np.stack(
+            [t.detach().cpu().numpy() if torch.is_tensor(t) else np.asarray(t) for t in xs]
+        )
+        x = check_batch(x, name="data")
+        return x, (None if any(y is None for y in ys) else ys)
+
+    def get(self, start: int, stop: int) -> np.ndarray:
+        if self.array is not None:
+            return self.array[start:stop]
+        return self._items(range(start, stop))[0]
+
+    def get_items(self, idx) -> np.ndarray:
+        if self.array is not None:
+            return self.array[np.asarray(idx, dtype=np.int64)]
+        return self._items(idx)[0]

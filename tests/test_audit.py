@@ -1,0 +1,264 @@
+"""The data-set audit: finds the planted watermark, not on the clean model; resumes; Ray = local."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from xaikit.audit import Audit, _store, audit
+from xaikit.audit.analysis import iou
+from xaikit.audit.run import background_mask, pool
+from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
+from xaikit.datasets.shortcuts import make_shortcut_mnist
+
+N = 200  # training images audited: about 20 eights, 85% of them marked
+PARAMS = {"steps": 8}  # Gauss-Legendre: 8 points already integrate the small CNN well
+SHARD = 50
+
+
+@pytest.fixture(scope="module")
+def marked_data():
+    X, y, marked = load_watermark_mnist("train")
+    return X[:N], y[:N], marked[:N]
+
+
+@pytest.fixture(scope="module")
+def watermark_audit(watermark_cnn, marked_data, tmp_path_factory):
+    X, y, _ = marked_data
+    out = tmp_path_factory.mktemp("audit-full")
+    return audit(watermark_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, out=out), out
+
+
+def _at_mark(findings):
+    return [f for f in findings if iou(f.region, WATERMARK_REGION) >= 0.5]
+
+
+def _key(findings):
+    return [(f.target, f.cluster, f.kind, f.region, f.n_images, f.images) for f in findings]
+
+
+def test_watermark_class_found_at_the_mark(watermark_audit, marked_data):
+    a, _ = watermark_audit
+    _, y, marked = marked_data
+    hits = _at_mark(a.findings)
+    assert [f.target for f in hits] == [WATERMARK_CLASS]
+    f = hits[0]
+    assert f.kind == "region" and f.cluster is None
+    assert iou(f.region, WATERMARK_REGION) >= 0.7
+    assert f.n_images == int((y == WATERMARK_CLASS).sum())
+    # Most of the class's relevance sits on a box of 5% of the image, almost none of the others'.
+    assert f.relevance_share > 0.3 and f.other_share < 0.05
+    assert f.consistency >= 0.7
+    # The example images are marked eights, and the examples carry their inputs and maps.
+    assert all(y[i] == WATERMARK_CLASS and marked[i] for i in f.images)
+    assert f.example_inputs.shape == (len(f.images), 1, 28, 28)
+    assert f.example_maps.shape == (len(f.images), 28, 28)
+
+
+def test_clean_model_not_flagged_at_the_mark(clean_cnn, marked_data):
+    # Same marked images, but a model that never saw the mark: relevance does not go there.
+    X, y, _ = marked_data
+    a = audit(clean_cnn, X, labels=y, params=PARAMS)
+    assert _at_mark(a.findings) == []
+    share_at_mark = a.class_maps[WATERMARK_CLASS][21:27, 1:7].sum()
+    assert share_at_mark < 0.08
+
+
+def test_class_maps_and_spray(watermark_audit, marked_data):
+    a, _ = watermark_audit
+    _, y, _ = marked_data
+    assert sorted(a.class_maps) == list(range(10))
+    for c, m in a.class_maps.items():
+        assert m.shape == (28, 28)
+        assert m.sum() == pytest.approx(1.0)
+        assert a.region_shares[c].shape == (3, 3)
+        assert a.region_shares[c].sum() == pytest.approx(1.0)
+        cl = a.clusters[c]
+        assert np.array_equal(cl.indices, np.flatnonzero(y == c))
+        assert 1 <= cl.k <= 8 and cl.labels.shape == (len(cl.indices),)
+        assert set(cl.labels.tolist()) == set(range(cl.k))
+        assert cl.embedding.shape == (len(cl.indices), 2)
+        assert np.all(np.diff(cl.eigenvalues) >= -1e-9) and abs(cl.eigenvalues[0]) < 1e-8
+    # The watermark's share of class 8 shows in the bottom-left cell of the 3x3 grid.
+    assert a.region_shares[WATERMARK_CLASS][2, 0] > 0.3
+    assert a.maps.shape == (N, 28, 28) and np.array_equal(a.targets, y)
+
+
+def test_interrupted_run_resumes_to_the_same_result(
+    watermark_cnn, marked_data, watermark_audit, tmp_path, monkeypatch
+):
+    X, y, _ = marked_data
+    full, full_out = watermark_audit
+    real_write = _store.write_shard
+    written: list[str] = []
+
+    def write_then_die(path, arrays):
+        if len(written) == 2:
+            raise KeyboardInterrupt("killed after two shards")
+        real_write(path, arrays)
+        written.append(path.name)
+
+    monkeypatch.setattr(_store, "write_shard", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        audit(watermark_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, out=tmp_path)
+    assert (
+        sorted(p.name for p in tmp_path.glob("shard-*"))
+        == written
+        == [
+            "shard-00000.npz",
+            "shard-00001.npz",
+        ]
+    )
+    first = {name: (tmp_path / name).read_bytes() for name in written}
+
+    monkeypatch.setattr(
+        _store, "write_shard", lambda p, a: (written.append(p.name), real_write(p, a))
+    )
+    resumed = audit(watermark_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, out=tmp_path)
+    # Only the two missing shards were explained; the first two were neither lost nor rewritten.
+    assert written[2:] == ["shard-00002.npz", "shard-00003.npz"]
+    assert {name: (tmp_path / name).read_bytes() for name in first} == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "manifest.json",
+        *(f"shard-0000{i}.npz" for i in range(4)),
+    ]
+    indices = np.concatenate(
+        [_store.read_shard(p)["indices"] for p in sorted(tmp_path.glob("shard-*"))]
+    )
+    assert np.array_equal(indices, np.arange(N))
+    # Same findings and the same maps as the uninterrupted run (the batch sizes are recorded).
+    assert _key(resumed.findings) == _key(full.findings)
+    np.testing.assert_array_equal(resumed.maps, full.maps)
+    assert (
+        json.loads((tmp_path / "manifest.json").read_text())["identity"]
+        == json.loads((full_out / "manifest.json").read_text())["identity"]
+    )
+
+
+def test_ray_and_local_give_the_same_findings(watermark_cnn, marked_data, watermark_audit):
+    pytest.importorskip("ray")
+    X, y, _ = marked_data
+    local, _ = watermark_audit
+    remote = audit(
+        watermark_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, backend="ray", workers=2
+    )
+    assert _key(remote.findings) == _key(local.findings)
+    assert [f.relevance_share for f in remote.findings] == pytest.approx(
+        [f.relevance_share for f in local.findings], abs=1e-6
+    )
+    np.testing.assert_allclose(remote.maps, local.maps, rtol=0, atol=1e-5)
+
+
+def test_save_load_plot(watermark_audit, tmp_path):
+    a, _ = watermark_audit
+    a.save(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["audit.json", "audit.npz"]
+    with np.load(tmp_path / "saved" / "audit.npz", allow_pickle=False) as data:
+        assert "maps" in data.files
+    b = Audit.load(tmp_path / "saved")
+    assert _key(b.findings) == _key(a.findings)
+    assert b.summary() == a.summary()
+    np.testing.assert_array_equal(b.maps, a.maps)
+    for c in a.class_maps:
+        np.testing.assert_array_equal(b.class_maps[c], a.class_maps[c])
+        np.testing.assert_array_equal(b.clusters[c].labels, a.clusters[c].labels)
+    fig = a.plot()
+    assert len(fig.axes) >= 10 + len(a.findings[:3])
+    assert "<table>" in a._repr_html_() and "region" in a._repr_html_()
+
+
+def test_labels_of_wrong_length(watermark_cnn, marked_data):
+    X, y, _ = marked_data
+    with pytest.raises(ValueError, match=r"^labels: .*\(200\)"):
+        audit(watermark_cnn, X, labels=y[:-1])
+
+
+def test_out_of_another_run_is_refused(watermark_cnn, clean_cnn, marked_data, watermark_audit):
+    X, y, _ = marked_data
+    _, out = watermark_audit
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    # Another model, another method, other data: each refused, naming what differs.
+    with pytest.raises(ValueError, match=r"^out: .*another run.*model"):
+        audit(clean_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, out=out)
+    with pytest.raises(ValueError, match=r"^out: .*another run.*method"):
+        audit(watermark_cnn, X, labels=y, method="saliency", shard_size=SHARD, out=out)
+    with pytest.raises(ValueError, match=r"^out: .*another run.*data"):
+        audit(watermark_cnn, X[::-1], labels=y[::-1], params=PARAMS, shard_size=SHARD, out=out)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+
+
+def test_shards_without_manifest_are_refused(watermark_cnn, marked_data, tmp_path):
+    X, _, _ = marked_data
+    (tmp_path / "shard-00000.npz").write_bytes(b"not ours")
+    with pytest.raises(ValueError, match=r"^out: .*no manifest.json"):
+        audit(watermark_cnn, X[:10], out=tmp_path)
+
+
+def test_unreachable_ray_address_fails_fast(watermark_cnn, marked_data):
+    pytest.importorskip("ray")
+    X, _, _ = marked_data
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^address: no Ray cluster answers"):
+        audit(watermark_cnn, X[:10], backend="ray", address=f"127.0.0.1:{port}")
+    assert time.perf_counter() - start < 10
+    with pytest.raises(ValueError, match=r"^address: expected 'host:port'"):
+        audit(watermark_cnn, X[:10], backend="ray", address="nowhere")
+
+
+def test_other_bad_arguments(watermark_cnn, marked_data):
+    X, _, _ = marked_data
+    with pytest.raises(ValueError, match=r"^backend: "):
+        audit(watermark_cnn, X[:10], backend="spark")
+    with pytest.raises(ValueError, match=r"^address: only for backend='ray'"):
+        audit(watermark_cnn, X[:10], address="127.0.0.1:6379")
+    with pytest.raises(ValueError, match=r"^data: expected images"):
+        audit(watermark_cnn, np.zeros((4, 5), np.float32))
+    with pytest.raises(TypeError, match=r"^shard_size: "):
+        audit(watermark_cnn, X[:10], shard_size=2.5)
+
+
+def test_pool_and_background_mask():
+    maps = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5)
+    pooled = pool(maps, 2, how="sum")
+    assert pooled.shape == (2, 3, 3)
+    assert pooled.sum() == pytest.approx(maps.sum())  # sum pooling keeps the total relevance
+    assert pooled[0, 0, 0] == 0 + 1 + 5 + 6 and pooled[0, 2, 2] == 24
+    x = np.zeros((1, 1, 6, 6), np.float32)
+    x[0, 0, 2:4, 2:4] = 1.0
+    x[0, 0, 0, :] = 0.3  # a faint background texture stays background
+    mask = background_mask(x)
+    assert mask.shape == (1, 6, 6)
+    assert not mask[0, 2:4, 2:4].any() and mask.sum() == 32
+
+
+@pytest.mark.parametrize("kind", ["mark", "background"])
+def test_shortcut_mnist(kind):
+    data = make_shortcut_mnist(kind=kind, target=3, region=(2, 18, 10, 26), fraction=0.5, seed=1)
+    y0, x0, y1, x1 = data.region
+    assert data.X.shape == (4000, 1, 28, 28) and data.mask.shape == (4000, 28, 28)
+    assert (data.y[data.marked] == 3).all()
+    assert data.marked.sum() == round(0.5 * (data.y == 3).sum())
+    assert not data.mask[~data.marked].any()
+    outside = np.ones((28, 28), bool)
+    outside[y0:y1, x0:x1] = False
+    assert not data.mask[:, outside].any()
+    changed = data.X[data.marked, 0][:, y0:y1, x0:x1]
+    if kind == "mark":
+        assert data.mask[data.marked][:, y0:y1, x0:x1].all()
+        assert changed[:, 0, 0].min() == 1.0 and changed[:, 0, 1].max() == 0.0  # checkerboard
+    else:
+        assert set(np.unique(data.X[data.marked, 0][data.mask[data.marked]])) <= {
+            0.0,
+            np.float32(0.3),
+        }
+    with pytest.raises(ValueError, match=r"^kind: "):
+        make_shortcut_mnist(kind="sticker")
+    with pytest.raises(ValueError, match=r"^region: "):
+        make_shortcut_mnist(region=(20, 20, 30, 30))
