@@ -7,6 +7,7 @@ from xaikit import metrics, text
 from xaikit._progress import set_progress
 from xaikit._version import __version__
 from xaikit.attribution import explain, methods
+from xaikit.audit import Audit, Finding, audit
 from xaikit.explanation import Explanation
 from xaikit.featureviz import (
     FilterActivations,
@@ -35,10 +36,12 @@ from xaikit.surrogates import FidelityCurve, Surrogate, fidelity_curve, surrogat
 
 __all__ = [
     "Activations",
+    "Audit",
     "Comparison",
     "Explanation",
     "FidelityCurve",
     "FilterActivations",
+    "Finding",
     "Importance",
     "LayerProjections",
     "LayerRecording",
@@ -52,6 +55,7 @@ __all__ = [
     "__version__",
     "activations",
     "as_model",
+    "audit",
     "compare",
     "evaluate",
     "explain",

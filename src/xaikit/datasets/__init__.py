@@ -20,6 +20,7 @@ from xaikit.datasets.shapes import (
     load_shapes_cnn,
     make_shapes,
 )
+from xaikit.datasets.shortcuts import make_shortcut_mnist, train_shortcut_cnn
 from xaikit.datasets.tabular import Table, load_breast_cancer_table
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "load_shapes_cnn",
     "load_watermark_mnist",
     "make_shapes",
+    "make_shortcut_mnist",
     "stamp_watermark",
     "train_cnn",
+    "train_shortcut_cnn",
 ]
