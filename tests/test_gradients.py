@@ -308,6 +308,24 @@ def test_one_pass_methods_run_the_model_once_and_explain_the_predicted_class(met
     np.testing.assert_allclose(given.values, e.values, rtol=1e-6, atol=1e-7)
 
 
+def test_integrated_gradients_takes_prediction_and_completeness_from_one_forward():
+    net = make_net()
+    calls = []
+    net.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
+    x = images(3)
+    e = xk.explain(xk.Model(net, batch_size=1000), x, method="integrated_gradients", steps=8,
+                   batch=True)  # fmt: skip
+    assert calls == [6, 24]  # input and baseline together, then the 3 x 8 path points
+    with torch.no_grad():
+        scores = net(torch.from_numpy(x)).numpy()
+        zero = net(torch.zeros_like(torch.from_numpy(x))).numpy()
+    np.testing.assert_array_equal(e.target, scores.argmax(1))
+    np.testing.assert_allclose(e.prediction, scores, rtol=1e-5, atol=1e-6)
+    rows = np.arange(3)
+    expected = scores[rows, e.target] - zero[rows, e.target]
+    np.testing.assert_allclose(e.info["output_difference"], expected, rtol=1e-5, atol=1e-6)
+
+
 class TokenNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ accumulates the weighted gradients per item, so memory stays bounded by one chun
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -220,12 +221,13 @@ def smoothgrad(
 @register(
     "integrated_gradients",
     needs_gradients=True,
+    scores_at_input=True,
     reference="Sundararajan et al. 2017, arXiv:1703.01365",
 )
 def integrated_gradients(
     model: Model,
     x: np.ndarray,
-    targets: np.ndarray,
+    targets: np.ndarray | None,
     *,
     baseline=0.0,
     steps: int | str = 50,
@@ -251,12 +253,19 @@ def integrated_gradients(
         if rule == "riemann_trapezoid" and steps < 2:
             raise ValueError("steps: the trapezoid rule needs at least 2 steps, got 1")
     if layer is not None:
+        if targets is None:
+            targets = model.scores(x).argmax(axis=1)
         return _layer_integrated_gradients(
             model, x, targets, baseline=baseline, steps=steps, rule=rule, layer=layer
         )
     xt = as_tensor(model, x)
     base = baseline_tensor(baseline, xt)
-    difference = _output_difference(model, xt, base, targets)
+    # One forward over input and baseline: the prediction, the targets and F(x) - F(x').
+    both = model.scores(torch.cat([xt, base]))
+    scores = both[: len(xt)]
+    targets = scores.argmax(axis=1) if targets is None else targets
+    rows = np.arange(len(xt))
+    difference = scores[rows, targets] - both[len(xt) :][rows, targets]
 
     def attribute(n_steps: int, which: torch.Tensor, rule_: str):
         alphas, weights = path_rule(rule_, n_steps)
@@ -288,14 +297,7 @@ def integrated_gradients(
     gap = np.abs(total - difference)
     info = {"completeness_gap": gap, "output_difference": difference, "steps": used_steps}
     params = {"rule": rule, "steps": int(used_steps.max()) if auto else steps}
-    return Attribution(values=values, info=info, params=params)
-
-
-def _output_difference(model: Model, x, base, targets: np.ndarray) -> np.ndarray:
-    """F(x) - F(x') for each item's target."""
-    both = model.scores(torch.cat([torch.as_tensor(x), torch.as_tensor(base)]))
-    rows = np.arange(len(targets))
-    return both[: len(targets)][rows, targets] - both[len(targets) :][rows, targets]
+    return Attribution(values=values, info=info, params=params, scores=scores)
 
 
 def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, layer):
@@ -329,7 +331,8 @@ def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, lay
     difference = scores[rows, targets] - scores[n + rows, targets]
     gap = np.abs(values.reshape(n, -1).sum(axis=1) - difference)
     info = {"completeness_gap": gap, "output_difference": difference}
-    return Attribution(values=values, info=info, params={"steps": steps, "rule": rule})
+    params = {"steps": steps, "rule": rule}
+    return Attribution(values=values, info=info, params=params, scores=scores[:n])
 
 
 def _auto_steps(attribute, xt, difference, tolerance):
@@ -351,6 +354,12 @@ def _auto_steps(attribute, xt, difference, tolerance):
     return values, used
 
 
+@functools.lru_cache(maxsize=32)
+def _legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    # Computing the nodes costs about 1 ms at 50 steps: 1% of a small model's whole IG call.
+    return np.polynomial.legendre.leggauss(steps)
+
+
 def path_rule(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Points alpha in [0, 1] and weights of a quadrature rule for integrals over [0, 1].
 
@@ -358,7 +367,7 @@ def path_rule(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     its ``steps`` points by 1/steps with halved ends, so its sum is (steps - 1)/steps.
     """
     if rule == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        nodes, weights = _legendre(steps)
         return 0.5 * (nodes + 1), 0.5 * weights
     if rule == "riemann_trapezoid":
         weights = np.full(steps, 1.0 / (steps - 1))
