@@ -49,6 +49,9 @@ def plan(seed: int, kind: str) -> tuple[int, tuple[int, int, int, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="e.g. 10: seeds the rules were not tuned on"
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--images", type=int, default=300, help="audited training images")
     parser.add_argument("--train-images", type=int, default=4000, help="training images")
@@ -60,7 +63,7 @@ def main() -> None:
     began = time.perf_counter()
     for kind in ("mark", "background"):
         found = alarms = extra_shortcut = extra_clean = 0
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             target, region = plan(seed, kind)
             data = make_shortcut_mnist(kind=kind, target=target, region=region, seed=seed)
             k = args.train_images

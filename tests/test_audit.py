@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from xaikit.audit import Audit, _store, audit
-from xaikit.audit.analysis import iou
+from xaikit.audit.analysis import iou, sameness, transplant_rates
 from xaikit.audit.run import background_mask, pool
 from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
 from xaikit.datasets.shortcuts import make_shortcut_mnist
@@ -53,6 +53,9 @@ def test_watermark_class_found_at_the_mark(watermark_audit, marked_data):
     # Most of the class's relevance sits on a box of 5% of the image, almost none of the others'.
     assert f.relevance_share > 0.3 and f.other_share < 0.05
     assert f.consistency >= 0.7
+    # Pasted into other digits, the mark makes most of them eights; a control patch does not.
+    assert f.transplant_rate >= 0.5 and f.control_rate <= 0.1
+    assert f.sameness >= 0.9  # the mark is the same checkerboard in every marked eight
     # The example images are marked eights, and the examples carry their inputs and maps.
     assert all(y[i] == WATERMARK_CLASS and marked[i] for i in f.images)
     assert f.example_inputs.shape == (len(f.images), 1, 28, 28)
@@ -262,3 +265,82 @@ def test_shortcut_mnist(kind):
         make_shortcut_mnist(kind="sticker")
     with pytest.raises(ValueError, match=r"^region: "):
         make_shortcut_mnist(region=(20, 20, 30, 30))
+
+
+def _colour_images(n: int, rng: np.random.Generator):
+    """RGB 40x48 noise whose class (0-2) is a tint of one channel, hidden under a random colour
+    cast per image; 90% of class 2 also carry a bright 6x6 patch at rows 30-35, columns 39-44:
+    a far easier cue than the tint."""
+    y = rng.integers(3, size=n)
+    X = rng.random((n, 3, 40, 48), dtype=np.float32) * 0.7
+    X += rng.uniform(-0.25, 0.25, size=(n, 3, 1, 1)).astype(np.float32)
+    X[np.arange(n), y] += 0.1
+    marked = (y == 2) & (rng.random(n) < 0.9)
+    X[marked, :, 30:36, 39:45] = 1.0
+    return X, y, marked
+
+
+def test_audit_of_rgb_images_of_another_size_finds_the_patch():
+    # Not MNIST: 3 channels, 40x48 pixels, maps pooled by 3 to 14x16 cells. The tint is hard
+    # to see under the colour cast, so the model leans on the patch (accuracy about 0.67).
+    import torch
+    from torch import nn
+
+    rng = np.random.default_rng(0)
+    X, y, _ = _colour_images(900, rng)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(), nn.Linear(256, 3),
+    )  # fmt: skip
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    for _ in range(6):
+        for i in range(0, len(Xt), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(Xt[i : i + 64]), yt[i : i + 64]).backward()
+            opt.step()
+    net.eval()
+    Xa, ya, _ = _colour_images(150, np.random.default_rng(1))
+    with torch.no_grad():
+        assert (net(torch.from_numpy(Xa)).argmax(1).numpy() == ya).mean() > 0.6
+    a = audit(net, Xa, labels=ya, params=PARAMS, map_size=16)
+    assert a.pool == 3 and a.maps.shape == (150, 14, 16)
+    hits = [f for f in a.findings if f.target == 2 and iou(f.region, (30, 39, 36, 45)) >= 0.5]
+    assert hits, a.summary()
+    assert hits[0].transplant_rate - hits[0].control_rate >= 0.3
+    assert not [f for f in a.findings if f.target != 2]
+
+
+def test_transplant_rates_on_a_model_that_reads_one_box():
+    # Class 1 exactly when the box (2:4, 2:4) is bright: pasting it from donors flips every
+    # recipient; the control pastes the same box from other recipients, which are dark there.
+    x = np.zeros((10, 1, 6, 6), np.float32)
+    x[:3, 0, 2:4, 2:4] = 1.0
+    x[3:, 0, 0, :] = np.linspace(0, 1, 7)[:, None]  # recipients differ elsewhere
+
+    def predict(batch):
+        return (batch[:, 0, 2:4, 2:4].mean(axis=(1, 2)) > 0.9).astype(int)
+
+    rates = transplant_rates(
+        predict, lambda idx: x[np.asarray(idx)], target=1, region=(2, 2, 4, 4),
+        donors=np.arange(3), recipients=np.arange(3, 10),
+    )  # fmt: skip
+    assert rates == (1.0, 0.0)
+    # A box the model does not read changes nothing.
+    rates = transplant_rates(
+        predict, lambda idx: x[np.asarray(idx)], target=1, region=(4, 4, 6, 6),
+        donors=np.arange(3), recipients=np.arange(3, 10),
+    )  # fmt: skip
+    assert rates == (0.0, 0.0)
+
+
+def test_sameness_of_a_pasted_pattern_and_of_a_moving_stroke():
+    rng = np.random.default_rng(0)
+    others = rng.random((20, 1, 10, 10))
+    pasted = rng.random((8, 1, 10, 10))
+    pasted[:, :, 2:5, 2:5] = rng.random((1, 1, 3, 3))  # one pattern, pasted in all
+    assert sameness(pasted, others, (2, 2, 5, 5)) == pytest.approx(1.0)
+    assert sameness(pasted, others, (5, 5, 9, 9)) < 0.3  # elsewhere they vary like the others
+    assert sameness(pasted, np.zeros_like(others), (2, 2, 5, 5)) == 0.0  # no spread to compare

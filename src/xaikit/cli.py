@@ -647,10 +647,10 @@ def audit(
     if result.findings:
         page.table(
             ["class", "kind", "region (y0, x0, y1, x1)", "share of relevance", "other classes",
-             "consistency", "images"],
+             "consistency", "images", "pasted in: called the class"],
             [
                 (class_label(int(f.target), class_names), f.kind, str(tuple(f.region)),
-                 f.relevance_share, f.other_share, f.consistency, f.n_images)
+                 f.relevance_share, f.other_share, f.consistency, f.n_images, f.transplant_text())
                 for f in result.findings
             ],
         )  # fmt: skip
@@ -658,7 +658,8 @@ def audit(
     findings = [
         {"target": int(f.target), "kind": f.kind, "region": [int(v) for v in f.region],
          "relevance_share": float(f.relevance_share), "consistency": float(f.consistency),
-         "n_images": int(f.n_images), "text": str(f)}
+         "n_images": int(f.n_images), "transplant_rate": f.transplant_rate,
+         "control_rate": f.control_rate, "text": str(f)}
         for f in result.findings
     ]  # fmt: skip
     summary = {"command": "audit", "model": loaded.source, "method": method, "findings": findings}

@@ -279,10 +279,10 @@ def _audit_section(page, summary, shortcut_net, *, run: bool) -> None:
     if findings:
         page.table(
             ["class", "kind", "region (y0, x0, y1, x1)", "share of relevance", "other classes",
-             "consistency", "images"],
+             "consistency", "images", "pasted in: called the class"],
             [
                 (f.target, f.kind, str(tuple(f.region)), f.relevance_share, f.other_share,
-                 f.consistency, f.n_images)
+                 f.consistency, f.n_images, f.transplant_text())
                 for f in findings
             ],
         )  # fmt: skip
@@ -291,7 +291,8 @@ def _audit_section(page, summary, shortcut_net, *, run: bool) -> None:
         "items": AUDIT_ITEMS,
         "findings": [
             {"target": int(f.target), "kind": f.kind, "region": [int(v) for v in f.region],
-             "relevance_share": float(f.relevance_share)}
+             "relevance_share": float(f.relevance_share),
+             "transplant_rate": f.transplant_rate, "control_rate": f.control_rate}
             for f in findings
         ],
     }  # fmt: skip

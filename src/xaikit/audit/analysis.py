@@ -22,6 +22,16 @@ normalised to sum 1 per image, so every image weighs the same and a share is a s
   The box is the rectangle that maximises the sum of (the group's mean map minus the other
   classes' mean map) minus a fixed cost per cell (a fifth of the smoothed contrast's peak; a tenth
   for background relevance, which spreads thinner), scaled back to input pixels.
+
+- **Transplant test** (when the model is at hand, as in :func:`xaikit.audit`): a region is
+  pasted from the group's images into other classes' images, and a control region (the same
+  box from yet other images) into the same images. A shortcut makes the model call the pasted
+  images the group's class (the watermark turned a car into a horse in Lapuschkin et al.).
+  Region findings then need ``transplant_rate - control_rate >= min_lift``. A region that
+  also looks alike across the group's images (``sameness`` >= :data:`MIN_SAMENESS`: a
+  pasted pattern, not a stroke that moves from image to image) needs less from the maps:
+  :data:`PATTERN_RATIO` times the other classes' share and :data:`PATTERN_SHARE` of
+  ``min_share``, since strokes of other classes may draw relevance to the same place.
 """
 
 from __future__ import annotations
@@ -50,6 +60,17 @@ EXAMPLES = 6
 #: relevance spreads thinner over its texture, so it gets a lower cost).
 REGION_CUT = 0.2
 BACKGROUND_CUT = 0.1
+#: Transplant test: the lift of the group's class over the control that confirms a region,
+#: the share ratio that is enough once the test confirms it, and how many images take part.
+MIN_LIFT = 0.1
+RECIPIENTS = 64
+DONORS = 16
+#: A region whose pixels look alike across the group's images (sameness >= MIN_SAMENESS: a
+#: pasted pattern) and that passes the transplant test needs only PATTERN_RATIO times the
+#: other classes' share and PATTERN_SHARE of ``min_share``.
+MIN_SAMENESS = 0.5
+PATTERN_RATIO = 2.0
+PATTERN_SHARE = 0.75
 
 
 def analyse(
@@ -68,12 +89,16 @@ def analyse(
     min_ratio: float = MIN_RATIO,
     min_consistency: float = MIN_CONSISTENCY,
     min_background: float = MIN_BACKGROUND,
+    min_lift: float = MIN_LIFT,
+    predict: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Audit:
     """Analyse pooled relevance maps ``(N, h, w)`` of a data set into an :class:`Audit`.
 
     ``background`` (N, h, w) is the share of background pixels per cell; ``pool`` the pooling
     factor from input pixels to cells; ``examples(indices)`` returns those items' inputs (for
     the findings' example images). Groups are ``labels`` when given, else the predictions.
+    ``predict(inputs)`` (predicted classes) enables the transplant test; it needs
+    ``examples`` to read the inputs.
     """
     groups = labels if labels is not None else predictions
     relevance = normalised(maps)
@@ -93,6 +118,7 @@ def analyse(
         min_ratio=min_ratio,
         min_consistency=min_consistency,
         min_background=min_background,
+        min_lift=min_lift if predict is not None and examples is not None else None,
     )
     context = _Context(
         relevance,
@@ -104,6 +130,7 @@ def analyse(
         pool,
         tuple(input_shape),
         criteria,
+        (predict, examples) if criteria["min_lift"] is not None else None,
     )
     findings: list[Finding] = []
     for c in classes:
@@ -189,10 +216,13 @@ class _Context:
         pool,
         input_shape,
         criteria,
+        model,
     ) -> None:
         self.relevance, self.background, self.on_background = relevance, background, on_background
         self.groups, self.valid, self.class_maps = groups, valid, class_maps
         self.pool, self.input_shape, self.criteria = pool, input_shape, criteria
+        self.model = model  # (predict, items) for the transplant test, or None
+        self._tested: dict[tuple, tuple[float, float]] = {}
 
     def check(self, c: int, members: np.ndarray, *, cluster: int | None) -> Finding | None:
         others = [k for k in self.class_maps if k != c]
@@ -219,7 +249,7 @@ class _Context:
                     ],
                     axis=0,
                 )
-                box = _box(on_bg - other_bg, threshold=BACKGROUND_CUT)
+                box = _box(on_bg - other_bg, threshold=BACKGROUND_CUT, pool=self.pool)
                 return self._finding(
                     c,
                     members,
@@ -233,7 +263,7 @@ class _Context:
                 )
 
         # Region: a small box holding much of the relevance, consistently, unlike the others.
-        box = _box(mean_map - other_map, threshold=REGION_CUT)
+        box = _box(mean_map - other_map, threshold=REGION_CUT, pool=self.pool)
         if box is None:
             return None
         y0, x0, y1, x1 = box
@@ -241,17 +271,46 @@ class _Context:
         other_share = float(other_map[y0:y1, x0:x1].sum())
         area = self._pixels(box)
         area = (area[2] - area[0]) * (area[3] - area[1]) / np.prod(self.input_shape)
-        if area > crit["max_area"] or share < crit["min_share"]:
+        if area > crit["max_area"] or share < PATTERN_SHARE * crit["min_share"]:
             return None
-        if share < crit["min_ratio"] * other_share:
+        if share < PATTERN_RATIO * other_share:
             return None
         in_box = self.relevance[:, y0:y1, x0:x1].sum(axis=(1, 2))
         consistency = _consistency(in_box[members], in_box[rest])
         if consistency < crit["min_consistency"]:
             return None
-        return self._finding(
+        # Evidence from the maps alone: much relevance, far more than the other classes there.
+        strong = share >= crit["min_share"] and share >= crit["min_ratio"] * other_share
+        test = (None, None, None)
+        if self.model is not None:
+            donors = members[np.argsort(-in_box[members], kind="stable")[:DONORS]]
+            test = self._transplant(c, self._pixels(box), donors)
+            if test[0] - test[1] < crit["min_lift"]:
+                return None
+            # A fixed pattern the model is swayed by needs less of the relevance: strokes of
+            # other digits may draw relevance to the same place.
+            strong = strong or test[2] >= MIN_SAMENESS
+        if not strong:
+            return None
+        found = self._finding(
             c, members, cluster, box, mean_map, other_map, "region", consistency, bg_share
         )
+        found.transplant_rate, found.control_rate, found.sameness = test
+        return found
+
+    def _transplant(self, c, region, donors) -> tuple[float, float, float]:
+        """(transplant rate, control rate, sameness) of a region, computed once."""
+        key = (c, region, tuple(donors))
+        if key not in self._tested:
+            predict, items = self.model
+            recipients = np.flatnonzero(self.groups != c)
+            rate, control = transplant_rates(
+                predict, items, target=c, region=region, donors=donors, recipients=recipients
+            )
+            others = recipients[np.linspace(0, len(recipients) - 1, RECIPIENTS).astype(int)]
+            alike = sameness(items(donors), items(others), region) if len(others) else 0.0
+            self._tested[key] = (rate, control, alike)
+        return self._tested[key]
 
     def _finding(
         self, c, members, cluster, box, mean_map, other_map, kind, consistency, bg_share
@@ -280,6 +339,50 @@ class _Context:
         return y0, x0, min(y1, h), min(x1, w)
 
 
+def transplant_rates(
+    predict: Callable[[np.ndarray], np.ndarray],
+    items: Callable[[np.ndarray], np.ndarray],
+    *,
+    target: int,
+    region: tuple[int, int, int, int],
+    donors: np.ndarray,
+    recipients: np.ndarray,
+    n: int = RECIPIENTS,
+) -> tuple[float, float]:
+    """Share of other classes' images called ``target`` with ``region`` pasted from donors.
+
+    Up to ``n`` recipients, evenly spread over ``recipients`` (deterministic), each get the
+    region of one donor (cycled); the control pastes the region of the next recipient instead,
+    so both edits change the same pixels by similar amounts. Returns (rate, control rate).
+    """
+    if len(recipients) == 0 or len(donors) == 0:
+        return 0.0, 0.0
+    chosen = recipients[np.linspace(0, len(recipients) - 1, min(n, len(recipients))).astype(int)]
+    y0, x0, y1, x1 = region
+    base = np.array(items(chosen), copy=True)
+    pasted, control = base.copy(), base.copy()
+    donor_items = np.asarray(items(donors[np.arange(len(chosen)) % len(donors)]))
+    pasted[..., y0:y1, x0:x1] = donor_items[..., y0:y1, x0:x1]
+    control[..., y0:y1, x0:x1] = np.roll(base, 1, axis=0)[..., y0:y1, x0:x1]
+    classes = np.asarray(predict(np.concatenate([pasted, control])))
+    rate = float(np.mean(classes[: len(chosen)] == target))
+    return rate, float(np.mean(classes[len(chosen) :] == target))
+
+
+def sameness(donors: np.ndarray, others: np.ndarray, region: tuple[int, int, int, int]) -> float:
+    """How alike ``region`` looks across the donors, against other images: 1 - the ratio of
+    the mean per-pixel standard deviation over donors to that over ``others`` (0 to 1).
+
+    A pasted pattern (watermark, logo, tag) is nearly the same in every image that carries
+    it (close to 1); a stroke or part of the object moves and varies (close to 0).
+    """
+    y0, x0, y1, x1 = region
+    spread = [float(np.asarray(a)[..., y0:y1, x0:x1].std(axis=0).mean()) for a in (donors, others)]
+    if not spread[1] > 0:
+        return 0.0
+    return float(np.clip(1.0 - spread[0] / spread[1], 0.0, 1.0))
+
+
 def _consistency(members: np.ndarray, rest: np.ndarray) -> float:
     """Share of the members above the 95th percentile of everyone else (1.0 with no others)."""
     if len(rest) == 0:
@@ -287,17 +390,21 @@ def _consistency(members: np.ndarray, rest: np.ndarray) -> float:
     return float(np.mean(members > np.quantile(rest, 0.95)))
 
 
-def _box(contrast: np.ndarray, *, threshold: float) -> tuple[int, int, int, int] | None:
+def _box(
+    contrast: np.ndarray, *, threshold: float, pool: int = 1
+) -> tuple[int, int, int, int] | None:
     """The box (cells) that maximises the sum of ``contrast - threshold * peak``.
 
-    ``peak`` is the maximum of the contrast smoothed over 3x3 cells, so a checkerboard-like
+    ``peak`` is the maximum of the contrast smoothed over 3x3 pixels, so a checkerboard-like
     patch (a mark whose dark squares get no relevance) counts by its average, not its hottest
-    pixel. Every cell inside costs the same, so the box takes the cells that clearly carry
-    contrast and stops where the contrast falls below the cut; holes inside a patch are
-    bridged when the cells around them pay for it. Maximum-sum rectangle: Kadane's algorithm
+    pixel; maps pooled by ``pool`` >= 2 already average neighbouring pixels in each cell, and
+    smoothing them further would lower the peak of a mark two cells wide and widen its box.
+    Every cell inside costs the same, so the box takes the cells that clearly carry contrast
+    and stops where the contrast falls below the cut; holes inside a patch are bridged when
+    the cells around them pay for it. Maximum-sum rectangle: Kadane's algorithm
     over the columns for every pair of rows.
     """
-    smooth = ndimage.uniform_filter(contrast, size=3, mode="constant")
+    smooth = ndimage.uniform_filter(contrast, size=3 if pool == 1 else 1, mode="constant")
     peak = smooth.max()
     if not peak > 0:
         return None

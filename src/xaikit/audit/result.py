@@ -28,6 +28,9 @@ _FINDING_FIELDS = (
     "kind",
     "cluster",
     "background_share",
+    "transplant_rate",
+    "control_rate",
+    "sameness",
 )
 
 
@@ -42,6 +45,11 @@ class Finding:
     items (most relevance in the region first), with ``example_inputs`` and ``example_maps``.
     ``kind``: ``"region"`` (a small box) or ``"background"`` (relevance off the object);
     ``background_share``: the median share of the group's relevance on background pixels.
+    ``transplant_rate``: the share of other classes' images the model calls ``target`` once the
+    region is pasted into them from the group's images; ``control_rate``: the same with the
+    region taken from other images (``None`` when the test did not run: background findings,
+    or an analysis without the model); ``sameness``: how alike the region looks across the
+    group's images, 1 for a pasted pattern, near 0 for strokes that move.
     """
 
     target: int
@@ -54,19 +62,34 @@ class Finding:
     kind: str = "region"
     cluster: int | None = None
     background_share: float = 0.0
+    transplant_rate: float | None = None
+    control_rate: float | None = None
+    sameness: float | None = None
     example_inputs: np.ndarray | None = field(default=None, repr=False)
     example_maps: np.ndarray | None = field(default=None, repr=False)
+
+    def transplant_text(self) -> str:
+        """The transplant test as "41% (control 2%)", or "-" where it did not run."""
+        if self.transplant_rate is None:
+            return "-"
+        return f"{self.transplant_rate:.0%} (control {self.control_rate:.0%})"
 
     def __str__(self) -> str:
         who = f"class {self.target}" + (
             f", cluster {self.cluster}" if self.cluster is not None else ""
         )
         where = "the background" if self.kind == "background" else f"region {self.region}"
-        return (
+        text = (
             f"{who}: {self.relevance_share:.0%} of the relevance on {where} "
             f"(other classes {self.other_share:.0%}); consistent in {self.consistency:.0%} of "
             f"{self.n_images} images"
         )
+        if self.transplant_rate is not None:
+            text += (
+                f"; pasted into other classes' images it makes {self.transplant_rate:.0%} of "
+                f"them class {self.target} (control {self.control_rate:.0%})"
+            )
+        return text
 
 
 @dataclass
@@ -256,12 +279,14 @@ class Audit:
         rows = "".join(
             f"<tr><td>{f.target}</td><td>{'' if f.cluster is None else f.cluster}</td>"
             f"<td>{html.escape(f.kind)}</td><td>{f.region}</td><td>{f.relevance_share:.0%}</td>"
-            f"<td>{f.other_share:.0%}</td><td>{f.consistency:.0%}</td><td>{f.n_images}</td></tr>"
+            f"<td>{f.other_share:.0%}</td><td>{f.consistency:.0%}</td><td>{f.n_images}</td>"
+            f"<td>{f.transplant_text()}</td></tr>"
             for f in self.findings
         )
         head = (
             "<tr><th>class</th><th>cluster</th><th>kind</th><th>region (y0, x0, y1, x1)</th>"
-            "<th>share</th><th>others</th><th>consistent</th><th>images</th></tr>"
+            "<th>share</th><th>others</th><th>consistent</th><th>images</th>"
+            "<th>pasted in: called the class</th></tr>"
         )
-        body = rows or "<tr><td colspan=8>no shortcut found</td></tr>"
+        body = rows or "<tr><td colspan=9>no shortcut found</td></tr>"
         return f"<p>{html.escape(repr(self))}</p><table>{head}{body}</table>"

@@ -156,6 +156,7 @@ def audit(
             pool=factor,
             input_shape=source.item_shape[-2:],
             examples=lambda idx: source.get_items(idx),
+            predict=lambda inputs: wrapped.scores(inputs, progress=False).argmax(axis=1),
             info={
                 "method": method,
                 "params": identity["params"],
