@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import xaikit as xk
-from xaikit.attribution.kernel_shap import shapley_pairs, walsh_kernel
+from xaikit.attribution.kernel_shap import product_kernel, product_kernel_shapley, shapley_pairs
 
 
 def mlp(features: int, outputs: int = 3, seed: int = 0) -> nn.Module:
@@ -103,6 +103,20 @@ def test_linear_model_with_background_gives_w_times_x_minus_mean(samples):
     np.testing.assert_allclose(e.component_values, want, rtol=1e-4, atol=1e-6)
     expected = linear(torch.from_numpy(background)).detach().numpy()[:, 1].mean()
     assert e.info["expected_value"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("samples", [40, 100, 200])
+def test_games_of_one_or_two_components_are_exact_when_sampled(samples):
+    # the surrogate's interactions weigh by main effects: all but two near zero must still fit
+    x = np.random.default_rng(0).normal(size=8)
+    games = {
+        (lambda b: np.tanh(b[:, 2:3])): np.eye(8)[2] * np.tanh(x[2]),
+        (lambda b: (b[:, 1] * b[:, 2])[:, None]): (np.eye(8)[1] + np.eye(8)[2]) * x[1] * x[2] / 2,
+    }
+    for game, want in games.items():
+        model = xk.Model(game, output="scores")
+        e = xk.explain(model, x, method="kernel_shap", samples=samples, baseline=0.0)
+        assert np.allclose(e.component_values, want, atol=1e-12)
 
 
 def test_linear_regression_callable_with_background():
@@ -279,14 +293,24 @@ def test_pairs_are_distinct_complementary_and_within_budget():
     assert (np.bincount(sizes)[1] == 12) and set(sizes) == set(range(1, 7))  # size 1 enumerated
 
 
-def test_walsh_kernel_equals_the_sum_of_parities():
-    m, rng = 6, np.random.default_rng(0)
+def test_product_kernel_is_its_weighted_odd_parities_and_its_shapley_values_exact():
+    m, rng = 7, np.random.default_rng(0)
+    c = rng.uniform(0, 0.9, m)
     s, t = rng.choice([-1.0, 1.0], size=(2, m))
-    distance = (m - s @ t) / 2
-    for d in range(m + 1):
-        parities = [np.prod(s[list(c)] * t[list(c)]) for c in _subsets(m, d)]
-        unit = np.eye(m + 1)[d]
-        assert walsh_kernel(m, distance, unit) == pytest.approx(np.mean(parities))
+    odd = [d for d in range(3, m + 1, 2)]  # degree >= 3, odd: the linear part is left out
+    want = sum(np.prod(c[list(T)] * s[list(T)] * t[list(T)]) for d in odd for T in _subsets(m, d))
+    assert product_kernel(s[None], t[None], c)[0, 0] * np.prod(1 + c) == pytest.approx(want)
+    # Shapley values of the game z -> kernel(s, 2z - 1), by the formula over all coalitions
+    codes = np.arange(2**m)
+    z = ((codes[:, None] >> np.arange(m)) & 1).astype(bool)
+    v = product_kernel(s[None], np.where(z, 1.0, -1.0), c)[0]
+    size = z.sum(axis=1)
+    phi = np.zeros(m)
+    for i in range(m):
+        without = codes[~z[:, i]]
+        weight = [math.factorial(k) * math.factorial(m - k - 1) for k in size[without]]
+        phi[i] = (np.array(weight) / math.factorial(m) * (v[without | 1 << i] - v[without])).sum()
+    assert np.allclose(product_kernel_shapley(s[None], c)[0], phi, atol=1e-14)
 
 
 def _subsets(m, d):

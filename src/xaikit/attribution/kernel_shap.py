@@ -20,15 +20,20 @@ Otherwise three things make each model evaluation count:
    Shapley values are known in closed form, plus KernelSHAP on the residual:
    ``phi = phi(g) + phi_kernelshap(v - g)``, still exact in efficiency and exact once every
    coalition is evaluated. ``g`` is linear (unpenalised, so additive games stay exact) plus a
-   kernel ridge part over Walsh (parity) functions of odd degree 3, 5, ..., one weight per
-   degree; in the ±1 coding that kernel depends only on the Hamming distance, through
-   Krawtchouk polynomials (O'Donnell 2014, ch. 1). A parity on a set ``T`` gives each member
-   ``2 / |T|``, hence ``phi(g)`` in closed form. The weights' decay and the ridge are chosen by
-   leave-one-out error on the evaluated pairs.
+   kernel ridge part over Walsh (parity) functions of odd degree 3, 5, ... in the ±1 coding. A
+   parity on a set ``T`` gets prior weight ``prod_{j in T} c_j`` with ``c_j`` the strength times
+   component j's main effect relative to the largest (heredity: strong interactions mostly join
+   components with strong main effects), which sums to a product kernel in closed form. A parity
+   on ``T`` gives each member ``2 / |T|``, so ``phi(g)`` is an integral of the product, exact by
+   Gauss-Legendre. The strength is chosen by leave-one-out error on the evaluated pairs (at most
+   64: from 64 components on, plain KernelSHAP). On random MLP games (M = 12) this cut the error
+   by about 15% against a kernel with one weight per degree; on a gradient-boosted tabular model
+   by 3-5x (from 128 coalitions on, M = 10).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Any
@@ -42,12 +47,11 @@ from xaikit.model import Model
 
 REFERENCE = "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions, NeurIPS"
 
-# Surrogate: the linear part free, odd Walsh degrees 3 .. _MAX_DEGREE weighted 1, r5, r5^2, ...;
-# r5 chosen by leave-one-out on at most _LOO_PAIRS pairs (bounded cost). On 96 ReLU-MLP games
-# (M = 12) a wider r5 grid, a ridge grid or 128-256 LOO pairs changed the error by < 2%.
-_MAX_DEGREE = 15
-_R5 = (0.1, 0.3, 1.0)
-_RIDGES = (1e-2,)  # relative to the kernel's diagonal
+# Surrogate: the linear part free, interactions weighted by c = strength * relevance, the
+# strength chosen by leave-one-out on at most _LOO_PAIRS pairs (bounded cost).
+_STRENGTHS = (0.3, 0.6, 0.9)
+_RIDGE = 1e-2  # relative to the kernel's diagonal
+_FLOOR = 0.01  # least relevance of a component
 _LOO_PAIRS = 64
 _ENUMERATE_MAX = 2**20  # a stratum is enumerated and subsampled below this many subsets
 
@@ -203,61 +207,81 @@ def constrained_wls(z: np.ndarray, weights: np.ndarray, y: np.ndarray, total: fl
     return solution[:m]
 
 
-def walsh_kernel(n: int, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``sum_d weights[..., d] K_d(x; n) / C(n, d)``: Walsh functions of degree d at distance x.
+def product_kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Odd part, less its linear terms, of ``prod_j (1 + c_j a_j b_j)`` for ±1 rows a and b.
 
-    ``K_d`` are Krawtchouk polynomials, evaluated by their three-term recurrence in normalised
-    form (values in [-1, 1]), two degrees held at a time. ``weights`` ``(D+1,)`` gives one
-    kernel; ``(k, D+1)`` gives ``k`` kernels from one pass.
+    Expanded, a parity on ``T`` gets weight ``prod_{j in T} c_j``. The odd part is
+    ``prod sqrt(1 - c^2) sinh(sum_j atanh(c_j) a_j b_j)``; all is divided by ``prod (1 + c)``
+    (the largest value of the product) so that it stays finite for many components.
     """
-    x = np.asarray(x, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64)
-    previous, current = np.zeros_like(x), np.ones_like(x)
-    total = np.multiply.outer(weights[..., 0], current)
-    for d in range(min(weights.shape[-1] - 1, n)):
-        previous, current = current, ((n - 2 * x) * current - d * previous) / (n - d)
-        if np.any(weights[..., d + 1]):
-            total += np.multiply.outer(weights[..., d + 1], current)
-    return total
+    scale = np.log1p(c).sum()
+    x = (a * np.arctanh(c)) @ b.T
+    base = 0.5 * np.log1p(-(c**2)).sum() - scale
+    return (np.exp(base + x) - np.exp(base - x)) / 2 - (a * c) @ b.T * np.exp(-scale)
+
+
+def product_kernel_shapley(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Shapley values ``(n, m)`` of each game ``s -> product_kernel(a_p, s, c)``.
+
+    A parity on ``T`` gives each member ``2 / |T|``; summed over the ``T`` holding ``i``, with
+    ``1 / |T| = int_0^1 tau^(|T|-1)``: ``phi_i = c_i a_i int_0^1 (P+ + P-) dtau`` less the linear
+    ``2 c_i a_i``, where ``P± = prod_{j != i} (1 ± tau c_j a_j)``. The integrand is a polynomial
+    of degree m - 1, integrated exactly by Gauss-Legendre with ``ceil(m / 2)`` nodes.
+    """
+    tau, weights = _gauss_legendre((len(c) + 1) // 2)
+    scale = np.log1p(c).sum()
+    # prod_j (1 ± tau c_j a_j) = exp(middle ± x), divided by prod(1 + c) like the kernel
+    middle = np.log1p(-((tau * c) ** 2)).sum(axis=1) / 2 - scale
+    x = a @ np.arctanh(tau * c).T  # (n, nodes)
+    plus, minus = np.exp(middle + x), np.exp(middle - x)
+    # leaving j = i out: P+ / (1 + y) + P- / (1 - y) = (P+ + P- - y (P+ - P-)) / (1 - y^2) with
+    # y = tau c_i a_i, and 1 - y^2 does not depend on a: two matrix products over the nodes
+    inverse = 1 / (1 - (tau * c) ** 2)  # (nodes, m)
+    ac = a * c
+    both, odd = weights * (plus + minus), weights * tau[:, 0] * (plus - minus)
+    total = both @ inverse - ac * (odd @ inverse)
+    return ac * total - 2 * ac * np.exp(-scale)
+
+
+@functools.lru_cache(maxsize=64)
+def _gauss_legendre(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes ``(nodes, 1)`` and weights on [0, 1]; cached (an eigenproblem)."""
+    tau, weights = np.polynomial.legendre.leggauss(nodes)
+    tau, weights = (tau[:, None] + 1) / 2, weights / 2
+    tau.flags.writeable = weights.flags.writeable = False  # shared by every call
+    return tau, weights
 
 
 def _adjusted(z: np.ndarray, w: np.ndarray, v: np.ndarray, rng) -> np.ndarray:
-    """``phi(g) + KernelSHAP(v - g)`` with ``g`` a spectral kernel ridge fit of the odd part.
+    """``phi(g) + KernelSHAP(v - g)`` with ``g`` a kernel ridge fit of the odd part.
 
     ``g = s . beta + h``: the linear part unpenalised (so an additive game stays exact, as
-    KernelSHAP is on it), ``h`` a kernel ridge fit with Walsh degrees 3, 5, ... whose weights
-    decay by ``r5`` per two degrees; ``r5`` and the ridge are chosen by leave-one-out.
+    KernelSHAP is on it), ``h`` a kernel ridge fit whose interactions are weighted by the main
+    effects of their members (:func:`product_kernel`); their strength is chosen by leave-one-out.
     """
     m, n = z.shape[1], len(z) // 2  # z = [representatives, their complements]
     reps = np.concatenate([np.ones((1, m), dtype=bool), z[:n]])  # the ends are a pair too
     u = np.concatenate([[v[1] - v[0]], v[2 : 2 + n] - v[2 + n :]]) / 2
     signs = np.where(reps, 1.0, -1.0)
-    # Hamming distances are integers 0..m: kernels are tables over them, looked up by index
-    distance = np.rint((m - signs @ signs.T) / 2).astype(np.intp)
-    grid = np.arange(m + 1)
-    top = min(m, _MAX_DEGREE) - (1 - min(m, _MAX_DEGREE) % 2)  # highest odd degree used
+    # heredity: in fitted models strong interactions mostly join components with strong main
+    # effects, so a parity's prior weight is the product of its members' (least-squares) effects
+    main = np.abs(np.linalg.lstsq(signs, u, rcond=None)[0])
+    # floored: a kernel with fewer than three weighted components would be all zero
+    relevance = np.maximum(main / main.max(), _FLOOR) if main.max() > 0 else np.ones(m)
     subset = rng.choice(len(u), size=min(len(u), _LOO_PAIRS), replace=False)
-    near = distance[np.ix_(subset, subset)]
-    degree_tables = walsh_kernel(m, grid, np.eye(top + 1)[3::2])  # one per odd degree >= 3
-    best = (np.inf, None, None)
-    for ridge, r5 in itertools.product(_RIDGES, _R5):
-        odd = r5 ** np.arange(len(degree_tables))
-        kernel = (odd @ degree_tables)[near]
-        fit = _semiparametric(kernel, ridge * odd.sum(), signs[subset], u[subset])
+    best = (np.inf, None)
+    for strength in _STRENGTHS:
+        c = strength * relevance
+        kernel = product_kernel(signs[subset], signs[subset], c)
+        fit = _semiparametric(kernel, _RIDGE * kernel[0, 0], signs[subset], u[subset])
         if fit[2] < best[0]:
-            best = (fit[2], odd, ridge)
-    _, odd, ridge = best
-    if odd is None:  # too few pairs to judge any surrogate: plain KernelSHAP
+            best = (fit[2], c)
+    c = best[1]
+    if c is None:  # too few pairs to judge any surrogate: plain KernelSHAP
         return constrained_wls(z, w, v[2:] - v[0], v[1] - v[0])
-    sigma = np.zeros(top + 1)
-    sigma[3::2] = odd  # weight of each Walsh degree 0..top: odd degrees from 3 on
-    kernel = walsh_kernel(m, grid, sigma)[distance]
-    beta, alpha, _ = _semiparametric(kernel, ridge * odd.sum(), signs, u, loo=False)
-    # a parity on T gives each member 2/|T|: phi_i(h) = sum_p alpha_p sum_d sigma_d (2/m) s_pi
-    # K_{d-1}(minus_{p,-i}; m-1) / C(m-1, d-1), with minus the -1 entries of s_p other than i
-    minus = (~reps).sum(axis=1, keepdims=True) - ~reps
-    lower = walsh_kernel(m - 1, np.arange(m), sigma[1:])[minus]
-    phi_g = 2 * beta + alpha @ (lower * signs * (2 / m))
+    kernel = product_kernel(signs, signs, c)
+    beta, alpha, _ = _semiparametric(kernel, _RIDGE * kernel[0, 0], signs, u, loo=False)
+    phi_g = 2 * beta + alpha @ product_kernel_shapley(signs, c)
     g = signs @ beta + kernel @ alpha  # the surrogate's odd part at each representative
     residual = v - np.concatenate([[-g[0], g[0]], g[1:], -g[1:]])
     return phi_g + constrained_wls(z, w, residual[2:] - residual[0], residual[1] - residual[0])
