@@ -8,17 +8,22 @@ control. Both are audited (Integrated Gradients) on the same marked images, so t
 the data in both runs and only the model differs.
 
 - found: the audit of the shortcut model reports the marked class with a region whose IoU with
-  the planted region is >= 0.5 (goal: >= 9 of 10 per kind);
+  the planted region is >= 0.5 (goal: >= 9 of 10 per kind, i.e. 90%);
 - false alarm: the audit of the clean model reports any class with a region of IoU >= 0.5 with
   the planted region (goal: <= 1 of 10 per kind). Other findings of either model are counted too.
 
-Run: ``.venv/bin/python benchmarks/audit_reliability.py [--seeds 10] [--epochs 12]``
-(options: ``--train-images``, ``--images``, ``--steps``).
+The finding rules (thresholds, the transplant test, sameness) were designed looking at seeds
+0-19 (``--seeds``); seeds 20-29 (``--held-out``) were run once afterwards, as a check on seeds
+they were not tuned on.
+
+Run: ``.venv/bin/python benchmarks/audit_reliability.py [--seeds 20] [--held-out 10]``
+(options: ``--epochs``, ``--train-images``, ``--images``, ``--steps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -48,10 +53,11 @@ def plan(seed: int, kind: str) -> tuple[int, tuple[int, int, int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=20, help="seeds the rules were designed on")
     parser.add_argument(
-        "--first-seed", type=int, default=0, help="e.g. 10: seeds the rules were not tuned on"
-    )
+        "--held-out", type=int, default=10,
+        help="further seeds (after the first --seeds) that the finding rules were not tuned on",
+    )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--images", type=int, default=300, help="audited training images")
     parser.add_argument("--train-images", type=int, default=4000, help="training images")
@@ -61,9 +67,13 @@ def main() -> None:
     clean_models: dict[int, object] = {}
     rows, summary = [], {}
     began = time.perf_counter()
-    for kind in ("mark", "background"):
+    # Seeds 0..seeds-1 are the ones the finding rules were designed on; the next ones are not.
+    sets = {"designed on": range(args.seeds)}
+    if args.held_out:
+        sets["held out"] = range(args.seeds, args.seeds + args.held_out)
+    for kind, (name, seeds) in itertools.product(("mark", "background"), sets.items()):
         found = alarms = extra_shortcut = extra_clean = 0
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for seed in seeds:
             target, region = plan(seed, kind)
             data = make_shortcut_mnist(kind=kind, target=target, region=region, seed=seed)
             k = args.train_images
@@ -94,17 +104,17 @@ def main() -> None:
                 f"{len(a.findings)} / {len(b.findings)} |"
             )
             print(rows[-1], f"({time.perf_counter() - began:.0f} s)", flush=True)
-        summary[kind] = (found, alarms, extra_shortcut, extra_clean)
+        summary[(kind, name, len(seeds))] = (found, alarms, extra_shortcut, extra_clean)
     header = [
         "| kind | seed | class | planted region | found | best IoU | share | finding kind | "
         "clean flagged there | findings (shortcut / clean) |",
         "|---|---:|---:|---|---|---:|---:|---|---|---|",
     ]
     lines = [
-        f"- {kind}: planted shortcut found and located (IoU >= 0.5) in {f}/{args.seeds} "
-        f"(goal >= 9/10); clean model flagged at that place in {c}/{args.seeds} (goal <= 1/10); "
+        f"- {kind}, seeds {name}: planted shortcut found and located (IoU >= 0.5) in {f}/{n} "
+        f"(goal >= 90%); clean model flagged at that place in {c}/{n} (goal <= 10%); "
         f"other findings: {es} on the shortcut models, {ec} on the clean models"
-        for kind, (f, c, es, ec) in summary.items()
+        for (kind, name, n), (f, c, es, ec) in summary.items()
     ]
     note = (
         f"SmallCNN trained {args.epochs} epochs on the first {args.train_images} training "
@@ -112,7 +122,9 @@ def main() -> None:
         "draws the marked class and the place); 85% of the class's training images carry the "
         f"shortcut. Audit: Integrated Gradients ({args.steps} Gauss-Legendre steps), the first "
         f"{args.images} training images with their labels. Mark: 6x6 checkerboard; background: "
-        "faint stripes (0.3) on the ink-free pixels of a 12x12 box. Total "
+        "faint stripes (0.3) on the ink-free pixels of a 12x12 box. Findings as in "
+        "docs/audit.md (region findings confirmed by the transplant test). The rules were "
+        f"designed on seeds 0-{args.seeds - 1}; the held-out seeds were run once afterwards. Total "
         f"{time.perf_counter() - began:.0f} s."
     )
     body = "\n".join([*lines, "", *header, *rows])

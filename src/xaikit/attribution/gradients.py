@@ -253,8 +253,6 @@ def integrated_gradients(
         if rule == "riemann_trapezoid" and steps < 2:
             raise ValueError("steps: the trapezoid rule needs at least 2 steps, got 1")
     if layer is not None:
-        if targets is None:
-            targets = model.scores(x).argmax(axis=1)
         return _layer_integrated_gradients(
             model, x, targets, baseline=baseline, steps=steps, rule=rule, layer=layer
         )
@@ -306,11 +304,14 @@ def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, lay
         raise ValueError('steps: "auto" is not available with layer=; give a number of steps')
     n = len(x)
     base = np.array(np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape))
-    # One pass over input and baseline: their layer outputs, and F(x), F(x') for completeness
-    scores, both_acts, _ = model.layer_gradients(
-        np.concatenate([x, base]), np.concatenate([targets, targets]), layer=layer,
-        as_numpy=False,
-    )  # fmt: skip
+    # One forward pass (no backward) over input and baseline: their layer outputs, the
+    # prediction, and F(x), F(x') for completeness.
+    model.find_layer(layer)  # a missing layer is named before any work
+    with model.layer(layer) as recording:
+        scores = model.scores(np.concatenate([x, base]), as_numpy=False)
+    both_acts = torch.cat(recording._activations)
+    if targets is None:
+        targets = scores[:n].argmax(dim=1).cpu().numpy()
     acts, base_acts = both_acts[:n], both_acts[n:]
     alphas, weights = path_rule(rule, steps)
     items = np.repeat(np.arange(n), steps)
