@@ -129,7 +129,7 @@ def surrogate(
     X : array (N, F)
         Data the surrogate should be faithful on. A held-out part (``test_size``) measures
         fidelity; the rest plus ``samples`` points drawn around it (Gaussian, each feature's
-        standard deviation scaled by 0.5) is labelled by the model and fitted.
+        standard deviation scaled by 0.2) is labelled by the model and fitted.
     kind : {"tree", "linear", "rules"}
         A decision tree of ``max_depth``; a sparse linear model (L1-penalised logistic
         regression or Lasso with strength ``alpha`` on standardised features); or the tree
@@ -154,7 +154,10 @@ def surrogate(
     names = _feature_names(feature_names, X.shape[1])
     rng = np.random.default_rng(seed)
     X_fit, X_test = train_test_split(X, test_size=test_size, random_state=seed)
-    spread = 0.5 * X_fit.std(axis=0)
+    # Close to the data: on 15 MLPs x 5 splits of the breast-cancer table a depth-4 tree's
+    # held-out fidelity averaged 0.959 with 0.2 std against 0.945 with 0.5 (points far off
+    # the data teach the tree boundaries that held-out rows never meet).
+    spread = 0.2 * X_fit.std(axis=0)
     extra = (
         X_fit[rng.integers(0, len(X_fit), samples)]
         + rng.normal(size=(samples, X.shape[1])) * spread
