@@ -38,6 +38,7 @@ normalised to sum 1 per image, so every image weighs the same and a share is a s
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -126,16 +127,16 @@ def analyse(
         min_lift=min_lift if predict is not None and examples is not None else None,
     )
     context = _Context(
-        relevance,
-        background,
-        on_background,
-        groups,
-        valid,
-        class_maps,
-        pool,
-        tuple(input_shape),
-        criteria,
-        (predict, examples) if criteria["min_lift"] is not None else None,
+        relevance=relevance,
+        background=background,
+        on_background=on_background,
+        groups=groups,
+        valid=valid,
+        class_maps=class_maps,
+        pool=pool,
+        input_shape=tuple(input_shape),
+        criteria=criteria,
+        model=(predict, examples) if criteria["min_lift"] is not None else None,
     )
     findings: list[Finding] = []
     for c in classes:
@@ -207,27 +208,21 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+@dataclass
 class _Context:
     """Everything the finding test of one class or cluster compares against."""
 
-    def __init__(
-        self,
-        relevance,
-        background,
-        on_background,
-        groups,
-        valid,
-        class_maps,
-        pool,
-        input_shape,
-        criteria,
-        model,
-    ) -> None:
-        self.relevance, self.background, self.on_background = relevance, background, on_background
-        self.groups, self.valid, self.class_maps = groups, valid, class_maps
-        self.pool, self.input_shape, self.criteria = pool, input_shape, criteria
-        self.model = model  # (predict, items) for the transplant test, or None
-        self._tested: dict[tuple, tuple[float, float]] = {}
+    relevance: np.ndarray
+    background: np.ndarray
+    on_background: np.ndarray
+    groups: np.ndarray
+    valid: np.ndarray
+    class_maps: dict[int, np.ndarray]
+    pool: int
+    input_shape: tuple[int, int]
+    criteria: dict[str, Any]
+    model: tuple | None  # (predict, items) for the transplant test, or None
+    _tested: dict[tuple, tuple[float, float, float]] = field(default_factory=dict)
 
     def check(self, c: int, members: np.ndarray, *, cluster: int | None) -> Finding | None:
         others = [k for k in self.class_maps if k != c]
@@ -315,7 +310,7 @@ class _Context:
             rate, control = transplant_rates(
                 predict, items, target=c, region=region, donors=donors, recipients=recipients
             )
-            others = recipients[np.linspace(0, len(recipients) - 1, RECIPIENTS).astype(int)]
+            others = spread_pick(recipients, RECIPIENTS)
             alike = sameness(items(donors), items(others), region) if len(others) else 0.0
             self._tested[key] = (rate, control, alike)
         return self._tested[key]
@@ -365,7 +360,7 @@ def transplant_rates(
     """
     if len(recipients) == 0 or len(donors) == 0:
         return 0.0, 0.0
-    chosen = recipients[np.linspace(0, len(recipients) - 1, min(n, len(recipients))).astype(int)]
+    chosen = spread_pick(recipients, n)
     y0, x0, y1, x1 = region
     base = np.array(items(chosen), copy=True)
     pasted, control = base.copy(), base.copy()
@@ -375,6 +370,11 @@ def transplant_rates(
     classes = np.asarray(predict(np.concatenate([pasted, control])))
     rate = float(np.mean(classes[: len(chosen)] == target))
     return rate, float(np.mean(classes[len(chosen) :] == target))
+
+
+def spread_pick(indices: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of ``indices``, evenly spread (the same ones every time)."""
+    return indices[np.linspace(0, len(indices) - 1, min(n, len(indices))).astype(int)]
 
 
 def sameness(donors: np.ndarray, others: np.ndarray, region: tuple[int, int, int, int]) -> float:
