@@ -46,11 +46,18 @@ def check_batch(x: Any, *, name: str = "x", item_shape: tuple[int, ...] | None =
             raise TypeError(
                 f"{name}: expected real numbers (float or integer dtype), got {describe(arr)}"
             )
+        # Any NumPy layout is accepted (flipped views have negative strides, which torch
+        # refuses): a copy is made only when the array is not C-contiguous.
+        arr = np.ascontiguousarray(arr)
     if arr.ndim < 1:
         raise ValueError(f"{name}: expected a batch with a leading item axis, got a scalar")
     if arr.shape[0] == 0:
         raise ValueError(
             f"{name}: expected at least one item, got an empty batch {tuple(arr.shape)}"
+        )
+    if 0 in arr.shape[1:]:
+        raise ValueError(
+            f"{name}: expected items with no empty axis, got batch shape {tuple(arr.shape)}"
         )
     if item_shape is not None and tuple(arr.shape[1:]) != tuple(item_shape):
         raise ValueError(
@@ -87,11 +94,21 @@ def check_targets(
     if isinstance(target, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a class index (int), got {describe(target)}")
     if isinstance(target, (int, np.integer)):
+        _check_index_fits(int(target), name=name, n_classes=n_classes)
         arr = np.full(n, int(target), dtype=np.int64)
     elif isinstance(target, (Sequence, np.ndarray)) and not isinstance(target, (str, bytes)):
         arr = np.asarray(target)
         if arr.ndim == 0:
             arr = np.full(n, arr.item())
+        if (
+            arr.dtype == object
+            and arr.size
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in arr.ravel())
+        ):  # Python ints beyond 64 bits
+            for t in arr.ravel():
+                _check_index_fits(t, name=name, n_classes=n_classes)
+        if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+            _check_index_fits(int(arr.max()), name=name, n_classes=n_classes)
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{name}: expected integer class indices, got {describe(arr)}")
         if arr.shape != (n,):
@@ -115,6 +132,13 @@ def check_targets(
             f"outputs, got {arr[bad][0]}"
         )
     return arr
+
+
+def _check_index_fits(value: int, *, name: str, n_classes: int | None) -> None:
+    """Refuse a class index too large for int64 with the range message, not an OverflowError."""
+    if not -(2**63) <= value < 2**63:
+        where = f"[0, {n_classes})" if n_classes is not None else "int64's range"
+        raise ValueError(f"{name}: expected class indices in {where}, got {value}")
 
 
 def check_positive_int(value: Any, *, name: str) -> int:

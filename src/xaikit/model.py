@@ -112,7 +112,7 @@ class Model:
             batch_size = check_positive_int(batch_size, name="batch_size")
         self.batch_size = batch_size
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        self.device = torch.device(device) if device is not None else _module_device(self.module)
+        self.device = _check_device(device) if device is not None else _module_device(self.module)
         held_on = _module_device(self.module)
         if self.module is not None and held_on.type != self.device.type:
             raise ValueError(
@@ -213,7 +213,7 @@ class Model:
         checked: list[bool] = []
 
         def step(xb, rows):
-            inp = self._to_tensor(xb).detach()
+            inp = self._to_tensor(xb, fresh=False).detach()
             if not inp.dtype.is_floating_point:
                 raise TypeError(
                     f"x: gradients need floating-point inputs, got dtype {inp.dtype}; for token "
@@ -221,7 +221,9 @@ class Model:
                 )
             inp.requires_grad_(True)
             with torch.enable_grad():
-                out = self._forward(inp)
+                # The forward gets a copy: a model that changes its input in place then works
+                # (autograd allows it on a non-leaf) and never reaches the caller's memory.
+                out = self._forward(inp.clone())
                 if targets is None:
                     tb = out.detach().argmax(dim=1)
                 else:
@@ -396,13 +398,19 @@ class Model:
             x = x.cpu().numpy()
         return x
 
-    def _to_tensor(self, xb) -> torch.Tensor:
+    def _to_tensor(self, xb, *, fresh: bool = True) -> torch.Tensor:
+        """``xb`` as a tensor of the model's dtype on its device.
+
+        ``fresh=True`` (the default) guarantees memory of its own: a forward that changes its
+        input in place (``x.mul_(0.5)``) must never reach an array or tensor the caller owns.
+        One copy of a batch costs far less than the forward pass it feeds.
+        """
         tensor = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(xb))
         if tensor.dtype.is_floating_point or not _has_embedding(self.module):
             dtype = _float_dtype(self.module)
         else:  # integer token ids for a model that embeds them
             dtype = torch.long
-        return tensor.to(device=self.device, dtype=dtype)
+        return tensor.to(device=self.device, dtype=dtype, copy=fresh)
 
     def _forward(self, tensor: torch.Tensor) -> torch.Tensor:
         try:
@@ -416,7 +424,8 @@ class Model:
         return out
 
     def _function_step(self, xb: np.ndarray, _rows: np.ndarray):
-        out = self.function(xb)
+        # A copy: the function may change its argument in place, and xb may be the caller's.
+        out = self.function(np.array(xb, copy=True))
         if isinstance(out, torch.Tensor):
             out = out.detach().cpu().numpy()
         if not isinstance(out, np.ndarray):
@@ -438,6 +447,8 @@ class Model:
                 f"{describe(out)}; wrap the model so it returns one tensor"
             )
         shape = tuple(out.shape)
+        if len(shape) == 2 and shape[0] == n and shape[1] == 0:
+            raise ValueError(f"model: returned 0 scores per input (shape {shape}); expected K >= 1")
         if len(shape) != 2 or shape[0] != n:
             raise ValueError(
                 f"model: expected scores of shape (N, K) = ({n}, K) for {n} inputs, got shape "
@@ -717,6 +728,19 @@ def _set_training(module: nn.Module, flag: bool) -> None:
         module.training = flag  # per module, without train()'s recursion or user overrides
 
 
+def _check_device(device: Any) -> torch.device:
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(
+            f"device: expected a device name such as 'cpu' or 'cuda:0', got {describe(device)}"
+        )
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"device: {device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from err
+
+
 def _module_device(module: nn.Module | None) -> torch.device:
     if module is None:
         return torch.device("cpu")
@@ -742,9 +766,128 @@ def _has_embedding(module: nn.Module | None) -> bool:
 
 
 def _input_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
-    """Explain a failed forward by the first layer's expectations, when they are clear."""
+    """Explain a failed forward by the layers' expectations, when they are clear.
+
+    First the first layer's channel or feature count; else the layer where one item's forward
+    fails, and, for an image model whose first linear layer takes a fixed number of features,
+    the item shape that gives that number (found by running one blank item of other sizes
+    through the layers before it).
+    """
     if not tensor.dtype.is_floating_point:  # token ids: the model's own error says more
         return None
+    hint = _first_layer_mismatch(module, tensor)
+    if hint is not None or isinstance(module, torch.jit.ScriptModule):
+        return hint
+    with contextlib.suppress(Exception):  # a diagnosis must never hide the original error
+        return _failing_layer_mismatch(module, tensor)
+    return None
+
+
+class _StopForward(Exception):
+    """Raised by a probe hook to end a diagnostic forward early."""
+
+
+def _leaf_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
+
+
+def _failing_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
+    item = tensor[:1].detach().clone()
+    entered: list[tuple[str, nn.Module, tuple]] = []
+    handles = []
+    for name, leaf in _leaf_modules(module):
+        handles.append(
+            leaf.register_forward_pre_hook(
+                lambda mod, inputs, name=name: entered.append((name, mod, _shapes(inputs)))
+            )
+        )
+        handles.append(leaf.register_forward_hook(lambda *_: _pop(entered)))
+    try:
+        with torch.inference_mode():
+            module(item)
+        return None  # one item runs: the failure lies elsewhere
+    except Exception:
+        if not entered:
+            return None
+    finally:
+        for h in handles:
+            h.remove()
+    name, layer, shapes = entered[-1]
+    got = shapes[0] if shapes else None
+    item_shape = tuple(tensor.shape[1:])
+    if isinstance(layer, nn.Linear) and got is not None:
+        what = f"layer {name!r} (Linear) takes {layer.in_features} features, got {got[-1]}"
+    elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.AvgPool2d)):
+        what = f"layer {name!r} ({type(layer).__name__}) cannot take its input of shape {got}"
+    else:
+        what = f"the forward fails in layer {name!r} ({type(layer).__name__})"
+    hint = f"items of shape {item_shape} do not fit the model: {what}"
+    expected = _expected_item_shape(module, tensor)
+    if expected is not None and expected != item_shape:
+        hint += f"; the model expects items of shape {expected} (resize the input)"
+    return hint
+
+
+def _pop(stack: list) -> None:
+    stack.pop()  # returns None: a forward hook's return value would replace the output
+
+
+def _shapes(inputs: tuple) -> tuple:
+    return tuple(tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor))
+
+
+def _expected_item_shape(module: nn.Module, tensor: torch.Tensor) -> tuple[int, ...] | None:
+    """The image size whose forward gives the first linear layer its feature count, if any.
+
+    The features reaching that layer grow with the side, so a bisection over square (or
+    same-aspect) sizes finds it in about a dozen forwards of one blank item, each cut at
+    the linear layer.
+    """
+    if tensor.ndim != 4:
+        return None
+    first_linear = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
+    if first_linear is None:
+        return None
+    channels, height, width = (int(s) for s in tensor.shape[1:])
+    aspect = width / height
+
+    def features(side: int) -> int:
+        seen: list[int] = []
+
+        def probe(_mod, inputs):
+            seen.append(int(inputs[0].shape[-1]))
+            raise _StopForward
+
+        handle = first_linear.register_forward_pre_hook(probe)
+        blank = torch.zeros(
+            (1, channels, side, max(1, round(side * aspect))),
+            dtype=tensor.dtype,
+            device=tensor.device,
+        )
+        try:
+            with torch.inference_mode():
+                module(blank)
+        except _StopForward:
+            return seen[0]
+        except Exception:
+            return -1  # too small for the layers before it
+        finally:
+            handle.remove()
+        return -1
+
+    low, high = 1, 4096
+    while low < high:  # smallest side whose features reach the layer's count
+        mid = (low + high) // 2
+        if features(mid) >= first_linear.in_features:
+            high = mid
+        else:
+            low = mid + 1
+    if features(low) != first_linear.in_features:
+        return None
+    return (channels, low, max(1, round(low * aspect)))
+
+
+def _first_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
     first = next(
         (
             m

@@ -4,8 +4,8 @@ Each window position is one mask for the perturbation engine; every element's at
 the mean score drop ``f(x) - f(x with the window replaced)`` over the windows that cover it,
 exactly Captum's ``Occlusion``: windows start at 0 and step by ``stride`` until the window
 reaches the end of the axis; the last one may stick out and is then cut at the border
-(``ceil((D - w) / s) + 1`` positions per axis). Elements that no window covers (a stride larger
-than the window) get 0.
+(``ceil((D - w) / s) + 1`` positions per axis). A stride larger than the window is refused:
+it would leave elements that no window covers, with no attribution at all.
 
 Windows are products of one interval per axis, so each position's mask is an outer product of
 rows of small per-axis cover matrices ``A_d`` (positions x axis length), and the sum over
@@ -52,7 +52,8 @@ def occlusion(
         Default: ``ceil(side / 7)`` for images under 64 px (4 px on 28 px), ``ceil(side / 14)``
         from 64 px (16 px on 224 px); 1 for tabular rows and token sequences.
     stride : int or tuple of int, optional
-        Step between window positions, per window axis. Default: half the window (at least 1).
+        Step between window positions, per window axis, at most the window (so every element
+        is covered). Default: half the window (at least 1).
     baseline : number, str or array
         What replaces the occluded elements; see :func:`xaikit.baselines.make_baseline`
         (``"noise"`` is drawn with seed 0). Background rows ``(R, *x.shape)`` average the
@@ -113,6 +114,12 @@ def _resolve(item: tuple[int, ...], kind: str, window: Any, stride: Any):
     stride = _as_tuple(stride, "stride", len(window))
     if len(stride) != len(window):
         raise ValueError(f"stride: expected {len(window)} steps like window {window}, got {stride}")
+    if any(s > w for s, w in zip(stride, window, strict=True)):
+        # Elements between windows would get no value at all, shown as 0: a silently wrong map.
+        raise ValueError(
+            f"stride: {stride} is larger than window {window}, so some elements would be "
+            "covered by no window; use a stride at most the window size"
+        )
     return window, stride
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from xaikit._validation import check_batch, check_targets, describe
 from xaikit.explanation import Explanation
@@ -150,6 +151,8 @@ def explain(
     if spec.scores_at_input:  # the method's own forward pass gives the scores and the class
         targets = None
         if target is not None:
+            if wrapped.n_classes is None:  # one item's forward tells K, so the range is
+                wrapped.scores(xb[:1])  # checked before the method runs, as for the others
             targets = check_targets(target, n=len(xb), n_classes=wrapped.n_classes)
         result = spec.function(wrapped, xb, targets, **params)
         scores = np.asarray(result.scores)
@@ -181,10 +184,14 @@ def explain(
 
 
 def _as_batch(x: Any, *, batch: bool) -> np.ndarray:
+    """``x`` as a batch in memory of its own: the explanation keeps it, and the caller may
+    change their array afterwards (explanations hold NumPy arrays)."""
     arr = check_batch(x if batch else _with_item_axis(x), name="x")
-    if not isinstance(arr, np.ndarray):  # explanations hold NumPy arrays
+    if isinstance(arr, torch.Tensor):
+        if arr.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
+            arr = arr.float()
         arr = arr.cpu().numpy()
-    return arr
+    return np.array(arr, copy=True, order="C")
 
 
 def _with_item_axis(x: Any):

@@ -115,6 +115,9 @@ def audit(
         labels = source.labels
     if labels is not None:
         labels = check_targets(labels, n=source.n, n_classes=None, name="labels")
+        if wrapped.n_classes is None:  # one item's forward tells K: check before any shard
+            wrapped.scores(source.get(0, 1))
+        labels = check_targets(labels, n=source.n, n_classes=wrapped.n_classes, name="labels")
     factor = max(1, math.ceil(max(source.item_shape[-2:]) / map_size))
     identity = {
         "model": _store.model_hash(wrapped.module if wrapped.is_torch else wrapped.function),

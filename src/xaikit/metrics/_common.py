@@ -35,6 +35,32 @@ def as_array(value: Any, *, name: str) -> np.ndarray:
     return arr
 
 
+def check_same_input(x: np.ndarray, explanation: Any) -> None:
+    """Refuse to score an Explanation on another input than the one it explains.
+
+    Scoring X[0]'s map on X[1] gives plausible numbers that mean nothing, so it is an error;
+    a plain array of attributions carries no input and is taken as given.
+    """
+    if not isinstance(explanation, Explanation) or explanation.x is None:
+        return
+    own = np.asarray(explanation.x, dtype=np.float64)
+    given = np.asarray(x, dtype=np.float64)
+    if given.shape != own.shape:
+        raise ValueError(
+            f"x: expected the explained input (shape {own.shape}), got shape {given.shape}; "
+            "pass x=None to use the explanation's own input"
+        )
+    # float32 and float64 copies of the same input agree to rounding; another input does not
+    scale = float(np.abs(own).max(initial=0.0))
+    if not np.allclose(given, own, rtol=1e-6, atol=1e-6 * max(scale, 1.0)):
+        changed = int(np.count_nonzero(~np.isclose(given, own, rtol=1e-6, atol=1e-6)))
+        raise ValueError(
+            f"x: differs from the input the explanation was computed on ({changed} of "
+            f"{own.size} values differ); explain this input first, or pass x=None to use "
+            "the explanation's own input"
+        )
+
+
 def one_input(model: Any, x: Any, explanation: Any, target: Any):
     """Check one input and its attributions; return ``(Model, x, values, target)``.
 
@@ -52,6 +78,7 @@ def one_input(model: Any, x: Any, explanation: Any, target: Any):
                 "explanation: expected the explanation of one input, got a batch; pass e[i], "
                 "or use xk.evaluate, which scores every item"
             )
+        check_same_input(x, explanation)
         values = np.asarray(explanation.values, dtype=np.float64)
         if target is None:
             target = explanation.target

@@ -35,7 +35,7 @@ from torch import nn
 from xaikit._plotting import new_figure
 from xaikit._validation import check_choice, check_positive_int, check_targets, describe
 from xaikit.explanation import Explanation
-from xaikit.metrics._common import as_array, check_explained, explainer
+from xaikit.metrics._common import as_array, check_explained, check_same_input, explainer
 from xaikit.model import Model, as_model
 
 ESTIMATORS = ("auto", "softplus", "spsa")
@@ -212,6 +212,7 @@ def attack_explanation(
     if explanation is None:
         original = maps(x[None])[0]
     else:
+        check_same_input(x, explanation)
         values = explanation.values if isinstance(explanation, Explanation) else explanation
         values = as_array(values, name="explanation")
         check_explained(values[None], x[None], name="explanation")

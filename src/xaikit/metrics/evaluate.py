@@ -27,6 +27,7 @@ from xaikit.metrics import (
     road,
     robustness,
 )
+from xaikit.metrics._common import as_array, check_same_input
 
 
 def _lerf(model, x, e, **kw):
@@ -177,7 +178,11 @@ def evaluate(
     if not isinstance(explanation, Explanation):
         raise TypeError(f"explanation: expected an xaikit Explanation, got {describe(explanation)}")
     names = _check_metrics(metrics, options)
-    x = explanation.x if x is None else x
+    if x is None:
+        x = explanation.x
+    else:
+        x = as_array(x, name="x")
+        check_same_input(x, explanation)
     if not explanation.batch:
         scores = _score_one(model, x, explanation, names, options)
     else:

@@ -20,7 +20,7 @@ import numpy as np
 
 from xaikit._validation import check_positive_int, check_targets
 from xaikit.explanation import Explanation
-from xaikit.metrics._common import as_array, check_explained, explainer
+from xaikit.metrics._common import as_array, check_explained, check_same_input, explainer
 from xaikit.model import as_model
 
 
@@ -52,6 +52,7 @@ def _samples(
     if explanation is None:
         base = check_explained(explain_fn(model, x[None], np.array([t])), x[None])[0]
     else:
+        check_same_input(x, explanation)
         values = explanation.values if isinstance(explanation, Explanation) else explanation
         base = as_array(values, name="explanation").astype(np.float64)
         if base.shape != x.shape:

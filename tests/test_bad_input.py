@@ -1,0 +1,307 @@
+"""Nothing silently wrong: careless and hostile inputs get a result or a clear error (issue 16).
+
+Each test is one case that failed before: the caller's data changed by the model, an explanation
+scored on another input, a target out of range, an input of the wrong size, NumPy layouts that
+torch refuses, and the smaller ones (bfloat16, empty axes, huge targets, empty outputs, devices).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import xaikit as xk
+from xaikit.cli import main
+
+ALL_METHODS = sorted(xk.methods())
+GRADIENT_FREE = sorted(m for m, spec in xk.methods().items() if not spec["needs_gradients"])
+
+
+class Halver(nn.Module):
+    """A model whose forward changes its input in place (``x.mul_(0.5)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x):
+        x.mul_(0.5)
+        return self.fc(self.relu(self.conv(x)).flatten(1))
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.Flatten(),
+        nn.Linear(4 * 11 * 11, 10),
+    ).eval()  # fmt: skip
+
+
+def images(n: int = 3, seed: int = 0, side: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, side, side), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- 1. the caller's data
+
+
+def test_scores_leave_the_callers_array_unchanged():
+    x = images()
+    before = x.copy()
+    xk.Model(Halver()).scores(x)
+    assert np.array_equal(x, before)
+
+
+def test_scores_leave_the_callers_tensor_unchanged():
+    x = torch.from_numpy(images())
+    before = x.clone()
+    xk.Model(Halver()).scores(x)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_no_method_changes_the_callers_input(method):
+    x = images()
+    before = x.copy()
+    try:
+        xk.explain(Halver(), x, method=method, batch=True)
+    except ValueError as err:  # a method refused up front (e.g. no layer it needs) is fine
+        assert re.match(r"^\w+: ", str(err)), err
+    assert np.array_equal(x, before)
+
+
+def test_an_in_place_forward_explains_the_unchanged_input():
+    # The map of an in-place model equals the map of the same model without the in-place step.
+    halver = Halver()
+    x = images(2)
+
+    def halved(batch):
+        with torch.no_grad():
+            return halver.fc(halver.relu(halver.conv(torch.from_numpy(batch) * 0.5)).flatten(1))
+
+    got = xk.explain(halver, x, method="occlusion", batch=True, target=1)
+    want = xk.explain(lambda b: halved(b).numpy(), x, method="occlusion", batch=True, target=1)
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_of_an_in_place_forward_are_those_of_the_function():
+    x = images(2)
+    _, grads = xk.Model(Halver()).gradients(x, target=0)
+    halver = Halver()
+    t = torch.from_numpy(x.copy()).requires_grad_(True)
+    out = halver.fc(halver.relu(halver.conv(t * 0.5)).flatten(1))
+    (want,) = torch.autograd.grad(out[:, 0].sum(), t)
+    np.testing.assert_allclose(grads, want.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_callable_that_changes_its_argument_leaves_the_callers_array():
+    weights = np.random.default_rng(0).normal(size=(5, 3))
+
+    def predict(batch):
+        batch *= 0.5
+        return batch @ weights
+
+    x = np.random.default_rng(1).random((4, 5))
+    before = x.copy()
+    xk.explain(predict, x, method="kernel_shap", batch=True, samples=64)
+    assert np.array_equal(x, before)
+
+
+def test_the_explanation_owns_its_input():
+    x = images(1)[0]
+    e = xk.explain(tiny_cnn_8(), x, method="saliency")
+    x[:] = 0.0
+    assert e.x.max() > 0
+
+
+def tiny_cnn_8() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 3)).eval()
+
+
+# ---------------------------------------------------------------- 5. an explanation's own input
+
+
+def test_evaluate_refuses_another_input():
+    net = tiny_cnn_8()
+    x = images(2)
+    e = xk.explain(net, x[0], method="occlusion")
+    with pytest.raises(ValueError, match=r"^x: differs from the input the explanation"):
+        xk.evaluate(net, x[1], e)
+
+
+def test_evaluate_refuses_another_batch():
+    net = tiny_cnn_8()
+    x = images(2)
+    e = xk.explain(net, x, method="occlusion", batch=True)
+    with pytest.raises(ValueError, match=r"^x: differs"):
+        xk.evaluate(net, x[::-1], e)
+
+
+def test_single_metric_refuses_another_input():
+    net = tiny_cnn_8()
+    x = images(2)
+    e = xk.explain(net, x[0], method="saliency")
+    with pytest.raises(ValueError, match=r"^x: differs"):
+        xk.metrics.deletion(net, x[1], e)
+
+
+def test_evaluate_accepts_the_same_input_in_another_dtype():
+    net = tiny_cnn_8()
+    x = images(1)[0]
+    e = xk.explain(net, x, method="saliency")
+    scores = xk.evaluate(net, x.astype(np.float64), e)
+    assert set(scores) == {"deletion", "insertion"}
+
+
+# ---------------------------------------------------------------- 7. targets out of range
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+@pytest.mark.parametrize("target", [10, -1, 10**20])
+def test_target_out_of_range_names_target(method, target):
+    x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^target: expected class indices in \[0, 10\)|^target:"):
+        xk.explain(tiny_cnn(), x, method=method, target=target)
+
+
+def test_integrated_gradients_target_out_of_range_is_checked_before_the_method():
+    x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^target: expected class indices in \[0, 10\).*got 10"):
+        xk.explain(tiny_cnn(), x, method="integrated_gradients", target=10)
+
+
+def test_audit_labels_out_of_range_name_labels(tmp_path):
+    x = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^labels: expected class indices in \[0, 10\)"):
+        xk.audit(tiny_cnn(), x, labels=[0, 1, 2, 3, 4, 99], out=tmp_path / "a")
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").glob("shard-*"))
+
+
+def test_cli_target_out_of_range_is_one_line(tmp_path):
+    np.save(tmp_path / "x.npy", images(1))
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 3))\n"
+    )
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 3))
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    result = CliRunner().invoke(main, [
+        "explain", "--model", f"{tmp_path / 'net.py'}:make", "--weights", str(tmp_path / "w.pt"),
+        str(tmp_path / "x.npy"), "--method", "integrated_gradients", "--target", "99",
+        "--out", str(tmp_path / "o"),
+    ])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: target: "), result.output
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- 8. wrong input size
+
+
+@pytest.mark.parametrize(
+    ("side", "method"), [(20, "occlusion"), (32, "integrated_gradients"), (5, "saliency")]
+)
+def test_wrong_image_size_names_x_and_the_expected_shape(side, method):
+    x = np.random.default_rng(0).random((1, side, side), dtype=np.float32)
+    want = r"^x: items of shape .*expects items of shape \(1, 28, 28\)"
+    with pytest.raises(ValueError, match=want):
+        xk.explain(tiny_cnn(), x, method=method)
+
+
+def test_wrong_image_size_on_the_default_cnn(clean_cnn):
+    x = np.random.default_rng(0).random((1, 20, 20), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^x: .*'fc1' \(Linear\) takes 1568 features, got 800"):
+        xk.explain(clean_cnn, x, method="integrated_gradients")
+
+
+def test_a_failure_that_is_not_the_input_propagates_unchanged():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            raise KeyError("the user's own bug")
+
+    with pytest.raises(KeyError, match="the user's own bug"):
+        xk.Model(Broken()).scores(np.zeros((2, 4), np.float32))
+
+
+def test_batched_single_image_suggests_batch_or_names_x():
+    x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^x: "):
+        xk.explain(tiny_cnn(), x, method="saliency")
+
+
+# ---------------------------------------------------------------- 10. any NumPy layout
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_flipped_views_are_explained_as_their_copies(method):
+    net = tiny_cnn_8()
+    x = images(2, seed=3)[:, :, ::-1]
+    assert any(s < 0 for s in x.strides)
+    kwargs = {"samples": 32} if method in ("lime", "kernel_shap", "rise") else {}
+    try:
+        got = xk.explain(net, x, method=method, batch=True, target=1, **kwargs)
+    except ValueError as err:  # refused up front for this model (no ReLU, ...), never a crash
+        assert re.match(r"^\w+: ", str(err)), err
+        return
+    want = xk.explain(net, x.copy(), method=method, batch=True, target=1, **kwargs)
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-5, atol=1e-6)
+
+
+def test_fortran_order_and_transposed_views():
+    net = tiny_cnn_8()
+    x = np.asfortranarray(images(2))
+    got = xk.explain(net, x, method="integrated_gradients", batch=True, target=0)
+    want = xk.explain(net, np.ascontiguousarray(x), method="integrated_gradients", batch=True,
+                      target=0)  # fmt: skip
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- smaller ones
+
+
+def test_bfloat16_tensor_is_explained():
+    net = tiny_cnn_8()
+    x = torch.from_numpy(images(1)[0]).to(torch.bfloat16)
+    e = xk.explain(net, x, method="saliency")
+    assert e.values.shape == (1, 8, 8) and e.x.dtype == np.float32
+
+
+def test_item_with_an_empty_axis_names_x():
+    with pytest.raises(ValueError, match=r"^x: expected items with no empty axis"):
+        xk.explain(tiny_cnn(), np.zeros((1, 0, 28), np.float32))
+
+
+def test_huge_target_is_a_value_error():
+    with pytest.raises(ValueError, match=r"^target: "):
+        xk.explain(tiny_cnn_8(), images(1)[0], method="saliency", target=10**20)
+    with pytest.raises(ValueError, match=r"^target: "):
+        xk.explain(tiny_cnn_8(), images(2), method="occlusion", target=[0, 10**20], batch=True)
+
+
+def test_model_returning_no_scores_names_model():
+    class Empty(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :0]
+
+    with pytest.raises(ValueError, match=r"^model: returned 0 scores per input"):
+        xk.explain(Empty(), images(1)[0])
+
+
+@pytest.mark.parametrize(("device", "error"), [("tpu", ValueError), (3.5, TypeError)])
+def test_unknown_device_names_device(device, error):
+    with pytest.raises(error, match=r"^device: "):
+        xk.Model(tiny_cnn_8(), device=device)
