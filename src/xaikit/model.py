@@ -424,8 +424,15 @@ class Model:
         return out
 
     def _function_step(self, xb: np.ndarray, _rows: np.ndarray):
-        # A copy: the function may change its argument in place, and xb may be the caller's.
-        out = self.function(np.array(xb, copy=True))
+        try:  # a copy: the function may change its argument in place, and xb may be the caller's
+            out = self.function(np.array(xb, copy=True))
+        except (ValueError, TypeError) as err:
+            # What a predict_proba raises on an input it cannot take (scikit-learn: "X has 4
+            # features, but ... is expecting 5"): name the argument, keep the model's words.
+            kind = TypeError if isinstance(err, TypeError) else ValueError
+            raise kind(
+                f"x: the model refused a batch of shape {tuple(np.shape(xb))}: {err}"
+            ) from err
         if isinstance(out, torch.Tensor):
             out = out.detach().cpu().numpy()
         if not isinstance(out, np.ndarray):
@@ -783,7 +790,7 @@ def _input_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
     return None
 
 
-class _StopForward(Exception):
+class _ForwardStopped(Exception):  # noqa: N818 (a signal, not an error)
     """Raised by a probe hook to end a diagnostic forward early."""
 
 
@@ -856,7 +863,7 @@ def _expected_item_shape(module: nn.Module, tensor: torch.Tensor) -> tuple[int, 
 
         def probe(_mod, inputs):
             seen.append(int(inputs[0].shape[-1]))
-            raise _StopForward
+            raise _ForwardStopped
 
         handle = first_linear.register_forward_pre_hook(probe)
         blank = torch.zeros(
@@ -867,7 +874,7 @@ def _expected_item_shape(module: nn.Module, tensor: torch.Tensor) -> tuple[int, 
         try:
             with torch.inference_mode():
                 module(blank)
-        except _StopForward:
+        except _ForwardStopped:
             return seen[0]
         except Exception:
             return -1  # too small for the layers before it
