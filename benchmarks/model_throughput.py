@@ -71,7 +71,7 @@ def main() -> None:
         round_times["xk.Model.scores, first call (with search)"] = t
         round_times["xk.Model.scores, later calls"] = timed(lambda: persistent.scores(X_np))[0]
         fastest = min(SWEEP, key=lambda b: round_times[f"hand loop, batch {b}"])
-        copied = timed(lambda: hand_loop(net, X_t, fastest, device, copy=True))[0]
+        copied = timed(lambda b=fastest: hand_loop(net, X_t, b, device, copy=True))[0]
         round_times["hand loop, fastest batch, each batch copied"] = copied
         limit = min(
             v for k, v in round_times.items() if k.startswith("hand loop") and "copied" not in k
