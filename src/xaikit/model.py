@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xaikit import batching
 from xaikit._progress import progress_bar
+from xaikit._torch import (
+    first_tensor,
+    float_dtype,
+    float_output,
+    has_embedding,
+    input_mismatch,
+    module_device,
+    preserved_state,
+)
 from xaikit._validation import (
     check_batch,
     check_choice,
@@ -38,18 +46,6 @@ from xaikit._validation import (
 
 OUTPUTS = ("logits", "probabilities", "log_probabilities", "scores")
 GRADIENT_OF = ("score", "probability", "log_probability", "loss")
-
-# Batch sizes tried by the "auto" search, smallest first, each timed once on copies of an item.
-_CPU_CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024)
-# A NumPy callable (scikit-learn, XGBoost) pays a fixed cost per call: larger batches keep paying
-_FUNCTION_CANDIDATES = (*_CPU_CANDIDATES, 4096, 16384, 65536)
-_GPU_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-_MAX_BATCH_BYTES = 512 * 2**20  # never try a batch whose inputs alone exceed this
-_SEARCH_SECONDS = 2.0  # the search stops trying larger sizes after this long
-
-# Chosen batch sizes per model object, shared by every Model wrapping it (weak keys: the memo
-# never keeps a user's model alive).
-_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Model:
@@ -112,8 +108,8 @@ class Model:
             batch_size = check_positive_int(batch_size, name="batch_size")
         self.batch_size = batch_size
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        self.device = _check_device(device) if device is not None else _module_device(self.module)
-        held_on = _module_device(self.module)
+        self.device = _check_device(device) if device is not None else module_device(self.module)
+        held_on = module_device(self.module)
         if self.module is not None and held_on.type != self.device.type:
             raise ValueError(
                 f"device: the model's tensors are on {held_on}, got device='{self.device}'; "
@@ -155,7 +151,7 @@ class Model:
             def step(xb, _rows):
                 with torch.inference_mode():
                     out = self._forward(self._to_tensor(xb))
-                out = _float_output(out)
+                out = float_output(out)
                 return (out.cpu().numpy(),) if as_numpy else (out,)
 
         with self._user_state_preserved():
@@ -240,7 +236,7 @@ class Model:
                 raise ValueError(
                     "model: its output does not depend on the input (a .detach() inside forward?)"
                 )
-            out = _float_output(out.detach())
+            out = float_output(out.detach())
             if as_numpy:
                 return out.cpu().numpy(), grad.cpu().numpy()
             return out, grad
@@ -316,7 +312,7 @@ class Model:
                 handle.remove()
             if grad is None:
                 raise ValueError(f"layer: the output does not depend on layer {layer!r}")
-            result = (_float_output(out.detach()), leaf["value"].detach(), grad)
+            result = (float_output(out.detach()), leaf["value"].detach(), grad)
             return tuple(r.cpu().numpy() for r in result) if as_numpy else result
 
         with self._user_state_preserved():
@@ -347,7 +343,7 @@ class Model:
         def hook(_module, _inputs, output):
             if self._searching:  # the batch-size search's timing runs are not the user's data
                 return
-            tensor = _first_tensor(output)
+            tensor = first_tensor(output)
             if tensor is None:
                 return
             kept = tensor.detach()
@@ -382,6 +378,11 @@ class Model:
         return [k for k, _ in self.module.named_modules() if k]
 
     @property
+    def batch_owner(self) -> Any:
+        """The user's model object (module or function) that chosen batch sizes belong to."""
+        return self.module if self.module is not None else self.function
+
+    @property
     def chosen_batch_sizes(self) -> dict[tuple, int]:
         """Batch sizes this Model used per (call kind, item shape, dtype, device)."""
         return dict(self._chosen)
@@ -406,8 +407,8 @@ class Model:
         One copy of a batch costs far less than the forward pass it feeds.
         """
         tensor = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(xb))
-        if tensor.dtype.is_floating_point or not _has_embedding(self.module):
-            dtype = _float_dtype(self.module)
+        if tensor.dtype.is_floating_point or not has_embedding(self.module):
+            dtype = float_dtype(self.module)
         else:  # integer token ids for a model that embeds them
             dtype = torch.long
         return tensor.to(device=self.device, dtype=dtype, copy=fresh)
@@ -416,7 +417,7 @@ class Model:
         try:
             out = self.module(tensor)
         except Exception as err:
-            hint = _input_mismatch(self.module, tensor)
+            hint = input_mismatch(self.module, tensor)
             if hint:
                 raise ValueError(f"x: {hint}; the batch has shape {tuple(tensor.shape)}") from err
             raise
@@ -470,20 +471,9 @@ class Model:
             )
         check_finite(out.detach() if isinstance(out, torch.Tensor) else out, name="model output")
 
-    @contextlib.contextmanager
-    def _user_state_preserved(self) -> Iterator[None]:
-        """Run in eval mode; restore every module's own training flag afterwards, even on error."""
-        if self.module is None:
-            yield
-            return
-        flags = [(m, m.training) for m in self.module.modules()]
-        try:
-            for m, _ in flags:
-                _set_training(m, False)
-            yield
-        finally:
-            for m, flag in flags:
-                _set_training(m, flag)
+    def _user_state_preserved(self):
+        """Eval mode for the call, every module's own training flag restored afterwards."""
+        return preserved_state(self.module)
 
     def _map_batches(self, x, step, *, kind: str, progress: bool | None):
         """Apply ``step(chunk, rows)`` to consecutive chunks of ``x``; gather its outputs.
@@ -493,7 +483,7 @@ class Model:
         n = len(x)
         if self.batch_size != "auto":
             size = self.batch_size
-        elif n <= _CPU_CANDIDATES[0]:
+        elif n <= batching.SMALL_CALL:
             size = n  # one small batch: nothing to tune
         else:
             size = self._tuned_batch_size(x, step, kind)
@@ -508,83 +498,22 @@ class Model:
     def _tuned_batch_size(self, x, step, kind: str) -> int:
         """The remembered batch size for this kind of call and item shape; search it once.
 
-        The search times candidate sizes on copies of the first item and discards their
-        outputs, so every call batches its real inputs the same way: results never depend on
-        timing noise, and a call repeated gives bit-identical results. The choice is kept per
-        model object (also across Model wrappers of it) and never changes afterwards.
+        See :mod:`xaikit.batching`: the search runs on copies of the first item, so every
+        call batches its real inputs the same way and a repeated call is bit-identical.
         """
-        # Token sequences change length from sentence to sentence; one search serves them all
-        # (on a transformer a single candidate can take seconds).
-        integer = getattr(x.dtype, "is_floating_point", None) is False or (
-            isinstance(x, np.ndarray) and x.dtype.kind in "iu"
-        )
-        shape = ("sequence",) if integer and x.ndim == 2 else tuple(x.shape[1:])
-        key = (kind, shape, str(x.dtype), str(self.device))
-        memo = _batch_memo(self.module if self.module is not None else self.function, self)
+        key = batching.call_key(x, kind, self.device)
+        memo = batching.memo_of(self)
         if key not in memo:
-            self._searching = True
+            self._searching = True  # layer recordings skip the timing runs
             try:
-                memo[key] = self._search(x[:1], step)
+                memo[key], timings = batching.search_batch_size(
+                    x[:1], step, device=self.device, numpy_function=self.module is None
+                )
             finally:
                 self._searching = False
+            self._timings[key] = timings
         self._chosen[key] = memo[key]
         return memo[key]
-
-    def _search(self, first, step) -> int:
-        """Largest-throughput batch size (largest that fits and still gains, on a GPU)."""
-        on_gpu = self.device.type == "cuda"
-        item_bytes = (
-            first.nbytes if isinstance(first, np.ndarray) else first.numel() * first.element_size()
-        )
-        candidates = [
-            c
-            for c in (
-                _GPU_CANDIDATES
-                if on_gpu
-                else _CPU_CANDIDATES
-                if self.module is not None
-                else _FUNCTION_CANDIDATES
-            )
-            if c * max(1, item_bytes) <= _MAX_BATCH_BYTES
-        ] or [1]
-
-        def copies(size):
-            if isinstance(first, torch.Tensor):
-                return first.expand(size, *first.shape[1:]).contiguous()
-            return np.ascontiguousarray(np.broadcast_to(first, (size, *first.shape[1:])))
-
-        timings: dict[int, float] = {}
-        began = time.perf_counter()
-        step(copies(candidates[0]), np.zeros(candidates[0], dtype=np.int64))  # warm-up
-        for size in candidates:
-            try:
-                batch, rows = copies(size), np.zeros(size, dtype=np.int64)  # copies of item 0
-                runs = []
-                for _ in range(3):  # the fastest of three: one noisy timing must not decide
-                    start = time.perf_counter()
-                    step(batch, rows)
-                    if on_gpu:
-                        torch.cuda.synchronize(self.device)
-                    runs.append((time.perf_counter() - start) / size)
-                timings[size] = min(runs)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                break  # the previous size is the largest that fits
-            best = min(timings.values())
-            # Past the optimum on a CPU: stop once clearly slower. On a GPU keep growing while
-            # larger batches do not lose throughput. Never spend long on the search itself.
-            if timings[size] > (1.10 if on_gpu else 1.15) * best:
-                break
-            if time.perf_counter() - began > _SEARCH_SECONDS:
-                break
-        self._timings[(tuple(first.shape[1:]), str(first.dtype))] = timings
-        best = min(timings.values())
-        near_best = [c for c, t in timings.items() if t <= 1.03 * best]
-        # GPU: the largest size that keeps throughput. CPU: the smallest one within 3% of the
-        # best, since timings are noisy and smaller batches stay in cache (a measured 256 was
-        # 25% slower than 128 on the MNIST CNN's gradients in a later, quieter run; with 5%,
-        # 64 was often kept where 128 is 8-10% faster).
-        return max(near_best) if on_gpu else min(near_best)
 
 
 class LayerRecording:
@@ -671,15 +600,6 @@ def _check_range_once(targets: np.ndarray, n_classes: int, checked: list) -> Non
         checked.append(True)
 
 
-def _batch_memo(owner, fallback) -> dict:
-    """The batch-size memo of a model object (kept on ``fallback`` if it takes no weakref)."""
-    owner = getattr(owner, "__self__", owner)  # a bound predict_proba: key on its estimator
-    try:
-        return _MEMO.setdefault(owner, {})
-    except TypeError:
-        return fallback.__dict__.setdefault("_own_memo", {})
-
-
 def _empty_like_rows(sample, n: int):
     if isinstance(sample, torch.Tensor):
         return torch.empty((n, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
@@ -706,18 +626,6 @@ def _objective(out: torch.Tensor, target: torch.Tensor, *, of: str, output: str)
     return -picked  # cross-entropy loss against the target label
 
 
-def _float_output(out: torch.Tensor) -> torch.Tensor:
-    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return next((o for o in output if isinstance(o, torch.Tensor)), None)
-    return None
-
-
 def _concat(batches: list[torch.Tensor], *, what: str, name: str) -> np.ndarray:
     if not batches:
         raise ValueError(
@@ -725,14 +633,6 @@ def _concat(batches: list[torch.Tensor], *, what: str, name: str) -> np.ndarray:
             "the block"
         )
     return torch.cat([b.float().cpu() for b in batches]).numpy()
-
-
-def _set_training(module: nn.Module, flag: bool) -> None:
-    if isinstance(module, torch.jit.ScriptModule):
-        if module.training != flag:
-            module.train(flag)  # script modules keep the flag on the C++ side
-    else:
-        module.training = flag  # per module, without train()'s recursion or user overrides
 
 
 def _check_device(device: Any) -> torch.device:
@@ -746,175 +646,6 @@ def _check_device(device: Any) -> torch.device:
         raise ValueError(
             f"device: {device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:N' or 'mps'"
         ) from err
-
-
-def _module_device(module: nn.Module | None) -> torch.device:
-    if module is None:
-        return torch.device("cpu")
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _float_dtype(module: nn.Module | None) -> torch.dtype:
-    if module is not None:
-        for p in module.parameters():
-            if p.dtype.is_floating_point:
-                return p.dtype
-    return torch.float32
-
-
-def _has_embedding(module: nn.Module | None) -> bool:
-    if module is None:
-        return False
-    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in module.modules())
-
-
-def _input_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
-    """Explain a failed forward by the layers' expectations, when they are clear.
-
-    First the first layer's channel or feature count; else the layer where one item's forward
-    fails, and, for an image model whose first linear layer takes a fixed number of features,
-    the item shape that gives that number (found by running one blank item of other sizes
-    through the layers before it).
-    """
-    if not tensor.dtype.is_floating_point:  # token ids: the model's own error says more
-        return None
-    hint = _first_layer_mismatch(module, tensor)
-    if hint is not None or isinstance(module, torch.jit.ScriptModule):
-        return hint
-    with contextlib.suppress(Exception):  # a diagnosis must never hide the original error
-        return _failing_layer_mismatch(module, tensor)
-    return None
-
-
-class _ForwardStopped(Exception):  # noqa: N818 (a signal, not an error)
-    """Raised by a probe hook to end a diagnostic forward early."""
-
-
-def _leaf_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
-
-
-def _failing_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
-    item = tensor[:1].detach().clone()
-    entered: list[tuple[str, nn.Module, tuple]] = []
-    handles = []
-    for name, leaf in _leaf_modules(module):
-        handles.append(
-            leaf.register_forward_pre_hook(
-                lambda mod, inputs, name=name: entered.append((name, mod, _shapes(inputs)))
-            )
-        )
-        handles.append(leaf.register_forward_hook(lambda *_: _pop(entered)))
-    try:
-        with torch.inference_mode():
-            module(item)
-        return None  # one item runs: the failure lies elsewhere
-    except Exception:
-        if not entered:
-            return None
-    finally:
-        for h in handles:
-            h.remove()
-    name, layer, shapes = entered[-1]
-    got = shapes[0] if shapes else None
-    item_shape = tuple(tensor.shape[1:])
-    if isinstance(layer, nn.Linear) and got is not None:
-        what = f"layer {name!r} (Linear) takes {layer.in_features} features, got {got[-1]}"
-    elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.AvgPool2d)):
-        what = f"layer {name!r} ({type(layer).__name__}) cannot take its input of shape {got}"
-    else:
-        what = f"the forward fails in layer {name!r} ({type(layer).__name__})"
-    hint = f"items of shape {item_shape} do not fit the model: {what}"
-    expected = _expected_item_shape(module, tensor)
-    if expected is not None and expected != item_shape:
-        hint += f"; the model expects items of shape {expected} (resize the input)"
-    return hint
-
-
-def _pop(stack: list) -> None:
-    stack.pop()  # returns None: a forward hook's return value would replace the output
-
-
-def _shapes(inputs: tuple) -> tuple:
-    return tuple(tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor))
-
-
-def _expected_item_shape(module: nn.Module, tensor: torch.Tensor) -> tuple[int, ...] | None:
-    """The image size whose forward gives the first linear layer its feature count, if any.
-
-    The features reaching that layer grow with the side, so a bisection over square (or
-    same-aspect) sizes finds it in about a dozen forwards of one blank item, each cut at
-    the linear layer.
-    """
-    if tensor.ndim != 4:
-        return None
-    first_linear = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
-    if first_linear is None:
-        return None
-    channels, height, width = (int(s) for s in tensor.shape[1:])
-    aspect = width / height
-
-    def features(side: int) -> int:
-        seen: list[int] = []
-
-        def probe(_mod, inputs):
-            seen.append(int(inputs[0].shape[-1]))
-            raise _ForwardStopped
-
-        handle = first_linear.register_forward_pre_hook(probe)
-        blank = torch.zeros(
-            (1, channels, side, max(1, round(side * aspect))),
-            dtype=tensor.dtype,
-            device=tensor.device,
-        )
-        try:
-            with torch.inference_mode():
-                module(blank)
-        except _ForwardStopped:
-            return seen[0]
-        except Exception:
-            return -1  # too small for the layers before it
-        finally:
-            handle.remove()
-        return -1
-
-    low, high = 1, 4096
-    while low < high:  # smallest side whose features reach the layer's count
-        mid = (low + high) // 2
-        if features(mid) >= first_linear.in_features:
-            high = mid
-        else:
-            low = mid + 1
-    if features(low) != first_linear.in_features:
-        return None
-    return (channels, low, max(1, round(low * aspect)))
-
-
-def _first_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
-    first = next(
-        (
-            m
-            for m in module.modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-        ),
-        None,
-    )
-    if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)]
-        if tensor.ndim != dims + 2:
-            return f"expected a batch of {dims + 1}-D items (N, C, ...) for its first convolution"
-        if tensor.shape[1] != first.in_channels:
-            return (
-                f"expected {first.in_channels} channel(s) for its first convolution, got "
-                f"{tensor.shape[1]} (channel axis 1)"
-            )
-    if isinstance(first, nn.Linear) and tensor.ndim == 2 and tensor.shape[1] != first.in_features:
-        return f"expected {first.in_features} features per item for its first linear layer"
-    return None
 
 
 def _load_torchscript(path: str | os.PathLike, *, device) -> nn.Module:

@@ -1,26 +1,19 @@
-"""``xk.explain`` and ``xk.methods``: one call shape for every local explanation method.
+"""The method table: :func:`register` and what a method returns (:class:`Attribution`).
 
 A method is a function registered with :func:`register`. It receives a :class:`Model`, a batch
 ``x`` of shape ``(N, ...)``, one target per item, and its own keyword-only parameters, and
-returns an :class:`Attribution`. Everything common to all methods (wrapping the model,
-checking ``x`` and ``target``, the predicted class as default target, building the
-:class:`Explanation`) lives here, so a method file only says what it computes.
+returns an :class:`Attribution`. Method modules import this module only; ``api.py`` (``xk.explain``)
+imports the methods through ``_catalogue.py``, so no import goes both ways.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-
-from xaikit._validation import check_batch, check_targets, describe
-from xaikit.explanation import Explanation
-from xaikit.model import Model, as_model
 
 
 @dataclass
@@ -52,7 +45,7 @@ class Method:
     scores_at_input: bool = False
 
 
-_METHODS: dict[str, Method] = {}
+METHODS: dict[str, Method] = {}  # name -> Method, filled by @register
 
 
 def register(name: str, *, needs_gradients: bool, reference: str, scores_at_input: bool = False):
@@ -71,150 +64,9 @@ def register(name: str, *, needs_gradients: bool, reference: str, scores_at_inpu
             for p in signature.parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        _METHODS[name] = Method(
+        METHODS[name] = Method(
             name, function, needs_gradients, reference, defaults, scores_at_input
         )
         return function
 
     return decorate
-
-
-def methods() -> dict[str, dict[str, Any]]:
-    """Registered method names with their parameters' defaults, gradient need and paper."""
-    _load_methods()
-    return {
-        name: {
-            "params": dict(m.defaults),
-            "needs_gradients": m.needs_gradients,
-            "reference": m.reference,
-        }
-        for name, m in sorted(_METHODS.items())
-    }
-
-
-def explain(
-    model: Any,
-    x: Any,
-    *,
-    method: str = "occlusion",
-    target: Any = None,
-    batch: bool = False,
-    feature_names: list[str] | None = None,
-    tokens: list[str] | None = None,
-    **params: Any,
-) -> Explanation:
-    """Explain the model's output for ``target`` on input ``x`` with a local method.
-
-    Parameters
-    ----------
-    model : nn.Module, xaikit.Model, or callable on NumPy batches
-    x : array or tensor
-        One input without a batch axis: ``(C, H, W)`` image, ``(F,)`` row, ``(L,)`` token ids;
-        with ``batch=True``, a leading item axis and each item is explained.
-    method : str
-        A name from :func:`methods`.
-    target : int, sequence of int, or None
-        The explained class; ``None`` explains the predicted class (per item).
-    feature_names, tokens : list of str, optional
-        Names of a row's features, or the token strings, carried into the result and its plot.
-    **params
-        The method's parameters (see ``xk.methods()[method]["params"]``).
-
-    Returns
-    -------
-    Explanation
-        ``values`` of the shape of ``x``; with ``batch=True`` every array has the item axis.
-    """
-    _load_methods()
-    spec = _METHODS.get(method) if isinstance(method, str) else None
-    if spec is None:
-        close = difflib.get_close_matches(str(method), list(_METHODS), n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"method: expected one of {sorted(_METHODS)}, got {method!r}{hint}")
-    unknown = sorted(set(params) - set(spec.defaults))
-    if unknown:
-        raise TypeError(
-            f"{unknown[0]}: not a parameter of method {method!r}; its parameters are "
-            f"{sorted(spec.defaults)}"
-        )
-    wrapped: Model = as_model(model)
-    if spec.needs_gradients and not wrapped.is_torch:
-        raise TypeError(
-            f"model: method {method!r} needs gradients, so a PyTorch model; got a callable on "
-            "NumPy arrays (use occlusion, lime, kernel_shap or rise)"
-        )
-    xb = _as_batch(x, batch=batch)
-    if not batch and (np.ndim(target) != 0 or isinstance(target, (str, bytes))):
-        raise TypeError(
-            f"target: expected one class index (int) for one input, got {describe(target)}"
-        )
-    if spec.scores_at_input:  # the method's own forward pass gives the scores and the class
-        targets = None
-        if target is not None:
-            if wrapped.n_classes is None:  # one item's forward tells K, so the range is
-                wrapped.scores(xb[:1])  # checked before the method runs, as for the others
-            targets = check_targets(target, n=len(xb), n_classes=wrapped.n_classes)
-        result = spec.function(wrapped, xb, targets, **params)
-        scores = np.asarray(result.scores)
-        targets = scores.argmax(axis=1) if targets is None else targets
-    else:
-        scores = wrapped.scores(xb)
-        targets = scores.argmax(axis=1)
-        if target is not None:
-            targets = check_targets(target, n=len(xb), n_classes=scores.shape[1])
-        result = spec.function(wrapped, xb, targets, **params)
-    used = {**spec.defaults, **params, **result.params}
-    info = dict(result.info)
-    if not batch:
-        info = {k: _first(v, len(xb)) for k, v in info.items()}
-    return Explanation(
-        values=result.values if batch else result.values[0],
-        x=np.asarray(xb if batch else xb[0]),
-        target=targets if batch else int(targets[0]),
-        prediction=scores if batch else scores[0],
-        method=method,
-        params=used,
-        components=_item(result.components, batch),
-        component_values=_item(result.component_values, batch),
-        info=info,
-        batch=batch,
-        feature_names=None if feature_names is None else [str(n) for n in feature_names],
-        tokens=tokens,
-    )
-
-
-def _as_batch(x: Any, *, batch: bool) -> np.ndarray:
-    """``x`` as a batch in memory of its own: the explanation keeps it, and the caller may
-    change their array afterwards (explanations hold NumPy arrays)."""
-    arr = check_batch(x if batch else _with_item_axis(x), name="x")
-    if isinstance(arr, torch.Tensor):
-        if arr.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
-            arr = arr.float()
-        arr = arr.cpu().numpy()
-    return np.array(arr, copy=True, order="C")
-
-
-def _with_item_axis(x: Any):
-    if hasattr(x, "unsqueeze"):
-        return x.unsqueeze(0)
-    if isinstance(x, (str, bytes)) or x is None:
-        return x  # check_batch names the problem
-    return np.asarray(x)[None]
-
-
-def _item(value: np.ndarray | None, batch: bool) -> np.ndarray | None:
-    if value is None or batch:
-        return value
-    return value[0]
-
-
-def _first(value: Any, n: int) -> Any:
-    if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == n:
-        item = value[0]
-        return item.item() if np.ndim(item) == 0 else item
-    return value
-
-
-def _load_methods() -> None:
-    """Import the method modules so their ``register`` calls run."""
-    from xaikit.attribution import _catalogue  # noqa: F401

@@ -99,12 +99,13 @@ class _Worker:
     def __init__(self, module, spec: dict, sizes: dict) -> None:
         import torch
 
-        from xaikit.model import Model, _batch_memo
+        from xaikit.batching import preset_batch_sizes
+        from xaikit.model import Model
 
         # One CPU per actor: torch's own threads would only compete with the other actors.
         torch.set_num_threads(1)
         self.model = Model(module, **spec)
-        _batch_memo(module, self.model).update(sizes)
+        preset_batch_sizes(self.model, sizes)
 
     def explain(self, x, targets, method, params, factor):
         from xaikit.audit.run import explain_shard

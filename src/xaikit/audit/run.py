@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from xaikit._progress import progress_bar
 from xaikit._validation import check_batch, check_choice, check_positive_int, check_targets
-from xaikit.attribution.registry import explain
+from xaikit.attribution.api import explain
 from xaikit.audit import _store
 from xaikit.audit.analysis import analyse
 from xaikit.audit.result import Audit
-from xaikit.model import Model, _batch_memo, as_model
+from xaikit.batching import chosen_batch_sizes, preset_batch_sizes
+from xaikit.model import Model, as_model
 
 BACKENDS = ("local", "ray")
 
@@ -265,20 +266,18 @@ def _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, param
     lets the Model search (one small explain of nine items, whose result is discarded) and
     records the sizes in the manifest; later attempts and actors install them before work.
     """
-    owner = wrapped.module if wrapped.is_torch else wrapped.function
-    memo = _batch_memo(owner, wrapped)
     recorded = manifest.get("batch_sizes")
     if recorded is None:
         if wrapped.batch_size == "auto":
             x = source.get(0, min(9, source.n))
             targets = None if labels is None else labels[: len(x)]
             explain(wrapped, x, method=method, target=targets, batch=True, **params)
-        recorded = [[k[0], list(k[1]), k[2], k[3], int(v)] for k, v in memo.items()]
+        chosen = chosen_batch_sizes(wrapped)
+        recorded = [[k[0], list(k[1]), k[2], k[3], int(v)] for k, v in chosen.items()]
         manifest = {**manifest, "batch_sizes": recorded}
         _store.write_bytes(folder / _store.MANIFEST, _json(manifest))
     sizes = {(k, tuple(s), d, dev): v for k, s, d, dev, v in recorded}
-    for key, size in sizes.items():
-        memo.setdefault(key, size)
+    preset_batch_sizes(wrapped, sizes)
     return sizes
 
 

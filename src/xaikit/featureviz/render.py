@@ -8,7 +8,7 @@ image is perturbed at each step, :mod:`~xaikit.featureviz.transforms`).
 Guarantees
 ----------
 - The user's model is left as it was: it runs in eval mode for the call and every module's own
-  training flag is restored (:meth:`xaikit.Model._user_state_preserved`); the forward hooks that
+  training flag is restored (:func:`xaikit._torch.preserved_state`); the forward hooks that
   record activations are removed in ``finally``; gradients are taken with
   ``torch.autograd.grad`` with respect to the image parameters only, so no parameter's ``.grad``
   or ``requires_grad`` changes. The same holds for a ``generator``.
@@ -33,12 +33,13 @@ from torch import nn
 
 from xaikit._plotting import new_figure
 from xaikit._progress import progress_bar
+from xaikit._torch import first_tensor, float_dtype, input_mismatch, module_device, preserved_state
 from xaikit._validation import check_batch, check_positive_int, describe
 from xaikit.featureviz import generator as _gen
 from xaikit.featureviz import param as _param
 from xaikit.featureviz import transforms as _tf
 from xaikit.featureviz.objectives import Context, Objective, ObjectiveBatch
-from xaikit.model import Model, _input_mismatch, as_model
+from xaikit.model import Model, as_model
 
 __all__ = ["Visualization", "visualize"]
 
@@ -251,7 +252,7 @@ def visualize(
         input_shape = _check_shape(input_shape)
     elif m.input_shape is not None:
         input_shape = tuple(m.input_shape)
-    dtype = _float_dtype(m.module)
+    dtype = float_dtype(m.module)
 
     spec = _ObjectiveSpec.from_argument(objective)
     layers = sorted(spec.layers)
@@ -268,9 +269,9 @@ def visualize(
         return hook
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(m._user_state_preserved())
+        stack.enter_context(preserved_state(m.module))
         if generator is not None:
-            stack.enter_context(as_model(generator)._user_state_preserved())
+            stack.enter_context(preserved_state(generator))
         handles = []
         stack.callback(lambda: [h.remove() for h in handles])
         for name, module in modules.items():
@@ -280,7 +281,7 @@ def visualize(
         # ---- what the items are: start images/latents, their shape, the objectives per item
         if generator is not None:
             d, start_t = _latent_start(generator, start)
-            gen_dtype, gen_device = _float_dtype(generator), _module_device(generator)
+            gen_dtype, gen_device = float_dtype(generator), module_device(generator)
         else:
             start_t = None
             if start is not None:
@@ -518,7 +519,7 @@ def _probe(m: Model, forward, context, x: torch.Tensor, *, culprit: str, dtype) 
     try:
         out = forward(x)
     except Exception as err:
-        hint = _input_mismatch(m.module, x)
+        hint = input_mismatch(m.module, x)
         if hint is None:
             with contextlib.suppress(ValueError):
                 expected = _guess_input_shape(m, forward, dtype=dtype, fill=0.5)
@@ -541,7 +542,7 @@ def _layer_tensors(recorded: dict[str, Any], layers: list[str]) -> dict[str, tor
         if name not in recorded:
             raise ValueError(f"layer: {name!r} was not called in the model's forward pass")
         value = recorded[name]
-        tensor = value if isinstance(value, torch.Tensor) else _first_tensor(value)
+        tensor = value if isinstance(value, torch.Tensor) else first_tensor(value)
         if tensor is None:
             raise ValueError(f"layer: {name!r} returned no tensor ({describe(value)})")
         out[name] = tensor
@@ -650,22 +651,3 @@ def _check_nonnegative(value: Any, *, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
         raise ValueError(f"{name}: expected a non-negative number, got {describe(value)}")
     return float(value)
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, (tuple, list)):
-        return next((o for o in output if isinstance(o, torch.Tensor)), None)
-    return None
-
-
-def _float_dtype(module: nn.Module) -> torch.dtype:
-    for p in module.parameters():
-        if p.dtype.is_floating_point:
-            return p.dtype
-    return torch.float32
-
-
-def _module_device(module: nn.Module) -> torch.device:
-    for t in [*module.parameters(), *module.buffers()]:
-        return t.device
-    return torch.device("cpu")

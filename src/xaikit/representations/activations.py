@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from xaikit._progress import progress_bar
+from xaikit._torch import has_embedding
 from xaikit._validation import check_choice, check_positive_int, describe
-from xaikit.model import Model, _has_embedding, as_model
+from xaikit.model import Model, as_model
 from xaikit.representations._common import resolve_layers
 from xaikit.representations._data import Source, gather_targets, to_numpy
 from xaikit.representations._store import INPUTS, Store
@@ -202,7 +203,7 @@ def capture(
     else:
         m = as_model(model, batch_size=batch_size)
     names = resolve_layers(m, layers, name=layers_name)
-    transform = _pool_transform(pool, token_model=_has_embedding(m.module))
+    transform = _pool_transform(pool, token_model=has_embedding(m.module))
     source = Source(data)
     streams = names + ([INPUTS] if keep_inputs else [])
     store = Store(streams, expected_n=source.n, budget=budget, out=out)

@@ -1,0 +1,224 @@
+"""Small torch helpers shared by the core and the packages: state, devices, dtypes, diagnosis.
+
+``preserved_state`` is the promise every call into a user's model keeps: eval mode for the
+call, and every module's own training flag put back afterwards, also on error.
+``input_mismatch`` turns a forward that failed on a wrong input into a sentence naming the
+layer and, where the layers show it, the input shape the model expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def preserved_state(module: nn.Module | None) -> Iterator[None]:
+    """Run in eval mode; restore every module's own training flag afterwards, even on error.
+
+    Per module, not through ``train()``, which recurses and may be overridden by the user.
+    """
+    if module is None:
+        yield
+        return
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        for m, _ in flags:
+            set_training(m, False)
+        yield
+    finally:
+        for m, flag in flags:
+            set_training(m, flag)
+
+
+def float_output(out: torch.Tensor) -> torch.Tensor:
+    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((o for o in output if isinstance(o, torch.Tensor)), None)
+    return None
+
+
+def set_training(module: nn.Module, flag: bool) -> None:
+    if isinstance(module, torch.jit.ScriptModule):
+        if module.training != flag:
+            module.train(flag)  # script modules keep the flag on the C++ side
+    else:
+        module.training = flag  # per module, without train()'s recursion or user overrides
+
+
+def module_device(module: nn.Module | None) -> torch.device:
+    if module is None:
+        return torch.device("cpu")
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def float_dtype(module: nn.Module | None) -> torch.dtype:
+    if module is not None:
+        for p in module.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+    return torch.float32
+
+
+def has_embedding(module: nn.Module | None) -> bool:
+    if module is None:
+        return False
+    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in module.modules())
+
+
+def input_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
+    """Explain a failed forward by the layers' expectations, when they are clear.
+
+    First the first layer's channel or feature count; else the layer where one item's forward
+    fails, and, for an image model whose first linear layer takes a fixed number of features,
+    the item shape that gives that number (found by running one blank item of other sizes
+    through the layers before it).
+    """
+    if not tensor.dtype.is_floating_point:  # token ids: the model's own error says more
+        return None
+    hint = _first_layer_mismatch(module, tensor)
+    if hint is not None or isinstance(module, torch.jit.ScriptModule):
+        return hint
+    with contextlib.suppress(Exception):  # a diagnosis must never hide the original error
+        return _failing_layer_mismatch(module, tensor)
+    return None
+
+
+class _ForwardStopped(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a probe hook to end a diagnostic forward early."""
+
+
+def _leaf_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
+
+
+def _failing_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
+    item = tensor[:1].detach().clone()
+    entered: list[tuple[str, nn.Module, tuple]] = []
+    handles = []
+    for name, leaf in _leaf_modules(module):
+        handles.append(
+            leaf.register_forward_pre_hook(
+                lambda mod, inputs, name=name: entered.append((name, mod, _shapes(inputs)))
+            )
+        )
+        handles.append(leaf.register_forward_hook(lambda *_: _pop(entered)))
+    try:
+        with torch.inference_mode():
+            module(item)
+        return None  # one item runs: the failure lies elsewhere
+    except Exception:
+        if not entered:
+            return None
+    finally:
+        for h in handles:
+            h.remove()
+    name, layer, shapes = entered[-1]
+    got = shapes[0] if shapes else None
+    item_shape = tuple(tensor.shape[1:])
+    if isinstance(layer, nn.Linear) and got is not None:
+        what = f"layer {name!r} (Linear) takes {layer.in_features} features, got {got[-1]}"
+    elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.AvgPool2d)):
+        what = f"layer {name!r} ({type(layer).__name__}) cannot take its input of shape {got}"
+    else:
+        what = f"the forward fails in layer {name!r} ({type(layer).__name__})"
+    hint = f"items of shape {item_shape} do not fit the model: {what}"
+    expected = _expected_item_shape(module, tensor)
+    if expected is not None and expected != item_shape:
+        hint += f"; the model expects items of shape {expected} (resize the input)"
+    return hint
+
+
+def _pop(stack: list) -> None:
+    stack.pop()  # returns None: a forward hook's return value would replace the output
+
+
+def _shapes(inputs: tuple) -> tuple:
+    return tuple(tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor))
+
+
+def _expected_item_shape(module: nn.Module, tensor: torch.Tensor) -> tuple[int, ...] | None:
+    """The image size whose forward gives the first linear layer its feature count, if any.
+
+    The features reaching that layer grow with the side, so a bisection over square (or
+    same-aspect) sizes finds it in about a dozen forwards of one blank item, each cut at
+    the linear layer.
+    """
+    if tensor.ndim != 4:
+        return None
+    first_linear = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
+    if first_linear is None:
+        return None
+    channels, height, width = (int(s) for s in tensor.shape[1:])
+    aspect = width / height
+
+    def features(side: int) -> int:
+        seen: list[int] = []
+
+        def probe(_mod, inputs):
+            seen.append(int(inputs[0].shape[-1]))
+            raise _ForwardStopped
+
+        handle = first_linear.register_forward_pre_hook(probe)
+        blank = torch.zeros(
+            (1, channels, side, max(1, round(side * aspect))),
+            dtype=tensor.dtype,
+            device=tensor.device,
+        )
+        try:
+            with torch.inference_mode():
+                module(blank)
+        except _ForwardStopped:
+            return seen[0]
+        except Exception:
+            return -1  # too small for the layers before it
+        finally:
+            handle.remove()
+        return -1
+
+    low, high = 1, 4096
+    while low < high:  # smallest side whose features reach the layer's count
+        mid = (low + high) // 2
+        if features(mid) >= first_linear.in_features:
+            high = mid
+        else:
+            low = mid + 1
+    if features(low) != first_linear.in_features:
+        return None
+    return (channels, low, max(1, round(low * aspect)))
+
+
+def _first_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None:
+    first = next(
+        (
+            m
+            for m in module.modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+        ),
+        None,
+    )
+    if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)]
+        if tensor.ndim != dims + 2:
+            return f"expected a batch of {dims + 1}-D items (N, C, ...) for its first convolution"
+        if tensor.shape[1] != first.in_channels:
+            return (
+                f"expected {first.in_channels} channel(s) for its first convolution, got "
+                f"{tensor.shape[1]} (channel axis 1)"
+            )
+    if isinstance(first, nn.Linear) and tensor.ndim == 2 and tensor.shape[1] != first.in_features:
+        return f"expected {first.in_features} features per item for its first linear layer"
+    return None
