@@ -89,6 +89,24 @@ def batched(masks: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield masks[start : start + size]
 
 
+def rechunk(chunks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The rows of ``chunks`` regrouped into chunks of exactly ``size`` rows (the last fewer):
+    what :func:`batched` gives on their concatenation, without building it."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for chunk in chunks:
+        while len(chunk):
+            take = chunk[: size - held]
+            chunk = chunk[len(take) :]
+            pending.append(take)
+            held += len(take)
+            if held == size:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, held = [], 0
+    if held:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
 def _prepare(model: Model, x: np.ndarray, baseline, *, background: bool):
     """``x`` and the baseline as float tensors on the model's device (or float arrays)."""
     x = np.asarray(x)
