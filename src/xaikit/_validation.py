@@ -167,20 +167,21 @@ def check_number(
     above = high is not None and (number > high or (high_open and number == high))
     if not np.isfinite(number) or below or above:
         raise ValueError(
-            f"{name}: expected a finite number{_range_text(low, high, low_open, high_open)}, "
-            f"got {value!r}"
+            f"{name}: expected a {_wanted(low, high, low_open, high_open)}, got {value!r}"
         )
     return number
 
 
-def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+def _wanted(low, high, low_open: bool, high_open: bool) -> str:
+    if low == 0 and high is None:
+        return "positive number" if low_open else "non-negative number"
     if low is not None and high is not None:
-        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     if low is not None:
-        return f" {'>' if low_open else '>='} {low:g}"
+        return f"finite number {'>' if low_open else '>='} {low:g}"
     if high is not None:
-        return f" {'<' if high_open else '<='} {high:g}"
-    return ""
+        return f"finite number {'<' if high_open else '<='} {high:g}"
+    return "finite number"
 
 
 # ---------------------------------------------------------------------------------- memory

@@ -43,6 +43,7 @@ import numpy as np
 from xaikit._progress import progress_bar
 from xaikit._validation import check_memory, check_positive_int
 from xaikit.attribution.lime import assemble, check_seed, games_for, single_threaded_blas
+from xaikit.attribution.perturbation import chunk_sizes
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model
 
@@ -465,7 +466,7 @@ def _subsets(m, s, n, rng, *, contains_first: bool, all_: bool) -> np.ndarray:
         while len(packed) < n:
             draws = [
                 np.packbits(np.argsort(rng.random((rows, pool)), axis=1) < k, axis=1)
-                for rows in _chunk_sizes(2 * n, _CODES_PER_CHUNK)
+                for rows in chunk_sizes(2 * n, _CODES_PER_CHUNK)
             ]  # the same draws as one (2n, pool) array, in memory of one chunk
             both = np.concatenate([packed, *draws])
             _, first = np.unique(both, axis=0, return_index=True)
@@ -474,8 +475,3 @@ def _subsets(m, s, n, rng, *, contains_first: bool, all_: bool) -> np.ndarray:
     if contains_first:
         picked = np.concatenate([np.ones((len(picked), 1), dtype=bool), picked], axis=1)
     return picked
-
-
-def _chunk_sizes(total: int, size: int) -> list[int]:
-    """``total`` split into chunks of ``size`` (the last fewer)."""
-    return [min(size, total - start) for start in range(0, total, size)]

@@ -20,7 +20,7 @@ import numpy as np
 
 from xaikit._draws import block_generators
 from xaikit._progress import progress_bar
-from xaikit._validation import check_choice, check_positive_int, describe
+from xaikit._validation import check_choice, check_number, check_positive_int, describe
 from xaikit.attribution.perturbation import batched, chunk_size, perturbation_scores, rechunk
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
@@ -124,8 +124,8 @@ def lime(
     """
     samples = check_positive_int(samples, name="samples")
     if kernel_width is not None:
-        kernel_width = _check_positive_float(kernel_width, name="kernel_width")
-    alpha = _check_positive_float(alpha, name="alpha", allow_zero=True)
+        kernel_width = check_number(kernel_width, name="kernel_width", low=0, low_open=True)
+    alpha = check_number(alpha, name="alpha", low=0)
     seed = check_seed(seed)
     sampling = check_choice(sampling, name="sampling", choices=("coalitions", "training"))
     if sampling == "training":
@@ -433,14 +433,6 @@ def check_seed(seed: Any) -> int:
         return int(np.random.SeedSequence().entropy % 2**63)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an int or None, got {describe(seed)}")
+    if seed < 0:
+        raise ValueError(f"seed: expected an int >= 0 or None, got {seed}")
     return int(seed)
-
-
-def _check_positive_float(value: Any, *, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a positive number, got {describe(value)}")
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(
-            f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value}"
-        )
-    return float(value)

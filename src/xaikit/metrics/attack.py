@@ -34,6 +34,7 @@ from torch import nn
 
 from xaikit._plotting import new_figure
 from xaikit._validation import check_choice, check_positive_int, check_targets, describe
+from xaikit.attribution.perturbation import chunk_size, chunk_sizes
 from xaikit.explanation import Explanation
 from xaikit.metrics._common import as_array, check_explained, explainer
 from xaikit.model import Model, as_model
@@ -361,9 +362,15 @@ def _spsa_gradient(maps, top: np.ndarray, queries: int, c: float, seed: int):
         return flat[:, top].sum(axis=1) / np.maximum(flat.sum(axis=1), 1e-12)
 
     def gradient(point: np.ndarray) -> np.ndarray:
-        u = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(queries, *point.shape))
-        s = share(maps(np.concatenate([point[None] + c * u, point[None] - c * u])))
-        slope = (s[:queries] - s[queries:]) / (2 * c)
-        return (slope.reshape(-1, *[1] * point.ndim) * u).mean(axis=0)
+        # Queries in chunks (the same directions as one draw; one batch of explanations per
+        # chunk), so memory is one chunk whatever ``queries`` is.
+        total = None
+        for b in chunk_sizes(queries, chunk_size(point, n_background=4)):
+            u = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(b, *point.shape))
+            s = share(maps(np.concatenate([point[None] + c * u, point[None] - c * u])))
+            slope = (s[:b] - s[b:]) / (2 * c)
+            part = (slope.reshape(-1, *[1] * point.ndim) * u).sum(axis=0)
+            total = part if total is None else total + part
+        return total / queries
 
     return gradient
