@@ -88,6 +88,9 @@ def check_targets(
     if isinstance(target, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a class index (int), got {describe(target)}")
     if isinstance(target, (int, np.integer)):
+        if not -(2**63) <= target < 2**63:  # no OverflowError: it is out of range like -1
+            bound = f"[0, {n_classes})" if n_classes is not None else "[0, 2**63)"
+            raise ValueError(f"{name}: expected a class index in {bound}, got {target}")
         arr = np.full(n, int(target), dtype=np.int64)
     elif isinstance(target, (Sequence, np.ndarray)) and not isinstance(target, (str, bytes)):
         arr = np.asarray(target)
@@ -135,12 +138,42 @@ def check_choice(value: Any, *, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+#: Largest count (samples, steps, repeats) accepted: ~1.1e12. Far beyond any run that ends
+#: (years of model calls), and small enough that counts times items stay within int64.
+MAX_COUNT = 2**40
+
+
+def check_count(value: Any, *, name: str, minimum: int = 1) -> int:
+    """Return a count (``samples``, ``steps``, ...) as an int in ``[minimum, MAX_COUNT]``."""
+    value = check_int(value, name=name, minimum=minimum)
+    if value > MAX_COUNT:
+        raise ValueError(
+            f"{name}: expected at most 2**40 ({MAX_COUNT:,}; more would run for years and "
+            f"overflow 64-bit indices), got {value:,}"
+        )
+    return value
+
+
+def check_seed(value: Any, *, name: str = "seed", allow_none: bool = True, bits: int = 63):
+    """Return a seed: an int in ``[0, 2**bits)`` (NumPy and torch take 63 bits, scikit-learn
+    32), or ``None`` where a fresh seed is allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        kind = "an int or None" if allow_none else "an int"
+        raise TypeError(f"{name}: expected {kind}, got {describe(value)}")
+    if not 0 <= value < 2**bits:
+        raise ValueError(f"{name}: expected an int in [0, 2**{bits}), got {value}")
+    return int(value)
+
+
 def check_int(value: Any, *, name: str, minimum: int = 0) -> int:
     """Return ``value`` as an int >= ``minimum``; a bool or a float is a TypeError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {describe(value)}")
+    wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {wanted}, got {describe(value)}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+        raise ValueError(f"{name}: expected {wanted}, got {value}")
     return int(value)
 
 

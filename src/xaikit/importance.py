@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._plotting import new_figure
-from xaikit._validation import check_batch, check_memory, check_positive_int
+from xaikit._validation import check_batch, check_count, check_memory, check_seed
 from xaikit.attribution.perturbation import CHUNK_BYTES, chunk_sizes
 from xaikit.model import as_model
 
@@ -82,7 +82,8 @@ def permutation_importance(
     n_repeats : int
         Shuffles per feature; the result keeps every repeat.
     """
-    n_repeats = check_positive_int(n_repeats, name="n_repeats")
+    n_repeats = check_count(n_repeats, name="n_repeats")
+    seed = check_seed(seed)
     m = as_model(model)
     X = np.asarray(check_batch(X, name="X"))
     if X.ndim != 2:

@@ -24,10 +24,11 @@ from xaikit._plotting import new_figure
 from xaikit._validation import (
     check_batch,
     check_choice,
+    check_count,
     check_int,
     check_memory,
     check_number,
-    check_positive_int,
+    check_seed,
     describe,
 )
 from xaikit.model import as_model
@@ -154,13 +155,13 @@ def surrogate(
         output (regression) on the held-out rows; ``complexity``; ``rules()``; ``plot()``.
     """
     kind = check_choice(kind, name="kind", choices=KINDS)
-    max_depth = check_positive_int(max_depth, name="max_depth")
+    max_depth = check_count(max_depth, name="max_depth")
     alpha = check_number(alpha, name="alpha", low=0, low_open=True)
     samples = check_int(samples, name="samples", minimum=0)
     test_size = check_number(
         test_size, name="test_size", low=0, high=1, low_open=True, high_open=True
     )
-    seed = None if seed is None else check_int(seed, name="seed", minimum=0)
+    seed = check_seed(seed, bits=32)  # scikit-learn's random_state
     m = as_model(model)
     X = np.asarray(check_batch(X, name="X"), dtype=np.float64)
     if X.ndim != 2 or len(X) < 8:
@@ -246,6 +247,14 @@ def fidelity_curve(
     kind = check_choice(kind, name="kind", choices=KINDS)
     if settings is None:
         settings = [1, 2, 3, 4, 5, 6, 8] if kind != "linear" else [1.0, 0.3, 0.1, 0.03, 0.01]
+    if isinstance(settings, (str, bytes)) or not isinstance(settings, Sequence | np.ndarray):
+        raise TypeError(f"settings: expected a list of depths or alphas, got {describe(settings)}")
+    settings = [
+        check_number(s, name="settings", low=0, low_open=True)
+        if kind == "linear"
+        else check_count(s, name="settings")
+        for s in settings
+    ]
     m = as_model(model)  # one adapter: its batch size is found once
     fits = [
         surrogate(

@@ -12,7 +12,6 @@ accumulates the weighted gradients per item, so memory stays bounded by one chun
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable
 
@@ -21,7 +20,14 @@ import torch
 
 from xaikit._draws import block_generators
 from xaikit._progress import progress_bar
-from xaikit._validation import check_choice, check_number, check_positive_int, format_bytes
+from xaikit._validation import (
+    check_choice,
+    check_count,
+    check_number,
+    check_seed,
+    describe,
+    format_bytes,
+)
 from xaikit.attribution.perturbation import CHUNK_BYTES
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model
@@ -104,7 +110,16 @@ def as_tensor(model: Model, x: np.ndarray) -> torch.Tensor:
 
 def baseline_tensor(baseline, x: torch.Tensor, *, name: str = "baseline") -> torch.Tensor:
     """A number or an array of one item's shape (or of the batch's) as a tensor like ``x``."""
-    base = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=x.device)
+    try:
+        if isinstance(baseline, (bool, np.bool_)) or np.asarray(baseline).dtype == bool:
+            raise TypeError("a bool is not a value")
+        values = np.asarray(baseline, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name}: expected a number or an array of the input's shape {tuple(x.shape[1:])}, "
+            f"got {describe(baseline)}"
+        ) from err
+    base = torch.as_tensor(values, device=x.device)
     if base.ndim == 0:
         return torch.full_like(x, float(base))
     if tuple(base.shape) == tuple(x.shape[1:]):
@@ -202,10 +217,10 @@ def smoothgrad(
     or ``"vargrad"`` (variance of the gradients, Adebayo et al. 2018).
     Smilkov et al. (2017), "SmoothGrad: removing noise by adding noise".
     """
-    samples = check_positive_int(samples, name="samples")
+    samples = check_count(samples, name="samples")
     variant = check_choice(variant, name="variant", choices=SMOOTHGRAD_VARIANTS)
-    if not (isinstance(noise, (int, float)) and noise >= 0 and math.isfinite(noise)):
-        raise ValueError(f"noise: expected a fraction of the input range >= 0, got {noise!r}")
+    noise = check_number(noise, name="noise", low=0)  # a fraction of the input range
+    seed = check_seed(seed)
     xt = as_tensor(model, x)
     flat = xt.reshape(len(xt), -1)
     sigma = noise * (flat.max(dim=1).values - flat.min(dim=1).values)
@@ -392,7 +407,7 @@ MAX_GAUSS_LEGENDRE_STEPS = 4096
 
 def check_path_steps(steps, *, rule: str) -> int:
     """A step count for ``rule``: a positive int (2+ for the trapezoid; Gauss-Legendre capped)."""
-    steps = check_positive_int(steps, name="steps")
+    steps = check_count(steps, name="steps")
     if rule == "riemann_trapezoid" and steps < 2:
         raise ValueError("steps: the trapezoid rule needs at least 2 steps, got 1")
     if rule == "gausslegendre" and steps > MAX_GAUSS_LEGENDRE_STEPS:
@@ -457,7 +472,8 @@ def expected_gradients(
     Erion et al. (2021), "Improving performance of deep learning models with axiomatic
     attribution priors and expected gradients".
     """
-    samples = check_positive_int(samples, name="samples")
+    samples = check_count(samples, name="samples")
+    seed = check_seed(seed)
     xt = as_tensor(model, x)
     if baseline is None:
         raise ValueError("baseline: expected_gradients needs background data (R, *x.shape)")

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._progress import progress_bar
-from xaikit._validation import check_memory, check_positive_int
+from xaikit._validation import check_count, check_memory
 from xaikit.attribution.lime import assemble, check_seed, games_for, single_threaded_blas
 from xaikit.attribution.perturbation import chunk_sizes
 from xaikit.attribution.registry import Attribution, register
@@ -112,7 +112,7 @@ def kernel_shap(
         if samples != "auto":
             raise ValueError(f"samples: expected a positive int or 'auto', got {samples!r}")
     else:
-        samples = check_positive_int(samples, name="samples")
+        samples = check_count(samples, name="samples")
         if samples < 2:
             raise ValueError(
                 f"samples: expected at least 2 (the empty and the full coalition), got {samples}"

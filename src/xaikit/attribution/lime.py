@@ -20,7 +20,8 @@ import numpy as np
 
 from xaikit._draws import block_generators
 from xaikit._progress import progress_bar
-from xaikit._validation import check_choice, check_number, check_positive_int, describe
+from xaikit._validation import check_choice, check_count, check_number, describe
+from xaikit._validation import check_seed as _check_seed
 from xaikit.attribution.perturbation import batched, chunk_size, perturbation_scores, rechunk
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
@@ -122,7 +123,7 @@ def lime(
     Ribeiro, Singh & Guestrin 2016, KDD: coalitions "by drawing nonzero elements of x'
     uniformly at random (where the number of such draws is also uniformly sampled)".
     """
-    samples = check_positive_int(samples, name="samples")
+    samples = check_count(samples, name="samples")
     if kernel_width is not None:
         kernel_width = check_number(kernel_width, name="kernel_width", low=0, low_open=True)
     alpha = check_number(alpha, name="alpha", low=0)
@@ -429,10 +430,5 @@ _BLAS: Any = None
 
 def check_seed(seed: Any) -> int:
     """An int seed; ``None`` draws one (items of a batch then still share their draws)."""
-    if seed is None:
-        return int(np.random.SeedSequence().entropy % 2**63)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed: expected an int or None, got {describe(seed)}")
-    if seed < 0:
-        raise ValueError(f"seed: expected an int >= 0 or None, got {seed}")
-    return int(seed)
+    seed = _check_seed(seed)
+    return int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from xaikit._draws import block_generators
 from xaikit._progress import progress_bar
-from xaikit._validation import check_positive_int, describe
+from xaikit._validation import check_count, check_number, check_seed, describe
 from xaikit.attribution.perturbation import chunk_size, perturbation_scores
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
@@ -72,11 +72,9 @@ def rise(
     Petsiuk, Das & Saenko 2018, RISE: Randomized input sampling for explanation of black-box
     models, BMVC.
     """
-    samples = check_positive_int(samples, name="samples")
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0 < p <= 1:
-        raise ValueError(f"p: expected a keep probability in (0, 1], got {p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed: expected an int or None, got {describe(seed)}")
+    samples = check_count(samples, name="samples")
+    p = check_number(p, name="p", low=0, high=1, low_open=True)  # a keep probability
+    seed = check_seed(seed)
     item = x.shape[1:]
     kind = input_kind(x[0])
     if kind == "text":

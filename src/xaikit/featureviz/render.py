@@ -337,6 +337,10 @@ def visualize(
                 obj(probe)  # and it evaluates to one value per item
 
         n_items = _count_items(item_objectives, batch=batch, start=start_t)
+        # All items are optimised together: their images, parameters with gradients and Adam's
+        # moments, and the model's activations on them (~16 input copies each, an estimate).
+        item_bytes = 64 * math.prod(input_shape)
+        check_memory(n_items, item_bytes, name="batch", what=f"items of shape {input_shape}")
         seeds = _item_seeds(seed, n_items)
         objs = item_objectives or [spec.single] * n_items
         per_item = item_objectives is not None

@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from xaikit._progress import progress_bar
-from xaikit._validation import check_positive_int, check_targets, describe
+from xaikit._validation import (
+    check_count,
+    check_number,
+    check_positive_int,
+    check_seed,
+    check_targets,
+    describe,
+)
 from xaikit.attribution.perturbation import batched, chunk_size
 from xaikit.metrics._common import as_array, input_score_chunks, one_input
 
@@ -81,6 +88,8 @@ def infidelity(
     x = x.astype(np.float32)
     if values.shape != x.shape:  # a (H, W) map for a (C, H, W) image: the same on every channel
         values = np.broadcast_to(values, x.shape)
+    if window is not None:  # checked even when unused: a bad value is a mistake either way
+        check_positive_int(window, name="window")
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected True or False, got {describe(normalize)}")
     draw = _perturbations(x, perturbation, samples, noise, window, seed)
@@ -177,11 +186,10 @@ def _perturbations(x, perturbation, samples, noise, window, seed):
         raise ValueError(
             f"perturbation: expected one of {PERTURBATIONS} or an array, got {perturbation!r}"
         )
-    check_positive_int(samples, name="samples")
-    rng = np.random.default_rng(seed)
+    check_count(samples, name="samples")
+    rng = np.random.default_rng(check_seed(seed))
     if perturbation == "gaussian":
-        if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise > 0):
-            raise ValueError(f"noise: expected a positive number, got {noise!r}")
+        noise = check_number(noise, name="noise", low=0, low_open=True)
         return lambda b: rng.normal(0.0, noise, size=(b, *x.shape)).astype(np.float32)
     if x.ndim not in (2, 3):
         raise ValueError(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._progress import progress_bar
-from xaikit._validation import check_number, check_positive_int, check_targets
+from xaikit._validation import check_count, check_number, check_seed, check_targets
 from xaikit.attribution.perturbation import chunk_size
 from xaikit.explanation import Explanation
 from xaikit.metrics._common import as_array, check_explained, explainer
@@ -46,7 +46,8 @@ def _distances(
     each chunk one batch of the method), so memory is one chunk whatever ``samples`` is.
     """
     radius = check_number(radius, name="radius", low=0, low_open=True)
-    samples = check_positive_int(samples, name="samples")
+    samples = check_count(samples, name="samples")
+    seed = check_seed(seed)
     x = as_array(x, name="x").astype(np.float32)
     _, explain_fn = explainer(method, params)
     m = as_model(model)
