@@ -380,9 +380,10 @@ def visualize(
                 return parameterization.image(r, shape, low=low, high=high)
 
         chain = _tf.resolve(transforms, shape=input_shape)
-        # The history (steps, items) is part of the result: refuse up front when it cannot fit.
+        # The history (steps, items) is part of the result, float32 gathered in blocks and
+        # joined at the end (twice its size then): refuse up front when it cannot fit.
         check_memory(
-            steps, 4 * n_items, name="steps", what=f"steps of {n_items} item(s) (the history)"
+            steps, 8 * n_items, name="steps", what=f"steps of {n_items} item(s) (the history)"
         )
         # Each item's transform draws come from its own generator, a block of steps at a time
         # (the same numbers as drawing all steps at once; memory of one block).
