@@ -194,13 +194,12 @@ def _pair_values(game, reps: np.ndarray) -> np.ndarray:
     """``v`` on ``[empty, full, reps, complements of reps]`` (in that order), chunk by chunk."""
     ends = np.zeros((2, game.m), dtype=bool)
     ends[1] = True
-    rows = max(1, _CODES_PER_CHUNK)
 
     def coalitions():
         yield ends
         for flip in (False, True):
-            for start in range(0, len(reps), rows):
-                chunk = reps[start : start + rows]
+            for start in range(0, len(reps), _CODES_PER_CHUNK):
+                chunk = reps[start : start + _CODES_PER_CHUNK]
                 yield ~chunk if flip else chunk
 
     v = np.empty(2 + 2 * len(reps))

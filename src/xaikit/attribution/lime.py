@@ -65,7 +65,8 @@ def lime(
         ``{"how": "grid", "cell": (4, 4)}``), or an id map (the input without channels, or one
         per item with ``batch=True``) with ids ``0 .. M-1``, every id used.
     samples : int
-        Coalitions drawn, the input itself first (lime's ``num_samples``, 1000).
+        Coalitions drawn, the input itself first (lime's ``num_samples``, 1000); they are
+        drawn, scored and fitted chunk by chunk, so memory does not grow with ``samples``.
     kernel_width : float or None
         Width of the kernel ``pi(z) = sqrt(exp(-d(z)^2 / width^2))``. ``None``: 0.25 on the
         cosine distance ``d`` between a coalition and the all-ones one (lime's images; its text
@@ -100,8 +101,9 @@ def lime(
         ``component_values (N, M)`` (padded with 0 where items have fewer components),
         ``info``: ``intercept``, ``r2`` (the surrogate's weighted R², its local fidelity),
         ``local_prediction`` (surrogate at the input), ``score`` (the model's output there),
-        ``evaluations`` (distinct coalitions run), ``explained_output`` (what the model returns:
-        coefficients of logits are not coefficients of probabilities).
+        ``evaluations`` (coalitions run: the distinct ones of each chunk),
+        ``explained_output`` (what the model returns: coefficients of logits are not
+        coefficients of probabilities).
 
     Notes
     -----
