@@ -5,6 +5,7 @@ The public API is re-exported here; see docs/architecture.md for how the parts f
 
 from xaikit import metrics, text
 from xaikit._progress import set_progress
+from xaikit._validation import memory_limit, set_memory_limit
 from xaikit._version import __version__
 from xaikit.attribution import explain, methods
 from xaikit.audit import Audit, Finding, audit
@@ -61,6 +62,7 @@ __all__ = [
     "explain",
     "fidelity_curve",
     "filter_activations",
+    "memory_limit",
     "methods",
     "metrics",
     "objectives",
@@ -70,6 +72,7 @@ __all__ = [
     "project_layers",
     "reconstruct",
     "sanity_check",
+    "set_memory_limit",
     "set_progress",
     "surrogate",
     "text",

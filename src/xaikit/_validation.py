@@ -6,6 +6,7 @@ without reading xaikit's source (the scikit-learn habit of one validation module
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -156,3 +157,160 @@ def check_choice(value: Any, *, name: str, choices: Sequence[str]) -> str:
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name}: expected one of {options}, got {value!r}")
     return value
+
+
+#: Largest count (samples, steps, repeats) accepted: ~1.1e12. Far beyond any run that ends
+#: (years of model calls), and small enough that counts times items stay within int64.
+MAX_COUNT = 2**40
+
+
+def check_count(value: Any, *, name: str, minimum: int = 1) -> int:
+    """Return a count (``samples``, ``steps``, ...) as an int in ``[minimum, MAX_COUNT]``."""
+    value = check_int(value, name=name, minimum=minimum)
+    if value > MAX_COUNT:
+        raise ValueError(
+            f"{name}: expected at most 2**40 ({MAX_COUNT:,}; more would run for years and "
+            f"overflow 64-bit indices), got {value:,}"
+        )
+    return value
+
+
+def check_seed(value: Any, *, name: str = "seed", allow_none: bool = True, bits: int = 63):
+    """Return a seed: an int in ``[0, 2**bits)`` (NumPy and torch take 63 bits, scikit-learn
+    32), or ``None`` where a fresh seed is allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        kind = "an int or None" if allow_none else "an int"
+        raise TypeError(f"{name}: expected {kind}, got {describe(value)}")
+    if not 0 <= value < 2**bits:
+        raise ValueError(f"{name}: expected an int in [0, 2**{bits}), got {value}")
+    return int(value)
+
+
+def check_int(value: Any, *, name: str, minimum: int = 0) -> int:
+    """Return ``value`` as an int >= ``minimum``; a bool or a float is a TypeError."""
+    wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {wanted}, got {describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected {wanted}, got {value}")
+    return int(value)
+
+
+def check_number(
+    value: Any,
+    *,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite float in the given range, or raise naming ``name``.
+
+    A bool, a string or an array is a TypeError; NaN, infinity or a value out of range a
+    ValueError. ``low_open``/``high_open`` exclude the bound itself.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"{name}: expected a number, got {describe(value)}")
+    number = float(value)
+    below = low is not None and (number < low or (low_open and number == low))
+    above = high is not None and (number > high or (high_open and number == high))
+    if not np.isfinite(number) or below or above:
+        raise ValueError(
+            f"{name}: expected a {_wanted(low, high, low_open, high_open)}, got {value!r}"
+        )
+    return number
+
+
+def _wanted(low, high, low_open: bool, high_open: bool) -> str:
+    if low == 0 and high is None:
+        return "positive number" if low_open else "non-negative number"
+    if low is not None and high is not None:
+        return f"number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"finite number {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"finite number {'<' if high_open else '<='} {high:g}"
+    return "finite number"
+
+
+# ---------------------------------------------------------------------------------- memory
+
+#: Default of :func:`memory_limit` (bytes): what one call may hold for things that grow with
+#: a count (samples, steps). Everything that can stream does, within a chunk; the limit only
+#: refuses counts whose results or draws must be held whole.
+DEFAULT_MEMORY_LIMIT = 4 * 2**30
+_memory_limit: int | None = None
+
+
+def set_memory_limit(limit: int | str | None) -> None:
+    """Set how much memory a call may hold for what grows with a count (bytes).
+
+    Calls whose counts (``samples``, ``steps``, ...) would need more than this for what cannot
+    be streamed refuse up front with an estimate, naming the parameter. ``None`` restores the
+    default: ``$XAIKIT_MEMORY_LIMIT`` (bytes, or a number with ``KiB``/``MiB``/``GiB``/``TiB``)
+    or 4 GiB.
+    """
+    global _memory_limit
+    _memory_limit = None if limit is None else _parse_bytes(limit, name="limit")
+
+
+def memory_limit() -> int:
+    """The memory limit in bytes (see :func:`set_memory_limit`)."""
+    if _memory_limit is not None:
+        return _memory_limit
+    env = os.environ.get("XAIKIT_MEMORY_LIMIT")
+    if env:
+        return _parse_bytes(env, name="XAIKIT_MEMORY_LIMIT")
+    return DEFAULT_MEMORY_LIMIT
+
+
+_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _parse_bytes(value: Any, *, name: str) -> int:
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGTIB")
+        unit = text[len(digits) :]
+        try:
+            number = float(digits)
+        except ValueError:
+            number = float("nan")
+        if unit not in _UNITS or not np.isfinite(number) or number <= 0:
+            raise ValueError(
+                f"{name}: expected a number of bytes such as 8589934592 or '8GiB', got {value!r}"
+            )
+        return int(number * _UNITS[unit])
+    return check_positive_int(value, name=name)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as a short human-readable size (``'730 GiB'``)."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_memory(count: int, per_item: float, *, name: str, what: str, fixed: float = 0) -> None:
+    """Refuse up front when ``count`` items of ``per_item`` bytes exceed the memory limit.
+
+    ``what`` names the items with their size (``"masks of 784 components"``); ``fixed`` is
+    memory needed whatever the count. The message gives the estimate, how many items fit,
+    and how to raise the limit.
+    """
+    limit = memory_limit()
+    need = fixed + count * per_item
+    if need <= limit:
+        return
+    fits = max(0, int((limit - fixed) // max(per_item, 1)))
+    raise ValueError(
+        f"{name}: {count:,} {what} need ~{format_bytes(need)}; at most {fits:,} fit in the "
+        f"memory limit of {format_bytes(limit)} (lower {name}, or raise the limit with "
+        "xaikit.set_memory_limit(...) or $XAIKIT_MEMORY_LIMIT)"
+    )

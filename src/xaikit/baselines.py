@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from xaikit._validation import check_finite, describe
+from xaikit._validation import check_finite, check_number, describe
 from xaikit.components import input_kind
 
 NAMES = ("mean", "blur", "noise")
@@ -81,6 +81,8 @@ def make_baseline(
     if isinstance(baseline, torch.Tensor):
         baseline = baseline.detach().cpu().numpy()
     try:
+        if isinstance(baseline, (bool, np.bool_)) or np.asarray(baseline).dtype == bool:
+            raise TypeError("a bool is not a value")
         base = np.asarray(baseline, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise TypeError(
@@ -136,10 +138,12 @@ def _named(arr: np.ndarray, name: str, kind: str, seed, sigma, distribution) -> 
         from scipy.ndimage import gaussian_filter
 
         sigma = min(arr.shape[-2:]) / 16 if sigma is None else sigma
-        if not isinstance(sigma, (int, float)) or not sigma > 0:
-            raise ValueError(f"sigma: expected a positive number of pixels, got {sigma!r}")
-        spatial = [0.0] * (arr.ndim - 2) + [float(sigma)] * 2  # never blur across channels
-        return gaussian_filter(arr, sigma=spatial, mode="nearest")
+        sigma = check_number(sigma, name="sigma", low=0, low_open=True)  # in pixels
+        spatial = [0.0] * (arr.ndim - 2) + [sigma] * 2  # never blur across channels
+        # scipy's kernel reaches 4 sigma; past twice the image side it only adds copies of the
+        # border (mode "nearest"), so it is cut there: any sigma runs in memory of the image.
+        radius = [0] * (arr.ndim - 2) + [min(int(4.0 * sigma + 0.5), 2 * s) for s in arr.shape[-2:]]
+        return gaussian_filter(arr, sigma=spatial, mode="nearest", radius=radius)
     if kind == "text":
         raise ValueError("baseline: 'noise' is not defined for token ids; pass a token id")
     rng = np.random.default_rng(seed)

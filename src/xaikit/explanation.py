@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from xaikit._validation import check_int
 from xaikit._version import __version__
 
 __all__ = ["Explanation"]
@@ -353,8 +354,7 @@ class Explanation:
         ``(k,)`` for a 1-D input, else coordinates ``(k, ndim)`` (e.g. ``(c, h, w)`` rows).
         With ``batch`` the result has a leading item axis.
         """
-        if operator.index(k) < 0:
-            raise ValueError(f"k: expected a non-negative int, got {k}")
+        k = check_int(k, name="k", minimum=0)
         if self.batch:
             return np.stack([self[i].top(k) for i in range(len(self))])
         v = self.component_values if self.component_values is not None else self.values
@@ -476,6 +476,7 @@ class Explanation:
         backgrounds coloured by their values (diverging map). A batch: a grid of the first
         16 items (``ax`` must be None). No GUI backend is used; nothing is shown.
         """
+        top_k = check_int(top_k, name="top_k", minimum=1)
         return _plot(
             self, ax=ax, cmap=cmap, signed=signed, top_k=top_k, title=title, show_input=show_input
         )

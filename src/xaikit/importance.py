@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from xaikit._plotting import new_figure
-from xaikit._validation import check_batch, check_positive_int
+from xaikit._validation import check_batch, check_count, check_memory, check_seed
+from xaikit.attribution.perturbation import CHUNK_BYTES, chunk_sizes
 from xaikit.model import as_model
 
 
@@ -81,7 +82,8 @@ def permutation_importance(
     n_repeats : int
         Shuffles per feature; the result keeps every repeat.
     """
-    n_repeats = check_positive_int(n_repeats, name="n_repeats")
+    n_repeats = check_count(n_repeats, name="n_repeats")
+    seed = check_seed(seed)
     m = as_model(model)
     X = np.asarray(check_batch(X, name="X"))
     if X.ndim != 2:
@@ -117,12 +119,22 @@ def permutation_importance(
 
     baseline = float(quality(original)[0])
     rng = np.random.default_rng(seed)
+    check_memory(
+        n_repeats, 8 * n_features, name="n_repeats", what=f"repeats of {n_features} features"
+    )  # the result holds every repeat
     drops = np.empty((n_features, n_repeats))
+    # One model call per feature (and per chunk of repeats when the copies would be large):
+    # the shuffles are drawn in the same order either way.
+    per_chunk = max(1, CHUNK_BYTES // max(1, X.nbytes))
     for f in range(n_features):
-        shuffled = np.repeat(X[None], n_repeats, axis=0)  # (R, N, F): one model call per feature
-        orders = rng.permuted(np.tile(np.arange(n), (n_repeats, 1)), axis=1)
-        shuffled[:, :, f] = X[orders, f]
-        drops[f] = baseline - quality(m.scores(shuffled.reshape(-1, n_features), check=False))
+        done = 0
+        for repeats in chunk_sizes(n_repeats, per_chunk):
+            shuffled = np.repeat(X[None], repeats, axis=0)  # (R, N, F)
+            orders = rng.permuted(np.tile(np.arange(n), (repeats, 1)), axis=1)
+            shuffled[:, :, f] = X[orders, f]
+            scores = m.scores(shuffled.reshape(-1, n_features), check=False)
+            drops[f, done : done + repeats] = baseline - quality(scores)
+            done += repeats
     return Importance(
         feature_names=names, importances=drops, baseline_score=baseline, scoring=scoring
     )

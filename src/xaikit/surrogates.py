@@ -9,6 +9,7 @@ trained networks"; Molnar, "Interpretable Machine Learning", ch. "Global surroga
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +21,22 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, export_text
 
 from xaikit._plotting import new_figure
-from xaikit._validation import check_batch, check_choice, check_positive_int
+from xaikit._validation import (
+    check_batch,
+    check_choice,
+    check_count,
+    check_int,
+    check_memory,
+    check_number,
+    check_seed,
+    describe,
+)
 from xaikit.model import as_model
 
 KINDS = ("tree", "linear", "rules")
+# Bytes per table value held during a fit: the drawn rows and their noise (float64), the joined
+# table, its float32 copy for the model, and scikit-learn's own copies (an estimate).
+_BYTES_PER_VALUE = 48
 
 
 @dataclass
@@ -142,15 +155,24 @@ def surrogate(
         output (regression) on the held-out rows; ``complexity``; ``rules()``; ``plot()``.
     """
     kind = check_choice(kind, name="kind", choices=KINDS)
-    max_depth = check_positive_int(max_depth, name="max_depth")
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 0:
-        raise ValueError(f"samples: expected an int >= 0, got {samples!r}")
-    if not 0 < test_size < 1:
-        raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
+    max_depth = check_count(max_depth, name="max_depth")
+    alpha = check_number(alpha, name="alpha", low=0, low_open=True)
+    samples = check_int(samples, name="samples", minimum=0)
+    test_size = check_number(
+        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True
+    )
+    seed = check_seed(seed, bits=32)  # scikit-learn's random_state
     m = as_model(model)
     X = np.asarray(check_batch(X, name="X"), dtype=np.float64)
     if X.ndim != 2 or len(X) < 8:
         raise ValueError(f"X: expected a table (N, F) with at least 8 rows, got shape {X.shape}")
+    # The fit needs every row at once (scikit-learn holds them): refuse up front when the rows
+    # drawn around the data, their copies and scores would not fit.
+    check_memory(
+        samples, _BYTES_PER_VALUE * X.shape[1] + 64, name="samples",
+        what=f"rows of {X.shape[1]} features (held whole for the fit)",
+        fixed=_BYTES_PER_VALUE * X.size,
+    )  # fmt: skip
     names = _feature_names(feature_names, X.shape[1])
     rng = np.random.default_rng(seed)
     X_fit, X_test = train_test_split(X, test_size=test_size, random_state=seed)
@@ -167,6 +189,8 @@ def surrogate(
     scores_fit = m.scores(X_fit.astype(np.float32) if m.is_torch else X_fit)
     scores_test = m.scores(X_test.astype(np.float32) if m.is_torch else X_test)
     task = "classification" if scores_fit.shape[1] > 1 else "regression"
+    if class_names is not None:
+        class_names = _class_names(class_names, scores_fit.shape[1], task)
     y_fit = scores_fit.argmax(1) if task == "classification" else scores_fit[:, 0]
     y_test = scores_test.argmax(1) if task == "classification" else scores_test[:, 0]
 
@@ -223,6 +247,14 @@ def fidelity_curve(
     kind = check_choice(kind, name="kind", choices=KINDS)
     if settings is None:
         settings = [1, 2, 3, 4, 5, 6, 8] if kind != "linear" else [1.0, 0.3, 0.1, 0.03, 0.01]
+    if isinstance(settings, (str, bytes)) or not isinstance(settings, Sequence | np.ndarray):
+        raise TypeError(f"settings: expected a list of depths or alphas, got {describe(settings)}")
+    settings = [
+        check_number(s, name="settings", low=0, low_open=True)
+        if kind == "linear"
+        else check_count(s, name="settings")
+        for s in settings
+    ]
     m = as_model(model)  # one adapter: its batch size is found once
     fits = [
         surrogate(
@@ -254,6 +286,23 @@ def _feature_names(names: list[str] | None, n: int) -> list[str]:
     names = [str(v) for v in names]
     if len(names) != n:
         raise ValueError(f"feature_names: expected {n} names, got {len(names)}")
+    return names
+
+
+def _class_names(names: Any, n_outputs: int, task: str) -> list[str]:
+    """One name per output of a classifier (a regression has no classes)."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence | np.ndarray):
+        raise TypeError(f"class_names: expected a list of names, got {describe(names)}")
+    names = [str(n) for n in names]
+    if task != "classification":
+        raise ValueError(
+            f"class_names: the model has one output (a regression, no classes), got {len(names)}"
+            " names"
+        )
+    if len(names) != n_outputs:
+        raise ValueError(
+            f"class_names: expected {n_outputs} names (one per model output), got {len(names)}"
+        )
     return names
 
 

@@ -12,14 +12,22 @@ accumulates the weighted gradients per item, so memory stays bounded by one chun
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from xaikit._validation import check_choice, check_positive_int
+from xaikit._draws import block_generators
+from xaikit._progress import progress_bar
+from xaikit._validation import (
+    check_choice,
+    check_count,
+    check_number,
+    check_seed,
+    describe,
+    format_bytes,
+)
 from xaikit.attribution.perturbation import CHUNK_BYTES
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model
@@ -38,7 +46,7 @@ def gradient_points(
     *,
     points_per_item: int,
     make_points: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    weights: torch.Tensor | None = None,
+    weights: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
     factor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     of: str = "score",
     moments: int = 1,
@@ -47,38 +55,51 @@ def gradient_points(
 
     ``make_points(items, k)`` returns the points for item indices ``items`` (b,) at point
     numbers ``k`` (b,), in order of the flat point number, chunk after chunk.
-    ``weights`` (points_per_item,) defaults to 1/points_per_item (a mean); ``factor(items, k)``
-    optionally multiplies each gradient first (Expected Gradients' per-sample x - x').
-    Returns ``[sum_k w_k f_k g_k]`` and, with ``moments=2``, also ``sum_k w_k (f_k g_k)**2``,
-    each of ``x``'s shape.
+    ``weights`` defaults to 1/points_per_item (a mean); a tensor (points_per_item,) or a
+    function ``weights(k)`` gives one per point number (a function never holds them all).
+    ``factor(items, k)`` optionally multiplies each gradient first (Expected Gradients'
+    per-sample x - x'). Returns ``[sum_k w_k f_k g_k]`` and, with ``moments=2``, also
+    ``sum_k w_k (f_k g_k)**2``, each of ``x``'s shape. Memory is one chunk of points whatever
+    ``points_per_item`` is; a progress bar counts the points.
     """
     n = len(x)
     total = n * points_per_item
-    if weights is None:
-        weights = torch.full((points_per_item,), 1.0 / points_per_item, device=x.device)
-    weights = weights.to(device=x.device, dtype=x.dtype)
+    if weights is None:  # a mean: one weight for all, never a tensor of points_per_item
+        uniform = torch.tensor(1.0 / points_per_item, dtype=x.dtype)
+        weight_of = lambda k: uniform.to(x.device).expand(len(k))  # noqa: E731
+    elif callable(weights):
+        weight_of = weights
+    else:
+        table = weights.to(device=x.device, dtype=x.dtype)
+        weight_of = table.__getitem__
     sums = [torch.zeros_like(x) for _ in range(moments)]
     per_point = max(1, x[0].numel() * x.element_size())
     chunk = max(1, CHUNK_BYTES // per_point)
     target_t = torch.as_tensor(targets, device=x.device)
-    for start in range(0, total, chunk):
-        flat = torch.arange(start, min(start + chunk, total), device=x.device)
-        items, k = flat // points_per_item, flat % points_per_item
-        points = make_points(items, k)
-        targets_b = target_t[items].cpu().numpy()
-        _, grads = model.gradients(points, targets_b, of=of, as_numpy=False, check=False)
-        if factor is not None:
-            grads = grads * factor(items, k)
-        # Points come item-major, so a chunk holds a few consecutive items: summing them is
-        # a (items x points) weight matrix times the gradients, far cheaper than index_add_.
-        first = int(items[0])
-        span = int(items[-1]) - first + 1
-        spread = torch.zeros((span, len(items)), dtype=x.dtype, device=x.device)
-        spread[items - first, torch.arange(len(items), device=x.device)] = weights[k]
-        flat_grads = grads.reshape(len(items), -1)
-        for power, acc in enumerate(sums, start=1):
-            term = flat_grads if power == 1 else flat_grads**power
-            acc[first : first + span] += (spread @ term).reshape(span, *x.shape[1:])
+    with progress_bar(total, "gradient points") as bar:
+        for start in range(0, total, chunk):
+            flat = torch.arange(start, min(start + chunk, total), device=x.device)
+            items, k = flat // points_per_item, flat % points_per_item
+            points = make_points(items, k)
+            targets_b = target_t[items].cpu().numpy()
+            _, grads = model.gradients(
+                points, targets_b, of=of, as_numpy=False, check=False, progress=False
+            )
+            if factor is not None:
+                grads = grads * factor(items, k)
+            # Points come item-major, so a chunk holds a few consecutive items: summing them is
+            # a (items x points) weight matrix times the gradients, far cheaper than index_add_.
+            first = int(items[0])
+            span = int(items[-1]) - first + 1
+            spread = torch.zeros((span, len(items)), dtype=x.dtype, device=x.device)
+            spread[items - first, torch.arange(len(items), device=x.device)] = weight_of(k).to(
+                device=x.device, dtype=x.dtype
+            )
+            flat_grads = grads.reshape(len(items), -1)
+            for power, acc in enumerate(sums, start=1):
+                term = flat_grads if power == 1 else flat_grads**power
+                acc[first : first + span] += (spread @ term).reshape(span, *x.shape[1:])
+            bar.advance(len(items))
     return sums
 
 
@@ -89,7 +110,16 @@ def as_tensor(model: Model, x: np.ndarray) -> torch.Tensor:
 
 def baseline_tensor(baseline, x: torch.Tensor, *, name: str = "baseline") -> torch.Tensor:
     """A number or an array of one item's shape (or of the batch's) as a tensor like ``x``."""
-    base = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=x.device)
+    try:
+        if isinstance(baseline, (bool, np.bool_)) or np.asarray(baseline).dtype == bool:
+            raise TypeError("a bool is not a value")
+        values = np.asarray(baseline, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name}: expected a number or an array of the input's shape {tuple(x.shape[1:])}, "
+            f"got {describe(baseline)}"
+        ) from err
+    base = torch.as_tensor(values, device=x.device)
     if base.ndim == 0:
         return torch.full_like(x, float(base))
     if tuple(base.shape) == tuple(x.shape[1:]):
@@ -187,10 +217,10 @@ def smoothgrad(
     or ``"vargrad"`` (variance of the gradients, Adebayo et al. 2018).
     Smilkov et al. (2017), "SmoothGrad: removing noise by adding noise".
     """
-    samples = check_positive_int(samples, name="samples")
+    samples = check_count(samples, name="samples")
     variant = check_choice(variant, name="variant", choices=SMOOTHGRAD_VARIANTS)
-    if not (isinstance(noise, (int, float)) and noise >= 0 and math.isfinite(noise)):
-        raise ValueError(f"noise: expected a fraction of the input range >= 0, got {noise!r}")
+    noise = check_number(noise, name="noise", low=0)  # a fraction of the input range
+    seed = check_seed(seed)
     xt = as_tensor(model, x)
     flat = xt.reshape(len(xt), -1)
     sigma = noise * (flat.max(dim=1).values - flat.min(dim=1).values)
@@ -247,11 +277,10 @@ def integrated_gradients(
     Sundararajan, Taly & Yan (2017), "Axiomatic attribution for deep networks".
     """
     rule = check_choice(rule, name="rule", choices=RULES)
-    auto = steps == "auto"
+    tolerance = check_number(tolerance, name="tolerance", low=0)
+    auto = isinstance(steps, str) and steps == "auto"
     if not auto:
-        steps = check_positive_int(steps, name="steps")
-        if rule == "riemann_trapezoid" and steps < 2:
-            raise ValueError("steps: the trapezoid rule needs at least 2 steps, got 1")
+        steps = check_path_steps(steps, rule=rule)
     if layer is not None:
         return _layer_integrated_gradients(
             model, x, targets, baseline=baseline, steps=steps, rule=rule, layer=layer
@@ -266,14 +295,18 @@ def integrated_gradients(
     difference = scores[rows, targets] - both[len(xt) :][rows, targets]
 
     def attribute(n_steps: int, which: torch.Tensor, rule_: str):
-        alphas, weights = path_rule(rule_, n_steps)
-        alphas = torch.as_tensor(alphas, dtype=xt.dtype, device=xt.device)
         sub_x, sub_base = xt[which], base[which]
         sub_diff = sub_x - sub_base
 
         def make_points(items, k):
-            a = alphas[k].reshape(-1, *([1] * (xt.ndim - 1)))
-            return torch.addcmul(sub_base[items], a, sub_diff[items])
+            alphas, _ = path_rule_at(rule_, n_steps, k.cpu().numpy())
+            a = torch.as_tensor(alphas, dtype=xt.dtype, device=xt.device)
+            return torch.addcmul(
+                sub_base[items], a.reshape(-1, *([1] * (xt.ndim - 1))), sub_diff[items]
+            )
+
+        def weights(k):  # per chunk: a path of 10**9 steps never holds 10**9 weights
+            return torch.as_tensor(path_rule_at(rule_, n_steps, k.cpu().numpy())[1])
 
         (avg_grad,) = gradient_points(
             model,
@@ -281,7 +314,7 @@ def integrated_gradients(
             targets[which.cpu().numpy()],
             points_per_item=n_steps,
             make_points=make_points,
-            weights=torch.as_tensor(weights),
+            weights=weights,
         )
         return (sub_x - sub_base) * avg_grad
 
@@ -312,19 +345,25 @@ def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, lay
     if targets is None:
         targets = scores[:n].argmax(dim=1).cpu().numpy()
     acts, base_acts = both_acts[:n], both_acts[n:]
-    alphas, weights = path_rule(rule, steps)
-    items = np.repeat(np.arange(n), steps)
-    alpha = torch.as_tensor(np.tile(alphas, n), dtype=acts.dtype, device=acts.device)
-    alpha = alpha.reshape(-1, *([1] * (acts.ndim - 1)))
-    # Every path point is fed as the layer's output; the input ids only drive the rest.
-    points = base_acts[items] + alpha * (acts[items] - base_acts[items])
-    _, _, grads = model.layer_gradients(
-        x[items], targets[items], layer=layer, values=points, as_numpy=False
-    )
-    w = torch.as_tensor(np.tile(weights, n), dtype=grads.dtype, device=grads.device)
-    avg = torch.zeros_like(acts).index_add_(
-        0, torch.as_tensor(items, device=acts.device), w.reshape(alpha.shape) * grads
-    )
+    avg = torch.zeros_like(acts)
+    total = n * steps
+    # Path points in chunks of bounded memory; each chunk's layer outputs replace the layer's.
+    chunk = max(1, CHUNK_BYTES // max(1, acts[0].numel() * acts.element_size()))
+    with progress_bar(total, "gradient points") as bar:
+        for start in range(0, total, chunk):
+            flat = np.arange(start, min(start + chunk, total))
+            items, k = flat // steps, flat % steps
+            alphas, weights = path_rule_at(rule, steps, k)
+            alpha = torch.as_tensor(alphas, dtype=acts.dtype, device=acts.device)
+            alpha = alpha.reshape(-1, *([1] * (acts.ndim - 1)))
+            rows = torch.as_tensor(items, device=acts.device)
+            points = base_acts[rows] + alpha * (acts[rows] - base_acts[rows])
+            _, _, grads = model.layer_gradients(
+                x[items], targets[items], layer=layer, values=points, as_numpy=False
+            )
+            w = torch.as_tensor(weights, dtype=grads.dtype, device=grads.device)
+            avg.index_add_(0, rows, w.reshape(alpha.shape) * grads)
+            bar.advance(len(flat))
     values = per_position(((acts - base_acts) * avg).cpu().numpy(), x, layer=layer)
     scores = scores.cpu().numpy()
     rows = np.arange(n)
@@ -360,21 +399,55 @@ def _legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return np.polynomial.legendre.leggauss(steps)
 
 
+#: Gauss-Legendre nodes come from an eigenproblem of size steps x steps (memory steps^2, time
+#: steps^3: 4096 steps take ~130 MiB and ~10-30 s); far below that count the rule is exact
+#: to float precision for smooth paths, and the Riemann rules stream any number of steps.
+MAX_GAUSS_LEGENDRE_STEPS = 4096
+
+
+def check_path_steps(steps, *, rule: str) -> int:
+    """A step count for ``rule``: a positive int (2+ for the trapezoid; Gauss-Legendre capped)."""
+    steps = check_count(steps, name="steps")
+    if rule == "riemann_trapezoid" and steps < 2:
+        raise ValueError("steps: the trapezoid rule needs at least 2 steps, got 1")
+    if rule == "gausslegendre" and steps > MAX_GAUSS_LEGENDRE_STEPS:
+        raise ValueError(
+            f"steps: the Gauss-Legendre rule computes its nodes from a {steps:,} x {steps:,} "
+            f"eigenproblem (~{format_bytes(8 * steps**2)}); at most "
+            f"{MAX_GAUSS_LEGENDRE_STEPS} steps are supported (it is exact to float precision "
+            "long before); use rule='riemann_middle' or 'riemann_trapezoid' for more, which "
+            "stream any number of steps"
+        )
+    return steps
+
+
 def path_rule(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Points alpha in [0, 1] and weights of a quadrature rule for integrals over [0, 1].
 
     The trapezoid rule here is the textbook one (weights sum to 1); Captum's variant weights
     its ``steps`` points by 1/steps with halved ends, so its sum is (steps - 1)/steps.
     """
+    return path_rule_at(rule, steps, np.arange(steps))
+
+
+def path_rule_at(rule: str, steps: int, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``path_rule(rule, steps)`` at the point numbers ``k`` only (float64, bit for bit).
+
+    The Riemann rules are computed from ``k`` alone, so a path is built chunk by chunk in
+    memory bounded by the chunk, whatever ``steps`` is.
+    """
+    k = np.asarray(k, dtype=np.int64)
     if rule == "gausslegendre":
         nodes, weights = _legendre(steps)
-        return 0.5 * (nodes + 1), 0.5 * weights
+        return 0.5 * (nodes[k] + 1), 0.5 * weights[k]
     if rule == "riemann_trapezoid":
-        weights = np.full(steps, 1.0 / (steps - 1))
-        weights[[0, -1]] /= 2
-        return np.linspace(0.0, 1.0, steps), weights
+        # as np.linspace(0, 1, steps): k * (1 / (steps - 1)), the last point exactly 1
+        alphas = np.where(k == steps - 1, 1.0, k * (1.0 / (steps - 1)))
+        weights = np.full(len(k), 1.0 / (steps - 1))
+        weights[(k == 0) | (k == steps - 1)] /= 2
+        return alphas, weights
     offset = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[rule]
-    return (np.arange(steps) + offset) / steps, np.full(steps, 1.0 / steps)
+    return (k + offset) / steps, np.full(len(k), 1.0 / steps)
 
 
 @register(
@@ -399,7 +472,8 @@ def expected_gradients(
     Erion et al. (2021), "Improving performance of deep learning models with axiomatic
     attribution priors and expected gradients".
     """
-    samples = check_positive_int(samples, name="samples")
+    samples = check_count(samples, name="samples")
+    seed = check_seed(seed)
     xt = as_tensor(model, x)
     if baseline is None:
         raise ValueError("baseline: expected_gradients needs background data (R, *x.shape)")
@@ -409,17 +483,24 @@ def expected_gradients(
             f"baseline: expected background rows of shape (R, {', '.join(map(str, xt.shape[1:]))})"
             f", got shape {tuple(background.shape)}"
         )
-    rng = np.random.default_rng(seed)
-    rows = torch.as_tensor(rng.integers(0, len(background), (len(xt), samples)), device=xt.device)
-    alphas = torch.as_tensor(rng.random((len(xt), samples)), dtype=xt.dtype, device=xt.device)
+    # The background rows of all samples were drawn first, then all points a: one generator
+    # per block, drawn chunk by chunk as the points stream (same draws, memory of one chunk).
+    n_rows = len(background)
+    row_draws, alpha_draws = block_generators(
+        np.random.default_rng(seed),
+        [(len(xt) * samples, lambda gen, b: gen.integers(0, n_rows, b)), (len(xt) * samples, None)],
+    )
     shape = (-1, *([1] * (xt.ndim - 1)))
+    drawn: dict[str, torch.Tensor] = {}
 
-    def make_points(items, k):
-        start = background[rows[items, k]]
-        return start + alphas[items, k].reshape(shape) * (xt[items] - start)
+    def make_points(items, _k):  # called once per chunk, in order of the flat point number
+        drawn["rows"] = torch.as_tensor(row_draws.integers(0, n_rows, len(items)), device=xt.device)
+        alphas = torch.as_tensor(alpha_draws.random(len(items)), dtype=xt.dtype, device=xt.device)
+        start = background[drawn["rows"]]
+        return start + alphas.reshape(shape) * (xt[items] - start)
 
-    def factor(items, k):  # each sample has its own baseline, so x - x' multiplies per sample
-        return xt[items] - background[rows[items, k]]
+    def factor(items, _k):  # each sample has its own baseline, so x - x' multiplies per sample
+        return xt[items] - background[drawn["rows"]]
 
     (values,) = gradient_points(
         model, xt, targets, points_per_item=samples, make_points=make_points, factor=factor

@@ -40,8 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_positive_int
+from xaikit._progress import progress_bar
+from xaikit._validation import check_count, check_memory
 from xaikit.attribution.lime import assemble, check_seed, games_for, single_threaded_blas
+from xaikit.attribution.perturbation import chunk_sizes
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model
 
@@ -54,6 +56,13 @@ _RIDGE = 1e-2  # relative to the kernel's diagonal
 _FLOOR = 0.01  # least relevance of a component
 _LOO_PAIRS = 64
 _ENUMERATE_MAX = 2**20  # a stratum is enumerated and subsampled below this many subsets
+# The surrogate's kernel matrix is quadratic in the pairs it is fitted on: at most this many
+# (32 MiB); more pairs are fitted on a random subset of them and all pairs still correct it.
+_SURROGATE_PAIRS = 2048
+_CODES_PER_CHUNK = 2**16  # coalitions built, scored and summed per chunk
+# Memory held per sampled coalition besides its m bits-as-bytes (a pair's scores and weight,
+# the complement, the deduplication of draws), for the up-front estimate.
+_BYTES_PER_COALITION = 48
 
 
 @register("kernel_shap", needs_gradients=False, reference=REFERENCE)
@@ -103,7 +112,7 @@ def kernel_shap(
         if samples != "auto":
             raise ValueError(f"samples: expected a positive int or 'auto', got {samples!r}")
     else:
-        samples = check_positive_int(samples, name="samples")
+        samples = check_count(samples, name="samples")
         if samples < 2:
             raise ValueError(
                 f"samples: expected at least 2 (the empty and the full coalition), got {samples}"
@@ -116,21 +125,25 @@ def kernel_shap(
         budget = 2 * m + 2048 if samples == "auto" else samples
         rng = np.random.default_rng(seed)
         exact = m <= 30 and budget >= 2**m
-        if exact:
-            z, w = all_coalitions(m)
+        if exact:  # every coalition, streamed: memory of one chunk even for 2^30 of them
+            v0, v1, phi = _exact(game)
         else:
+            # Distinct draws must be remembered: the coalitions are held (bits and scores),
+            # everything else streams.
+            check_memory(
+                budget, _BYTES_PER_COALITION + m, name="samples",
+                what=f"distinct coalitions of {m} components (kept to draw them without repeats)",
+            )  # fmt: skip
             reps, pair_w = shapley_pairs(m, budget, rng)
-            z, w = np.concatenate([reps, ~reps]), np.concatenate([pair_w, pair_w]) / 2
-        ends = np.zeros((2, m), dtype=bool)
-        ends[1] = True
-        v = game(np.concatenate([ends, z]))
-        with single_threaded_blas():
-            if exact or m < 3 or len(z) // 2 < m + 1:  # a surrogate needs pairs per unknown
-                phi = constrained_wls(z, w, v[2:] - v[0], v[1] - v[0])
-            else:
-                phi = _adjusted(z, w, v, rng)
+            v = _pair_values(game, reps)
+            v0, v1 = v[0], v[1]
+            with single_threaded_blas():
+                if m < 3 or len(reps) < m + 1:  # a surrogate needs pairs per unknown
+                    phi = _paired_wls(reps, pair_w, v, np.zeros(len(v)))
+                else:
+                    phi = _adjusted(reps, pair_w, v, rng)
         fits.append((game, phi))
-        rows.append((v[0], v[1], phi.sum() - (v[1] - v[0]), game.evaluations, exact))
+        rows.append((v0, v1, phi.sum() - (v1 - v0), game.evaluations, exact))
     empty, full, gap, used, exact = (np.array(c) for c in zip(*rows, strict=True))
     info = {
         "expected_value": empty,
@@ -143,14 +156,92 @@ def kernel_shap(
     return assemble(x, fits, info)
 
 
-def all_coalitions(m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every coalition but the empty and full one ``(2^m - 2, m)``, with Shapley kernel weights."""
-    codes = np.arange(1, 2**m - 1, dtype=np.int64)
-    z = ((codes[:, None] >> np.arange(m)) & 1).astype(bool)
-    size = z.sum(axis=1)
+def _exact(game) -> tuple[float, float, np.ndarray]:
+    """``v(0)``, ``v(1)`` and the exact Shapley values from every coalition, chunk by chunk.
+
+    The coalitions run in the order ``[empty, full, codes 1 .. 2^m - 2]`` and the weighted
+    normal equations of :func:`constrained_wls` are summed per chunk (never all coalitions).
+    """
+    m = game.m
     comb = np.array([math.comb(m, s) for s in range(m + 1)], dtype=np.float64)
-    kernel = (m - 1) / (comb[size] * size * (m - size))
-    return z, kernel / kernel.sum()
+    total = sum((m - 1) / (s * (m - s)) for s in range(1, m))  # sum of all kernel weights
+    ends = np.zeros((2, m), dtype=bool)
+    ends[1] = True
+
+    def coalitions():
+        yield ends
+        for start in range(1, 2**m - 1, _CODES_PER_CHUNK):
+            codes = np.arange(start, min(start + _CODES_PER_CHUNK, 2**m - 1), dtype=np.int64)
+            yield ((codes[:, None] >> np.arange(m)) & 1).astype(bool)
+
+    normal = NormalEquations(m)
+    v0 = v1 = None
+    with progress_bar(2**m, "KernelSHAP coalitions") as bar:
+        for z, v in game.stream(coalitions()):
+            bar.advance(len(z))
+            if v0 is None:  # the first chunk starts with the two ends
+                v0, v1, z, v = v[0], v[1], z[2:], v[2:]
+            size = z.sum(axis=1)
+            kernel = (m - 1) / (comb[size] * size * (m - size)) / total
+            with single_threaded_blas():
+                normal.add(z, kernel, v)
+    with single_threaded_blas():
+        phi = normal.solve(v0=v0, total=v1 - v0)
+    return v0, v1, phi
+
+
+def _pair_values(game, reps: np.ndarray) -> np.ndarray:
+    """``v`` on ``[empty, full, reps, complements of reps]`` (in that order), chunk by chunk."""
+    ends = np.zeros((2, game.m), dtype=bool)
+    ends[1] = True
+
+    def coalitions():
+        yield ends
+        for flip in (False, True):
+            for start in range(0, len(reps), _CODES_PER_CHUNK):
+                chunk = reps[start : start + _CODES_PER_CHUNK]
+                yield ~chunk if flip else chunk
+
+    v = np.empty(2 + 2 * len(reps))
+    done = 0
+    with progress_bar(len(v), "KernelSHAP coalitions") as bar:
+        for z, values in game.stream(coalitions()):
+            v[done : done + len(z)] = values
+            done += len(z)
+            bar.advance(len(z))
+    return v
+
+
+def _paired_wls(reps, pair_w, v, g) -> np.ndarray:
+    """:func:`constrained_wls` of ``v - g`` on the coalitions ``[reps, ~reps]`` (each pair's
+    weight halved over its two members), streamed over chunks of the representatives."""
+    n = len(reps)
+    y = v - g
+    normal = NormalEquations(reps.shape[1])
+    for start in range(0, n, _CODES_PER_CHUNK):
+        stop = min(n, start + _CODES_PER_CHUNK)
+        w = pair_w[start:stop] / 2
+        normal.add(reps[start:stop], w, y[2 + start : 2 + stop])
+        normal.add(~reps[start:stop], w, y[2 + n + start : 2 + n + stop])
+    return normal.solve(v0=y[0], total=y[1] - y[0])
+
+
+class NormalEquations:
+    """The weighted normal equations of :func:`constrained_wls`, summed chunk by chunk."""
+
+    def __init__(self, m: int) -> None:
+        self.xtwx, self.xtwy, self.xtw = np.zeros((m, m)), np.zeros(m), np.zeros(m)
+
+    def add(self, z: np.ndarray, weights: np.ndarray, y: np.ndarray) -> None:
+        X = z.astype(np.float64)
+        wX = weights[:, None] * X
+        self.xtwx += X.T @ wX
+        self.xtwy += wX.T @ y
+        self.xtw += wX.sum(axis=0)
+
+    def solve(self, *, v0: float, total: float) -> np.ndarray:
+        """Shapley values for targets ``y - v0`` under ``sum(phi) = total``."""
+        return _solve_kkt(self.xtwx, self.xtwy - v0 * self.xtw, total)
 
 
 def shapley_pairs(m: int, budget: int, rng: np.random.Generator):
@@ -191,13 +282,17 @@ def shapley_pairs(m: int, budget: int, rng: np.random.Generator):
 
 def constrained_wls(z: np.ndarray, weights: np.ndarray, y: np.ndarray, total: float):
     """``argmin sum_i w_i (y_i - z_i . phi)^2`` subject to ``sum(phi) = total`` (KKT system)."""
-    m = z.shape[1]
-    X = z.astype(np.float64)
-    wX = weights[:, None] * X
+    normal = NormalEquations(z.shape[1])
+    normal.add(z, weights, y)
+    return normal.solve(v0=0.0, total=total)
+
+
+def _solve_kkt(xtwx: np.ndarray, rhs_top: np.ndarray, total: float) -> np.ndarray:
+    m = len(xtwx)
     kkt = np.zeros((m + 1, m + 1))
-    kkt[:m, :m] = X.T @ wX
+    kkt[:m, :m] = xtwx
     kkt[:m, m] = kkt[m, :m] = 1.0
-    rhs = np.append(wX.T @ y, total)
+    rhs = np.append(rhs_top, total)
     try:
         solution = np.linalg.solve(kkt, rhs)
         if not np.allclose(kkt @ solution, rhs, rtol=1e-8, atol=1e-10 * np.abs(rhs).max()):
@@ -252,39 +347,61 @@ def _gauss_legendre(nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return tau, weights
 
 
-def _adjusted(z: np.ndarray, w: np.ndarray, v: np.ndarray, rng) -> np.ndarray:
+def _adjusted(reps: np.ndarray, pair_w: np.ndarray, v: np.ndarray, rng) -> np.ndarray:
     """``phi(g) + KernelSHAP(v - g)`` with ``g`` a kernel ridge fit of the odd part.
 
     ``g = s . beta + h``: the linear part unpenalised (so an additive game stays exact, as
     KernelSHAP is on it), ``h`` a kernel ridge fit whose interactions are weighted by the main
     effects of their members (:func:`product_kernel`); their strength is chosen by leave-one-out.
+    The fit uses at most ``_SURROGATE_PAIRS`` pairs (the ends and a random subset beyond: its
+    kernel matrix is quadratic in them); ``g`` is then evaluated on every pair chunk by chunk.
     """
-    m, n = z.shape[1], len(z) // 2  # z = [representatives, their complements]
-    reps = np.concatenate([np.ones((1, m), dtype=bool), z[:n]])  # the ends are a pair too
+    m, n = reps.shape[1], len(reps)
     u = np.concatenate([[v[1] - v[0]], v[2 : 2 + n] - v[2 + n :]]) / 2
-    signs = np.where(reps, 1.0, -1.0)
+    if n + 1 <= _SURROGATE_PAIRS:
+        fitted = np.arange(n + 1)
+    else:  # the ends and a random subset of the other pairs
+        fitted = np.concatenate(
+            [[0], 1 + np.sort(rng.choice(n, _SURROGATE_PAIRS - 1, replace=False))]
+        )
+    signs = np.where(_with_ends(reps[fitted[1:] - 1]), 1.0, -1.0)  # the ends are a pair too
+    u_f = u[fitted]
     # heredity: in fitted models strong interactions mostly join components with strong main
     # effects, so a parity's prior weight is the product of its members' (least-squares) effects
-    main = np.abs(np.linalg.lstsq(signs, u, rcond=None)[0])
+    main = np.abs(np.linalg.lstsq(signs, u_f, rcond=None)[0])
     # floored: a kernel with fewer than three weighted components would be all zero
     relevance = np.maximum(main / main.max(), _FLOOR) if main.max() > 0 else np.ones(m)
-    subset = rng.choice(len(u), size=min(len(u), _LOO_PAIRS), replace=False)
+    subset = rng.choice(len(u_f), size=min(len(u_f), _LOO_PAIRS), replace=False)
     best = (np.inf, None)
     for strength in _STRENGTHS:
         c = strength * relevance
         kernel = product_kernel(signs[subset], signs[subset], c)
-        fit = _semiparametric(kernel, _RIDGE * kernel[0, 0], signs[subset], u[subset])
+        fit = _semiparametric(kernel, _RIDGE * kernel[0, 0], signs[subset], u_f[subset])
         if fit[2] < best[0]:
             best = (fit[2], c)
     c = best[1]
     if c is None:  # too few pairs to judge any surrogate: plain KernelSHAP
-        return constrained_wls(z, w, v[2:] - v[0], v[1] - v[0])
+        return _paired_wls(reps, pair_w, v, np.zeros(len(v)))
     kernel = product_kernel(signs, signs, c)
-    beta, alpha, _ = _semiparametric(kernel, _RIDGE * kernel[0, 0], signs, u, loo=False)
+    beta, alpha, _ = _semiparametric(kernel, _RIDGE * kernel[0, 0], signs, u_f, loo=False)
     phi_g = 2 * beta + alpha @ product_kernel_shapley(signs, c)
-    g = signs @ beta + kernel @ alpha  # the surrogate's odd part at each representative
-    residual = v - np.concatenate([[-g[0], g[0]], g[1:], -g[1:]])
-    return phi_g + constrained_wls(z, w, residual[2:] - residual[0], residual[1] - residual[0])
+    # the surrogate's odd part at the ends and at each representative, chunk by chunk
+    if len(fitted) == n + 1:
+        g = signs @ beta + kernel @ alpha
+    else:
+        g = np.empty(n + 1)
+        for start in range(0, n + 1, _SURROGATE_PAIRS):
+            stop = min(n + 1, start + _SURROGATE_PAIRS)
+            part = reps[max(0, start - 1) : stop - 1]
+            chunk = np.where(_with_ends(part) if start == 0 else part, 1.0, -1.0)
+            g[start:stop] = chunk @ beta + product_kernel(chunk, signs, c) @ alpha
+    surrogate = np.concatenate([[-g[0], g[0]], g[1:], -g[1:]])
+    return phi_g + _paired_wls(reps, pair_w, v, surrogate)
+
+
+def _with_ends(reps: np.ndarray) -> np.ndarray:
+    """The representatives with the full coalition first (the ends are a pair too)."""
+    return np.concatenate([np.ones((1, reps.shape[1]), dtype=bool), reps])
 
 
 def _semiparametric(kernel, ridge, X, y, *, loo: bool = True):
@@ -329,20 +446,31 @@ def _subsets(m, s, n, rng, *, contains_first: bool, all_: bool) -> np.ndarray:
     """``n`` distinct subsets of size ``s`` of ``m`` components as ``(n, m)`` bools, uniform."""
     pool, k = (m - 1, s - 1) if contains_first else (m, s)
     count = math.comb(pool, k)
-    if all_ or count <= min(_ENUMERATE_MAX, 4 * n):  # cheaper than rejecting repeats
+    if all_:  # the whole stratum, enumerated chunk by chunk (no index array of all of it)
+        combinations = itertools.combinations(range(pool), k)
+        picked = np.zeros((count, pool), dtype=bool)
+        for start in range(0, count, _CODES_PER_CHUNK):
+            rows = min(_CODES_PER_CHUNK, count - start)
+            flat = itertools.chain.from_iterable(itertools.islice(combinations, rows))
+            index = np.fromiter(flat, dtype=np.int64, count=rows * k).reshape(rows, k)
+            np.put_along_axis(picked[start : start + rows], index, True, axis=1)
+    elif count <= min(_ENUMERATE_MAX, 4 * n):  # cheaper than rejecting repeats
         flat = itertools.chain.from_iterable(itertools.combinations(range(pool), k))
         index = np.fromiter(flat, dtype=np.int64, count=count * k).reshape(count, k)
-        if not all_:
-            index = index[rng.choice(count, size=n, replace=False)]
+        index = index[rng.choice(count, size=n, replace=False)]
         picked = np.zeros((len(index), pool), dtype=bool)
         np.put_along_axis(picked, index, True, axis=1)
     else:  # a large stratum: draw random subsets, drop repeats, draw more until n distinct
-        picked = np.zeros((0, pool), dtype=bool)
-        while len(picked) < n:
-            draw = np.argsort(rng.random((2 * n, pool)), axis=1) < k
-            both = np.concatenate([picked, draw])
-            _, first = np.unique(np.packbits(both, axis=1), axis=0, return_index=True)
-            picked = both[np.sort(first)][:n]
+        packed = np.zeros((0, (pool + 7) // 8), dtype=np.uint8)  # 8 components a byte
+        while len(packed) < n:
+            draws = [
+                np.packbits(np.argsort(rng.random((rows, pool)), axis=1) < k, axis=1)
+                for rows in chunk_sizes(2 * n, _CODES_PER_CHUNK)
+            ]  # the same draws as one (2n, pool) array, in memory of one chunk
+            both = np.concatenate([packed, *draws])
+            _, first = np.unique(both, axis=0, return_index=True)
+            packed = both[np.sort(first)][:n]
+        picked = np.unpackbits(packed, axis=1, count=pool).astype(bool)
     if contains_first:
         picked = np.concatenate([np.ones((len(picked), 1), dtype=bool), picked], axis=1)
     return picked

@@ -13,12 +13,16 @@ are built on, so the two explain the same quantity and differ only in how they w
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_choice, check_positive_int, describe
-from xaikit.attribution.perturbation import batched, chunk_size, perturbation_scores
+from xaikit._draws import block_generators
+from xaikit._progress import progress_bar
+from xaikit._validation import check_choice, check_count, check_number, describe
+from xaikit._validation import check_seed as _check_seed
+from xaikit.attribution.perturbation import batched, chunk_size, perturbation_scores, rechunk
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
 from xaikit.components import component_shape, input_kind, make_components, n_components
@@ -29,8 +33,9 @@ REFERENCE = (
     "Any Classifier, KDD"
 )
 
-# Random keys drawn per chunk of coalitions (elements): bounds memory whatever samples and M are.
-_CHUNK_ELEMENTS = 2**22
+# Coalition elements per chunk (float64 in the regression): bounds memory whatever samples and
+# M are.
+_CHUNK_ELEMENTS = 2**21
 
 
 @register("lime", needs_gradients=False, reference=REFERENCE)
@@ -60,7 +65,8 @@ def lime(
         ``{"how": "grid", "cell": (4, 4)}``), or an id map (the input without channels, or one
         per item with ``batch=True``) with ids ``0 .. M-1``, every id used.
     samples : int
-        Coalitions drawn, the input itself first (lime's ``num_samples``, 1000).
+        Coalitions drawn, the input itself first (lime's ``num_samples``, 1000); they are
+        drawn, scored and fitted chunk by chunk, so memory does not grow with ``samples``.
     kernel_width : float or None
         Width of the kernel ``pi(z) = sqrt(exp(-d(z)^2 / width^2))``. ``None``: 0.25 on the
         cosine distance ``d`` between a coalition and the all-ones one (lime's images; its text
@@ -95,8 +101,9 @@ def lime(
         ``component_values (N, M)`` (padded with 0 where items have fewer components),
         ``info``: ``intercept``, ``r2`` (the surrogate's weighted R², its local fidelity),
         ``local_prediction`` (surrogate at the input), ``score`` (the model's output there),
-        ``evaluations`` (distinct coalitions run), ``explained_output`` (what the model returns:
-        coefficients of logits are not coefficients of probabilities).
+        ``evaluations`` (coalitions run: the distinct ones of each chunk),
+        ``explained_output`` (what the model returns: coefficients of logits are not
+        coefficients of probabilities).
 
     Notes
     -----
@@ -118,10 +125,10 @@ def lime(
     Ribeiro, Singh & Guestrin 2016, KDD: coalitions "by drawing nonzero elements of x'
     uniformly at random (where the number of such draws is also uniformly sampled)".
     """
-    samples = check_positive_int(samples, name="samples")
+    samples = check_count(samples, name="samples")
     if kernel_width is not None:
-        kernel_width = _check_positive_float(kernel_width, name="kernel_width")
-    alpha = _check_positive_float(alpha, name="alpha", allow_zero=True)
+        kernel_width = check_number(kernel_width, name="kernel_width", low=0, low_open=True)
+    alpha = check_number(alpha, name="alpha", low=0)
     seed = check_seed(seed)
     sampling = check_choice(sampling, name="sampling", choices=("coalitions", "training"))
     if sampling == "training":
@@ -134,13 +141,22 @@ def lime(
     games = games_for(model, x, targets, components=components, baseline=baseline, seed=seed)
     fits = []
     for game in games:
-        z = lime_coalitions(game.m, samples, np.random.default_rng(seed))
-        y = game(z)
-        distance = 1.0 - np.sqrt(z.sum(axis=1) / game.m)  # cosine distance to all-ones
-        weights = np.sqrt(np.exp(-(distance**2) / kernel_width**2))
+        # Coalitions, scores and the normal equations stream chunk by chunk: memory is one
+        # chunk whatever ``samples`` is (coalitions repeated across chunks run again).
+        ridge = RidgeMoments(game.m)
+        score = None
+        rows = coalition_rows(game.m)
+        with progress_bar(samples, "LIME coalitions") as bar:
+            for z in lime_coalition_chunks(game.m, samples, np.random.default_rng(seed), rows):
+                y = game(z)
+                score = y[0] if score is None else score
+                distance = 1.0 - np.sqrt(z.sum(axis=1) / game.m)  # cosine distance to all-ones
+                with single_threaded_blas():
+                    ridge.add(z, y, np.sqrt(np.exp(-(distance**2) / kernel_width**2)))
+                bar.advance(len(z))
         with single_threaded_blas():
-            coef, intercept, r2 = weighted_ridge(z, y, weights, alpha=alpha)
-        fits.append((game, coef, {"intercept": intercept, "r2": r2, "score": y[0]}))
+            coef, intercept, r2 = ridge.solve(alpha=alpha)
+        fits.append((game, coef, {"intercept": intercept, "r2": r2, "score": score}))
     info = {key: np.array([f[2][key] for f in fits]) for key in ("intercept", "r2", "score")}
     info["local_prediction"] = np.array([f[2]["intercept"] + f[1].sum() for f in fits])
     info["evaluations"] = np.array([f[0].evaluations for f in fits])
@@ -185,17 +201,81 @@ def lime_coalitions(m: int, samples: int, rng: np.random.Generator) -> np.ndarra
     As in the paper and lime's text explainer: the number of kept components is uniform on
     ``0 .. m-1``, then which are kept is uniform given that number. (lime's image explainer
     instead keeps each component with probability 1/2, which rarely draws coalitions near the
-    input.) Built per chunk of rows: a random permutation per row, kept where its value is
-    below the drawn count (exactly ``k`` positions, uniformly chosen).
+    input.) Each row keeps the positions where a random permutation is below its drawn count
+    (exactly ``k`` positions, uniformly chosen). :func:`lime_coalition_chunks` gives the same
+    rows chunk by chunk.
     """
-    z = np.ones((samples, m), dtype=bool)
-    kept = rng.integers(0, m, size=samples - 1)
-    rows = max(1, _CHUNK_ELEMENTS // m)
-    for start in range(1, samples, rows):
+    return np.concatenate(list(lime_coalition_chunks(m, samples, rng, samples)))
+
+
+def lime_coalition_chunks(m: int, samples: int, rng: np.random.Generator, rows: int):
+    """:func:`lime_coalitions` as chunks of at most ``rows`` rows: the same coalitions, for any
+    ``rows``, in memory of one chunk (all kept counts were drawn first, then the permutations:
+    each block comes from its own positioned generator)."""
+    counts, orders = block_generators(
+        rng, [(samples - 1, lambda g, b: g.integers(0, m, b)), (0, None)]
+    )
+    for start in range(0, samples, rows):
         stop = min(samples, start + rows)
-        permutation = np.argsort(rng.random((stop - start, m)), axis=1)
-        z[start:stop] = permutation < kept[start - 1 : stop - 1, None]
-    return z
+        first = start == 0  # row 0 is the input itself: all ones, no draws
+        kept = counts.integers(0, m, size=stop - start - first)
+        permutation = np.argsort(orders.random((len(kept), m)), axis=1)
+        z = permutation < kept[:, None]
+        yield np.concatenate([np.ones((1, m), dtype=bool), z]) if first else z
+
+
+def coalition_rows(m: int) -> int:
+    """Coalitions per chunk: about ``_CHUNK_ELEMENTS`` elements (float64 in the regression)."""
+    return max(1, _CHUNK_ELEMENTS // m)
+
+
+class RidgeMoments:
+    """Weighted ridge regression from sufficient statistics accumulated chunk by chunk.
+
+    ``add(z, y, w)`` adds rows; :meth:`solve` gives what :func:`weighted_ridge` gives on all
+    rows at once (to float rounding), while holding only ``(m, m)`` numbers. Sums are taken
+    around the first chunk's weighted means, so they stay centred (no cancellation when the
+    outputs sit far from 0).
+    """
+
+    def __init__(self, m: int) -> None:
+        self.shift: tuple[np.ndarray, float] | None = None
+        self.total = 0.0
+        self.sx, self.sy = np.zeros(m), 0.0
+        self.sxx, self.sxy, self.syy = np.zeros((m, m)), np.zeros(m), 0.0
+
+    def add(self, z: np.ndarray, y: np.ndarray, weights: np.ndarray) -> None:
+        X = z.astype(np.float64)
+        total = weights.sum()
+        if self.shift is None:
+            scale = total if total > 0 else 1.0
+            self.shift = (weights @ X / scale, float(weights @ y / scale))
+        Xc, yc = X - self.shift[0], y - self.shift[1]
+        wXc = weights[:, None] * Xc
+        self.total += total
+        self.sx += weights @ Xc
+        self.sy += float(weights @ yc)
+        self.sxx += Xc.T @ wXc
+        self.sxy += wXc.T @ yc
+        self.syy += float(weights @ yc**2)
+
+    def solve(self, *, alpha: float) -> tuple[np.ndarray, float, float]:
+        """``(coef, intercept, weighted R²)``, the intercept unpenalised (scikit-learn's Ridge)."""
+        total = self.total if self.total > 0 else 1.0
+        dx, dy = self.sx / total, self.sy / total  # the weighted means, relative to the shift
+        gram = self.sxx - total * np.outer(dx, dx)
+        rhs = self.sxy - total * dx * dy
+        ss_tot = self.syy - total * dy**2
+        penalised = gram + alpha * np.eye(len(gram))
+        try:
+            coef = np.linalg.solve(penalised, rhs)
+        except np.linalg.LinAlgError:  # alpha = 0 with too few distinct coalitions
+            coef = np.linalg.lstsq(penalised, rhs, rcond=None)[0]
+        intercept = float(self.shift[1] + dy - (self.shift[0] + dx) @ coef)
+        ss_res = max(0.0, float(ss_tot - 2 * coef @ rhs + coef @ gram @ coef))
+        # scikit-learn's convention for a constant target: perfect fit 1, otherwise 0
+        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float(ss_res <= 1e-12)
+        return coef, intercept, min(1.0, r2)
 
 
 def weighted_ridge(z: np.ndarray, y: np.ndarray, weights: np.ndarray, *, alpha: float):
@@ -204,24 +284,9 @@ def weighted_ridge(z: np.ndarray, y: np.ndarray, weights: np.ndarray, *, alpha: 
     Minimises ``sum_i w_i (y_i - b - z_i . c)^2 + alpha |c|^2``: centre by the weighted means,
     solve the normal equations. Returns ``(coef, intercept, weighted R²)``.
     """
-    X = z.astype(np.float64)
-    total = weights.sum()
-    x_mean = weights @ X / total
-    y_mean = weights @ y / total
-    Xc, yc = X - x_mean, y - y_mean
-    gram = Xc.T @ (weights[:, None] * Xc)
-    gram[np.diag_indices_from(gram)] += alpha
-    rhs = Xc.T @ (weights * yc)
-    try:
-        coef = np.linalg.solve(gram, rhs)
-    except np.linalg.LinAlgError:  # alpha = 0 with too few distinct coalitions
-        coef = np.linalg.lstsq(gram, rhs, rcond=None)[0]
-    intercept = float(y_mean - x_mean @ coef)
-    ss_res = float(weights @ (yc - Xc @ coef) ** 2)
-    ss_tot = float(weights @ yc**2)
-    # scikit-learn's convention for a constant target: perfect fit 1, otherwise 0
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float(ss_res <= 1e-12)
-    return coef, intercept, r2
+    moments = RidgeMoments(z.shape[1])
+    moments.add(z, y, weights)
+    return moments.solve(alpha=alpha)
 
 
 # ---------------------------------------------------------------------- shared with kernel_shap
@@ -264,6 +329,26 @@ class CoalitionGame:
         )
         self.evaluations += len(masks)
         return scores[:, self.target].astype(np.float64)[order[inverse.reshape(-1)]]
+
+    def stream(self, coalitions: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(z, v(z))`` chunk by chunk for coalitions given in chunks, each run once, in order.
+
+        For coalitions known to be distinct (no deduplication, which would hold them all):
+        they are regrouped and batched as :meth:`__call__` batches its distinct coalitions,
+        so the model sees the same batches, and memory is one chunk.
+        """
+        size = chunk_size(self.x, n_background=self.rows)
+        for chunk in rechunk(coalitions, size):
+            scores = perturbation_scores(
+                self.model,
+                self.x,
+                [chunk.astype(np.float32)],
+                baseline=self.baseline,
+                components=self.map,
+                background=self.background,
+            )
+            self.evaluations += len(chunk)
+            yield chunk, scores[:, self.target].astype(np.float64)
 
 
 def games_for(model, x, targets, *, components, baseline, seed) -> list[CoalitionGame]:
@@ -347,18 +432,5 @@ _BLAS: Any = None
 
 def check_seed(seed: Any) -> int:
     """An int seed; ``None`` draws one (items of a batch then still share their draws)."""
-    if seed is None:
-        return int(np.random.SeedSequence().entropy % 2**63)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed: expected an int or None, got {describe(seed)}")
-    return int(seed)
-
-
-def _check_positive_float(value: Any, *, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a positive number, got {describe(value)}")
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(
-            f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value}"
-        )
-    return float(value)
+    seed = _check_seed(seed)
+    return int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed

@@ -26,10 +26,12 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from xaikit._validation import check_finite, describe
-from xaikit.attribution.lime import single_threaded_blas, weighted_ridge
+from xaikit.attribution.lime import RidgeMoments, single_threaded_blas
 from xaikit.model import Model
 
 DISCRETIZERS = {"quartile": (25, 50, 75), "decile": tuple(range(10, 100, 10))}
+# Row elements drawn per block: memory stays bounded whatever ``samples`` is.
+_BLOCK_ELEMENTS = 2**21
 
 
 class TrainingStatistics:
@@ -165,23 +167,35 @@ def tabular_lime(
     coefs, contributions, intercepts, r2s, local, scores, low, high = ([] for _ in range(8))
     for row, target in zip(x, targets, strict=True):
         rng = np.random.default_rng(seed)
-        rows = np.concatenate([row[None].astype(np.float64), stats.sample(samples - 1, rng)])
-        batch = rows.astype(np.float32) if model.is_torch else rows  # callables keep float64
-        y = model.scores(batch, check=False)[:, int(target)].astype(np.float64)
-        rep = stats.representation(rows, row)
-        distance = np.linalg.norm(rep - rep[0], axis=1)
-        weights = np.sqrt(np.exp(-(distance**2) / width**2))
+        own = stats.representation(row[None].astype(np.float64), row)[0]
+        ridge = RidgeMoments(x.shape[1])
+        # Rows are drawn, scored and added to the normal equations in blocks (the first holds
+        # x itself): memory is one block whatever ``samples`` is. Up to one block the draws
+        # are those of a single call; beyond, each block draws its rows from the same stream.
+        block = max(1, _BLOCK_ELEMENTS // x.shape[1])
+        for start in range(0, samples, block):
+            n_drawn = min(samples, start + block) - max(start, 1)
+            rows = stats.sample(n_drawn, rng)
+            if start == 0:
+                rows = np.concatenate([row[None].astype(np.float64), rows])
+            batch = rows.astype(np.float32) if model.is_torch else rows  # callables keep float64
+            y = model.scores(batch, check=False)[:, int(target)].astype(np.float64)
+            if start == 0:
+                scores.append(y[0])
+            rep = stats.representation(rows, row)
+            distance = np.linalg.norm(rep - own, axis=1)
+            with single_threaded_blas():
+                ridge.add(rep, y, np.sqrt(np.exp(-(distance**2) / width**2)))
         with single_threaded_blas():
-            coef, intercept, r2 = weighted_ridge(rep, y, weights, alpha=alpha)
+            coef, intercept, r2 = ridge.solve(alpha=alpha)
         coefs.append(coef)
         # contribution of each feature: coefficient times x's representation relative to its
         # mean over the training rows (standardised values on a linear model: w_i (x_i -
         # mean_i), the Shapley value; bins: coef times the share of training rows outside x's bin)
-        contributions.append(coef * (rep[0] - stats.representation(training, row).mean(axis=0)))
+        contributions.append(coef * (own - stats.representation(training, row).mean(axis=0)))
         intercepts.append(intercept)
         r2s.append(r2)
-        local.append(intercept + rep[0] @ coef)
-        scores.append(y[0])
+        local.append(intercept + own @ coef)
         bounds = [stats.condition(row, j) for j in range(x.shape[1])]
         low.append([b[0] for b in bounds])
         high.append([b[1] for b in bounds])

@@ -33,6 +33,11 @@ def chunk_size(x: np.ndarray, *, n_background: int = 1, budget: int = CHUNK_BYTE
     return max(1, budget // item)
 
 
+def chunk_sizes(total: int, size: int) -> Iterator[int]:
+    """``total`` split into chunks of ``size`` (the last fewer), one at a time."""
+    return (min(size, total - start) for start in range(0, total, size))
+
+
 def perturbation_scores(
     model: Model,
     x: np.ndarray,
@@ -58,6 +63,27 @@ def perturbation_scores(
     components : int array, optional
         Component id of every element of ``x`` (shape of ``x``, or of its trailing axes).
     """
+    outputs = list(
+        perturbation_score_chunks(
+            model, x, masks, baseline=baseline, components=components, background=background
+        )
+    )
+    if not outputs:
+        raise ValueError("masks: expected at least one mask, got none")
+    return np.concatenate(outputs)
+
+
+def perturbation_score_chunks(
+    model: Model,
+    x: np.ndarray,
+    masks: Iterable[np.ndarray],
+    *,
+    baseline: np.ndarray | float,
+    components: np.ndarray | None = None,
+    background: bool = False,
+) -> Iterator[np.ndarray]:
+    """:func:`perturbation_scores` chunk by chunk: the scores of each chunk of masks as it is
+    run, for callers that reduce them as they come (memory of one chunk whatever the count)."""
     on_device = model.is_torch
     integer_ids = np.asarray(x).dtype.kind in "iu"
     x_t, base_t = _prepare(model, x, baseline, background=background)
@@ -65,7 +91,6 @@ def perturbation_scores(
     if components is not None:
         comp_index = _component_index(components, x.shape)
         comp_index = torch.as_tensor(comp_index, device=x_t.device) if on_device else comp_index
-    outputs = []
     for chunk in masks:
         chunk = np.asarray(chunk)
         if chunk.ndim < 2 or len(chunk) == 0:
@@ -77,16 +102,31 @@ def perturbation_scores(
         scores = model.scores(inputs, check=False)
         if background:  # average over the background rows of each mask
             scores = scores.reshape(len(chunk), -1, scores.shape[1]).mean(axis=1)
-        outputs.append(scores)
-    if not outputs:
-        raise ValueError("masks: expected at least one mask, got none")
-    return np.concatenate(outputs)
+        yield scores
 
 
 def batched(masks: np.ndarray, size: int) -> Iterator[np.ndarray]:
     """Yield ``masks`` in chunks of ``size`` rows (views, no copies)."""
     for start in range(0, len(masks), size):
         yield masks[start : start + size]
+
+
+def rechunk(chunks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The rows of ``chunks`` regrouped into chunks of exactly ``size`` rows (the last fewer):
+    what :func:`batched` gives on their concatenation, without building it."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for chunk in chunks:
+        while len(chunk):
+            take = chunk[: size - held]
+            chunk = chunk[len(take) :]
+            pending.append(take)
+            held += len(take)
+            if held == size:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, held = [], 0
+    if held:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
 
 
 def _prepare(model: Model, x: np.ndarray, baseline, *, background: bool):

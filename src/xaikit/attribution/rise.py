@@ -6,14 +6,15 @@ at a random shift below one cell (the paper's Sec. 3.2: smooth masks whose cell 
 anywhere). The saliency of pixel u is ``sum_i f(x * M_i) M_i(u) / (N p)`` (eq. 6), the
 Monte-Carlo estimate of ``E[f(x * M) | M(u) = 1]``.
 
-The low-resolution grids and shifts are drawn once (``N * cell**2`` bits); the full-size masks
-exist only one chunk at a time, upsampled with ``F.interpolate`` and cropped by indexing, so
-8000 masks of a 224 px image never sit in memory together, and the result does not depend on
-the chunk size.
+The low-resolution grids and shifts are drawn chunk by chunk (each block of draws from a
+generator positioned where it began, so the masks equal one draw of all of them); the
+full-size masks exist only one chunk at a time, upsampled and cropped, so memory is one chunk
+whatever ``samples`` is, and the result does not depend on the chunk size.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xaikit._validation import check_positive_int, describe
+from xaikit._draws import block_generators
+from xaikit._progress import progress_bar
+from xaikit._validation import check_count, check_number, check_seed, describe
 from xaikit.attribution.perturbation import chunk_size, perturbation_scores
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
@@ -69,11 +72,9 @@ def rise(
     Petsiuk, Das & Saenko 2018, RISE: Randomized input sampling for explanation of black-box
     models, BMVC.
     """
-    samples = check_positive_int(samples, name="samples")
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0 < p <= 1:
-        raise ValueError(f"p: expected a keep probability in (0, 1], got {p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed: expected an int or None, got {describe(seed)}")
+    samples = check_count(samples, name="samples")
+    p = check_number(p, name="p", low=0, high=1, low_open=True)  # a keep probability
+    seed = check_seed(seed)
     item = x.shape[1:]
     kind = input_kind(x[0])
     if kind == "text":
@@ -83,24 +84,33 @@ def rise(
         )
     spatial = item[-2:] if kind == "image" else item
     cell = _resolve_cell(cell, spatial)
-    rng = np.random.default_rng(seed)
-    grids = rng.random((samples, *cell)) < p
     cell_px = [math.ceil(d / c) for d, c in zip(spatial, cell, strict=True)]
-    shifts = np.stack([rng.integers(0, c, samples) for c in cell_px], axis=1)
+    # All grids were drawn first, then the shifts axis by axis: one generator per block, drawn
+    # chunk by chunk, gives the same masks in memory of one chunk whatever ``samples`` is.
+    blocks = [(samples * math.prod(cell), None)]
+    blocks += [(samples, lambda gen, b, c=c: gen.integers(0, c, b)) for c in cell_px]
+    starts = block_generators(np.random.default_rng(seed), blocks)
     values = np.empty(x.shape, dtype=np.float32)
     for i in range(len(x)):
+        grid_draws, *shift_draws = (copy.deepcopy(g) for g in starts)  # same masks per item
         base = make_baseline(x[i], baseline, seed=seed)
         size = chunk_size(x[i], n_background=len(base.values) if base.background else 1)
         saliency = np.zeros(int(np.prod(spatial)), dtype=np.float64)
-        for start in range(0, samples, size):
-            stop = min(start + size, samples)
-            masks = _upsample(grids[start:stop], shifts[start:stop], cell, cell_px, spatial)
-            scores = perturbation_scores(
-                model, x[i], [masks], baseline=base.values, background=base.background
-            )
-            # float32 product (no float64 copy of the masks), float64 running sum
-            weights = scores[:, targets[i]].astype(np.float32)
-            saliency += weights @ masks.reshape(len(masks), -1)
+        with progress_bar(samples, "RISE masks") as bar:
+            for start in range(0, samples, size):
+                b = min(start + size, samples) - start
+                grids = grid_draws.random((b, *cell)) < p
+                shifts = np.stack(
+                    [g.integers(0, c, b) for g, c in zip(shift_draws, cell_px, strict=True)], axis=1
+                )
+                masks = _upsample(grids, shifts, cell, cell_px, spatial)
+                scores = perturbation_scores(
+                    model, x[i], [masks], baseline=base.values, background=base.background
+                )
+                # float32 product (no float64 copy of the masks), float64 running sum
+                weights = scores[:, targets[i]].astype(np.float32)
+                saliency += weights @ masks.reshape(len(masks), -1)
+                bar.advance(b)
         saliency /= samples * p
         values[i] = np.broadcast_to(saliency.reshape(spatial), item)
     return Attribution(values=values, params={"cell": cell})

@@ -99,10 +99,11 @@ def audit(
     backend = check_choice(backend, name="backend", choices=BACKENDS)
     shard_size = check_positive_int(shard_size, name="shard_size")
     map_size = check_positive_int(map_size, name="map_size")
-    if backend == "local" and (address is not None or workers is not None):
-        raise ValueError("address: only for backend='ray' (and workers too), got backend='local'")
     if workers is not None:
         workers = check_positive_int(workers, name="workers")
+    if backend == "local" and (address is not None or workers is not None):
+        which = "address" if address is not None else "workers"
+        raise ValueError(f"{which}: only for backend='ray', got backend='local'")
     if backend == "ray" and address is not None:
         from xaikit.audit._ray import check_reachable
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from xaikit._cache import default_cache_dir, load_weights, save_weights
 from xaikit._progress import progress_bar
+from xaikit._validation import check_count, check_number, check_positive_int, check_seed
 from xaikit.datasets.mnist import load_mnist, load_watermark_mnist
 
 __all__ = ["SmallCNN", "default_cache_dir", "load_default_cnn", "train_cnn"]
@@ -135,10 +136,10 @@ def train_cnn(
         The trained model in eval mode, on the CPU.
     """
     X_t, y_t = _check_training_data(X, y)
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(
-            f"epochs and batch_size must be >= 1 and lr > 0, got {epochs=}, {batch_size=}, {lr=}"
-        )
+    epochs = check_count(epochs, name="epochs")
+    batch_size = check_positive_int(batch_size, name="batch_size")
+    lr = check_number(lr, name="lr", low=0, low_open=True)
+    seed = check_seed(seed, allow_none=False)
     steps_per_epoch = -(-len(X_t) // batch_size)
     generator = torch.Generator().manual_seed(seed)
 

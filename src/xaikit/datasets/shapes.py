@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaikit._cache import default_cache_dir, load_weights, save_weights
-from xaikit._validation import check_positive_int
+from xaikit._validation import check_memory, check_number, check_positive_int, check_seed
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -118,6 +118,11 @@ def make_shapes(
     size = check_positive_int(size, name="size")
     if size < 24:
         raise ValueError(f"size: expected at least 24 pixels, got {size}")
+    noise = check_number(noise, name="noise", low=0)
+    seed = check_seed(seed)
+    # images (float32, drawn in float64) and masks are held whole: refuse what cannot fit
+    check_memory(size**2, 13, name="size", what="pixels of one image")
+    check_memory(n, 13 * size**2, name="n", what=f"images of {size} x {size} pixels")
     low, high = (int(v) for v in distractors)
     if not 0 <= low <= high <= 3:
         raise ValueError(f"distractors: expected 0 <= low <= high <= 3, got {distractors!r}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xaikit._validation import check_number, check_seed
 from xaikit.datasets.mnist import load_mnist
 from xaikit.datasets.models import EPOCHS, SmallCNN, train_cnn
 
@@ -96,8 +97,8 @@ def make_shortcut_mnist(
     ):
         raise ValueError(f"target: expected a class in 0..9, got {target!r}")
     region = _check_region(region)
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction: expected a share in (0, 1], got {fraction!r}")
+    fraction = check_number(fraction, name="fraction", low=0, high=1, low_open=True)
+    seed = check_seed(seed)
     X, y = load_mnist(split)
     candidates = np.flatnonzero(y == target)
     rng = np.random.default_rng(seed)

@@ -35,7 +35,15 @@ from torch import nn
 
 from xaikit._cache import default_cache_dir, load_weights, save_weights
 from xaikit._progress import progress_bar
-from xaikit._validation import check_batch, check_choice, check_positive_int, describe
+from xaikit._validation import (
+    check_batch,
+    check_choice,
+    check_count,
+    check_memory,
+    check_positive_int,
+    check_seed,
+    describe,
+)
 
 __all__ = ["MLPGenerator", "latent_size", "train_generator"]
 
@@ -247,9 +255,11 @@ def train_generator(
     """
     kind = check_choice(kind, name="kind", choices=KINDS)
     latent_dim = check_positive_int(latent_dim, name="latent_dim")
-    epochs = DEFAULT_EPOCHS[kind] if epochs is None else check_positive_int(epochs, name="epochs")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {describe(seed)}")
+    # the first layer has HIDDEN[0] weights per latent unit (with gradients and Adam's moments,
+    # and the encoder's mirror of it for a VAE): refuse a width that cannot fit
+    check_memory(latent_dim, 32 * HIDDEN[0], name="latent_dim", what="latent units")
+    epochs = DEFAULT_EPOCHS[kind] if epochs is None else check_count(epochs, name="epochs")
+    seed = check_seed(seed, allow_none=False)
     x = check_batch(data, name="data")
     x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -34,7 +34,13 @@ from torch import nn
 from xaikit._plotting import new_figure
 from xaikit._progress import progress_bar
 from xaikit._torch import first_tensor, float_dtype, input_mismatch, module_device, preserved_state
-from xaikit._validation import check_batch, check_positive_int, describe
+from xaikit._validation import (
+    check_batch,
+    check_memory,
+    check_number,
+    check_positive_int,
+    describe,
+)
 from xaikit.featureviz import generator as _gen
 from xaikit.featureviz import param as _param
 from xaikit.featureviz import transforms as _tf
@@ -46,6 +52,10 @@ __all__ = ["Visualization", "visualize"]
 # Square sizes tried, largest first, when the input size must be guessed from the model: the
 # ImageNet size, the lecture homework's 128 px food images, then small-image data sets.
 _GUESS_SIZES = (224, 128, 96, 64, 32, 28)
+# Transform draws made per block of steps (numbers), and steps of history gathered per array:
+# memory stays bounded whatever ``steps`` is (the history itself is 4 bytes per item and step).
+_DRAW_BLOCK = 2**16
+_HISTORY_BLOCK = 1024
 
 
 @dataclass
@@ -238,8 +248,8 @@ def visualize(
             "a callable on NumPy batches"
         )
     steps = check_positive_int(steps, name="steps")
-    lr = _check_positive(lr, name="lr")
-    prior = _check_nonnegative(prior, name="prior")
+    lr = check_number(lr, name="lr", low=0, low_open=True)
+    prior = check_number(prior, name="prior", low=0)
     low, high = _check_range(value_range)
     if batch is not None:
         batch = check_positive_int(batch, name="batch")
@@ -328,6 +338,10 @@ def visualize(
                 obj(probe)  # and it evaluates to one value per item
 
         n_items = _count_items(item_objectives, batch=batch, start=start_t)
+        # All items are optimised together: their images, parameters with gradients and Adam's
+        # moments, and the model's activations on them (~16 input copies each, an estimate).
+        item_bytes = 64 * math.prod(input_shape)
+        check_memory(n_items, item_bytes, name="batch", what=f"items of shape {input_shape}")
         seeds = _item_seeds(seed, n_items)
         objs = item_objectives or [spec.single] * n_items
         per_item = item_objectives is not None
@@ -367,9 +381,15 @@ def visualize(
                 return parameterization.image(r, shape, low=low, high=high)
 
         chain = _tf.resolve(transforms, shape=input_shape)
-        draws = torch.from_numpy(
-            np.stack([np.random.default_rng([s, 1]).random((steps, chain.draws)) for s in seeds])
-        ).to(m.device)
+        # The history (steps, items) is part of the result, float32 gathered in blocks and
+        # joined at the end (twice its size then): refuse up front when it cannot fit.
+        check_memory(
+            steps, 8 * n_items, name="steps", what=f"steps of {n_items} item(s) (the history)"
+        )
+        # Each item's transform draws come from its own generator, a block of steps at a time
+        # (the same numbers as drawing all steps at once; memory of one block).
+        transform_draws = [np.random.default_rng([s, 1]) for s in seeds]
+        block = max(1, _DRAW_BLOCK // max(1, chain.draws * n_items))
 
         def evaluate(ctx: Context) -> torch.Tensor:
             if per_item:
@@ -382,11 +402,16 @@ def visualize(
 
         initial = values_of(raw)
         optimizer = torch.optim.Adam([raw], lr=lr)
-        history = []
+        history, recent = [], []
         with progress_bar(steps, "visualize", enabled=progress) as bar:
             for step in range(steps):
+                if step % block == 0:
+                    count = min(block, steps - step)
+                    draws = torch.from_numpy(
+                        np.stack([g.random((count, chain.draws)) for g in transform_draws])
+                    ).to(m.device)
                 image = make_image(raw)
-                moved = chain(image, draws[:, step], fill=low)
+                moved = chain(image, draws[:, step % block], fill=low)
                 ctx = run(moved)
                 ctx.image = image  # regularisers act on the image itself, not its moved copy
                 values = evaluate(ctx)
@@ -401,8 +426,13 @@ def visualize(
                     )
                 raw.grad = -grad  # Adam minimises
                 optimizer.step()
-                history.append(values.detach())
+                recent.append(values.detach())
+                if len(recent) == _HISTORY_BLOCK:  # 4 bytes per item and step, not a tensor each
+                    history.append(torch.stack(recent).cpu().numpy())
+                    recent = []
                 bar.advance()
+            if recent:
+                history.append(torch.stack(recent).cpu().numpy())
         final = values_of(raw)
         with torch.no_grad():
             images = make_image(raw)
@@ -411,7 +441,7 @@ def visualize(
         images=images.detach().cpu().numpy(),
         objective_values=final.cpu().numpy(),
         initial_values=initial.cpu().numpy(),
-        history=torch.stack(history).cpu().numpy(),
+        history=np.concatenate(history),
         objectives=[repr(o) for o in objs],
         seeds=seeds,
         latents=raw.detach().cpu().numpy() if generator is not None else None,
@@ -639,15 +669,3 @@ def _check_range(value_range: Any) -> tuple[float, float]:
     if not ok or not value_range[0] < value_range[1]:
         raise ValueError(f"value_range: expected (low, high) with low < high, got {value_range!r}")
     return float(value_range[0]), float(value_range[1])
-
-
-def _check_positive(value: Any, *, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number, got {describe(value)}")
-    return float(value)
-
-
-def _check_nonnegative(value: Any, *, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"{name}: expected a non-negative number, got {describe(value)}")
-    return float(value)

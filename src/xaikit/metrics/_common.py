@@ -206,3 +206,11 @@ def input_scores(model: Model, x: np.ndarray, chunks: Iterable[np.ndarray]) -> n
 
     ones = np.ones(x.shape, dtype=np.float32)
     return perturbation_scores(model, ones, chunks, baseline=0.0)
+
+
+def input_score_chunks(model: Model, x: np.ndarray, chunks: Iterable[np.ndarray]):
+    """:func:`input_scores` chunk by chunk, for metrics that reduce the scores as they come."""
+    from xaikit.attribution.perturbation import perturbation_score_chunks
+
+    ones = np.ones(x.shape, dtype=np.float32)
+    return perturbation_score_chunks(model, ones, chunks, baseline=0.0)

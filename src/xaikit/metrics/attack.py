@@ -33,7 +33,17 @@ import torch
 from torch import nn
 
 from xaikit._plotting import new_figure
-from xaikit._validation import check_choice, check_positive_int, check_targets, describe
+from xaikit._progress import progress_bar
+from xaikit._validation import (
+    check_choice,
+    check_count,
+    check_number,
+    check_positive_int,
+    check_seed,
+    check_targets,
+    describe,
+)
+from xaikit.attribution.perturbation import chunk_size, chunk_sizes
 from xaikit.explanation import Explanation
 from xaikit.metrics._common import as_array, check_explained, check_same_input, explainer
 from xaikit.model import Model, as_model
@@ -174,15 +184,16 @@ def attack_explanation(
     -------
     AttackResult
     """
-    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and epsilon > 0):
-        raise ValueError(f"epsilon: expected a positive number, got {epsilon!r}")
-    steps = check_positive_int(steps, name="steps")
-    queries = check_positive_int(queries, name="queries")
+    epsilon = check_number(epsilon, name="epsilon", low=0, low_open=True)
+    steps = check_count(steps, name="steps")
+    queries = check_count(queries, name="queries")
     estimator = check_choice(estimator, name="estimator", choices=ESTIMATORS)
+    beta = check_number(beta, name="beta", low=0, low_open=True)
+    seed = check_seed(seed)
     if step_size is None:
         step_size = 2.5 * epsilon / steps
-    elif not (isinstance(step_size, (int, float)) and step_size > 0):
-        raise ValueError(f"step_size: expected a positive number, got {step_size!r}")
+    else:
+        step_size = check_number(step_size, name="step_size", low=0, low_open=True)
     name, explain_fn = explainer(method, method_params)
     m = as_model(model)
     x = as_array(x, name="x").astype(np.float32)
@@ -235,19 +246,21 @@ def attack_explanation(
     accepted = 0
     current = x.copy()
     alpha = float(step_size)
-    for _ in range(steps):
-        g = gradient(current)
-        candidate = np.clip(current - alpha * np.sign(g), x - epsilon, x + epsilon)
-        candidate = np.clip(candidate, low, high).astype(np.float32)
-        if int(m.scores(candidate[None]).argmax(axis=1)[0]) != target:
-            alpha /= 2  # this step crossed the decision boundary: stay, take smaller steps
-            continue
-        current = candidate
-        accepted += 1
-        moved = maps(current[None])[0]
-        score = (_intersection(top, moved, k), _spearman(original, moved))
-        if score < best:
-            best_x, best = current, score
+    with progress_bar(steps, "attack steps") as bar:
+        for _ in range(steps):
+            bar.advance()
+            g = gradient(current)
+            candidate = np.clip(current - alpha * np.sign(g), x - epsilon, x + epsilon)
+            candidate = np.clip(candidate, low, high).astype(np.float32)
+            if int(m.scores(candidate[None]).argmax(axis=1)[0]) != target:
+                alpha /= 2  # this step crossed the decision boundary: stay, take smaller steps
+                continue
+            current = candidate
+            accepted += 1
+            moved = maps(current[None])[0]
+            score = (_intersection(top, moved, k), _spearman(original, moved))
+            if score < best:
+                best_x, best = current, score
     attacked = maps(best_x[None])[0] if best_x is not x else original
 
     rng = np.random.default_rng(seed)
@@ -362,9 +375,15 @@ def _spsa_gradient(maps, top: np.ndarray, queries: int, c: float, seed: int):
         return flat[:, top].sum(axis=1) / np.maximum(flat.sum(axis=1), 1e-12)
 
     def gradient(point: np.ndarray) -> np.ndarray:
-        u = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(queries, *point.shape))
-        s = share(maps(np.concatenate([point[None] + c * u, point[None] - c * u])))
-        slope = (s[:queries] - s[queries:]) / (2 * c)
-        return (slope.reshape(-1, *[1] * point.ndim) * u).mean(axis=0)
+        # Queries in chunks (the same directions as one draw; one batch of explanations per
+        # chunk), so memory is one chunk whatever ``queries`` is.
+        total = None
+        for b in chunk_sizes(queries, chunk_size(point, n_background=4)):
+            u = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(b, *point.shape))
+            s = share(maps(np.concatenate([point[None] + c * u, point[None] - c * u])))
+            slope = (s[:b] - s[b:]) / (2 * c)
+            part = (slope.reshape(-1, *[1] * point.ndim) * u).sum(axis=0)
+            total = part if total is None else total + part
+        return total / queries
 
     return gradient

@@ -25,9 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_positive_int, check_targets, describe
+from xaikit._progress import progress_bar
+from xaikit._validation import (
+    check_count,
+    check_number,
+    check_positive_int,
+    check_seed,
+    check_targets,
+    describe,
+)
 from xaikit.attribution.perturbation import batched, chunk_size
-from xaikit.metrics._common import as_array, input_scores, one_input
+from xaikit.metrics._common import as_array, input_score_chunks, one_input
 
 PERTURBATIONS = ("gaussian", "square")
 
@@ -80,6 +88,8 @@ def infidelity(
     x = x.astype(np.float32)
     if values.shape != x.shape:  # a (H, W) map for a (C, H, W) image: the same on every channel
         values = np.broadcast_to(values, x.shape)
+    if window is not None:  # checked even when unused: a bad value is a mistake either way
+        check_positive_int(window, name="window")
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected True or False, got {describe(normalize)}")
     draw = _perturbations(x, perturbation, samples, noise, window, seed)
@@ -100,16 +110,60 @@ def infidelity(
             dots.append(_dot(block, values))
             yield x[None] - block
 
-    scores = input_scores(m, x, inputs())
-    check_targets(target, n=1, n_classes=scores.shape[1])
-    f = scores[:, target].astype(np.float64)
-    difference = f[0] - f[1:]
-    drawn = np.concatenate(dots)
-    if normalize:
-        denominator = float((drawn**2).mean())
-        beta = float((drawn * difference).mean()) / denominator if denominator > 0 else 0.0
-        drawn = beta * drawn
-    return float(((drawn - difference) ** 2).mean())
+    errors = _Errors()
+    f_x = None
+    with progress_bar(n, "infidelity") as bar:
+        for scores in input_score_chunks(m, x, inputs()):
+            if f_x is None:  # the first chunk is x alone
+                check_targets(target, n=1, n_classes=scores.shape[1])
+                f_x = float(scores[0, target])
+                continue
+            # the chunk's I . e, in float64 as the differences
+            errors.add(dots.pop(0), f_x - scores[:, target].astype(np.float64))
+            bar.advance(len(scores))
+    return errors.mean(normalize=normalize)
+
+
+class _Errors:
+    """Mean squared error of ``I . e`` against the output differences, chunk by chunk.
+
+    Up to ``_KEPT`` samples the values are kept and the mean is computed as on one array;
+    beyond, running sums give it (the rescaled error expanded: ``beta^2 S_dd - 2 beta S_dy +
+    S_yy``), so memory is bounded whatever ``samples`` is.
+    """
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[np.ndarray, np.ndarray]] | None = []
+        self.n, self.dd, self.dy, self.yy, self.err = 0, 0.0, 0.0, 0.0, 0.0
+
+    def add(self, dots: np.ndarray, difference: np.ndarray) -> None:
+        self.n += len(dots)
+        self.dd += float(np.add.reduce(dots**2))
+        self.dy += float(np.add.reduce(dots * difference))
+        self.yy += float(np.add.reduce(difference**2))
+        self.err += float(np.add.reduce((dots - difference) ** 2))
+        if self.kept is not None:
+            self.kept.append((dots, difference))
+            if self.n > _KEPT:
+                self.kept = None
+
+    def mean(self, *, normalize: bool) -> float:
+        if self.kept is not None:  # all values at hand: as on one array (exact rounding)
+            drawn = np.concatenate([d for d, _ in self.kept])
+            difference = np.concatenate([y for _, y in self.kept])
+            if normalize:
+                denominator = float((drawn**2).mean())
+                beta = float((drawn * difference).mean()) / denominator if denominator > 0 else 0.0
+                drawn = beta * drawn
+            return float(((drawn - difference) ** 2).mean())
+        if not normalize:
+            return self.err / self.n
+        beta = self.dy / self.dd if self.dd > 0 else 0.0
+        return max(0.0, beta**2 * self.dd - 2 * beta * self.dy + self.yy) / self.n
+
+
+# Samples whose values are kept for the exact mean (16 bytes each); past them, running sums.
+_KEPT = 2**20
 
 
 def _dot(block: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -132,11 +186,10 @@ def _perturbations(x, perturbation, samples, noise, window, seed):
         raise ValueError(
             f"perturbation: expected one of {PERTURBATIONS} or an array, got {perturbation!r}"
         )
-    check_positive_int(samples, name="samples")
-    rng = np.random.default_rng(seed)
+    check_count(samples, name="samples")
+    rng = np.random.default_rng(check_seed(seed))
     if perturbation == "gaussian":
-        if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise > 0):
-            raise ValueError(f"noise: expected a positive number, got {noise!r}")
+        noise = check_number(noise, name="noise", low=0, low_open=True)
         return lambda b: rng.normal(0.0, noise, size=(b, *x.shape)).astype(np.float32)
     if x.ndim not in (2, 3):
         raise ValueError(

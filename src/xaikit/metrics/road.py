@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_choice, check_targets, describe
+from xaikit._validation import check_choice, check_number, check_seed, check_targets, describe
 from xaikit.attribution.perturbation import chunk_size
 from xaikit.metrics._common import input_scores, one_input, pixel_map
 from xaikit.metrics.faithfulness import ORDERS, Curve
@@ -67,6 +67,8 @@ def noisy_linear_imputation(
     -------
     array of ``x``'s shape (float64)
     """
+    noise = check_number(noise, name="noise", low=0)
+    seed = check_seed(seed)
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
@@ -162,8 +164,8 @@ def road(
     m, x, values, target = one_input(model, x, explanation, target)
     if x.ndim not in (2, 3):
         raise ValueError(f"x: ROAD needs an image (C, H, W) or (H, W), got shape {x.shape}")
-    if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0):
-        raise ValueError(f"noise: expected a number >= 0, got {noise!r}")
+    noise = check_number(noise, name="noise", low=0)
+    seed = check_seed(seed, allow_none=False)
     relevance = pixel_map(values, x)
     n_pixels = relevance.size
     counts = _counts(percentages, n_pixels)
@@ -201,6 +203,8 @@ def road(
 def _counts(percentages: Any, n_pixels: int) -> list[int]:
     """Pixels removed at each percentage; every step must remove a new, non-zero number."""
     try:
+        if np.asarray(percentages).dtype == bool:
+            raise TypeError("bools are not percentages")
         p = np.asarray(percentages, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise TypeError(

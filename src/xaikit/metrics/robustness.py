@@ -14,17 +14,20 @@ are explained in one batch per call, so a method's own batching applies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_positive_int, check_targets
+from xaikit._progress import progress_bar
+from xaikit._validation import check_count, check_number, check_seed, check_targets
+from xaikit.attribution.perturbation import chunk_size
 from xaikit.explanation import Explanation
 from xaikit.metrics._common import as_array, check_explained, check_same_input, explainer
 from xaikit.model import as_model
 
 
-def _samples(
+def _distances(
     model: Any,
     x: Any,
     method: Any,
@@ -35,11 +38,16 @@ def _samples(
     target: Any,
     explanation: Any,
     params: dict[str, Any],
-):
-    """The perturbations, the explanation of ``x`` and those of the perturbed inputs."""
-    if not (isinstance(radius, (int, float)) and radius > 0):
-        raise ValueError(f"radius: expected a positive number, got {radius!r}")
-    samples = check_positive_int(samples, name="samples")
+    per_sample: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[float, np.ndarray]:
+    """The largest ``per_sample(d, base, perturbed)`` over the perturbations, and ``base``.
+
+    The perturbations are drawn and explained chunk by chunk (the same draws as one batch,
+    each chunk one batch of the method), so memory is one chunk whatever ``samples`` is.
+    """
+    radius = check_number(radius, name="radius", low=0, low_open=True)
+    samples = check_count(samples, name="samples")
+    seed = check_seed(seed)
     x = as_array(x, name="x").astype(np.float32)
     _, explain_fn = explainer(method, params)
     m = as_model(model)
@@ -61,10 +69,23 @@ def _samples(
                 f"{base.shape}"
             )
     rng = np.random.default_rng(seed)
-    d = rng.uniform(-radius, radius, size=(samples, *x.shape)).astype(np.float32)
-    xs = x[None] + d
-    perturbed = check_explained(explain_fn(model, xs, np.full(samples, t)), xs)
-    return d, base, perturbed.reshape(samples, *base.shape)
+    largest = -np.inf
+    size = chunk_size(x, n_background=3)  # inputs, and float64 explanations of them
+    with progress_bar(samples, "perturbations") as bar:
+        for start in range(0, samples, size):
+            b = min(size, samples - start)
+            d = rng.uniform(-radius, radius, size=(b, *x.shape)).astype(np.float32)
+            xs = x[None] + d
+            perturbed = check_explained(explain_fn(model, xs, np.full(b, t)), xs)
+            largest = max(
+                largest, float(per_sample(d, base, perturbed.reshape(b, *base.shape)).max())
+            )
+            bar.advance(b)
+    return largest, base
+
+
+def _change(perturbed: np.ndarray, base: np.ndarray) -> np.ndarray:
+    return np.linalg.norm((perturbed - base[None]).reshape(len(perturbed), -1), axis=1)
 
 
 def max_sensitivity(
@@ -91,7 +112,7 @@ def max_sensitivity(
     radius : float
         Perturbations are uniform in ``[-radius, radius]`` per element (Quantus's default 0.2).
     samples : int
-        Number of perturbations (Quantus's default 200).
+        Number of perturbations (Quantus's default 200), explained a chunk at a time.
     seed : int
     target : int, optional
         Default: ``explanation.target``, else the predicted class.
@@ -104,7 +125,7 @@ def max_sensitivity(
         ``max_d ||e(x+d) - e(x)||_F / ||e(x)||_F``; ``inf`` when ``e(x)`` is all zero and some
         perturbed explanation is not.
     """
-    _, base, perturbed = _samples(
+    largest, base = _distances(
         model,
         x,
         method,
@@ -114,12 +135,12 @@ def max_sensitivity(
         target=target,
         explanation=explanation,
         params=method_params,
+        per_sample=lambda _d, base, perturbed: _change(perturbed, base),
     )
-    num = np.linalg.norm((perturbed - base[None]).reshape(len(perturbed), -1), axis=1)
     den = np.linalg.norm(base)
     if den == 0:
-        return 0.0 if num.max() == 0 else float("inf")
-    return float(num.max() / den)
+        return 0.0 if largest == 0 else float("inf")
+    return float(largest / den)
 
 
 def local_lipschitz(
@@ -138,7 +159,13 @@ def local_lipschitz(
 
     Parameters as in :func:`max_sensitivity`, with ``d ~ U(-radius, radius)`` per element.
     """
-    d, base, perturbed = _samples(
+
+    def ratio(d, base, perturbed):
+        return _change(perturbed, base) / np.linalg.norm(
+            d.reshape(len(d), -1).astype(np.float64), axis=1
+        )
+
+    largest, _ = _distances(
         model,
         x,
         method,
@@ -148,7 +175,6 @@ def local_lipschitz(
         target=target,
         explanation=explanation,
         params=method_params,
+        per_sample=ratio,
     )
-    num = np.linalg.norm((perturbed - base[None]).reshape(len(perturbed), -1), axis=1)
-    den = np.linalg.norm(d.reshape(len(d), -1).astype(np.float64), axis=1)
-    return float((num / den).max())
+    return float(largest)

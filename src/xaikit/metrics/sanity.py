@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from xaikit._plotting import new_figure
-from xaikit._validation import check_choice, check_targets, describe
+from xaikit._validation import check_choice, check_number, check_seed, check_targets, describe
 from xaikit.metrics._common import as_batch, check_explained, explainer
 from xaikit.model import Model
 
@@ -165,6 +165,8 @@ def sanity_check(
     """
     mode = check_choice(mode, name="mode", choices=MODES)
     similarity = check_choice(similarity, name="similarity", choices=SIMILARITIES)
+    threshold = check_number(threshold, name="threshold")
+    seed = check_seed(seed, allow_none=False)
     module = model.module if isinstance(model, Model) else model
     if not isinstance(module, nn.Module):
         raise TypeError(

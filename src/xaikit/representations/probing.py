@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_choice, describe
+from xaikit._validation import check_choice, check_number, check_seed
 from xaikit.representations._common import check_labels, flat, new_figure
 from xaikit.representations.activations import DEFAULT_MEMORY_BUDGET, capture, data_length
 
@@ -158,8 +158,10 @@ def probe(
     True
     """
     kind = check_choice(kind, name="kind", choices=KINDS)
-    if not isinstance(test_size, (int, float)) or not 0.0 < float(test_size) < 1.0:
-        raise ValueError(f"test_size: expected a share in (0, 1), got {describe(test_size)}")
+    test_size = check_number(
+        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True
+    )
+    seed = check_seed(seed, allow_none=False, bits=32)  # scikit-learn's random_state
     n = data_length(data)
     if labels is not None and n is not None:  # fail before the forward passes
         labels = check_labels(labels, n=n)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_choice
+from xaikit._validation import check_choice, check_seed
 from xaikit.representations._common import check_labels, flat, new_figure, scatter_by_label
 from xaikit.representations.activations import DEFAULT_MEMORY_BUDGET, capture, data_length
 
@@ -248,6 +248,7 @@ def _projections(
     params: dict,
 ) -> LayerProjections:
     how = check_choice(how, name="how", choices=METHODS)
+    seed = check_seed(seed, allow_none=False, bits=32)  # scikit-learn's random_state
     if how == "umap":
         _import_umap()  # fail before the forward passes, not after
     n = data_length(data)

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from xaikit._validation import check_positive_int, describe
+from xaikit._validation import (
+    check_count,
+    check_memory,
+    check_number,
+    check_positive_int,
+    check_seed,
+)
 from xaikit.representations._common import flat, new_figure
 from xaikit.representations.activations import DEFAULT_MEMORY_BUDGET, capture
 
@@ -147,11 +153,13 @@ def reconstruct(
     networks, CVPR. The lecture's speech version rebuilds audio with a TTS decoder from
     each layer of a speech recogniser ("what does a network layer hear?").
     """
-    epochs = check_positive_int(epochs, name="epochs")
+    epochs = check_count(epochs, name="epochs")
     hidden = check_positive_int(hidden, name="hidden")
     examples = check_positive_int(examples, name="examples")
-    if not isinstance(test_size, (int, float)) or not 0.0 < float(test_size) < 1.0:
-        raise ValueError(f"test_size: expected a share in (0, 1), got {describe(test_size)}")
+    test_size = check_number(
+        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True
+    )
+    seed = check_seed(seed, allow_none=False)
     acts = capture(
         model,
         data,
@@ -172,6 +180,14 @@ def reconstruct(
     n_test = math.ceil(float(test_size) * n)
     if n_test < 1 or n - n_test < 2:
         raise ValueError(f"data: {n} items are too few to train and score a decoder")
+    # Each decoder holds (features + input size) weights per hidden unit, with their gradients
+    # and Adam's two moments: refuse a width that cannot fit before any training.
+    widest = max(int(np.prod(acts[layer].shape[1:])) for layer in acts.layers)
+    size = int(np.prod(inputs.shape[1:]))
+    check_memory(
+        hidden, 16 * (widest + size) + 8 * _BATCH, name="hidden",
+        what=f"hidden units of a decoder from {widest} features to {size} inputs",
+    )  # fmt: skip
     order = np.random.default_rng(seed).permutation(n)
     train, test = np.sort(order[n_test:]), np.sort(order[:n_test])
     target = torch.from_numpy(np.ascontiguousarray(flat(inputs), dtype=np.float32))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xaikit._validation import check_positive_int
+from xaikit._validation import check_positive_int, check_seed
 
 PROPERTIES = ("negation", "plural", "sentiment")
 
@@ -87,6 +87,7 @@ def make_sentences(n: int = 600, *, seed: int = 0) -> SentenceData:
     replacement, so the same ``(n, seed)`` always gives the same sentences.
     """
     n = check_positive_int(n, name="n")
+    seed = check_seed(seed)
     grid = list(
         itertools.product(
             range(len(_SUBJECTS)),

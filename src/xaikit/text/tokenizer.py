@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._validation import check_choice, describe
+from xaikit._validation import check_choice, check_int, describe
 
 #: The id of a position that is not part of the text (batch padding, or a deleted token).
 DELETED = -1
@@ -95,8 +95,8 @@ class Tokenizer:
         self.vocab_size = int(vocab_size)
         self.pad_id, self.unk_id = pad_id, unk_id
         self.cls_id, self.sep_id, self.mask_id = cls_id, sep_id, mask_id
-        self.max_length = int(max_length)
-        self.n_special = int(n_special)
+        self.n_special = check_int(n_special, name="n_special", minimum=0)
+        self.max_length = check_int(max_length, name="max_length", minimum=self.n_special + 1)
 
     # ------------------------------------------------------------------ constructors
 
