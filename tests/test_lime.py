@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import xaikit as xk
-from xaikit.attribution.lime import component_mean, lime_coalitions, weighted_ridge
+from xaikit.attribution.coalitions import component_mean, weighted_ridge
+from xaikit.attribution.lime import lime_coalitions
 from xaikit.components import make_components
 
 

@@ -1,7 +1,7 @@
 """KernelSHAP (Lundberg & Lee 2017): Shapley values by weighted least squares on coalitions.
 
 The Shapley values of the game ``v(z)`` (the target score with components ``z`` kept, see
-:class:`~xaikit.attribution.lime.CoalitionGame`) solve a regression over all coalitions with
+:class:`~xaikit.attribution.coalitions.CoalitionGame`) solve a regression over all coalitions with
 the Shapley kernel ``k(s) = (M-1) / (C(M, s) s (M-s))`` as weights under the efficiency
 constraint ``sum(phi) = v(1) - v(0)`` (Lundberg & Lee 2017, Theorem 2). With ``samples >= 2^M``
 every coalition is evaluated and the result is exact.
@@ -42,7 +42,7 @@ import numpy as np
 
 from xaikit._progress import progress_bar
 from xaikit._validation import check_count, check_memory
-from xaikit.attribution.lime import assemble, check_seed, games_for, single_threaded_blas
+from xaikit.attribution.coalitions import assemble, check_seed, games_for, single_threaded_blas
 from xaikit.attribution.perturbation import chunk_sizes
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model

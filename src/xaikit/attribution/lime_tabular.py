@@ -26,7 +26,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from xaikit._validation import check_finite, describe
-from xaikit.attribution.lime import RidgeMoments, single_threaded_blas
+from xaikit.attribution.coalitions import RidgeMoments, single_threaded_blas
 from xaikit.model import Model
 
 DISCRETIZERS = {"quartile": (25, 50, 75), "decile": tuple(range(10, 100, 10))}
