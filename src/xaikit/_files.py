@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,9 @@ def _npy_header(handle, *, name: str, path: Any, where: str) -> tuple[tuple, np.
         if version not in readers:
             raise ValueError(f".npy format version {version} is not supported")
         shape, _, dtype = readers[version](handle)
-    except Exception as err:  # numpy raises ValueError, EOFError, SyntaxError, ...
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:  # the bytes, not the format
+        raise ValueError(f"{name}: {str(path)!r}{where} is damaged ({_one_line(err)})") from err
+    except Exception as err:  # numpy raises ValueError, SyntaxError, ...
         raise ValueError(
             f"{name}: {str(path)!r}{where} is not a plain NumPy array file ({_one_line(err)})"
         ) from err

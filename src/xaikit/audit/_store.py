@@ -192,7 +192,8 @@ def read_shard(
     try:
         data = _files.load_npz(path, name="shard")
     except ValueError as err:
-        raise ShardError(f"damaged: {str(err).removeprefix('shard: ')}") from err
+        reason = str(err).removeprefix("shard: ").replace(repr(str(path)), "the file", 1)
+        raise ShardError(reason) from err
     except OSError as err:
         raise ShardError(f"unreadable: {err}") from err
     if "run" not in data or data["run"].shape != () or data["run"].dtype.kind != "U":
