@@ -505,3 +505,25 @@ def test_reconstruction_is_seeded_and_leaves_the_global_rng_alone():
     np.testing.assert_array_equal(a.examples, b.examples)
     held_out = np.sort(np.random.default_rng(4).permutation(60)[:15])  # ceil(0.25 * 60)
     np.testing.assert_array_equal(a.originals, x[held_out[:3]])
+
+
+def test_names_holding_dollars_or_underscores_are_drawn_as_text():
+    # Class names and layer names go into legends, ticks and titles: $...$ crashed the draw
+    # (mathtext), and a label starting with "_" was left out of the legend.
+    from matplotlib import cbook
+
+    net, x = small_net(), images(40)
+    labels = np.where(np.arange(40) % 2 == 0, r"$\undefinedmacro$", "_hidden")
+    p = project_layers(net, x, layers=["3", "6"], labels=labels)
+    fig = p.plot()
+    fig.canvas.draw()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sorted(legend) == sorted([r"\$\undefinedmacro\$", " _hidden"])
+    r = probe(net, x, labels, layers=["3", "6"], seed=0)
+    r.layers = [r"$\x$", "6"]  # as a module named so would show
+    r.accuracy = {r"$\x$": 0.5, "6": 0.6}
+    r.control_accuracy = r.selectivity = {}
+    fig = r.plot()
+    fig.canvas.draw()
+    shown = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert shown == [r"\$\x\$", "6"] and not any(cbook.is_math_text(t) for t in shown)
