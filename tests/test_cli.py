@@ -441,7 +441,9 @@ def child(kill_at):
             torch.set_num_threads(1)
             calls = [0]
             for owner, name in MOVES:
-                real = getattr(owner, name)
+                real = getattr(owner, name, None)
+                if real is None:  # (an xaikit without the one-step swap)
+                    continue
                 def counted(*a, _real=real, **k):
                     calls[0] += 1
                     if calls[0] == kill_at:
