@@ -109,6 +109,24 @@ def test_out_directory_holds_plain_npy_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == ["3.npy", "6.npy"]
 
 
+def test_out_file_names_stay_inside_out_and_apart(tmp_path):
+    # Layer names become file names: "a/b" wrote outside out, a 240-character name passed
+    # the file system's limit, and "a/b" and "a_b" would have shared one file.
+    long = "l" * 240
+    net = nn.Sequential()
+    net.add_module("a/b", nn.Flatten())
+    net.add_module("a_b", nn.Linear(144, 4))
+    net.add_module(long, nn.ReLU())
+    x = images(6)
+    acts = activations(net, x, layers=["a/b", "a_b", long], out=tmp_path / "acts")
+    files = sorted(p.name for p in (tmp_path / "acts").iterdir())
+    assert len(files) == 3 and all(len(f) < 100 for f in files) and "a_b.npy" in files
+    assert {p.parent for p in acts.paths.values()} == {tmp_path / "acts"}
+    np.testing.assert_array_equal(np.load(acts.paths["a/b"]), x.reshape(6, -1))
+    np.testing.assert_array_equal(np.load(acts.paths["a_b"]), acts["a_b"])
+    assert np.load(acts.paths[long]).shape == (6, 4)
+
+
 def test_dataset_and_dataloader_give_the_array_result_and_keep_targets():
     net, x = small_net(), images(45)
     y = np.arange(45) % 3
