@@ -200,8 +200,8 @@ class Audit:
     def load(cls, directory: str | os.PathLike) -> Audit:
         """Read an audit written by :meth:`save`.
 
-        Raises a ValueError naming ``directory`` when the files are damaged, larger than
-        ``XAIKIT_MAX_LOAD_BYTES`` declares allowed, or come from two different saves.
+        Raises a ValueError naming ``directory`` when the files are damaged, declare more than
+        ``XAIKIT_MAX_LOAD_BYTES`` (see docs/cli.md), or come from two different saves.
         """
         directory = Path(directory)
         try:
@@ -218,6 +218,16 @@ class Audit:
                 "different saves (one was cut short); save the audit again"
             )
         a = _files.load_npz(npz, name="directory")
+        try:
+            return cls._from_saved(meta, a)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # edited or damaged
+            raise ValueError(
+                f"directory: {str(directory)!r} holds a damaged saved audit "
+                f"({type(err).__name__}: {err})"
+            ) from err
+
+    @classmethod
+    def _from_saved(cls, meta: dict[str, Any], a: dict[str, np.ndarray]) -> Audit:
         findings = []
         for i, f in enumerate(meta["findings"]):
             f = dict(f, region=tuple(f["region"]))
