@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from xaikit.audit import Audit, _store, audit
 from xaikit.audit.analysis import iou, sameness, transplant_rates
@@ -99,10 +102,10 @@ def test_interrupted_run_resumes_to_the_same_result(
     real_write = _store.write_shard
     written: list[str] = []
 
-    def write_then_die(path, arrays):
+    def write_then_die(path, arrays, **kw):
         if len(written) == 2:
             raise KeyboardInterrupt("killed after two shards")
-        real_write(path, arrays)
+        real_write(path, arrays, **kw)
         written.append(path.name)
 
     monkeypatch.setattr(_store, "write_shard", write_then_die)
@@ -119,7 +122,7 @@ def test_interrupted_run_resumes_to_the_same_result(
     first = {name: (tmp_path / name).read_bytes() for name in written}
 
     monkeypatch.setattr(
-        _store, "write_shard", lambda p, a: (written.append(p.name), real_write(p, a))
+        _store, "write_shard", lambda p, a, **kw: (written.append(p.name), real_write(p, a, **kw))
     )
     resumed = audit(watermark_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, out=tmp_path)
     # Only the two missing shards were explained; the first two were neither lost nor rewritten.
@@ -129,9 +132,7 @@ def test_interrupted_run_resumes_to_the_same_result(
         "manifest.json",
         *(f"shard-0000{i}.npz" for i in range(4)),
     ]
-    indices = np.concatenate(
-        [_store.read_shard(p)["indices"] for p in sorted(tmp_path.glob("shard-*"))]
-    )
+    indices = np.concatenate([np.load(p)["indices"] for p in sorted(tmp_path.glob("shard-*"))])
     assert np.array_equal(indices, np.arange(N))
     # Same findings and the same maps as the uninterrupted run (the batch sizes are recorded).
     assert _key(resumed.findings) == _key(full.findings)
@@ -344,3 +345,141 @@ def test_sameness_of_a_pasted_pattern_and_of_a_moving_stroke():
     assert sameness(pasted, others, (2, 2, 5, 5)) == pytest.approx(1.0)
     assert sameness(pasted, others, (5, 5, 9, 9)) < 0.3  # elsewhere they vary like the others
     assert sameness(pasted, np.zeros_like(others), (2, 2, 5, 5)) == 0.0  # no spread to compare
+
+
+# ---------------------------------------------------------------------- shards as files
+
+
+class _Corner(torch.nn.Module):
+    """Class 1 exactly as bright as the top-left 2x2 corner: a model with no weights."""
+
+    def forward(self, x):
+        s = x[:, 0, :2, :2].sum(dim=(1, 2))
+        return torch.stack([-s + 1.0, s - 1.0], dim=1)
+
+
+def _corner_data():
+    rng = np.random.default_rng(0)
+    y = np.arange(12) % 2
+    x = (rng.random((12, 1, 8, 8)) * 0.2).astype(np.float32)
+    x[y == 1, 0, :2, :2] = 1.0
+    return x, y
+
+
+SMALL = {"shard_size": 4, "method": "input_x_gradient"}  # three shards
+
+
+@pytest.fixture(scope="module")
+def corner_run(tmp_path_factory):
+    """A whole run of the small audit: its folder (left untouched) and its maps."""
+    x, y = _corner_data()
+    out = tmp_path_factory.mktemp("corner")
+    result = audit(_Corner(), x, labels=y, out=out, **SMALL)
+    return out, result.maps
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def _corrupt(path, how):
+    data = path.read_bytes()
+    if how == "bad CRC":  # one byte of the maps flipped: the zip's CRC no longer matches
+        path.write_bytes(data[:300] + bytes([data[300] ^ 0x55]) + data[301:])
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "NaN":
+        arrays = dict(np.load(path))
+        arrays["maps"][0, 0, 0] = np.nan
+        np.savez(path.with_suffix(""), **arrays)  # savez adds .npz again
+    else:  # "no run": a shard as xaikit wrote them before shards named their run
+        arrays = {k: v for k, v in np.load(path).items() if k != "run"}
+        np.savez(path.with_suffix(""), **arrays)
+
+
+@pytest.mark.parametrize("how", ["bad CRC", "truncated", "empty", "NaN", "no run"])
+def test_a_damaged_shard_is_named_and_explained_again(corner_run, tmp_path, how):
+    folder, maps = corner_run
+    out = _copy(folder, tmp_path)
+    _corrupt(out / "shard-00001.npz", how)
+    x, y = _corner_data()
+    with pytest.warns(
+        UserWarning, match=r"^out: 1 shard\(s\) .* explained again: shard-00001\.npz \("
+    ):
+        again = audit(_Corner(), x, labels=y, out=out, **SMALL)
+    np.testing.assert_array_equal(again.maps, maps)
+    assert not np.isnan(again.maps).any()
+    shard = np.load(out / "shard-00001.npz")
+    assert str(shard["run"]) == json.loads((out / "manifest.json").read_text())["run"]
+
+
+def test_a_shard_of_another_run_is_not_read_into_the_result(corner_run, tmp_path):
+    # Same data and shard size, another method: before shards named their run, its
+    # shard-00001 was taken as this run's and changed the maps and the findings.
+    folder, maps = corner_run
+    x, y = _corner_data()
+    other = tmp_path / "other"
+    audit(_Corner(), x, labels=y, out=other, shard_size=4, method="saliency")
+    out = _copy(folder, tmp_path)
+    (out / "shard-00001.npz").write_bytes((other / "shard-00001.npz").read_bytes())
+    with pytest.warns(UserWarning, match=r"shard-00001\.npz \(of another run"):
+        again = audit(_Corner(), x, labels=y, out=out, **SMALL)
+    np.testing.assert_array_equal(again.maps, maps)
+
+
+def test_leftovers_of_a_killed_run_are_removed(corner_run, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    folder, maps = corner_run
+    out = _copy(folder, tmp_path)
+    (out / f".shard-00002.npz.{gone.pid}-0123abcd.tmp").write_bytes(b"half a shard")
+    (out / ".manifest.json.0123456789ab.tmp").write_bytes(b"{")  # named as xaikit 0.1 did
+    (out / f".shard-00003.npz.{os.getpid()}-0123abcd.tmp").write_bytes(b"being written")
+    scratch = tmp_path / "tmp"
+    (scratch / f"xaikit-audit-{gone.pid}-abc" / "sub").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    x, y = _corner_data()
+    again = audit(_Corner(), x, labels=y, out=out, **SMALL)
+    np.testing.assert_array_equal(again.maps, maps)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
+        f".shard-00003.npz.{os.getpid()}-0123abcd.tmp"  # a live writer's file stays
+    ]
+    audit(_Corner(), x, labels=y, **SMALL)  # without out: a temporary folder, cleaned up
+    assert list(scratch.iterdir()) == []
+
+
+def test_non_finite_relevance_is_refused_before_it_is_written(tmp_path):
+    class Kinked(torch.nn.Module):
+        def forward(self, x):  # finite scores (x <= 2 everywhere) but NaN gradients
+            s = torch.where(x > 2.0, torch.sqrt(x - 2.0), x).sum(dim=(1, 2, 3))
+            return torch.stack([s, -s], dim=1)
+
+    x, _ = _corner_data()
+    with pytest.raises(ValueError, match=r"^method: the explanations of items 0\.\.3 hold NaN"):
+        audit(Kinked(), x, out=tmp_path, shard_size=4, method="saliency")
+    assert not list(tmp_path.glob("shard-*"))
+
+
+def test_a_saved_audit_whose_files_come_from_two_saves_is_refused(corner_run, tmp_path):
+    _, _ = corner_run
+    x, y = _corner_data()
+    first = audit(_Corner(), x, labels=y, **SMALL)
+    second = audit(_Corner(), x, labels=y, shard_size=4, method="saliency")
+    first.save(tmp_path)
+    old_json = (tmp_path / "audit.json").read_bytes()
+    second.save(tmp_path)
+    (tmp_path / "audit.json").write_bytes(old_json)  # as if a kill came between the two files
+    with pytest.raises(
+        ValueError, match=r"^directory: audit\.json and audit\.npz .* two different saves"
+    ):
+        Audit.load(tmp_path)
+    second.save(tmp_path)
+    assert Audit.load(tmp_path).info["method"] == "saliency"

@@ -387,3 +387,107 @@ def test_plot_into_given_axes():
     fig = Figure()
     ax = fig.add_subplot()
     assert tabular().plot(ax=ax) is fig
+
+
+# ---------------------------------------------------------------- untrusted files
+
+
+def _inflating_npz(path: Path, declared: int) -> None:
+    """A zip whose one .npy member declares ``declared`` bytes of zeros and holds a deflate
+    stream of them (about 1/1000 of the size): a small file that inflates to a huge array."""
+    import struct
+    import zlib
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (declared // 4,)}
+    text = repr(header).encode("latin1")
+    text += b" " * (64 - (10 + len(text) + 1) % 64) + b"\n"
+    npy_header = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = squeeze.compress(npy_header) + squeeze.flush(zlib.Z_FULL_FLUSH)
+    mib = squeeze.compress(bytes(2**20)) + squeeze.flush(zlib.Z_FULL_FLUSH)  # same bytes per MiB
+    stream += mib * (declared // 2**20) + squeeze.flush()
+    size = len(npy_header) + declared
+    name = b"values.npy"
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, 0, len(stream), size,
+                        len(name), 0) + name  # fmt: skip
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, 0, len(stream),
+                          size, len(name), 0, 0, 0, 0, 0, 0) + name  # fmt: skip
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central),
+                      len(local) + len(stream), 0)  # fmt: skip
+    path.write_bytes(local + stream + central + end)
+
+
+def test_load_refuses_an_npz_that_inflates_from_its_declared_sizes(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.npz"
+    _inflating_npz(path, 3 * 2**30)
+    assert path.stat().st_size < 4 * 2**20  # 3 MB on disk, 3 GiB once read
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an array was read")
+
+    monkeypatch.setattr(np.lib.format, "read_array", no_reading)
+    with pytest.raises(
+        ValueError,
+        match=r"^path: .*bomb\.npz' would take, once read, 3\.0 GiB, more than the limit of "
+        r"2\.0 GiB; .*XAIKIT_MAX_LOAD_BYTES=4G",
+    ):
+        Explanation.load(path)
+
+
+def test_load_names_a_damaged_file(tmp_path):
+    good = image().save(tmp_path / "e.npz")
+    data = good.read_bytes()
+    for name, payload in [
+        ("empty.npz", b""),
+        ("cut.npz", data[: len(data) // 2]),
+        ("crc.npz", data[:200] + bytes([data[200] ^ 0xFF]) + data[201:]),
+    ]:
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ValueError, match=rf"^path: .*{name}'.* is damaged"):
+            Explanation.load(tmp_path / name)
+
+
+def test_the_load_limit_can_be_raised(tmp_path, monkeypatch):
+    path = image().save(tmp_path / "e.npz")
+    monkeypatch.setenv("XAIKIT_MAX_LOAD_BYTES", "1K")
+    with pytest.raises(ValueError, match=r"^path: .*more than the limit of 1\.0 KiB"):
+        Explanation.load(path)
+    monkeypatch.setenv("XAIKIT_MAX_LOAD_BYTES", "1M")
+    np.testing.assert_array_equal(Explanation.load(path).values, image().values)
+
+
+def test_save_with_a_long_name(tmp_path):
+    # The temporary file beside it must not pass the file system's 255-byte limit.
+    path = tmp_path / ("n" * 240 + ".npz")
+    tabular().save(path)
+    assert Explanation.load(path).method == "kernel_shap"
+
+
+# ---------------------------------------------------------------- names as text
+
+
+ODD = r"$\undefinedmacro$"
+
+
+def _is_literal(texts) -> None:
+    from matplotlib import cbook
+
+    shown = [t.get_text() for t in texts]
+    assert shown and not any(cbook.is_math_text(s) for s in shown), shown
+
+
+def test_names_holding_dollars_are_drawn_as_text():
+    # A CSV header, tokens or a method name with $...$ crashed the draw through mathtext.
+    fig = tabular(feature_names=[ODD, "bmi", "a $ b $ c", "s1", "s2"]).plot()
+    fig.canvas.draw()
+    _is_literal(fig.axes[0].get_yticklabels())
+    assert r"\$\undefinedmacro\$" in [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    fig = text(tokens=["$x", ODD, "$", "y$"]).plot()
+    fig.canvas.draw()
+    _is_literal(fig.axes[0].texts)
+    fig = image(method=ODD).plot()
+    fig.canvas.draw()
+    _is_literal([fig.axes[0].title])
+    fig = batch(method=ODD).plot()
+    fig.canvas.draw()
+    _is_literal([fig._suptitle])

@@ -291,3 +291,228 @@ def test_class_names_and_labels(tmp_path):
     np.testing.assert_array_equal(load_labels(tmp_path / "y.txt", n=3), [1, 0, 2])
     with pytest.raises(LoadError, match="has 3 labels for 4 inputs"):
         load_labels(tmp_path / "y.txt", n=4)
+
+
+# ---------------------------------------------------------------------- image modes and depths
+
+
+def test_sixteen_bit_png_is_scaled_by_its_depth(tmp_path):
+    # Mode I;16: 0..65535. Converting through 8 bits clipped every value above 255 to 1.0.
+    depth16 = (np.arange(64, dtype=np.uint16) * 1000).reshape(8, 8)
+    Image.fromarray(depth16).save(tmp_path / "sixteen.png")
+    assert Image.open(tmp_path / "sixteen.png").mode == "I;16"
+    data = load_inputs([tmp_path / "sixteen.png"])
+    assert data.x.shape == (1, 1, 8, 8) and data.x.dtype == np.float32
+    np.testing.assert_allclose(data.x[0, 0], depth16 / 65535.0, rtol=1e-6)
+    # An RGB model gets the grey values in three channels; --resize works on the 16-bit values.
+    rgb = load_inputs([tmp_path / "sixteen.png"], channels=3)
+    np.testing.assert_array_equal(rgb.x[0], np.repeat(data.x[0], 3, axis=0))
+    small = load_inputs([tmp_path / "sixteen.png"], resize=(4, 4))
+    assert small.x.shape == (1, 1, 4, 4) and 0.3 < float(small.x.mean()) < 0.7
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B"])
+def test_sixteen_bit_tiffs(tmp_path, mode):
+    values = np.array([[0, 1, 32768, 65535]], dtype=">u2" if mode == "I;16B" else "<u2")
+    img = Image.new(mode, (4, 1))
+    img.frombytes(values.tobytes())
+    img.save(tmp_path / "t.tif")
+    data = load_inputs([tmp_path / "t.tif"])
+    np.testing.assert_allclose(data.x[0, 0, 0], [0, 1 / 65535, 32768 / 65535, 1.0], rtol=1e-6)
+
+
+def test_sixteen_bit_pgm(tmp_path):
+    # Pillow reads a PGM with maxval 1000 as mode I, scaled to 0..65535.
+    (tmp_path / "p.pgm").write_bytes(b"P5\n2 1\n1000\n" + np.array([0, 500], ">u2").tobytes())
+    data = load_inputs([tmp_path / "p.pgm"])
+    np.testing.assert_allclose(data.x[0, 0, 0], [0.0, 500 / 1000], atol=1e-4)
+
+
+def test_float_tiff_in_unit_range_keeps_its_values(tmp_path):
+    values = np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    assert Image.open(tmp_path / "f.tif").mode == "F"
+    data = load_inputs([tmp_path / "f.tif"])
+    np.testing.assert_array_equal(data.x[0, 0], values)  # read as they are (was / 255: black)
+
+
+@pytest.mark.parametrize(
+    ("values", "pattern"),
+    [
+        ([[-0.5, 0.0, 2.0]], r"values in \[-0.5, 2\]"),
+        ([[0.0, np.nan, 1.0]], r"NaN or infinite"),
+    ],
+)
+def test_float_tiff_outside_unit_range_is_refused(tmp_path, values, pattern):
+    Image.fromarray(np.array(values, dtype=np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(
+        LoadError, match=rf"^input: .*f\.tif' is a float image \(mode 'F'\).*{pattern}"
+    ):
+        load_inputs([tmp_path / "f.tif"])
+
+
+def test_32_bit_integer_tiff_is_refused(tmp_path):
+    Image.fromarray(np.array([[0, -5, 70000]], dtype=np.int32)).save(tmp_path / "i.tif")
+    with pytest.raises(LoadError, match=r"^input: .*i\.tif' is a 32-bit or signed integer image"):
+        load_inputs([tmp_path / "i.tif"])
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr"])
+def test_eight_bit_modes_are_scaled_by_255(tmp_path, mode):
+    img = Image.new("RGB", (4, 2), (255, 255, 255)).convert(mode)
+    img.putpixel((0, 0), Image.new("RGB", (1, 1), (0, 0, 0)).convert(mode).getpixel((0, 0)))
+    img.save(tmp_path / "m.tif")
+    for channels in (1, 3):
+        x = load_inputs([tmp_path / "m.tif"], channels=channels).x[0]
+        assert x.shape == (channels, 2, 4)
+        assert x[:, 0, 0].max() <= 0.02 and x[:, 1, 3].min() >= 0.98  # black and white
+
+
+def test_a_mode_that_cannot_be_converted_names_the_file_and_mode(tmp_path, monkeypatch):
+    img = Image.new("La", (2, 2))
+    from xaikit import loading
+
+    monkeypatch.setattr(loading, "_open_image", lambda path: (img, None))
+    (tmp_path / "la.png").write_bytes(b"")
+    with pytest.raises(LoadError, match=r"^input: .*la\.png' has image mode 'La'"):
+        load_inputs([tmp_path / "la.png"], channels=1)
+
+
+def _png_bomb(path, width, height):
+    """A real PNG of width x height zero pixels: a few hundred KB that decode to width*height B."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    compressor = zlib.compressobj(1)
+    rows = bytes((width + 1) * 500)
+    idat = b"".join(compressor.compress(rows) for _ in range(height // 500)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_huge_png_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
+    bomb = _png_bomb(tmp_path / "bomb.png", 12000, 12000)
+    assert bomb.stat().st_size < 2_000_000
+
+    def no_decoding(self):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
+    with pytest.raises(
+        LoadError,
+        match=r"^input: .*bomb\.png' is 12000x12000 pixels, more than the limit of 67108864 "
+        r"pixels.*XAIKIT_MAX_IMAGE_PIXELS",
+    ):
+        load_inputs([bomb])
+
+
+def test_pillows_own_bomb_error_names_the_file(tmp_path):
+    # Past twice Pillow's limit Pillow refuses at open; the message still names the file.
+    bomb = _png_bomb(tmp_path / "huge.png", 20000, 10000)
+    with pytest.raises(
+        LoadError,
+        match=r"^input: .*huge\.png' is too large to decode .*200000000 pixels.*the limit is "
+        r"67108864 pixels, raised with the environment variable XAIKIT_MAX_IMAGE_PIXELS",
+    ):
+        load_inputs([bomb])
+
+
+def test_the_pixel_limit_can_be_raised_and_lowered(tmp_path, monkeypatch):
+    png = _png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    monkeypatch.setenv("XAIKIT_MAX_IMAGE_PIXELS", "63")
+    with pytest.raises(LoadError, match=r"is 8x8 pixels, more than the limit of 63 pixels"):
+        load_inputs([png])
+    monkeypatch.setenv("XAIKIT_MAX_IMAGE_PIXELS", "64")
+    assert load_inputs([png]).x.shape == (1, 1, 8, 8)
+    monkeypatch.setenv("XAIKIT_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(LoadError, match=r"^XAIKIT_MAX_IMAGE_PIXELS: expected a positive whole"):
+        load_inputs([png])
+
+
+# ---------------------------------------------------------------------- declared sizes
+
+
+def _npy_header(shape, dtype="<f4"):
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    text = repr(header).encode("latin1")
+    pad = 64 - (10 + len(text) + 1) % 64
+    body = text + b" " * pad + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+
+
+def test_npy_declaring_more_than_the_limit_is_refused_before_reading(tmp_path):
+    # 96 bytes on disk whose header declares a (3 GiB / 4,) float32 array.
+    path = tmp_path / "big.npy"
+    path.write_bytes(_npy_header((3 * 2**30 // 4, 1)) + bytes(32))
+    with pytest.raises(
+        LoadError,
+        match=r"^input: .*big\.npy' declares an array \(805306368, 1\) float32 of 3\.0 GiB, "
+        r"more than the limit of 2\.0 GiB.*XAIKIT_MAX_LOAD_BYTES=3G",
+    ):
+        load_inputs([path])
+    with pytest.raises(LoadError, match=r"^labels: .*big\.npy' declares an array"):
+        load_labels(path)
+
+
+def test_truncated_npy_is_named(tmp_path):
+    path = tmp_path / "cut.npy"
+    path.write_bytes(_npy_header((10, 4)) + bytes(16))
+    with pytest.raises(LoadError, match=r"^input: .*cut\.npy' is truncated: its header declares"):
+        load_inputs([path])
+
+
+def test_the_byte_limit_can_be_lowered_for_every_file_kind(tmp_path, monkeypatch, net_file):
+    np.save(tmp_path / "x.npy", X)  # 1280 bytes of data
+    (tmp_path / "t.csv").write_text("a,b\n" + "1,2\n" * 400)
+    (tmp_path / "s.txt").write_text("words " * 300)
+    torch.save(_reference().state_dict(), tmp_path / "w.pt")
+    monkeypatch.setenv("XAIKIT_MAX_LOAD_BYTES", "1K")
+    with pytest.raises(
+        LoadError,
+        match=r"^input: .*x\.npy' declares .* of 1\.2 KiB, more than the limit of 1\.0 KiB",
+    ):
+        load_inputs([tmp_path / "x.npy"])
+    for name in ("t.csv", "s.txt"):
+        with pytest.raises(LoadError, match=rf"^input: .*{name}' is .*, more than the limit"):
+            load_inputs([tmp_path / name])
+    with pytest.raises(LoadError, match=r"^weights: .*w\.pt' would take, once read, .* more than"):
+        load_model(f"{net_file}:make", weights=tmp_path / "w.pt")
+    monkeypatch.setenv("XAIKIT_MAX_LOAD_BYTES", "1M")
+    assert load_inputs([tmp_path / "x.npy"]).x.shape == X.shape
+    assert load_model(f"{net_file}:make", weights=tmp_path / "w.pt").kind == "torch"
+
+
+# ---------------------------------------------------------------------- factories
+
+
+def test_a_factory_file_that_calls_sys_exit_is_an_error(tmp_path):
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(
+        LoadError, match=r"^model: importing .*quits\.py' failed: it called sys\.exit\(3\)"
+    ):
+        load_model(f"{tmp_path / 'quits.py'}:make")
+    (tmp_path / "quits_later.py").write_text("import sys\n\ndef make():\n    sys.exit('no')\n")
+    with pytest.raises(
+        LoadError, match=r"^model: .*quits_later\.py:make\(\) failed: it called sys\.exit\('no'\)"
+    ):
+        load_model(f"{tmp_path / 'quits_later.py'}:make")
+
+
+def test_a_factory_module_has_the_same_name_in_every_process(net_file):
+    # The name is part of the model's hash, which an audit's manifest records to resume from
+    # another process: it must not come from Python's salted hash() of the path.
+    import hashlib
+    import sys
+
+    digest = hashlib.sha256(str(net_file.resolve()).encode()).hexdigest()[:16]
+    load_model(f"{net_file}:make")
+    assert f"_xaikit_user_{digest}" in sys.modules

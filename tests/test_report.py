@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -103,6 +104,99 @@ def test_staged_dir_all_or_nothing(tmp_path):
         staged_dir(tmp_path / "file"),
     ):
         pass
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_staged_dir_swaps_the_whole_folder_in_one_step(tmp_path, monkeypatch):
+    from xaikit.report import output
+
+    out = tmp_path / "out"
+    (out / "audit").mkdir(parents=True)
+    (out / "audit" / "audit.json").write_text("old json")
+    (out / "audit" / "stale.txt").write_text("old extra")
+    (out / "index.html").write_text("old page")
+    (out / "keep.txt").write_text("mine")
+    before = out.stat().st_ino
+    swaps = []
+    real = output._exchange
+    monkeypatch.setattr(output, "_exchange", lambda a, b: swaps.append(b) or real(a, b))
+    with staged_dir(out) as stage:
+        (stage / "audit").mkdir()
+        (stage / "audit" / "audit.json").write_text("new json")
+        (stage / "index.html").write_text("new page")
+        assert _tree(out)["index.html"] == "old page"  # nothing changes while the stage fills
+    # One folder replaced by another: a subfolder the command writes is replaced whole, files
+    # it does not write are kept, and nothing is left beside it.
+    assert swaps == [out] and out.stat().st_ino != before
+    assert _tree(out) == {
+        "audit/audit.json": "new json", "index.html": "new page", "keep.txt": "mine",
+    }  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_staged_dir_without_an_exchange_and_recovery_after_a_kill(tmp_path, monkeypatch):
+    from xaikit.report import output
+
+    monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # a system without one
+    out = tmp_path / "out"
+    with staged_dir(out) as stage:
+        (stage / "a.txt").write_text("1")
+    with staged_dir(out) as stage:
+        (stage / "a.txt").write_text("2")
+    assert _tree(out) == {"a.txt": "2"} and sorted(os.listdir(tmp_path)) == ["out"]
+    # A kill between the two renames: no out, the old folder renamed away, the new one staged.
+    stem = output._stem(out.absolute())
+    pid = _dead_pid()
+    os.rename(out, tmp_path / f"{stem}{pid}-abcdefgh.old")
+    (tmp_path / f"{stem}{pid}-abcdefgh.staging").mkdir()
+    (tmp_path / f"{stem}{pid}-zzzzzzzz.staging").mkdir()  # and a kill while staging
+    (tmp_path / f".other.12345678.{pid}-abcdefgh.staging").mkdir()  # another out's: not ours
+    output.recover(out)
+    assert _tree(out) == {"a.txt": "2"}  # the old folder is back, whole
+    assert sorted(os.listdir(tmp_path)) == [f".other.12345678.{pid}-abcdefgh.staging", "out"]
+
+
+def test_staged_dir_leaves_a_live_runs_staging_folder(tmp_path):
+    from xaikit.report import output
+
+    out = tmp_path / "out"
+    live = tmp_path / f"{output._stem(out)}{os.getppid()}-abcdefgh.staging"
+    live.mkdir()
+    with staged_dir(out) as stage:
+        (stage / "a.txt").write_text("1")
+    assert sorted(os.listdir(tmp_path)) == [live.name, "out"]
+
+
+def test_staged_dir_refuses_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("keep")
+    for out in (tmp_path, ".", tmp_path.parent):
+        with (
+            pytest.raises(ValueError, match=r"^out: .* is the current folder or holds it"),
+            staged_dir(out),
+        ):
+            pass
+    assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
+
+
+def test_staged_dir_with_a_long_name(tmp_path):
+    out = tmp_path / ("o" * 250)
+    for text in ("1", "2"):
+        with staged_dir(out) as stage:
+            (stage / "a.txt").write_text(text)
+    assert _tree(out) == {"a.txt": "2"} and sorted(os.listdir(tmp_path)) == [out.name]
 
 
 class _TinyCNN(nn.Module):

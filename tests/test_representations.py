@@ -109,6 +109,24 @@ def test_out_directory_holds_plain_npy_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == ["3.npy", "6.npy"]
 
 
+def test_out_file_names_stay_inside_out_and_apart(tmp_path):
+    # Layer names become file names: "a/b" wrote outside out, a 240-character name passed
+    # the file system's limit, and "a/b" and "a_b" would have shared one file.
+    long = "l" * 240
+    net = nn.Sequential()
+    net.add_module("a/b", nn.Flatten())
+    net.add_module("a_b", nn.Linear(144, 4))
+    net.add_module(long, nn.ReLU())
+    x = images(6)
+    acts = activations(net, x, layers=["a/b", "a_b", long], out=tmp_path / "acts")
+    files = sorted(p.name for p in (tmp_path / "acts").iterdir())
+    assert len(files) == 3 and all(len(f) < 100 for f in files) and "a_b.npy" in files
+    assert {p.parent for p in acts.paths.values()} == {tmp_path / "acts"}
+    np.testing.assert_array_equal(np.load(acts.paths["a/b"]), x.reshape(6, -1))
+    np.testing.assert_array_equal(np.load(acts.paths["a_b"]), acts["a_b"])
+    assert np.load(acts.paths[long]).shape == (6, 4)
+
+
 def test_dataset_and_dataloader_give_the_array_result_and_keep_targets():
     net, x = small_net(), images(45)
     y = np.arange(45) % 3
@@ -505,3 +523,25 @@ def test_reconstruction_is_seeded_and_leaves_the_global_rng_alone():
     np.testing.assert_array_equal(a.examples, b.examples)
     held_out = np.sort(np.random.default_rng(4).permutation(60)[:15])  # ceil(0.25 * 60)
     np.testing.assert_array_equal(a.originals, x[held_out[:3]])
+
+
+def test_names_holding_dollars_or_underscores_are_drawn_as_text():
+    # Class names and layer names go into legends, ticks and titles: $...$ crashed the draw
+    # (mathtext), and a label starting with "_" was left out of the legend.
+    from matplotlib import cbook
+
+    net, x = small_net(), images(40)
+    labels = np.where(np.arange(40) % 2 == 0, r"$\undefinedmacro$", "_hidden")
+    p = project_layers(net, x, layers=["3", "6"], labels=labels)
+    fig = p.plot()
+    fig.canvas.draw()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sorted(legend) == sorted([r"\$\undefinedmacro\$", " _hidden"])
+    r = probe(net, x, labels, layers=["3", "6"], seed=0)
+    r.layers = [r"$\x$", "6"]  # as a module named so would show
+    r.accuracy = {r"$\x$": 0.5, "6": 0.6}
+    r.control_accuracy = r.selectivity = {}
+    fig = r.plot()
+    fig.canvas.draw()
+    shown = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert shown == [r"\$\x\$", "6"] and not any(cbook.is_math_text(t) for t in shown)

@@ -187,3 +187,31 @@ def test_tabular_local_methods_on_gradient_boosting_predict_proba(method):
     assert e.feature_names == list(test.feature_names)
     labels = [t.get_text() for t in e.plot().axes[0].get_yticklabels()]
     assert set(labels) <= set(test.feature_names) and labels
+
+
+def test_names_holding_dollars_are_drawn_as_text():
+    # A $...$ feature or class name crashed the plot through matplotlib's mathtext, and two
+    # equal feature names shared one bar.
+    from matplotlib import cbook
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+
+    def model(b):
+        return np.stack([b[:, 0] + b[:, 1], -b[:, 0] - b[:, 1]], axis=1)
+
+    names = [r"$\undefinedmacro$", "x", "x"]
+    for kind in ("tree", "linear"):
+        s = xk.surrogate(model, X, kind=kind, max_depth=2, feature_names=names,
+                         class_names=[r"$a$", r"$\nope$"], seed=0)  # fmt: skip
+        fig = s.plot()
+        fig.canvas.draw()
+        shown = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+        assert not any(cbook.is_math_text(t) for t in shown)
+        assert any(r"\$\undefinedmacro\$" in t for t in shown)
+    imp = xk.permutation_importance(model, X, n_repeats=2, seed=0, feature_names=names)
+    fig = imp.plot()
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert sorted(labels) == sorted([r"\$\undefinedmacro\$", "x", "x"])  # three bars
+    assert len(fig.axes[0].patches) == 3

@@ -256,3 +256,28 @@ def test_no_warning_leaks_from_a_clean_explanation(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         text.explain(model, "the movie was good", tokenizer=tok, method="occlusion")
+
+
+def test_tokens_and_sentences_holding_dollars_are_drawn_as_text():
+    # Tokens, sentences and group names reach tick labels, titles and legends verbatim;
+    # $...$ in them crashed the draw through matplotlib's mathtext.
+    from matplotlib import cbook
+
+    from xaikit.text.attention import Attention
+    from xaikit.text.embeddings import WordEmbeddings
+
+    tokens = ["[CLS]", r"$\undefinedmacro$", "$5", "[SEP]"]
+    weights = np.full((2, 2, 4, 4), 0.25)
+    a = Attention(weights=weights, tokens=tokens, text=r"costs $\undefinedmacro$")
+    sentences = [r"a $\nope$ b", "c d", r"$e$ f", "g h"]
+    w = WordEmbeddings(
+        vectors=np.random.default_rng(0).normal(size=(3, 4, 5)), sentences=sentences,
+        word=r"$\nope$", positions=[[1], [0], [0], [1]],
+        groups=np.array([r"$\bad$", "_x", r"$\bad$", "_x"]),
+    )  # fmt: skip
+    figures = [a.plot(layer=0, head=1), a.plot(layer=1), a.plot(), a.plot_rollout(),
+               w.plot_distances(1), w.plot_projection()]  # fmt: skip
+    for fig in figures:
+        fig.canvas.draw()
+        shown = [t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))]
+        assert not any(cbook.is_math_text(t) for t in shown)

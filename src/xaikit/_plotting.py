@@ -11,3 +11,16 @@ def new_figure(figsize: tuple[float, float], *, layout: str | None = "constraine
     fig = Figure(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig
+
+
+def plain(text: object) -> str:
+    """``text`` as matplotlib shows it literally: ``$`` escaped, so that names holding ``$...$``
+    (a CSV header, a class name, a token) are never parsed as mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def legend_text(text: object) -> str:
+    """A legend entry shown as it is: :func:`plain`, and a leading ``_`` (which matplotlib takes
+    to mean "leave out of the legend") kept by a space before it."""
+    shown = plain(text)
+    return f" {shown}" if shown.startswith("_") else shown

@@ -210,8 +210,52 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _safe_stem(name: str) -> str:
-    # File names on disk: only portable characters (the page shows the real name, escaped).
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "input"
+    # File names on disk: only portable characters (the page shows the real name, escaped),
+    # and short: a long input name plus the method would pass the file system's 255 bytes.
+    from xaikit._files import short_name
+
+    return short_name(re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "input")
+
+
+# Metrics whose "removed" parts are replaced by a baseline (the --baseline option).
+BASELINE_METRICS = ("deletion", "insertion", "morf", "lerf")
+
+
+def _baseline_option(function: Callable) -> Callable:
+    return click.option(
+        "--baseline",
+        "baseline_text",
+        help="What a removed pixel or feature becomes in deletion and insertion: a number, "
+        "'mean' (tables: the mean of the input rows; images: each channel's mean), 'blur' or "
+        "'noise'. Default: 0 for deletion and a blur for insertion on images; the mean of the "
+        "input rows on tables (0 for a single row).",
+    )(function)
+
+
+def _metric_baseline(text: str | None, *, x: np.ndarray) -> tuple[dict[str, Any], str | None]:
+    """The deletion/insertion ``baseline`` option for these inputs, and words saying what it
+    is (None: the metrics' own defaults, for images)."""
+    table = x.ndim == 2
+    if text is None and not table:
+        return {}, None
+    if text is None and len(x) < 2:
+        return {"baseline": 0.0}, "0 (a single row has no mean to take)"
+    if text is None or (text.strip() == "mean" and table):
+        if len(x) < 2:
+            raise ValueError("baseline: 'mean' of the input rows needs at least two rows")
+        return {"baseline": x.mean(axis=0)}, f"the mean of the {len(x)} input rows"
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        if text in ("mean", "blur", "noise"):
+            return {"baseline": text}, f"{text!r}"
+        raise ValueError(
+            f"baseline: expected a number, 'mean', 'blur' or 'noise', got {text!r}"
+        ) from None
+    if not np.isfinite(value):
+        raise ValueError(f"baseline: expected a finite number, got {text!r}")
+    return {"baseline": value}, f"the constant {value:g}"
 
 
 def _finish(out: Path, page, summary: dict, *, quiet: bool, as_json: bool, files=None) -> None:
@@ -320,11 +364,12 @@ def _unique(name: str, taken: dict) -> str:
     help="Comma-separated metric names (see xk.evaluate).",
 )
 @click.option("--target", type=int, help="Class to explain (default: the predicted class).")
+@_baseline_option
 @_output_options
 @_command
 def compare(
     model_spec, weights, trust_pickle, model_output, inputs, resize, mean, std, classes_file,
-    method_names, metrics, target, out, quiet, as_json,
+    method_names, metrics, target, baseline_text, out, quiet, as_json,
 ) -> None:  # fmt: skip
     """Explain each input with several methods and rank them on the metrics."""
     from xaikit.metrics import compare as run_compare
@@ -336,11 +381,18 @@ def compare(
     class_names = _class_names(classes_file, model, data.x)
     specs = _method_specs(method_names, data=data, loaded=loaded, defaults=default_methods)
     metric_names = _names(metrics) or []
+    options, baseline = _metric_baseline(baseline_text, x=data.x)
+    if baseline_text is None and not set(metric_names) & set(BASELINE_METRICS):
+        options, baseline = {}, None  # the default is for the metrics that take one
     page = Page("xaikit compare")
     page.section("comparison", f"{len(specs)} methods on {len(data)} input(s)")
+    if baseline is not None:
+        page.paragraph(f"Removed parts are replaced by {baseline}.")
     items = []
     for name, x in zip(data.names, data.x, strict=True):
-        result = run_compare(model, x, methods=specs, metrics=metric_names, target=target)
+        result = run_compare(
+            model, x, methods=specs, metrics=metric_names, target=target, **options
+        )
         first = next(iter(result.explanations.values()))
         label = _label(int(first.target), class_names)
         page.heading(f"{name} · class {label}")
@@ -352,7 +404,7 @@ def compare(
         ranks = {m: result.rank(m) for m in metric_names}
         page.paragraph("Best first: " + "; ".join(f"{m}: {', '.join(r)}" for m, r in ranks.items()))
         items.append({"input": name, "table": _jsonable(result.table), "rank": ranks})
-    summary = {"command": "compare", "model": loaded.source, "items": items}
+    summary = {"command": "compare", "model": loaded.source, "baseline": baseline, "items": items}
     _finish(out, page, summary, quiet=quiet, as_json=as_json)
 
 
@@ -384,11 +436,12 @@ def _method_specs(method_names, *, data, loaded, defaults) -> dict[str, dict]:
     show_default=True,
     help="Run the model-parameter randomisation check (PyTorch modules).",
 )
+@_baseline_option
 @_output_options
 @_command
 def report(
     model_spec, weights, trust_pickle, model_output, inputs, resize, mean, std, classes_file,
-    method_names, target, sanity, out, quiet, as_json,
+    method_names, target, sanity, baseline_text, out, quiet, as_json,
 ) -> None:  # fmt: skip
     """A report on the model's decision for each input: prediction, every method side by side,
     and each method's scorecard (deletion, insertion, sanity check)."""
@@ -400,6 +453,7 @@ def report(
     data = _read_inputs(inputs, resize=resize, mean=mean, std=std, loaded=loaded)
     class_names = _class_names(classes_file, model, data.x)
     specs = _method_specs(method_names, data=data, loaded=loaded, defaults=default_methods)
+    options, baseline = _metric_baseline(baseline_text, x=data.x)
     page = Page(f"xaikit report: {Path(loaded.source).name}")
     page.section("model", "The model")
     page.table(
@@ -414,8 +468,9 @@ def report(
         results = scorecard(
             model, x, methods=specs, target=target, sanity=sanity,
             feature_names=data.feature_names, progress=progress_enabled(),
+            metric_options=options,
         )  # fmt: skip
-        add_scorecard(page, results)
+        add_scorecard(page, results, baseline=baseline)
         items.append(
             {
                 "input": name,
@@ -430,7 +485,7 @@ def report(
                 },
             }
         )
-    summary = {"command": "report", "model": loaded.source, "items": items}
+    summary = {"command": "report", "model": loaded.source, "baseline": baseline, "items": items}
     _finish(out, page, summary, quiet=quiet, as_json=as_json)
 
 

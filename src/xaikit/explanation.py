@@ -13,7 +13,6 @@ import json
 import math
 import operator
 import os
-import secrets
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from xaikit import _files
+from xaikit._plotting import plain
 from xaikit._validation import check_int
 from xaikit._version import __version__
 
@@ -397,7 +398,7 @@ class Explanation:
         text = json.dumps(meta, allow_nan=True, ensure_ascii=False)
         arrays[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = _files.temp_path(path)  # a bounded name: path may already be near the limit
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -422,7 +423,8 @@ class Explanation:
         FileNotFoundError
             If neither ``path`` nor ``path + ".npz"`` exists.
         ValueError
-            If the file is not an xaikit explanation.
+            If the file is not an xaikit explanation, is damaged, or declares arrays larger
+            than ``XAIKIT_MAX_LOAD_BYTES`` (default 2 GiB; see docs/cli.md).
         """
         path = Path(path)
         if (
@@ -433,9 +435,9 @@ class Explanation:
             path = path.with_name(path.name + ".npz")
         if not path.is_file():
             raise FileNotFoundError(f"path: no explanation file at {str(path)!r}")
+        # Member sizes are checked against XAIKIT_MAX_LOAD_BYTES before anything is read.
+        arrays = _files.load_npz(path, name="path")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
             meta = json.loads(bytes(arrays.pop(META_KEY)).decode("utf-8"))
             if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int):
                 raise ValueError("no xaikit metadata")
@@ -508,7 +510,7 @@ def _plot(e: Explanation, *, ax: Any, title: str | None, **kw: Any) -> Any:
         else:
             a.set_axis_off()
     note = f"first {shown} of {n} items" if shown < n else f"{n} items"
-    fig.suptitle(f"{e.method} · {note}" if title is None else f"{title} ({note})")
+    fig.suptitle(plain(f"{e.method} · {note}" if title is None else f"{title} ({note})"))
     return fig
 
 
@@ -524,7 +526,7 @@ def _draw(e: Explanation, ax: Any, *, cmap, signed, top_k, title, show_input) ->
 
     fig = ax.figure
     v = np.asarray(e.values, dtype=np.float64)
-    ax.set_title(title)
+    ax.set_title(plain(title))
     if e.kind == "image":
         if v.ndim == 3:
             v = v.sum(axis=0)
@@ -550,7 +552,7 @@ def _draw(e: Explanation, ax: Any, *, cmap, signed, top_k, title, show_input) ->
         order = np.argsort(-np.abs(v), kind="stable")[:top_k][::-1]  # largest at the top
         pos, neg = (colormaps[cmap](0.9), colormaps[cmap](0.1)) if cmap else ("#b2182b", "#2166ac")
         ax.barh(np.arange(order.size), v[order], color=[pos if v[i] >= 0 else neg for i in order])
-        ax.set_yticks(np.arange(order.size), labels=[names[i] for i in order])
+        ax.set_yticks(np.arange(order.size), labels=[plain(names[i]) for i in order])
         ax.axvline(0.0, color="black", linewidth=0.8)
         more = f" (top {order.size} of {v.size} by |value|)" if order.size < v.size else ""
         ax.set_xlabel("attribution" + more)
@@ -585,7 +587,7 @@ def _draw_text(e: Explanation, ax: Any, v: np.ndarray, cm: Any, normalize: Any) 
         ax.text(
             col,
             1.0 - (row + 0.5) * step,
-            tok,
+            plain(tok),
             transform=ax.transAxes,
             ha="left",
             va="center",

@@ -12,8 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._plotting import new_figure
-from xaikit._validation import check_batch, check_count, check_memory, check_seed
+from xaikit._plotting import new_figure, plain
+from xaikit._validation import (
+    check_batch,
+    check_count,
+    check_memory,
+    check_seed,
+)
 from xaikit.attribution.perturbation import CHUNK_BYTES, chunk_sizes
 from xaikit.model import as_model
 
@@ -49,12 +54,14 @@ class Importance:
         )
         ax = ax if ax is not None else fig.add_subplot()
         order = np.argsort(self.importances_mean)[-top_k:]
+        # Positions, not the names as categories: equal names would share one bar.
         ax.barh(
-            [self.feature_names[i] for i in order],
+            np.arange(order.size),
             self.importances_mean[order],
             xerr=self.importances_std[order],
             color="#4575b4",
         )
+        ax.set_yticks(np.arange(order.size), labels=[plain(self.feature_names[i]) for i in order])
         ax.set_xlabel(f"drop in {self.scoring} when shuffled")
         ax.set_title("permutation importance")
         return fig

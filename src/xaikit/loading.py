@@ -15,7 +15,13 @@ Inputs
 ------
 Image files (PNG, JPEG, anything Pillow reads; Pillow ships with matplotlib), ``.npy`` arrays
 (a batch with a leading item axis), CSV rows (a header row of names is recognised) and text
-files (one input per line). Images are resized, scaled to [0, 1] and normalised per channel.
+files (one input per line). Images are resized, scaled to [0, 1] by their bit depth (8-bit
+modes by 255, 16-bit by 65535; float images must already lie in [0, 1] and are kept as they
+are) and normalised per channel; a mode that cannot be scaled so is refused.
+
+Files are checked against their declared sizes before they are read (image header
+dimensions, ``.npy`` headers, zip members of torch files): see :mod:`xaikit._files` for the
+limits and the environment variables that raise them.
 
 Every failure is a :class:`LoadError` (a ``ValueError``) whose one-line message starts with the
 argument's name: ``model: ...``, ``weights: ...``, ``input: ...``, ``classes: ...``.
@@ -24,6 +30,7 @@ argument's name: ``model: ...``, ``weights: ...``, ``input: ...``, ``classes: ..
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -39,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from xaikit import _files
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "Inputs",
@@ -51,7 +60,9 @@ __all__ = [
     "load_model",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm",
+)  # fmt: skip
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 TEXT_SUFFIXES = (".txt",)
 
@@ -193,7 +204,10 @@ def _is_factory_spec(text: str) -> bool:
 
 def _from_factory(path: Path, factory: str, text: str) -> nn.Module:
     # Importing the user's file runs it: that is what they asked for by naming their own code.
-    name = f"_xaikit_user_{abs(hash(str(path.resolve())))}"
+    # The module's name is part of the model's identity (an audit's manifest hashes the class's
+    # qualified name), so it must be the same in every process: not Python's salted hash().
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+    name = f"_xaikit_user_{digest[:16]}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise LoadError(f"model: cannot import {str(path)!r} as Python")
@@ -201,9 +215,9 @@ def _from_factory(path: Path, factory: str, text: str) -> nn.Module:
     sys.modules[name] = module  # dataclasses and pickling look modules up by name
     try:
         spec.loader.exec_module(module)
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # a script's sys.exit() is a failure, not an exit
         sys.modules.pop(name, None)
-        raise LoadError(f"model: importing {str(path)!r} failed: {_one_line(err)}") from err
+        raise LoadError(f"model: importing {str(path)!r} failed: {_failure(err)}") from err
     builder = getattr(module, factory, None)
     if builder is None:
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
@@ -212,8 +226,8 @@ def _from_factory(path: Path, factory: str, text: str) -> nn.Module:
         raise LoadError(f"model: {text!r} is a {type(builder).__name__}, not a factory")
     try:
         built = builder()
-    except Exception as err:
-        raise LoadError(f"model: {text}() failed: {_one_line(err)}") from err
+    except (Exception, SystemExit) as err:
+        raise LoadError(f"model: {text}() failed: {_failure(err)}") from err
     if not isinstance(built, nn.Module):
         raise LoadError(f"model: {text}() returned {type(built).__name__}, not a torch.nn.Module")
     return built
@@ -228,9 +242,12 @@ def _load_weights(module: nn.Module, path: Path, *, source: str) -> None:
 
             state = load_file(str(path), device="cpu")
         else:
+            _checked(_files.check_zip, path, name="weights")
             with warnings.catch_warnings():  # torch warns about foreign pickles: one line only
                 warnings.simplefilter("ignore")
                 state = torch.load(path, map_location="cpu", weights_only=True)
+    except LoadError:
+        raise
     except Exception as err:  # safetensors, zipfile, pickle and torch raise many kinds
         raise LoadError(
             f"weights: {str(path)!r} is not a safetensors file or a torch state dict "
@@ -278,6 +295,7 @@ def _state_dict(state: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _from_torchscript(path: Path) -> nn.Module:
+    _checked(_files.check_zip, path, name="model")
     try:
         with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users have files
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -487,31 +505,22 @@ def _input_kind(path: Path) -> str:
     )
 
 
-def _read_images(paths: list[Path], *, resize, channels) -> list[np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
+# Modes Pillow decodes to 8 bits per channel: converted to grey or RGB by Pillow, then / 255.
+EIGHT_BIT_MODES = (
+    "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+)  # fmt: skip
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
+
+def _read_images(paths: list[Path], *, resize, channels) -> list[np.ndarray]:
     if channels not in (None, 1, 3):
         raise LoadError(f"channels: expected 1 (grey) or 3 (RGB), got {channels!r}")
-    images = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                img.load()  # decode now: a truncated file fails here, not later
-                images.append(img.copy())
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise LoadError(
-                f"input: {str(p)!r} is not a readable image ({_one_line(err)})"
-            ) from err
+    opened = [_open_image(p) for p in paths]
     if channels is None:
-        grey = all(img.mode in ("1", "L", "LA", "I", "I;16", "F") for img in images)
-        channels = 1 if grey else 3
+        channels = 1 if all(img.mode in GREY_MODES for img, _ in opened) else 3
     out = []
-    for p, img in zip(paths, images, strict=True):
-        img = img.convert("L" if channels == 1 else "RGB")
-        if resize is not None:
-            img = img.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
-        a = np.asarray(img, dtype=np.float32) / 255.0
-        out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    for p, (img, bits) in zip(paths, opened, strict=True):
+        out.append(_image_array(img, p, bits=bits, channels=channels, resize=resize))
         if out[-1].shape != out[0].shape:
             raise LoadError(
                 f"input: images of different sizes ({out[0].shape[1]}x{out[0].shape[2]} for "
@@ -519,6 +528,126 @@ def _read_images(paths: list[Path], *, resize, channels) -> list[np.ndarray]:
                 "pass --resize H W"
             )
     return out
+
+
+def _open_image(path: Path):
+    """Open and decode one image, after checking its header's size against the pixel limit.
+
+    Returns the image and, for mode "I", its bits per sample where the file says (else None).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    limit = _checked(_files.max_image_pixels)
+    pillows = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns past its own limit; ours is checked below and names the file.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if pillows is not None and limit > pillows:  # the user raised ours above Pillow's
+                Image.MAX_IMAGE_PIXELS = limit
+            with Image.open(path) as img:
+                _checked(_files.check_image_size, *img.size, name="input", path=path)
+                img.load()  # decode now: a truncated file fails here, not later
+                return img.copy(), _integer_bits(img)
+    except Image.DecompressionBombError as err:
+        raise LoadError(
+            f"input: {str(path)!r} is too large to decode ({_one_line(err)}); the limit is "
+            f"{limit} pixels, raised with the environment variable {_files.IMAGE_PIXELS}"
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, LoadError):
+            raise
+        raise LoadError(f"input: {str(path)!r} is not a readable image ({_one_line(err)})") from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillows
+
+
+def _image_array(img, path: Path, *, bits: int | None, channels: int, resize) -> np.ndarray:
+    """(C, H, W) float32 in [0, 1]: 8-bit modes through Pillow, deeper ones by their depth."""
+    from PIL import Image
+
+    size = None if resize is None else (resize[1], resize[0])
+    if img.mode in EIGHT_BIT_MODES:
+        target = "L" if channels == 1 else "RGB"
+        try:
+            img = img.convert(target)
+        except ValueError as err:  # a mode Pillow opens but cannot convert (e.g. "La")
+            raise LoadError(
+                f"input: {str(path)!r} has image mode {img.mode!r}, which cannot be converted "
+                f"to {target} ({_one_line(err)})"
+            ) from err
+        if size is not None:
+            img = img.resize(size, Image.Resampling.BILINEAR)
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    grey = _deep_grey(img, path, bits=bits)
+    if size is not None:
+        grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR))
+    return np.repeat(grey[None], channels, axis=0).astype(np.float32)
+
+
+def _deep_grey(img, path: Path, *, bits: int | None) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey image as (H, W) float32 in [0, 1]."""
+    mode = img.mode
+    a = np.asarray(img)
+    if mode.startswith("I;16"):
+        return (a.astype(np.float32) / 65535.0).astype(np.float32)
+    if mode == "I":
+        if bits is not None and a.size and (a.min() < 0 or a.max() > 2**bits - 1):
+            bits = None
+        if bits is None:
+            raise LoadError(
+                f"input: {str(path)!r} is a 32-bit or signed integer image (mode 'I'), which has "
+                "no bit depth to scale it to [0, 1] by; save it with 8 or 16 bits, as a float "
+                "image in [0, 1], or as a .npy array (read as it is)"
+            )
+        return (a.astype(np.float64) / (2**bits - 1)).astype(np.float32)
+    if mode == "F":
+        a = np.array(a, dtype=np.float32)
+        finite = a[np.isfinite(a)]
+        if finite.size < a.size or (a.size and (finite.min() < 0.0 or finite.max() > 1.0)):
+            where = (
+                "NaN or infinite values"
+                if finite.size < a.size
+                else (f"values in [{finite.min():.6g}, {finite.max():.6g}]")
+            )
+            raise LoadError(
+                f"input: {str(path)!r} is a float image (mode 'F') with {where}; float images are "
+                "read as they are and must lie in [0, 1]: rescale it, or save it as a .npy "
+                "array (read without scaling)"
+            )
+        return a
+    raise LoadError(
+        f"input: {str(path)!r} has image mode {mode!r}, which xaikit cannot scale to [0, 1]; "
+        "save it as an 8- or 16-bit image, a float image in [0, 1], or a .npy array"
+    )
+
+
+def _integer_bits(img) -> int | None:
+    """Bits per sample of a mode-"I" image, where the file says so; None where unknown."""
+    if img.mode != "I":
+        return None
+    if img.format in ("PNG", "PPM"):  # Pillow reads their 16-bit samples as "I" (0..65535)
+        return 16
+    if img.format == "TIFF":
+        tags = getattr(img, "tag_v2", {})
+        bits = tags.get(258, (32,))
+        sample_format = tags.get(339, (1,))
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        sample_format = sample_format[0] if isinstance(sample_format, tuple) else sample_format
+        if sample_format == 1 and int(bits) <= 16:  # unsigned integers of at most 16 bits
+            return int(bits)
+    return None
+
+
+def _checked(function, *args, **kwargs):
+    """Call one of :mod:`xaikit._files`' checks; its ValueError becomes a LoadError."""
+    try:
+        return function(*args, **kwargs)
+    except LoadError:
+        raise
+    except ValueError as err:
+        raise LoadError(str(err)) from err
 
 
 def _normalise(x: np.ndarray, *, mean, std) -> np.ndarray:
@@ -539,12 +668,7 @@ def _normalise(x: np.ndarray, *, mean, std) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except Exception as err:  # a pickled object array or a file that is no .npy
-        raise LoadError(
-            f"input: {str(path)!r} is not a plain NumPy array file ({_one_line(err)[:120]})"
-        ) from err
+    a = _checked(_files.load_npy, path, name="input")
     if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiub":
         raise LoadError(f"input: {str(path)!r} holds no numeric array")
     if a.ndim < 2:
@@ -596,10 +720,7 @@ def _is_number(text: str) -> bool:
 
 
 def _read_text(path: Path, *, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise LoadError(f"{what}: {str(path)!r} is not UTF-8 text") from err
+    return _checked(_files.read_text, path, name=what)
 
 
 def load_class_names(path: str | os.PathLike, *, n_classes: int | None = None) -> list[str]:
@@ -632,11 +753,7 @@ def load_labels(path: str | os.PathLike, *, n: int | None = None) -> np.ndarray:
     if not path.is_file():
         raise LoadError(f"labels: no file {str(path)!r}")
     if path.suffix.lower() == ".npy":
-        try:
-            labels = np.load(path, allow_pickle=False)
-        except Exception as err:
-            raise LoadError(f"labels: {str(path)!r} is not a plain NumPy array file") from err
-        labels = labels.ravel()
+        labels = _checked(_files.load_npy, path, name="labels").ravel()
     else:
         lines = [ln.strip() for ln in _read_text(path, what="labels").splitlines() if ln.strip()]
         labels = np.asarray(lines)
@@ -649,6 +766,12 @@ def load_labels(path: str | os.PathLike, *, n: int | None = None) -> np.ndarray:
 
 def _few(keys: list[str]) -> str:
     return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def _failure(err: BaseException) -> str:
+    if isinstance(err, SystemExit):
+        return f"it called sys.exit({err.code!r})"
+    return _one_line(err)
 
 
 def _one_line(err: BaseException) -> str:

@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, export_text
 
-from xaikit._plotting import new_figure
+from xaikit._plotting import new_figure, plain
 from xaikit._validation import (
     check_batch,
     check_choice,
@@ -99,19 +99,24 @@ class Surrogate:
         if self.kind == "linear":
             weights = _linear_weights(self)
             order = np.argsort(np.abs(weights))[-20:]
+            # Positions, not the names as categories: equal names would share one bar.
             ax.barh(
-                [self.feature_names[i] for i in order],
+                np.arange(order.size),
                 weights[order],
                 color=["#b2182b" if w > 0 else "#2166ac" for w in weights[order]],
             )
+            ax.set_yticks(
+                np.arange(order.size), labels=[plain(self.feature_names[i]) for i in order]
+            )
             ax.set_xlabel("weight (standardised features)")
         else:
+            classes = self._leaf_class_names()
             plot_tree(
                 self.estimator,
-                feature_names=self.feature_names,
+                feature_names=[plain(n) for n in self.feature_names],
                 ax=ax,
                 filled=True,
-                class_names=self._leaf_class_names(),
+                class_names=None if classes is None else [plain(n) for n in classes],
                 fontsize=7,
                 impurity=False,
             )

@@ -81,7 +81,7 @@ def run_ray(wrapped, job, todo: list[int], folder: Path, bar, sizes: dict, *, ad
             arrays = ray.get(ready)
             rows = job.rows(index)
             arrays["indices"] = np.arange(rows.start, rows.stop)
-            _store.write_shard(_store.shard_path(folder, index), arrays)
+            _store.write_shard(_store.shard_path(folder, index), arrays, run=job.run)
             bar.advance(len(rows))
             if queue:
                 submit(actor)

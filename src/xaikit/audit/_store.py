@@ -3,10 +3,15 @@
 Layout of ``out``::
 
     manifest.json           identity of the run (model hash, method, params, data hash, ...)
-    shard-00000.npz ...     maps of items [i * shard_size, (i + 1) * shard_size)
+                            and ``run``, the hash of that identity
+    shard-00000.npz ...     maps of items [i * shard_size, (i + 1) * shard_size), each naming
+                            its run
 
 Every file is written to a temporary name in the same folder and renamed into place, so a run
-killed at any moment leaves only whole shards: resuming explains exactly the missing ones.
+killed at any moment leaves only whole shards and temporary files, which the next run removes.
+A shard is read into a result only when it names this run, covers its items, has the expected
+shapes and finite values (:func:`read_shard`); any other one (copied from another run,
+damaged, truncated, empty) is named and explained again.
 No pickle anywhere: shards are ``.npz`` of plain arrays, the manifest is JSON.
 """
 
@@ -16,18 +21,24 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from xaikit import _files
+
 FORMAT = "xaikit-audit-shards"
-VERSION = 1
+VERSION = 2  # 2: the manifest has a run id and every shard names it
 MANIFEST = "manifest.json"
 _SHARD = re.compile(r"^shard-(\d{5,})\.npz$")
+_OURS = re.compile(r"^(shard-\d{5,}\.npz|manifest\.json)$")  # files this folder may hold
 SHARD_KEYS = ("indices", "maps", "background", "targets", "predictions")
+
+
+class ShardError(ValueError):
+    """A shard that cannot be read into this run's result; the message says why."""
 
 
 def model_hash(module: Any) -> str:
@@ -95,15 +106,24 @@ def existing_shards(out: Path) -> dict[int, Path]:
     return found
 
 
+def run_id(identity: dict[str, Any]) -> str:
+    """The run's name: SHA-256 of its identity as canonical JSON (what every shard carries)."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def prepare(out: Path, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Create ``out`` with its manifest, or check that its manifest is this run's.
 
     Returns the manifest in force (an existing one keeps its ``extra`` entries, e.g. the batch
-    sizes a first attempt chose, so a resumed run batches exactly as the first).
+    sizes a first attempt chose, so a resumed run batches exactly as the first), with ``run``.
+    Temporary files left by a killed run are removed.
     """
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: expected a folder, got the file {str(out)!r}")
     out.mkdir(parents=True, exist_ok=True)
+    for leftover in _files.stale_temp_files(out, _OURS):
+        leftover.unlink(missing_ok=True)
     manifest_file = out / MANIFEST
     shards = existing_shards(out)
     if not manifest_file.exists():
@@ -112,11 +132,17 @@ def prepare(out: Path, identity: dict[str, Any], extra: dict[str, Any]) -> dict[
                 f"out: {str(out)!r} holds {len(shards)} audit shards but no {MANIFEST}; they "
                 "cannot be matched to this run (choose another folder or delete them)"
             )
-        manifest = {"format": FORMAT, "version": VERSION, "identity": identity, **extra}
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "identity": identity,
+            "run": run_id(identity),
+            **extra,
+        }
         write_bytes(manifest_file, json.dumps(manifest, indent=2, sort_keys=True).encode())
         return manifest
     try:
-        manifest = json.loads(manifest_file.read_text())
+        manifest = json.loads(_files.read_text(manifest_file, name="out"))
         theirs = manifest["identity"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"out: {str(manifest_file)!r} is not an audit manifest ({err})") from err
@@ -127,26 +153,80 @@ def prepare(out: Path, identity: dict[str, Any], extra: dict[str, Any]) -> dict[
             f"{', '.join(differ) or 'format'}); mixing them would give wrong findings, so "
             "choose another folder or delete this one"
         )
+    if manifest.get("run") != run_id(identity):  # a folder of version 1: its shards are unnamed
+        manifest = {**manifest, "version": VERSION, "run": run_id(identity)}
+        write_bytes(manifest_file, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest
 
 
-def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write one shard ``.npz`` atomically."""
+def write_shard(path: Path, arrays: dict[str, np.ndarray], *, run: str) -> None:
+    """Write one shard ``.npz`` atomically, naming its run; non-finite maps are refused."""
     import io
 
+    for key in ("maps", "background"):
+        if not np.isfinite(arrays[key]).all():
+            rows = arrays["indices"]
+            raise ValueError(
+                f"method: the explanations of items {rows[0]}..{rows[-1]} hold NaN or infinite "
+                f"values ({key}); nothing was written for them"
+            )
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays, run=np.array(run))
     write_bytes(path, buffer.getvalue())
 
 
-def read_shard(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in SHARD_KEYS}
+def read_shard(
+    path: Path,
+    *,
+    run: str,
+    rows: range,
+    map_shape: tuple[int, int],
+    labels: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Read one shard of run ``run`` covering ``rows``, or raise :class:`ShardError` saying why.
+
+    Checked: the file (sizes declared before reading, CRC, truncation), the run it names,
+    the keys, the items it covers, the shapes (``map_shape`` per item), finite maps and, with
+    ``labels``, that it explained the labels of its items.
+    """
+    try:
+        data = _files.load_npz(path, name="shard")
+    except ValueError as err:
+        reason = str(err).removeprefix("shard: ").replace(repr(str(path)), "the file", 1)
+        raise ShardError(reason) from err
+    except OSError as err:
+        raise ShardError(f"unreadable: {err}") from err
+    if "run" not in data or data["run"].shape != () or data["run"].dtype.kind != "U":
+        raise ShardError("names no run (written by another xaikit or copied in)")
+    if str(data["run"]) != run:
+        raise ShardError(f"of another run ({str(data['run'])[:19]}...; this run is {run[:19]}...)")
+    missing = [k for k in SHARD_KEYS if k not in data]
+    if missing:
+        raise ShardError(f"lacks {', '.join(missing)}")
+    n = len(rows)
+    expected = {"maps": (n, *map_shape), "background": (n, *map_shape)}
+    expected.update({k: (n,) for k in ("indices", "targets", "predictions")})
+    for key, shape in expected.items():
+        if data[key].shape != shape:
+            raise ShardError(f"{key} of shape {data[key].shape}, expected {shape}")
+    for key in ("indices", "targets", "predictions"):
+        if data[key].dtype.kind not in "iu":
+            raise ShardError(f"{key} of dtype {data[key].dtype}, expected integers")
+    for key in ("maps", "background"):
+        if data[key].dtype.kind != "f":
+            raise ShardError(f"{key} of dtype {data[key].dtype}, expected floats")
+        if not np.isfinite(data[key]).all():
+            raise ShardError(f"{key} hold NaN or infinite values")
+    if not np.array_equal(data["indices"], np.arange(rows.start, rows.stop)):
+        raise ShardError(f"covers other items than {rows.start}..{rows.stop - 1}")
+    if labels is not None and not np.array_equal(data["targets"], labels[rows.start : rows.stop]):
+        raise ShardError("explains other classes than the labels of its items")
+    return {k: data[k] for k in SHARD_KEYS}
 
 
 def write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = _files.temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:

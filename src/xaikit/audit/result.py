@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xaikit import _files
 from xaikit._plotting import new_figure
 from xaikit.audit import _store
 
 FORMAT = "xaikit-audit"
 VERSION = 1
+_SAVED = re.compile(r"^audit\.(npz|json)$")
 _FINDING_FIELDS = (
     "target",
     "region",
@@ -146,10 +150,14 @@ class Audit:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``audit.npz`` (arrays) and ``audit.json`` (everything else) into ``directory``.
 
-        No pickle; each file is written to a temporary name and renamed into place.
+        No pickle; each file is written to a temporary name and renamed into place, the arrays
+        first; ``audit.json`` records the arrays' SHA-256, so :meth:`load` refuses a pair of
+        files from two different saves (one cut short) rather than mixing them.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        for leftover in _files.stale_temp_files(directory, _SAVED):
+            leftover.unlink(missing_ok=True)
         arrays: dict[str, np.ndarray] = {
             "maps": self.maps,
             "background": self.background,
@@ -170,9 +178,13 @@ class Audit:
             for name in ("example_inputs", "example_maps"):
                 if getattr(f, name) is not None:
                     arrays[f"finding_{i}_{name}"] = getattr(f, name)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        payload = buffer.getvalue()
         meta = {
             "format": FORMAT,
             "version": VERSION,
+            "arrays_sha256": "sha256:" + hashlib.sha256(payload).hexdigest(),
             "findings": findings,
             "classes": sorted(self.class_maps),
             "clusters": {str(c): cl.k for c, cl in self.clusters.items()},
@@ -180,21 +192,42 @@ class Audit:
             "input_shape": list(self.input_shape),
             "info": self.info,
         }
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        _store.write_bytes(directory / "audit.npz", buffer.getvalue())
+        _store.write_bytes(directory / "audit.npz", payload)
         _store.write_bytes(directory / "audit.json", json.dumps(meta, indent=2).encode())
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Audit:
-        """Read an audit written by :meth:`save`."""
+        """Read an audit written by :meth:`save`.
+
+        Raises a ValueError naming ``directory`` when the files are damaged, declare more than
+        ``XAIKIT_MAX_LOAD_BYTES`` (see docs/cli.md), or come from two different saves.
+        """
         directory = Path(directory)
-        meta = json.loads((directory / "audit.json").read_text())
-        if meta.get("format") != FORMAT:
+        try:
+            meta = json.loads(_files.read_text(directory / "audit.json", name="directory"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"directory: {str(directory)!r} has a damaged audit.json") from err
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError(f"directory: {str(directory)!r} holds no saved audit")
-        with np.load(directory / "audit.npz", allow_pickle=False) as data:
-            a = {k: data[k] for k in data.files}
+        npz = directory / "audit.npz"
+        expected = meta.get("arrays_sha256")  # absent in files of xaikit before this check
+        if expected is not None and _files.file_sha256(npz) != expected:
+            raise ValueError(
+                f"directory: audit.json and audit.npz in {str(directory)!r} come from two "
+                "different saves (one was cut short); save the audit again"
+            )
+        a = _files.load_npz(npz, name="directory")
+        try:
+            return cls._from_saved(meta, a)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # edited or damaged
+            raise ValueError(
+                f"directory: {str(directory)!r} holds a damaged saved audit "
+                f"({type(err).__name__}: {err})"
+            ) from err
+
+    @classmethod
+    def _from_saved(cls, meta: dict[str, Any], a: dict[str, np.ndarray]) -> Audit:
         findings = []
         for i, f in enumerate(meta["findings"]):
             f = dict(f, region=tuple(f["region"]))

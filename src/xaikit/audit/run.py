@@ -4,8 +4,11 @@ The run is a loop over shards of ``shard_size`` consecutive items. Each shard is
 one batch (``explain(..., batch=True)``, which batches through the Model adapter), its maps are
 summed over channels and pooled to at most ``map_size`` cells a side, and the shard is written
 atomically under ``out``. The manifest in ``out`` names the run (model hash, method, params,
-data and labels hashes, shard size, map size), so a run started again with the same ``out``
-explains only the missing shards, and a folder of another run is refused rather than mixed.
+data and labels hashes, shard size, map size) and every shard names the run (the hash of that
+identity), so a run started again with the same ``out`` explains only the missing shards, a
+folder of another run is refused rather than mixed, and a shard that is not this run's whole
+shard (copied from another run, damaged, truncated, empty, non-finite) is named in a warning
+and explained again.
 The Ray backend (:mod:`xaikit.audit._ray`) explains the same shards in actors; the driver
 alone writes them, so both backends leave the same files.
 """
@@ -13,7 +16,11 @@ alone writes them, so both backends leave the same files.
 from __future__ import annotations
 
 import math
+import os
+import re
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
+from xaikit import _files
 from xaikit._progress import progress_bar
 from xaikit._validation import check_batch, check_choice, check_positive_int, check_targets
 from xaikit.attribution.api import explain
@@ -135,14 +143,17 @@ def audit(
         "pool": factor,
     }
 
-    with tempfile.TemporaryDirectory(prefix="xaikit-audit-") as scratch:
+    _remove_dead_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH}{os.getpid()}-") as scratch:
         folder = Path(out).expanduser() if out is not None else Path(scratch)
         manifest = _store.prepare(folder, identity, {})
         sizes = _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, params)
         n_shards = -(-source.n // shard_size)
-        done = {i for i in _store.existing_shards(folder) if i < n_shards}
-        todo = [i for i in range(n_shards) if i not in done]
+        map_shape = (-(-source.item_shape[-2] // factor), -(-source.item_shape[-1] // factor))
         job = _Job(source, labels, shard_size, method, params, factor)
+        job.run, job.map_shape = manifest["run"], map_shape
+        done = _usable_shards(folder, job, n_shards)
+        todo = [i for i in range(n_shards) if i not in done]
         with progress_bar(source.n, "audit", enabled=progress) as bar:
             bar.advance(sum(len(job.rows(i)) for i in done))
             if backend == "local":
@@ -151,7 +162,7 @@ def audit(
                 from xaikit.audit._ray import run_ray
 
                 run_ray(wrapped, job, todo, folder, bar, sizes, address=address, workers=workers)
-        shards = _gather(folder, n_shards, source.n)
+        shards = _gather(folder, job, n_shards)
         return analyse(
             maps=shards["maps"],
             background=shards["background"],
@@ -178,6 +189,18 @@ class _Job:
     def __init__(self, source, labels, shard_size, method, params, factor) -> None:
         self.source, self.labels, self.shard_size = source, labels, shard_size
         self.method, self.params, self.factor = method, params, factor
+        self.run = ""  # the manifest's run id, named by every shard
+        self.map_shape = (0, 0)  # pooled (h, w) of one item's map
+
+    def read(self, folder: Path, index: int) -> dict[str, np.ndarray]:
+        """Shard ``index`` if it is this run's and whole; else :class:`_store.ShardError`."""
+        return _store.read_shard(
+            _store.shard_path(folder, index),
+            run=self.run,
+            rows=self.rows(index),
+            map_shape=self.map_shape,
+            labels=self.labels,
+        )
 
     def rows(self, index: int) -> range:
         start = index * self.shard_size
@@ -197,7 +220,7 @@ def _run_local(wrapped: Model, job: _Job, todo: list[int], folder: Path, bar) ->
             wrapped, x, targets, method=job.method, params=job.params, factor=job.factor
         )
         arrays["indices"] = np.arange(job.rows(index).start, job.rows(index).stop)
-        _store.write_shard(_store.shard_path(folder, index), arrays)
+        _store.write_shard(_store.shard_path(folder, index), arrays, run=job.run)
         bar.advance(len(x))
 
 
@@ -288,13 +311,56 @@ def _json(obj) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True).encode()
 
 
-def _gather(folder: Path, n_shards: int, n: int) -> dict[str, np.ndarray]:
-    """Concatenate the shards in order and check that every item is there exactly once."""
-    parts = [_store.read_shard(_store.shard_path(folder, i)) for i in range(n_shards)]
-    out = {k: np.concatenate([p[k] for p in parts]) for k in _store.SHARD_KEYS}
-    if not np.array_equal(out["indices"], np.arange(n)):
-        raise RuntimeError(f"out: the shards in {str(folder)!r} do not cover items 0..{n - 1}")
-    return out
+def _usable_shards(folder: Path, job: _Job, n_shards: int) -> set[int]:
+    """The shards already in ``folder`` that are this run's and whole; the others are named in
+    one warning and will be explained again (writing over them)."""
+    done, bad = set(), []
+    for index, path in sorted(_store.existing_shards(folder).items()):
+        if index >= n_shards:
+            continue
+        try:
+            job.read(folder, index)
+        except _store.ShardError as err:
+            bad.append(f"{path.name} ({err})")
+        else:
+            done.add(index)
+    if bad:
+        warnings.warn(
+            f"out: {len(bad)} shard(s) in {str(folder)!r} are not this run's whole shards and "
+            f"are explained again: {'; '.join(bad)}",
+            stacklevel=3,
+        )
+    return done
+
+
+def _gather(folder: Path, job: _Job, n_shards: int) -> dict[str, np.ndarray]:
+    """Concatenate the shards in order, each checked again (items, run, shapes, values)."""
+    parts = []
+    for index in range(n_shards):
+        try:
+            parts.append(job.read(folder, index))
+        except _store.ShardError as err:  # changed under our feet since it was written
+            raise ValueError(
+                f"out: {_store.shard_path(folder, index).name} in {str(folder)!r} changed while "
+                f"the audit ran ({err}); run it again"
+            ) from err
+    return {k: np.concatenate([p[k] for p in parts]) for k in _store.SHARD_KEYS}
+
+
+SCRATCH = "xaikit-audit-"  # prefix of the temporary folder of a run without ``out``
+
+
+def _remove_dead_scratch() -> None:
+    """Remove temporary folders of audits whose process is gone (killed before cleaning up)."""
+    pattern = re.compile(rf"^{SCRATCH}(\d+)-")
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and not _files.pid_alive(int(match.group(1))) and entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 class _Source:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from xaikit._plotting import plain
 from xaikit._validation import check_batch, describe
 from xaikit.model import as_model
 
@@ -99,7 +100,7 @@ class FilterActivations:
             for j in range(k):
                 ax = fig.add_subplot(grid[0, j + 1])
                 ax.imshow(_gray(vis[j]), cmap="gray", interpolation="nearest")
-                ax.set_title(f"{self.layer}:{self.channels[j]}", fontsize=7)
+                ax.set_title(plain(f"{self.layer}:{self.channels[j]}"), fontsize=7)
                 ax.set_axis_off()
             row = 1
         for i in range(n):
@@ -114,7 +115,7 @@ class FilterActivations:
                 else:  # a unit without spatial axes: its value as text
                     ax.text(0.5, 0.5, f"{float(np.mean(amap)):.3g}", ha="center", va="center")
                 if i == 0 and vis is None:
-                    ax.set_title(f"{self.layer}:{self.channels[j]}", fontsize=7)
+                    ax.set_title(plain(f"{self.layer}:{self.channels[j]}"), fontsize=7)
                 ax.set_axis_off()
         return fig
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xaikit._plotting import new_figure
+from xaikit._plotting import new_figure, plain
 from xaikit._progress import progress_bar
 from xaikit._torch import first_tensor, float_dtype, input_mismatch, module_device, preserved_state
 from xaikit._validation import (
@@ -137,7 +137,7 @@ class Visualization:
                 label = self.objectives[i].replace("channel(", "ch(")
                 if len(label) > 24:  # a long sum: its first term names the item well enough
                     label = label.split(" ")[0] + " ..."
-                ax.set_title(f"{label}\n{self.objective_values[i]:.3g}", fontsize=7)
+                ax.set_title(plain(f"{label}\n{self.objective_values[i]:.3g}"), fontsize=7)
         fig.subplots_adjust(wspace=0.05, hspace=0.5 if titles else 0.05)
         return fig
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xaikit._plotting import new_figure
+from xaikit._plotting import new_figure, plain
 from xaikit._progress import progress_bar
 from xaikit._validation import (
     check_choice,
@@ -122,7 +122,7 @@ class AttackResult:
                 ax.bar(np.arange(img.size), img.ravel())
             ax.set_title(title, fontsize=8)
             ax.set_axis_off()
-        fig.suptitle(f"{self.method}: attack on interpretation (Ghorbani et al. 2019)")
+        fig.suptitle(plain(f"{self.method}: attack on interpretation (Ghorbani et al. 2019)"))
         return fig
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xaikit._plotting import new_figure
+from xaikit._plotting import new_figure, plain
 from xaikit._validation import check_choice, check_number, check_seed, check_targets, describe
 from xaikit.metrics._common import as_batch, check_explained, explainer
 from xaikit.model import Model
@@ -92,7 +92,8 @@ class SanityResult:
                 ax.imshow(img, cmap="inferno")
             else:
                 ax.bar(np.arange(img.size), img.ravel())
-            ax.set_title(name if i == 0 else f"{'...' if self.mode == 'cascading' else ''}{name}")
+            shown = name if i == 0 else f"{'...' if self.mode == 'cascading' else ''}{name}"
+            ax.set_title(plain(shown))
             ax.set_axis_off()
         ax = fig.add_subplot(grid[0, n:])
         xs = np.arange(len(self.layers))
@@ -102,11 +103,11 @@ class SanityResult:
                 xs, [np.nan if v is None else v for v in self.ssim.values()], "s--", label="SSIM"
             )
         ax.axhline(self.threshold, color="grey", linewidth=0.8)
-        ax.set_xticks(xs, self.layers, rotation=45, ha="right")
+        ax.set_xticks(xs, [plain(k) for k in self.layers], rotation=45, ha="right")
         ax.set_ylim(-0.2, 1.05)
         ax.legend(fontsize=7)
         verdict = "PASSED" if self.passed else "FAILED"
-        fig.suptitle(f"{self.method}: {self.mode} randomisation, {verdict}")
+        fig.suptitle(plain(f"{self.method}: {self.mode} randomisation, {verdict}"))
         return fig
 
 

@@ -80,6 +80,7 @@ def scorecard(
     sanity_params: dict[str, dict[str, Any]] | None = None,
     feature_names: list[str] | None = None,
     progress: bool | None = None,
+    metric_options: dict[str, Any] | None = None,
 ) -> list[MethodScore]:
     """Explain ``x`` (one input) with each method and score it.
 
@@ -97,6 +98,9 @@ def scorecard(
     sanity_params : dict, optional
         Method -> parameters to use in the sanity check instead (e.g. fewer samples: the check
         explains once per randomised layer).
+    metric_options : dict, optional
+        Options of deletion and insertion (:func:`xaikit.evaluate`), e.g. ``{"baseline": 0.0}``
+        for a tabular row, whose parts have no blur to be replaced by.
     """
     from xaikit.metrics import evaluate, sanity_check
 
@@ -107,7 +111,9 @@ def scorecard(
         for name, params in methods.items():
             kw = {"feature_names": feature_names} if feature_names else {}
             e = explain(model, x, method=name, target=target, **kw, **params)
-            scores = evaluate(model, x, e, metrics=("deletion", "insertion"))
+            scores = evaluate(
+                model, x, e, metrics=("deletion", "insertion"), **(metric_options or {})
+            )
             result = MethodScore(name, e, scores["deletion"], scores["insertion"])
             if can_randomise:
                 check_params = (sanity_params or {}).get(name, params)
@@ -172,8 +178,14 @@ def _show_image(ax: Any, x: np.ndarray) -> None:
         ax.imshow(img.mean(axis=0) if img.ndim == 3 else img, cmap="gray")
 
 
-def add_scorecard(page: Page, results: list[MethodScore], *, columns: int = 5) -> None:
-    """Every method's map side by side, then the scorecard table."""
+def add_scorecard(
+    page: Page, results: list[MethodScore], *, columns: int = 5, baseline: str | None = None
+) -> None:
+    """Every method's map side by side, then the scorecard table.
+
+    ``baseline``: words for what removed parts became in deletion and insertion (default: the
+    metrics' own, 0 and a blur of the image).
+    """
     n = len(results)
     cols = min(columns, n)
     rows = -(-n // cols)
@@ -184,10 +196,12 @@ def add_scorecard(page: Page, results: list[MethodScore], *, columns: int = 5) -
     for ax in axes[n:]:
         ax.set_axis_off()
     page.figure(fig, alt="every local method side by side")
+    removed = "" if baseline is None else f" (replaced by {baseline})"
+    start = "a blurred input" if baseline is None else baseline
     page.paragraph(
         "Deletion: the model's probability for the explained class as the most relevant parts "
-        "are removed first (area under the curve; lower is better). Insertion: as they are "
-        "added to a blurred input (higher is better). Sanity check: the cascading model-"
+        f"are removed first{removed} (area under the curve; lower is better). Insertion: as "
+        f"they are added to {start} (higher is better). Sanity check: the cascading model-"
         "parameter randomisation test; a method passes when its map changes once the learned "
         "weights are re-drawn (mean rank correlation below the threshold).",
         note=True,

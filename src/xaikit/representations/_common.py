@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xaikit._plotting import legend_text
 from xaikit._validation import describe
 from xaikit.model import Model
 
@@ -139,7 +140,7 @@ def scatter_by_label(
             coords[keep, 1],
             s=size,
             color=cmap(i % cmap.N),
-            label=str(value),
+            label=legend_text(value),
             linewidths=0,
         )
     if legend:

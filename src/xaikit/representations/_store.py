@@ -4,7 +4,9 @@ written chunk by chunk (header last, through a temporary name) and opened as mem
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xaikit._files import short_name
 
 # Room reserved for a .npy header written once the number of rows is known (a multiple of 64,
 # the alignment NumPy uses, so the data of a memmap stays aligned).
@@ -91,12 +95,15 @@ class Store:
         else:
             self.tmpdir = Path(tempfile.mkdtemp(prefix="xaikit-activations-"))
             directory = self.tmpdir
+        taken: set[str] = set()
         for i, name in enumerate(self.streams):
             if self.out is None:
                 final = directory / f"stream{i}.npy"
             else:
-                final = directory / ("_xaikit_inputs.npy" if name == INPUTS else f"{name}.npy")
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=final.name, suffix=".tmp")
+                final = directory / (
+                    "_xaikit_inputs.npy" if name == INPUTS else _file_name(name, taken)
+                )
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{final.name}.", suffix=".tmp")
             handle = os.fdopen(fd, "wb")
             handle.write(b"\0" * _HEADER_BYTES)
             self.files[name] = _NpyFile(handle, Path(tmp), final)
@@ -140,6 +147,17 @@ class Store:
             f.discard()
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _file_name(layer: str, taken: set[str]) -> str:
+    """``<layer>.npy`` for a layer path, with only portable characters and a bounded length (a
+    module may be named ``a/b`` or very long; the file must stay inside ``out``), unique among
+    ``taken`` (``a/b`` and ``a_b`` must not share a file)."""
+    stem = short_name(re.sub(r"[^A-Za-z0-9._-]+", "_", layer).strip(".") or "layer")
+    if stem.lower() in taken:  # case too: some file systems ignore it
+        stem = short_name(f"{stem}-{hashlib.sha256(layer.encode()).hexdigest()[:10]}")
+    taken.add(stem.lower())
+    return f"{stem}.npy"
 
 
 class _NpyFile:

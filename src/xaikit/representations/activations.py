@@ -139,7 +139,9 @@ def activations(
         Bytes of activations kept in memory; a larger result goes to ``.npy`` files opened as
         read-only memmaps. Default 1 GiB.
     out : path-like, optional
-        Directory for the ``.npy`` files (one per layer, ``<layer>.npy``); when given the
+        Directory for the ``.npy`` files (one per layer, ``<layer>.npy``: characters other than
+        letters, digits, ``.``, ``_`` and ``-`` become ``_``, a long name is shortened with a
+        hash, and names that would collide get a hash of the layer path); when given the
         result is always written there and stays after the call. Default: a temporary
         directory, used only past the budget and unlinked at once (the space is freed with
         the arrays).

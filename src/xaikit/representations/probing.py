@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from xaikit._plotting import plain
 from xaikit._validation import check_choice, check_number, check_seed
 from xaikit.representations._common import check_labels, flat, new_figure
 from xaikit.representations.activations import DEFAULT_MEMORY_BUDGET, capture, data_length
@@ -83,12 +84,13 @@ class ProbeResult:
             )
             ax.plot(x, [self.selectivity[k] for k in self.layers], "^-", label="selectivity")
         ax.axhline(self.chance, color="grey", linewidth=0.8, linestyle=":", label="chance")
-        ax.set_xticks(x, labels=self.layers, rotation=30 if len(self.layers) > 5 else 0)
+        shown = [plain(k) for k in self.layers]
+        ax.set_xticks(x, labels=shown, rotation=30 if len(self.layers) > 5 else 0)
         ax.set_ylim(min([0.0, *self.selectivity.values()]) - 0.02, 1.02)
         ax.set_xlabel("layer")
         ax.set_ylabel("held-out accuracy")
         ax.legend(fontsize="small", frameon=False, loc="best")
-        ax.set_title(title or f"{self.kind} probe per layer")
+        ax.set_title(plain(title or f"{self.kind} probe per layer"))
         return ax.figure
 
 

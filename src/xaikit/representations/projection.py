@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from xaikit._plotting import plain
 from xaikit._validation import check_choice, check_seed
 from xaikit.representations._common import check_labels, flat, new_figure, scatter_by_label
 from xaikit.representations.activations import DEFAULT_MEMORY_BUDGET, capture, data_length
@@ -68,7 +69,7 @@ class Projection:
             ratio = self.info.get("explained_variance_ratio")
             if ratio is not None:
                 title += f" ({100 * float(np.sum(ratio)):.0f}% of variance)"
-        ax.set_title(title)
+        ax.set_title(plain(title))
         ax.set_xticks([])
         ax.set_yticks([])
         return ax.figure

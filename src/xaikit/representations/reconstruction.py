@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xaikit._plotting import plain
 from xaikit._validation import (
     check_count,
     check_memory,
@@ -94,8 +95,10 @@ class Reconstruction:
                     ax.plot(np.ravel(items[c]), linewidth=0.8)
                 ax.set_xticks([])
                 ax.set_yticks([])
-            axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize="small")
-        fig.suptitle(title or "input rebuilt from each layer (held-out items)")
+            axes[r, 0].set_ylabel(
+                plain(name), rotation=0, ha="right", va="center", fontsize="small"
+            )
+        fig.suptitle(plain(title or "input rebuilt from each layer (held-out items)"))
         return fig
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._plotting import new_figure
+from xaikit._plotting import new_figure, plain
 from xaikit._validation import describe
 from xaikit.text.adapter import TextModel
 from xaikit.text.tokenizer import Encoding
@@ -85,7 +85,7 @@ class Attention:
                     ax.set_title(f"head {hd}", fontsize=8)
                 if c == 0:
                     ax.set_ylabel(f"layer {lay}", fontsize=8)
-        fig.suptitle(f"attention: {self.text}", fontsize=9)
+        fig.suptitle(plain(f"attention: {self.text}"), fontsize=9)
         return fig
 
     def plot_rollout(self, *, residual: bool = True) -> Any:
@@ -151,8 +151,8 @@ def _heatmap(ax: Any, matrix: np.ndarray, tokens: list[str], *, labels: bool) ->
     ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(float(matrix.max()), 1e-12))
     if labels:
         ticks = np.arange(len(tokens))
-        ax.set_xticks(ticks, labels=tokens, rotation=90, fontsize=8)
-        ax.set_yticks(ticks, labels=tokens, fontsize=8)
+        ax.set_xticks(ticks, labels=[plain(t) for t in tokens], rotation=90, fontsize=8)
+        ax.set_yticks(ticks, labels=[plain(t) for t in tokens], fontsize=8)
         ax.set_xlabel("key (attended to)")
     else:
         ax.set_xticks([])

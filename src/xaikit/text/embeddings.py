@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._plotting import new_figure
+from xaikit._plotting import legend_text, new_figure, plain
 from xaikit._validation import check_choice, describe
 from xaikit.text.adapter import TextModel
 
@@ -119,11 +119,11 @@ class WordEmbeddings:
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, f"{d[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
-        labels = [_short(s) for s in self.sentences]
+        labels = [plain(_short(s)) for s in self.sentences]
         ax.set_xticks(np.arange(n), labels=[str(i) for i in range(n)], fontsize=7)
         ax.set_yticks(np.arange(n), labels=labels, fontsize=7)
         fig.colorbar(im, ax=ax, shrink=0.8, label=f"{metric} distance")
-        ax.set_title(f"{self.word!r} at layer {layer}")
+        ax.set_title(plain(f"{self.word!r} at layer {layer}"))
         return fig
 
     def plot_projection(self, *, layers: Any = None, how: str = "pca") -> Any:
@@ -141,7 +141,7 @@ class WordEmbeddings:
         for ax, layer in zip(axes, layers, strict=False):
             for k, name in enumerate(names):
                 sel = groups == name
-                ax.scatter(*coords[layer, sel].T, s=18, color=f"C{k}", label=str(name))
+                ax.scatter(*coords[layer, sel].T, s=18, color=f"C{k}", label=legend_text(name))
             ax.set_title(f"layer {layer}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -149,7 +149,7 @@ class WordEmbeddings:
             ax.set_axis_off()
         if self.groups is not None:
             axes[0].legend(fontsize=7, frameon=False)
-        fig.suptitle(f"{self.word!r} in {len(self.sentences)} sentences ({how.upper()})")
+        fig.suptitle(plain(f"{self.word!r} in {len(self.sentences)} sentences ({how.upper()})"))
         return fig
 
     def _layer(self, layer: Any) -> int:
