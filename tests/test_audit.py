@@ -14,7 +14,7 @@ import torch
 
 from xaikit.audit import Audit, _store, audit
 from xaikit.audit.analysis import iou, sameness, transplant_rates
-from xaikit.audit.run import background_mask, pool
+from xaikit.audit.shard import background_mask, pool
 from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
 from xaikit.datasets.shortcuts import make_shortcut_mnist
 

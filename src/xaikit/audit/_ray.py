@@ -108,7 +108,7 @@ class _Worker:
         preset_batch_sizes(self.model, sizes)
 
     def explain(self, x, targets, method, params, factor):
-        from xaikit.audit.run import explain_shard
+        from xaikit.audit.shard import explain_shard
 
         return explain_shard(self.model, x, targets, method=method, params=params, factor=factor)
 

@@ -15,7 +15,7 @@ normalised to sum 1 per image, so every image weighs the same and a share is a s
     and the box is consistent: in at least ``min_consistency`` of its images the box holds more
     than in 95% of the other classes' images (kind ``"region"``); or
   * a large part of its relevance (median over its images at least ``min_background``) sits
-    on background pixels (see :func:`xaikit.audit.run.background_mask`), consistently, and
+    on background pixels (see :func:`xaikit.audit.shard.background_mask`), consistently, and
     at least :data:`MIN_BACKGROUND_RATIO` times the other classes' median (kind
     ``"background"``).
 

@@ -35,6 +35,7 @@ from xaikit.attribution.api import explain
 from xaikit.audit import _store
 from xaikit.audit.analysis import analyse
 from xaikit.audit.result import Audit
+from xaikit.audit.shard import explain_shard
 from xaikit.batching import chosen_batch_sizes, preset_batch_sizes
 from xaikit.model import Model, as_model
 
@@ -222,64 +223,6 @@ def _run_local(wrapped: Model, job: _Job, todo: list[int], folder: Path, bar) ->
         arrays["indices"] = np.arange(job.rows(index).start, job.rows(index).stop)
         _store.write_shard(_store.shard_path(folder, index), arrays, run=job.run)
         bar.advance(len(x))
-
-
-def explain_shard(
-    model: Model,
-    x: np.ndarray,
-    targets: np.ndarray | None,
-    *,
-    method: str,
-    params: dict[str, Any],
-    factor: int,
-) -> dict[str, np.ndarray]:
-    """Explain one shard and pool its maps: the work a local loop or a Ray actor does per shard."""
-    e = explain(model, x, method=method, target=targets, batch=True, **params)
-    values = np.asarray(e.values, dtype=np.float32)
-    if values.ndim == 4:  # (N, C, H, W): relevance of a pixel is the sum over its channels
-        values = values.sum(axis=1)
-    return {
-        "maps": pool(values, factor, how="sum"),
-        "background": pool(background_mask(x).astype(np.float32), factor, how="mean"),
-        "targets": np.asarray(e.target, dtype=np.int64),
-        "predictions": np.asarray(e.prediction).argmax(axis=1).astype(np.int64),
-    }
-
-
-def pool(maps: np.ndarray, factor: int, *, how: str) -> np.ndarray:
-    """Pool (N, H, W) maps over ``factor`` x ``factor`` cells (edges padded with zeros)."""
-    if factor == 1:
-        return np.ascontiguousarray(maps, dtype=np.float32)
-    n, h, w = maps.shape
-    hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
-    padded = np.zeros((n, hp, wp), dtype=np.float32)
-    padded[:, :h, :w] = maps
-    blocks = padded.reshape(n, hp // factor, factor, wp // factor, factor)
-    summed = blocks.sum(axis=(2, 4))
-    if how == "sum":
-        return summed
-    counts = np.zeros((hp, wp), dtype=np.float32)
-    counts[:h, :w] = 1
-    return summed / counts.reshape(hp // factor, factor, wp // factor, factor).sum(axis=(1, 3))
-
-
-def background_mask(x: np.ndarray) -> np.ndarray:
-    """(N, H, W) True where a pixel is background: close to the colour of the image's border.
-
-    The object is what differs from the border by more than half of the image's largest
-    difference; this suits plain or faint backgrounds (MNIST, PNG cut-outs as in the lecture's
-    Pokémon/Digimon case), not cluttered photographs.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 3:
-        x = x[:, None]
-    ring = np.concatenate(
-        [x[:, :, 0, :], x[:, :, -1, :], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], axis=2
-    )
-    border = np.median(ring, axis=2)[:, :, None, None]
-    deviation = np.abs(x - border).max(axis=1)
-    largest = deviation.reshape(len(x), -1).max(axis=1)[:, None, None]
-    return deviation <= 0.5 * largest
 
 
 def _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, params) -> dict:
