@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from xaikit._plotting import new_figure
+from xaikit._repr import HTMLRepr, short_repr
 from xaikit._validation import check_choice, check_positive_int, check_targets, describe
 from xaikit.explanation import Explanation
 from xaikit.metrics._common import as_array, check_explained, explainer
@@ -43,7 +44,7 @@ _SOFTPLUS_METHODS = ("saliency", "input_x_gradient")
 
 
 @dataclass
-class AttackResult:
+class AttackResult(HTMLRepr):
     """The outcome of a top-k attack on one method's explanation of one input.
 
     Attributes
@@ -91,6 +92,9 @@ class AttackResult:
     label_kept: bool
     estimator: str
     accepted_steps: int
+
+    def __repr__(self) -> str:
+        return short_repr(self)  # arrays by shape: a repr that fits on a screen
 
     def plot(self) -> Any:
         """Original map, attacked map and the perturbation; return the Figure."""
