@@ -33,6 +33,7 @@ from torch import nn
 
 from xaikit._plotting import new_figure
 from xaikit._progress import progress_bar
+from xaikit._repr import HTMLRepr
 from xaikit._validation import check_batch, check_positive_int, describe
 from xaikit.featureviz import generator as _gen
 from xaikit.featureviz import param as _param
@@ -44,11 +45,13 @@ __all__ = ["Visualization", "visualize"]
 
 # Square sizes tried, largest first, when the input size must be guessed from the model: the
 # ImageNet size, the lecture homework's 128 px food images, then small-image data sets.
+# Optimisation steps when none are given, in the API and in `xaikit visualize` alike.
+DEFAULT_STEPS = 256
 _GUESS_SIZES = (224, 128, 96, 64, 32, 28)
 
 
 @dataclass
-class Visualization:
+class Visualization(HTMLRepr):
     """The result of :func:`visualize`.
 
     Attributes
@@ -82,12 +85,6 @@ class Visualization:
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
 
     def plot(
         self,
@@ -137,7 +134,7 @@ def visualize(
     *,
     generator: nn.Module | None = None,
     start: Any = None,
-    steps: int = 256,
+    steps: int = DEFAULT_STEPS,
     lr: float = 0.05,
     batch: int | None = None,
     param: str | _param.Parameterization = "fourier",
