@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from figure_check import figure_problems, recording_figures
 from xaikit.datasets import load_default_cnn
 
 
@@ -36,3 +37,16 @@ def clean_cnn(cache_dir):
 def watermark_cnn(cache_dir):
     """The default SmallCNN trained on MNIST-5k with the planted watermark shortcut."""
     return load_default_cnn("watermark", cache_dir=cache_dir)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """After each test, check every figure it drew: no text over text, no colour bar over axes."""
+    if item.get_closest_marker("overlapping_figures"):  # a test of the check itself
+        return (yield)
+    with recording_figures() as made:
+        result = yield
+    problems = [f"figure {i}: {p}" for i, fig in enumerate(made) for p in figure_problems(fig)]
+    made.clear()
+    assert not problems, "overlapping figure elements: " + "; ".join(problems)
+    return result

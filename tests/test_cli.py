@@ -574,3 +574,149 @@ def test_a_killed_audit_leaves_the_old_or_the_new_output_whole(tmp_path):
     assert any(name.startswith(".shard-") for name in report["before_rerun"])
     assert report["rerun"]["left"] == []  # ...which the next run removed
     assert report["rerun"]["state"]["loaded"] == new["loaded"]
+
+
+# ---------------------------------------------------------------------- issue 21: small things
+
+
+def test_package_ships_a_py_typed_marker():
+    from importlib.resources import files
+
+    assert files("xaikit").joinpath("py.typed").is_file()  # PEP 561: the hints are for users
+
+
+def test_methods_json_lists_every_method_and_the_default():
+    result = _run("methods", "--json")
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.output)
+    assert list(listing) == sorted(xaikit.methods())
+    assert [name for name, spec in listing.items() if spec["default"]] == ["occlusion"]
+    assert listing["integrated_gradients"]["params"]["steps"] == 50
+    assert listing["saliency"]["needs_gradients"] is True
+    assert listing["occlusion"]["needs_gradients"] is False
+
+
+def _option_default(command: str, name: str):
+    return next(p for p in main.commands[command].params if p.name == name).default
+
+
+def test_api_and_command_share_their_defaults(user):
+    import inspect
+
+    from xaikit.featureviz import visualize
+
+    method = inspect.signature(xaikit.explain).parameters["method"].default
+    assert _option_default("explain", "method") == method == "occlusion"
+    steps = inspect.signature(visualize).parameters["steps"].default
+    assert _option_default("visualize", "steps") == steps == 256
+    result = _run("compare", *_model(user), user / "x.npy", "--out", user / "cmp", "--json")
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.output)["items"][0]["table"]
+    net = _tiny(user)
+    net.load_state_dict(torch.load(user / "w.pt", weights_only=True))
+    api = xaikit.compare(net, np.load(user / "x.npy")[0])  # no methods named: the same set
+    assert [r["method"] for r in api.table] == [r["method"] for r in table]
+    assert len(table) == 10  # every method applies to an image and a PyTorch model
+    for ours, theirs in zip(api.table, table, strict=True):  # ... with the same parameters
+        assert ours["deletion"] == pytest.approx(theirs["deletion"], abs=1e-6), ours["method"]
+
+
+def test_explain_without_a_method_runs_the_default(user):
+    result = _run("explain", *_model(user), user / "x.npy", "--out", user / "o", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["method"] == "occlusion"
+    assert (user / "o" / "x.npy_0.occlusion.npz").is_file()
+
+
+def test_summary_uses_the_class_names(user):
+    names = ["zero", "one", EVIL]
+    result = _run("explain", *_model(user), user / "x.npy", "--classes", user / "classes.txt",
+                  "--method", "saliency", "--target", "2", "--out", user / "e",
+                  "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["classes"] == names
+    for item in summary["items"]:
+        assert item["target_name"] == EVIL and item["predicted_name"] == names[item["predicted"]]
+    assert json.loads((user / "e" / "summary.json").read_text()) == summary
+    result = _run("compare", *_model(user), user / "x.npy", "--classes", user / "classes.txt",
+                  "--methods", "saliency", "--out", user / "c", "--json")  # fmt: skip
+    item = json.loads(result.output)["items"][0]
+    assert item["target_name"] == names[item["target"]]
+    result = _run("explain", *_model(user), user / "x.npy", "--method", "saliency", "--out",
+                  user / "n", "--json")  # fmt: skip
+    summary = json.loads(result.output)
+    assert summary["classes"] is None and summary["items"][0]["target_name"] is None
+
+
+def test_surrogate_offers_no_image_options(user):
+    help_text = _run("surrogate", "--help").output
+    assert "--classes" in help_text
+    assert not any(option in help_text for option in ("--resize", "--mean", "--std"))
+    rows = np.random.default_rng(0).random((30, 2))
+    np.savetxt(user / "t.csv", rows, delimiter=",", header="a,b", comments="")
+    result = _run("surrogate", "--model", f"{user / 'net.py'}:make", user / "t.csv",
+                  "--resize", "2", "2", "--out", user / "s")  # fmt: skip
+    assert result.exit_code == 2 and "No such option '--resize'" in result.output
+
+
+def test_ctrl_c_while_writing_exits_130_and_leaves_nothing(user, monkeypatch):
+    from xaikit.report import Page
+
+    def interrupted(self, path):
+        raise KeyboardInterrupt  # Ctrl-C while the staged files are being written
+
+    monkeypatch.setattr(Page, "save", interrupted)
+    out = user / "out"
+    result = _run("explain", *_model(user), user / "x.npy", "--method", "saliency",
+                  "--out", out)  # fmt: skip
+    assert result.exit_code == 130
+    assert result.output.strip() == f"Interrupted: {out} is left as it was."
+    assert not out.exists()
+    assert [p.name for p in user.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+SLOW_PY = """
+import pathlib
+import time
+
+from torch import nn
+
+
+class Slow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        pathlib.Path(__file__).with_name("started").touch()
+        time.sleep(1.0)
+        return self.fc(x)
+
+
+def make():
+    return Slow()
+"""
+
+
+def test_ctrl_c_in_a_real_process_exits_130_and_leaves_nothing(tmp_path):
+    import os
+    import signal
+    import time
+
+    (tmp_path / "slow.py").write_text(SLOW_PY)
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).random((3, 4)))
+    out = tmp_path / "out"
+    model = f"{tmp_path / 'slow.py'}:make"
+    command = [sys.executable, "-m", "xaikit.cli", "explain", "--model", model,
+               str(tmp_path / "rows.npy"), "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "started").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "the model never ran"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGINT)  # what Ctrl-C sends
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [f"Interrupted: {out} is left as it was."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.npy", "slow.py", "started"]

@@ -286,6 +286,18 @@ def test_gradient_method_on_a_numpy_callable_says_it_needs_torch():
         xk.explain(lambda b: np.ones((len(b), 2)) / 2, np.zeros(3), method="saliency")
 
 
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "occlusion", "lime"])
+def test_one_input_with_a_batch_axis_suggests_batch_true(method):
+    # X[:1] is (1, C, H, W): one item of a batch, not one (C, H, W) input.
+    with pytest.raises(
+        ValueError, match=r"x: .*got shape \(1, 3, 12, 12\).*pass batch=True"
+    ) as err:
+        xk.explain(make_net(), images(1), method=method)
+    assert "(1, 1, 3, 12, 12)" not in str(err.value)
+    e = xk.explain(make_net(), images(1), method=method, batch=True)  # ... which works
+    assert e.values.shape == (1, 3, 12, 12)
+
+
 @pytest.mark.parametrize("method", ["saliency", "gradcam", "guided_backprop", "occlusion"])
 def test_target_out_of_range_is_named(method):
     with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 5\)"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -333,3 +335,20 @@ def test_segmentation_options_pass_through_explain():
         xk.explain(net, x, method="lime", components={"n_segments": 6})
     with pytest.raises(TypeError, match="n_segment: not an option of components='slic'"):
         xk.explain(net, x, method="lime", components={"how": "slic", "n_segment": 6})
+
+
+@pytest.mark.parametrize("method", ["lime", "kernel_shap"])
+def test_a_single_component_warns(method):
+    # A uniform image: Felzenszwalb finds one region, so its value is the whole score change.
+    flat = np.full((3, 32, 32), 0.5, dtype=np.float32)
+
+    def model(x):
+        s = x.reshape(len(x), -1).mean(axis=1)
+        return np.stack([s, 1 - s], axis=1)
+
+    with pytest.warns(UserWarning, match=r"components: the input has a single component"):
+        e = xk.explain(model, flat, method=method, components="felzenszwalb", samples=8)
+    assert np.unique(e.components).tolist() == [0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a real segmentation: no warning
+        xk.explain(model, flat, method=method, components="grid", samples=8)

@@ -252,3 +252,60 @@ def test_repr_html_of_surrogate_escapes_feature_names():
     assert _is_fragment(html)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;= 0.5" in html
     assert f"<td>fidelity (held out)</td><td>{s.fidelity:.3f}</td>" in html
+
+
+def test_every_section_links_back_to_the_contents_and_paper_has_its_style():
+    page = Page("t")
+    page.section("first", "First")
+    page.paragraph(f"a user's </section> {EVIL}")  # escaped: never taken for a section's end
+    page.section("second", "Second")
+    html = page.render()
+    assert '<nav id="contents" aria-label="Contents">' in html
+    ends = re.findall(r'<p class="back"><a href="#contents">↑ Contents</a></p></section>', html)
+    assert len(ends) == 2 and html.count("</section>") == 2
+    assert "&lt;/section&gt;" in html
+    style = html[html.index("<style>") : html.index("</style>")]
+    assert "@media print" in style and ".back { display: none; }" in style
+    single = Page("one")
+    single.section("only", "Only")
+    assert "#contents" not in single.render()  # one section: no contents, no link back
+
+
+def test_repr_html_of_comparison_importance_curve_and_attack():
+    net = _TinyCNN()
+    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+    c = xk.compare(net, x, methods=["saliency", "occlusion"], metrics=["deletion"])
+    html = c._repr_html_()
+    assert _is_fragment(html) and "Comparison of 2 methods" in html
+    assert f"<td>saliency</td><td>{c.table[0]['deletion']:.3f}</td>" in html
+    assert f"Best first: deletion: {', '.join(c.rank('deletion'))}" in html
+    curve = xk.metrics.deletion(net, x, c.explanations["saliency"])
+    html = curve._repr_html_()
+    assert _is_fragment(html) and f"<td>area</td><td>{curve.area:.3f}</td>" in html
+    attack = xk.metrics.attack_explanation(net, x, "saliency", epsilon=0.05, steps=2)
+    html = attack._repr_html_()
+    assert _is_fragment(html) and "Attack on the saliency map" in html
+    assert f"<td>{attack.top_k_intersection:.3f}</td>" in html
+    rows = np.random.default_rng(1).random((50, 3))
+    imp = xk.permutation_importance(
+        lambda b: np.stack([1 - b[:, 0], b[:, 0]], axis=1), rows, (rows[:, 0] > 0.5).astype(int),
+        feature_names=["size", EVIL, "c"],
+    )  # fmt: skip
+    html = imp._repr_html_()
+    assert _is_fragment(html) and "<td>size</td>" in html and "&lt;script&gt;" in html
+    assert html.index("<td>size</td>") < html.index("<td>c</td>")  # most important first
+
+
+def test_attack_result_and_importance_reprs_show_arrays_by_shape():
+    net = _TinyCNN()
+    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+    attack = xk.metrics.attack_explanation(net, x, "saliency", epsilon=0.05, steps=2)
+    text = repr(attack)
+    assert text.startswith("AttackResult(method='saliency', epsilon=0.05, k=")
+    assert "x_adv=array(shape=(1, 8, 8), dtype=float32)" in text
+    assert "original=array(shape=(8, 8)" in text and len(text) < 700
+    imp = xk.Importance(["a", "b"], np.ones((2, 5)), 0.9, "accuracy")
+    assert repr(imp) == (
+        "Importance(feature_names=['a', 'b'], importances=array(shape=(2, 5), dtype=float64), "
+        "baseline_score=0.9, scoring='accuracy')"
+    )

@@ -1,10 +1,13 @@
 """The demo end to end, and its report opened in a real browser (Debian's headless chromium).
 
-The demo runs once for this module. Playwright's Python API drives ``/usr/bin/chromium``
-(installed here with apt-get when missing; no Playwright browser download). The checks: no
-console error, no request other than the file itself, every image decoded, every section
-present, a user's ``<script>`` shown as text; a full-page screenshot is saved under pytest's
-base temporary folder (``screenshots/demo-report.png``).
+The demo runs once for this module, and every figure it draws is kept for the overlap check
+(tests/figure_check.py). Playwright's Python API drives ``/usr/bin/chromium`` (installed here
+with apt-get when missing; no Playwright browser download). The checks: no console error, no
+request other than the file itself, every image decoded, every section present and ending with
+a link back to the contents, a user's ``<script>`` shown as text, and the print style sheet in
+effect when printing. For a reviewer, the test saves under pytest's base temporary folder
+(``screenshots/``): a full-page screenshot (``demo-report.png``), one per section
+(``section-<id>.png``) and the page printed to PDF (``demo-report.pdf``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from figure_check import figure_problems, recording_figures
 from xaikit.cli import main
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,9 +42,10 @@ def demo_out(tmp_path_factory):
     busy 2-core machine is many times faster than two threads spin-waiting on each other.
     """
     out = tmp_path_factory.mktemp("demo") / "report"
-    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--json"])
+    with recording_figures() as figures:
+        result = CliRunner().invoke(main, ["demo", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    return out, json.loads(result.output)
+    return out, json.loads(result.output), list(figures)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +63,12 @@ def chromium():
     return CHROMIUM
 
 
-def _open(chromium_path, html_file, *, screenshot=None):
-    """Load ``html_file`` in headless chromium; return what the page did and holds."""
+def _open(chromium_path, html_file, *, screenshot=None, sections_to=None, pdf=None):
+    """Load ``html_file`` in headless chromium; return what the page did and holds.
+
+    ``screenshot``: a full-page PNG; ``sections_to``: a folder for one PNG per section;
+    ``pdf``: the page printed (print style sheet) to this file.
+    """
     from playwright.sync_api import sync_playwright
 
     seen = {"console_errors": [], "page_errors": [], "requests": [], "dialogs": []}
@@ -86,8 +95,36 @@ def _open(chromium_path, html_file, *, screenshot=None):
             )
             seen["scripts"] = page.evaluate("() => document.scripts.length")
             seen["text"] = page.inner_text("body")
+            seen["back_links"] = page.evaluate(
+                "() => Array.from(document.querySelectorAll('section')).map(s => "
+                "{const a = s.lastElementChild.querySelector('a'); "
+                "return a ? a.getAttribute('href') : null})"
+            )
+            seen["contents"] = page.evaluate(
+                "() => Array.from(document.querySelectorAll('nav#contents a')).map("
+                "a => a.getAttribute('href'))"
+            )
             if screenshot is not None:
                 page.screenshot(path=str(screenshot), full_page=True)
+            if sections_to is not None:
+                for sid in seen["sections"]:
+                    page.locator(f"section#{sid}").screenshot(
+                        path=str(sections_to / f"section-{sid}.png")
+                    )
+            if seen["back_links"] and seen["back_links"][0]:  # follow one: the contents show
+                page.locator(f"section#{seen['sections'][-1]} p.back a").click()
+                seen["hash_after_back"] = page.evaluate("() => location.hash")
+                seen["contents_top"] = page.evaluate(
+                    "() => document.getElementById('contents').getBoundingClientRect().top"
+                )
+            page.emulate_media(media="print")
+            seen["print"] = page.evaluate(
+                "() => ({back: getComputedStyle(document.querySelector('p.back') || "
+                "document.body).display, pre: getComputedStyle(document.querySelector('pre') || "
+                "document.body).whiteSpace, width: getComputedStyle(document.body).maxWidth})"
+            )
+            if pdf is not None:
+                page.pdf(path=str(pdf), format="A4")
         finally:
             browser.close()
     return seen
@@ -95,7 +132,7 @@ def _open(chromium_path, html_file, *, screenshot=None):
 
 @pytest.mark.slow
 def test_demo_end_to_end(demo_out):
-    out, summary = demo_out
+    out, summary, _ = demo_out
     assert summary["models"]["clean"]["clean_test_accuracy"] >= 0.96
     assert summary["models"]["watermark"]["clean_test_accuracy"] >= 0.95
     assert summary["models"]["watermark"]["marked_predicted_as_watermark_class"] >= 0.5
@@ -117,12 +154,20 @@ def test_demo_end_to_end(demo_out):
 
 
 @pytest.mark.slow
+def test_every_demo_figure_is_free_of_overlaps(demo_out):
+    _, _, figures = demo_out
+    assert len(figures) >= 20  # every figure of the page, the text section's included
+    problems = [f"figure {i}: {p}" for i, fig in enumerate(figures) for p in figure_problems(fig)]
+    assert problems == []
+
+
+@pytest.mark.slow
 def test_demo_report_in_chromium(demo_out, chromium, tmp_path_factory):
-    out, _ = demo_out
+    out, _, _ = demo_out
     shots = tmp_path_factory.getbasetemp() / "screenshots"
     shots.mkdir(exist_ok=True)
-    shot = shots / "demo-report.png"
-    seen = _open(chromium, out / "index.html", screenshot=shot)
+    shot, pdf = shots / "demo-report.png", shots / "demo-report.pdf"
+    seen = _open(chromium, out / "index.html", screenshot=shot, sections_to=shots, pdf=pdf)
     assert seen["console_errors"] == [] and seen["page_errors"] == []
     assert seen["requests"] == [(out / "index.html").resolve().as_uri()]  # nothing else
     assert seen["sections"] == DEMO_SECTIONS
@@ -132,7 +177,16 @@ def test_demo_report_in_chromium(demo_out, chromium, tmp_path_factory):
     assert seen["scripts"] == 0 and seen["dialogs"] == []
     assert "Every local method, side by side" in seen["text"]
     assert shot.stat().st_size > 50_000  # a real full-page picture
-    print(f"screenshot: {shot}")
+    # Contents: a link to each section, and each section ends with a link back to them.
+    assert seen["contents"] == [f"#{sid}" for sid in DEMO_SECTIONS]
+    assert seen["back_links"] == ["#contents"] * len(DEMO_SECTIONS)
+    assert seen["hash_after_back"] == "#contents" and abs(seen["contents_top"]) < 5
+    # On paper: no back links, rules wrap instead of being cut, the whole width.
+    assert seen["print"] == {"back": "none", "pre": "pre-wrap", "width": "none"}
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 100_000
+    for sid in DEMO_SECTIONS:
+        assert (shots / f"section-{sid}.png").stat().st_size > 5_000, sid
+    print(f"screenshots: {shots}")
 
 
 NET_PY = textwrap.dedent(

@@ -23,6 +23,11 @@ import numpy as np
 
 from xaikit._progress import set_progress
 from xaikit._version import __version__
+from xaikit.attribution.defaults import DEFAULT_METHOD
+from xaikit.featureviz.render import DEFAULT_STEPS
+
+# The exit status of a command stopped by Ctrl-C (SIGINT), as shells report it: 128 + 2.
+INTERRUPTED = 130
 
 METHODS_HELP = "Comma-separated method names (xaikit methods lists them); default: all that apply."
 
@@ -52,6 +57,11 @@ def _command(function: Callable) -> Callable:
             function(*args, **kwargs)
         except click.ClickException:
             raise
+        except KeyboardInterrupt:  # Ctrl-C: staged files are already removed on the way out
+            out = kwargs.get("out")
+            where = f"{out} is left as it was" if out is not None else "nothing was written"
+            click.echo(f"Interrupted: {where}.", err=True)
+            sys.exit(INTERRUPTED)
         except (ValueError, TypeError, OSError, KeyError, IndexError) as err:
             if os.environ.get("XAIKIT_DEBUG"):
                 raise
@@ -133,6 +143,22 @@ def _input_options(function: Callable) -> Callable:
     return function
 
 
+def _table_input_options(function: Callable) -> Callable:
+    """The input options without the image ones (--resize, --mean, --std): tables only."""
+    options = [
+        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
+        click.option(
+            "--classes",
+            "classes_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Class names: a text file with one name per line, or a JSON list.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def _floats(text: str | None, *, name: str) -> list[float] | None:
     if text is None:
         return None
@@ -179,6 +205,13 @@ def _class_names(classes_file, model, x) -> list[str] | None:
         return None
     k = model.scores(x[:1]).shape[1]
     return load_class_names(classes_file, n_classes=k)
+
+
+def _class_name(index: int, class_names) -> str | None:
+    """The name --classes gives class ``index`` (None without --classes), for summary.json."""
+    if class_names is None or not 0 <= index < len(class_names):
+        return None
+    return class_names[index]
 
 
 def _check_methods(names: list[str], *, loaded) -> None:
@@ -289,10 +322,17 @@ def _jsonable(value: Any) -> Any:
 
 
 @main.command()
-def methods() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the methods as JSON.")
+def methods(as_json: bool) -> None:
     """List the local explanation methods, their parameters and whether they need gradients."""
     from xaikit.attribution import methods as registered
 
+    if as_json:
+        listing = {
+            name: {**spec, "default": name == DEFAULT_METHOD} for name, spec in registered().items()
+        }
+        click.echo(json.dumps(_jsonable(listing), indent=2))
+        return
     for name, spec in registered().items():
         params = ", ".join(f"{k}={v!r}" for k, v in spec["params"].items())
         grad = "gradients" if spec["needs_gradients"] else "any model"
@@ -302,7 +342,7 @@ def methods() -> None:
 @main.command()
 @_model_options
 @_input_options
-@click.option("--method", default="integrated_gradients", show_default=True, help="Method name.")
+@click.option("--method", default=DEFAULT_METHOD, show_default=True, help="Method name.")
 @click.option("--target", type=int, help="Class to explain (default: the predicted class).")
 @click.option("--param", "-p", "param_pairs", multiple=True, help="Method parameter key=value.")
 @_output_options
@@ -337,11 +377,19 @@ def explain(
                 "input": name,
                 "file": stem,
                 "target": int(e.target),
+                "target_name": _class_name(int(e.target), class_names),
                 "predicted": int(np.argmax(e.prediction)),
+                "predicted_name": _class_name(int(np.argmax(e.prediction)), class_names),
                 "info": _jsonable({k: v for k, v in e.info.items() if np.ndim(v) == 0}),
             }
         )
-    summary = {"command": "explain", "model": loaded.source, "method": method, "items": items}
+    summary = {
+        "command": "explain",
+        "model": loaded.source,
+        "method": method,
+        "classes": class_names,
+        "items": items,
+    }
     _finish(out, page, summary, quiet=quiet, as_json=as_json, files=files)
 
 
@@ -403,8 +451,22 @@ def compare(
         )
         ranks = {m: result.rank(m) for m in metric_names}
         page.paragraph("Best first: " + "; ".join(f"{m}: {', '.join(r)}" for m, r in ranks.items()))
-        items.append({"input": name, "table": _jsonable(result.table), "rank": ranks})
-    summary = {"command": "compare", "model": loaded.source, "baseline": baseline, "items": items}
+        items.append(
+            {
+                "input": name,
+                "target": int(first.target),
+                "target_name": _class_name(int(first.target), class_names),
+                "table": _jsonable(result.table),
+                "rank": ranks,
+            }
+        )
+    summary = {
+        "command": "compare",
+        "model": loaded.source,
+        "baseline": baseline,
+        "classes": class_names,
+        "items": items,
+    }
     _finish(out, page, summary, quiet=quiet, as_json=as_json)
 
 
@@ -475,6 +537,7 @@ def report(
             {
                 "input": name,
                 "predicted": predicted,
+                "predicted_name": _class_name(predicted, class_names),
                 "methods": {
                     r.method: {
                         "deletion": r.deletion,
@@ -485,7 +548,13 @@ def report(
                 },
             }
         )
-    summary = {"command": "report", "model": loaded.source, "baseline": baseline, "items": items}
+    summary = {
+        "command": "report",
+        "model": loaded.source,
+        "baseline": baseline,
+        "classes": class_names,
+        "items": items,
+    }
     _finish(out, page, summary, quiet=quiet, as_json=as_json)
 
 
@@ -494,7 +563,9 @@ def report(
 @click.option("--layer", help="Layer path whose filters (channels) to visualise.")
 @click.option("--channels", help="Comma-separated channel indices (default: all of --layer).")
 @click.option("--target", "targets", help="Comma-separated classes to visualise, or 'all'.")
-@click.option("--steps", type=int, default=128, show_default=True, help="Optimisation steps.")
+@click.option(
+    "--steps", type=int, default=DEFAULT_STEPS, show_default=True, help="Optimisation steps."
+)
 @click.option("--raw", is_flag=True, help="Plain pixels, no transforms, no penalty.")
 @click.option(
     "--tv",
@@ -622,7 +693,7 @@ def probe(
 
 @main.command()
 @_model_options
-@_input_options
+@_table_input_options
 @click.option("--kind", type=click.Choice(["tree", "linear", "rules"]), default="tree",
               show_default=True)  # fmt: skip
 @click.option("--max-depth", type=int, default=4, show_default=True)
@@ -630,8 +701,8 @@ def probe(
 @_output_options
 @_command
 def surrogate(
-    model_spec, weights, trust_pickle, model_output, inputs, resize, mean, std, classes_file,
-    kind, max_depth, seed, out, quiet, as_json,
+    model_spec, weights, trust_pickle, model_output, inputs, classes_file, kind, max_depth, seed,
+    out, quiet, as_json,
 ) -> None:  # fmt: skip
     """Fit a readable mimic (tree, sparse linear, rules) to the model on tabular inputs."""
     from xaikit.report import Page
@@ -640,7 +711,7 @@ def surrogate(
     from xaikit.surrogates import surrogate as fit_surrogate
 
     loaded, model = _load(model_spec, weights, trust_pickle, model_output)
-    data = _read_inputs(inputs, resize=resize, mean=mean, std=std, loaded=loaded)
+    data = _read_inputs(inputs, resize=None, mean=None, std=None, loaded=loaded)
     if data.x.ndim != 2:
         raise ValueError(f"input: a surrogate needs table rows (N, F), got shape {data.x.shape}")
     class_names = _class_names(classes_file, model, data.x)
@@ -656,6 +727,7 @@ def surrogate(
         "command": "surrogate",
         "model": loaded.source,
         "kind": kind,
+        "classes": class_names,
         "fidelity": s.fidelity,
         "complexity": s.complexity,
         "rules": rules,
@@ -711,13 +783,20 @@ def audit(
         )  # fmt: skip
     page.figure(result.plot(), alt="audit: relevance per class and findings")
     findings = [
-        {"target": int(f.target), "kind": f.kind, "region": [int(v) for v in f.region],
+        {"target": int(f.target), "target_name": _class_name(int(f.target), class_names),
+         "kind": f.kind, "region": [int(v) for v in f.region],
          "relevance_share": float(f.relevance_share), "consistency": float(f.consistency),
          "n_images": int(f.n_images), "transplant_rate": f.transplant_rate,
          "control_rate": f.control_rate, "text": str(f)}
         for f in result.findings
     ]  # fmt: skip
-    summary = {"command": "audit", "model": loaded.source, "method": method, "findings": findings}
+    summary = {
+        "command": "audit",
+        "model": loaded.source,
+        "method": method,
+        "classes": class_names,
+        "findings": findings,
+    }
     files = {"audit": lambda p: result.save(p)}  # audit.npz and audit.json, no pickle
     _finish(out, page, summary, quiet=quiet, as_json=as_json, files=files)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from xaikit import _files
 from xaikit._plotting import plain
+from xaikit._repr import HTMLRepr
 from xaikit._validation import check_int
 from xaikit._version import __version__
 
@@ -107,7 +108,7 @@ def _numeric(name: str, value: Any) -> np.ndarray:
 
 
 @dataclass(eq=False, kw_only=True)
-class Explanation:
+class Explanation(HTMLRepr):
     """The attributions of one local explanation method for one input (or a batch of inputs).
 
     Parameters
@@ -321,12 +322,6 @@ class Explanation:
             batch=isinstance(i, slice),
         )
 
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Explanation):
             return NotImplemented
@@ -490,11 +485,17 @@ class Explanation:
 def _plot(e: Explanation, *, ax: Any, title: str | None, **kw: Any) -> Any:
     from xaikit._plotting import new_figure
 
+    if e.kind == "text" and ax is None:  # tokens size their own figure, one block per item
+        if not e.batch:
+            label = f"{e.method} · target {e.target}" if title is None else title
+            return plot_token_maps([(e, label)], cmap=kw["cmap"])
+        shown = min(len(e), MAX_GRID)
+        items = [(e[i], f"#{i} · target {e.target[i]}") for i in range(shown)]
+        return plot_token_maps(items, cmap=kw["cmap"])
     if not e.batch:
         if ax is None:
             size = {"image": (5, 4), "tabular": (6, 1.2 + 0.3 * min(kw["top_k"], e.x.size))}
-            layout = None if e.kind == "text" else "constrained"  # text sizes its own figure
-            ax = new_figure(size.get(e.kind, (8, 2)), layout=layout).add_subplot()
+            ax = new_figure(size.get(e.kind, (8, 2))).add_subplot()
         _draw(e, ax, title=f"{e.method} · target {e.target}" if title is None else title, **kw)
         return ax.figure
     if ax is not None:
@@ -522,7 +523,6 @@ def _finite_range(a: np.ndarray) -> tuple[float, float]:
 
 def _draw(e: Explanation, ax: Any, *, cmap, signed, top_k, title, show_input) -> None:
     from matplotlib import colormaps
-    from matplotlib.colors import Normalize
 
     fig = ax.figure
     v = np.asarray(e.values, dtype=np.float64)
@@ -557,43 +557,124 @@ def _draw(e: Explanation, ax: Any, *, cmap, signed, top_k, title, show_input) ->
         more = f" (top {order.size} of {v.size} by |value|)" if order.size < v.size else ""
         ax.set_xlabel("attribution" + more)
     else:
-        _draw_text(e, ax, v, colormaps[cmap or "RdBu_r"], Normalize)
+        _draw_text(e, ax, v, colormaps[cmap or "RdBu_r"])
 
 
-def _draw_text(e: Explanation, ax: Any, v: np.ndarray, cm: Any, normalize: Any) -> None:
-    """Tokens left to right on coloured backgrounds, wrapped at the axes' width (monospace)."""
-    from matplotlib.cm import ScalarMappable
+# Token maps: sizes in points and inches, so that the layout does not depend on the figure.
+_TOKEN_PT = 11.0  # token font size
+_CHAR_IN = 0.6 * _TOKEN_PT / 72  # advance of one monospace character
+_LINE_IN = 1.9 * _TOKEN_PT / 72  # one line of tokens, boxes included
+_MARGIN_IN = 0.15
+_HEADER_IN = 0.42  # title on the left, colour bar with its tick labels on the right
+_GAP_IN = 0.12
+_BAR_IN = (2.0, 0.09)  # width, height of a colour bar
 
-    fig, size = ax.figure, 11.0
-    tokens = e.tokens or [str(t) for t in e.x.tolist()]
-    hi = max(np.abs(_finite_range(v)))
-    norm = normalize(-hi, hi) if hi > 0 else normalize(-1.0, 1.0)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cm), ax=ax, orientation="horizontal", shrink=0.6)
-    char = 0.6 * size / (ax.get_position().width * fig.get_figwidth() * 72)  # axes fraction
+
+def _token_lines(tokens: list[str], width_in: float) -> tuple[list[tuple[float, int]], int]:
+    """(column in inches, line) of each token, wrapped at ``width_in``; and the line count."""
     places, col, line = [], 0.0, 0
     for tok in tokens:
-        width = (len(tok) + 1) * char
-        if col > 0 and col + width > 1.0:
+        width = (len(tok) + 1) * _CHAR_IN
+        if col > 0 and col + width > width_in:
             col, line = 0.0, line + 1
         places.append((col, line))
         col += width
-    if fig.get_layout_engine() is None:  # a figure of our own: make it as tall as the text
-        fig.set_figheight(max(2.0, 1.2 + (line + 1) * 1.9 * size / 72))
-    step = 1.9 * size / (ax.get_position().height * fig.get_figheight() * 72)
+    return places, line + 1
+
+
+def _tokens_of(e: Explanation) -> list[str]:
+    return e.tokens or [str(t) for t in np.asarray(e.x).tolist()]
+
+
+def _token_norm(v: np.ndarray) -> Any:
+    from matplotlib.colors import Normalize
+
+    hi = max(np.abs(_finite_range(v)))
+    return Normalize(-hi, hi) if hi > 0 else Normalize(-1.0, 1.0)
+
+
+def plot_token_maps(
+    items: list[tuple[Explanation, str]], *, cmap: str | None = None, width: float = 9.0
+) -> Any:
+    """Token explanations one under the other, each titled, with its own colour bar.
+
+    ``items`` are ``(explanation, title)`` pairs of text explanations (one input each). The
+    figure is ``width`` inches wide and as tall as the wrapped tokens need: each block is a
+    header (the title on the left, a horizontal colour bar with its ticks on top on the
+    right) above the tokens on backgrounds coloured by their values (diverging map, limits
+    symmetric around 0). Sizes are in inches, so nothing overlaps whatever the token count.
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+
+    from xaikit._plotting import new_figure
+
+    if not items:
+        raise ValueError("items: expected at least one (explanation, title) pair")
+    cm = colormaps[cmap or "RdBu_r"]
+    text_w = width - 2 * _MARGIN_IN
+    blocks = []
+    for e, title in items:
+        tokens = _tokens_of(e)
+        places, lines = _token_lines(tokens, text_w)
+        blocks.append((e, title, tokens, places, lines * _LINE_IN + 0.08))
+    height = sum(_HEADER_IN + h + _GAP_IN for *_, h in blocks) + _GAP_IN
+    fig = new_figure((width, height), layout=None)
+    top = height - _GAP_IN  # inches from the bottom of the figure
+    for e, title, tokens, places, body in blocks:
+        v = np.asarray(e.values, dtype=np.float64).ravel()
+        norm = _token_norm(v)
+        bottom = top - _HEADER_IN - body
+        ax = fig.add_axes((_MARGIN_IN / width, bottom / height, text_w / width, body / height))
+        ax.set_axis_off()
+        ax.text(0.0, (body + 0.06) / body, title, transform=ax.transAxes, ha="left", va="bottom",
+                fontsize=10)  # fmt: skip
+        bar_w, bar_h = _BAR_IN
+        cax = fig.add_axes(
+            ((width - _MARGIN_IN - bar_w) / width, (bottom + body + 0.08) / height,
+             bar_w / width, bar_h / height)
+        )  # fmt: skip
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cm), cax=cax, orientation="horizontal")
+        bar.set_ticks(
+            [norm.vmin, 0.0, norm.vmax], labels=[f"{norm.vmin:.2g}", "0", f"{norm.vmax:.2g}"]
+        )
+        cax.xaxis.set_ticks_position("top")
+        cax.tick_params(labelsize=7, length=2, pad=1)
+        _draw_tokens(ax, tokens, v, cm, norm, places, width_in=text_w, height_in=body)
+        top = bottom - _GAP_IN
+    return fig
+
+
+def _draw_tokens(ax, tokens, v, cm, norm, places, *, width_in, height_in) -> None:
+    """Each token in its coloured box at ``places`` (inches), in axes coordinates."""
     for tok, value, (col, row) in zip(tokens, v, places, strict=True):
         r, g, b, _ = cm(norm(value))
         ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
         box = {"facecolor": (r, g, b), "edgecolor": "none", "pad": 1.5}
         ax.text(
-            col,
-            1.0 - (row + 0.5) * step,
+            col / width_in,
+            1.0 - (0.04 + (row + 0.5) * _LINE_IN) / height_in,
             plain(tok),
             transform=ax.transAxes,
             ha="left",
             va="center",
             family="monospace",
-            fontsize=size,
+            fontsize=_TOKEN_PT,
             color=ink,
             bbox=box,
         )
+
+
+def _draw_text(e: Explanation, ax: Any, v: np.ndarray, cm: Any) -> None:
+    """Tokens in a given axes: wrapped at its width, a colour bar taken from its space."""
+    from matplotlib.cm import ScalarMappable
+
+    fig = ax.figure
+    norm = _token_norm(v)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cm), ax=ax, orientation="horizontal", shrink=0.6)
+    box = ax.get_position()
+    width_in, height_in = box.width * fig.get_figwidth(), box.height * fig.get_figheight()
+    tokens = _tokens_of(e)
+    places, _ = _token_lines(tokens, width_in)
+    _draw_tokens(ax, tokens, v.ravel(), cm, norm, places, width_in=width_in, height_in=height_in)
     ax.set_axis_off()

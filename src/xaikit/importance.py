@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._plotting import new_figure, plain
+from xaikit._repr import HTMLRepr, short_repr
 from xaikit._validation import (
     check_batch,
     check_count,
@@ -24,7 +25,7 @@ from xaikit.model import as_model
 
 
 @dataclass
-class Importance:
+class Importance(HTMLRepr):
     """Per-feature drops in quality, ``(F, n_repeats)``, with their mean and spread."""
 
     feature_names: list[str]
@@ -44,6 +45,9 @@ class Importance:
         """Features from most to least important, with their mean drop."""
         order = np.argsort(-self.importances_mean, kind="stable")
         return [(self.feature_names[i], float(self.importances_mean[i])) for i in order]
+
+    def __repr__(self) -> str:
+        return short_repr(self)  # arrays by shape: a repr that fits on a screen
 
     def plot(self, *, top_k: int = 20, ax=None):
         """Horizontal bars of the mean drop with one standard deviation, largest on top."""

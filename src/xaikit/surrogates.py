@@ -9,6 +9,7 @@ trained networks"; Molnar, "Interpretable Machine Learning", ch. "Global surroga
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, export_text
 
 from xaikit._plotting import new_figure, plain
+from xaikit._repr import HTMLRepr
 from xaikit._validation import (
     check_batch,
     check_choice,
@@ -40,7 +42,7 @@ _BYTES_PER_VALUE = 48
 
 
 @dataclass
-class Surrogate:
+class Surrogate(HTMLRepr):
     """A fitted interpretable mimic of a model, with its fidelity on held-out data."""
 
     kind: str
@@ -61,12 +63,6 @@ class Surrogate:
                 f"X: expected rows of {len(self.feature_names)} features, got shape {X.shape}"
             )
         return self.estimator.predict(self.scaler.transform(X) if self.scaler else X)
-
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
 
     def rules(self) -> str:
         """The surrogate as readable text, with the feature names."""
@@ -93,9 +89,18 @@ class Surrogate:
         """The tree (or the linear weights as bars) as a matplotlib Figure."""
         from sklearn.tree import plot_tree
 
-        size = (12, 6) if self.kind != "linear" else (6, 4)
-        fig = ax.figure if ax is not None else new_figure(size, layout=None)
-        ax = ax if ax is not None else fig.add_subplot()
+        own = ax is None
+        fig = (
+            new_figure((6, 3.5) if self.kind != "linear" else (6, 4), layout=None)
+            if own
+            else ax.figure
+        )
+        if own:
+            ax = (
+                fig.add_axes((0.01, 0.01, 0.98, 0.9))
+                if self.kind != "linear"
+                else fig.add_subplot()
+            )
         if self.kind == "linear":
             weights = _linear_weights(self)
             order = np.argsort(np.abs(weights))[-20:]
@@ -111,7 +116,7 @@ class Surrogate:
             ax.set_xlabel("weight (standardised features)")
         else:
             classes = self._leaf_class_names()
-            plot_tree(
+            nodes = plot_tree(
                 self.estimator,
                 feature_names=[plain(n) for n in self.feature_names],
                 ax=ax,
@@ -120,8 +125,42 @@ class Surrogate:
                 fontsize=7,
                 impurity=False,
             )
+            if own:
+                _fit_tree(fig, nodes)
         ax.set_title(f"{self.kind} surrogate · fidelity {self.fidelity:.3f}")
         return fig
+
+
+def _fit_tree(fig: Any, nodes: list) -> None:
+    """Grow the figure until the tree's boxes (placed in axes fractions, text in points) keep
+    a gap between neighbours on a level and between levels (room for the True/False labels)."""
+    fig.canvas.draw()  # places the annotations (their boxes sit at the origin until drawn)
+    renderer = fig.canvas.get_renderer()
+    boxes = np.array(
+        [
+            n.get_bbox_patch().get_window_extent(renderer).extents
+            for n in nodes
+            if n.get_bbox_patch()
+        ]
+    )
+    if len(boxes) < 2:
+        return
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    gap_x, gap_y = 0.1 * fig.dpi, 0.35 * fig.dpi
+    sx = sy = 1.0
+    levels = np.unique(np.round(cy))
+    for level in levels:
+        on = np.flatnonzero(np.abs(cy - level) < 1)
+        order = on[np.argsort(cx[on])]
+        for a, b in itertools.pairwise(order):
+            sx = max(sx, (w[a] / 2 + w[b] / 2 + gap_x) / max(cx[b] - cx[a], 1e-9))
+    for upper, lower in itertools.pairwise(levels[::-1]):
+        hu = h[np.abs(cy - upper) < 1].max()
+        hl = h[np.abs(cy - lower) < 1].max()
+        sy = max(sy, (hu / 2 + hl / 2 + gap_y) / (upper - lower))
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width * sx, height * sy)
 
 
 def surrogate(

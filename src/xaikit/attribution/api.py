@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from xaikit._validation import check_batch, check_targets, describe
+from xaikit.attribution.defaults import DEFAULT_METHOD
 from xaikit.attribution.registry import METHODS
 from xaikit.explanation import Explanation
 from xaikit.model import Model, as_model
@@ -36,7 +37,7 @@ def explain(
     model: Any,
     x: Any,
     *,
-    method: str = "occlusion",
+    method: str = DEFAULT_METHOD,
     target: Any = None,
     batch: bool = False,
     feature_names: list[str] | None = None,
@@ -52,7 +53,8 @@ def explain(
         One input without a batch axis: ``(C, H, W)`` image, ``(F,)`` row, ``(L,)`` token ids;
         with ``batch=True``, a leading item axis and each item is explained.
     method : str
-        A name from :func:`methods`.
+        A name from :func:`methods`; default occlusion, which works on every model (see
+        :mod:`xaikit.attribution.defaults` and docs/methods.md for why).
     target : int, sequence of int, or None
         The explained class; ``None`` explains the predicted class (per item).
     feature_names, tokens : list of str, optional
@@ -83,6 +85,8 @@ def explain(
             f"model: method {method!r} needs gradients, so a PyTorch model; got a callable on "
             "NumPy arrays (use occlusion, lime, kernel_shap or rise)"
         )
+    if not batch:
+        _suggest_batch(wrapped, x)
     xb = _as_batch(x, batch=batch)
     if not batch and (np.ndim(target) != 0 or isinstance(target, (str, bytes))):
         raise TypeError(
@@ -121,6 +125,30 @@ def explain(
         feature_names=None if feature_names is None else [str(n) for n in feature_names],
         tokens=tokens,
     )
+
+
+def _suggest_batch(model: Model, x: Any) -> None:
+    """One input with a batch axis, e.g. ``X[:1]`` of shape ``(1, C, H, W)`` for a model whose
+    first convolution takes ``(C, H, W)`` items: say ``batch=True`` instead of failing later on
+    a ``(1, 1, C, H, W)`` batch."""
+    from torch import nn
+
+    if model.module is None or isinstance(x, (str, bytes)):
+        return
+    first = next(
+        (m for m in model.module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))),
+        None,
+    )
+    if first is None:
+        return
+    item_ndim = {nn.Conv1d: 2, nn.Conv2d: 3, nn.Conv3d: 4}[type(first)]
+    shape = tuple(np.shape(x))
+    if len(shape) == item_ndim + 1:
+        raise ValueError(
+            f"x: expected one input of {item_ndim} axes (C, ...) for the model's first "
+            f"convolution, got shape {shape}, which looks like a batch of {shape[0]}; pass "
+            f"batch=True to explain every item (or x[0] for the first)"
+        )
 
 
 def _as_batch(x: Any, *, batch: bool) -> np.ndarray:

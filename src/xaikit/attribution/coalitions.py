@@ -11,6 +11,7 @@ assembly of per-item fits, so that neither method module imports the other.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -157,8 +158,23 @@ class CoalitionGame:
 
 
 def games_for(model, x, targets, *, components, baseline, seed) -> list[CoalitionGame]:
-    """One :class:`CoalitionGame` per item of the batch ``x``."""
+    """One :class:`CoalitionGame` per item of the batch ``x``.
+
+    Warns when an item has a single component (a uniform image, or a segmentation too coarse
+    for it): its one value is then the whole score difference, which explains nothing.
+    """
     maps = component_maps(x, components)
+    single = [i for i, c in enumerate(maps) if n_components(c) == 1]
+    if single:
+        where = f"item {single[0]}" if len(x) > 1 else "the input"
+        warnings.warn(
+            f"components: {where} has a single component, so its value is the whole score "
+            "difference and shows nothing about where the evidence is; for an image, use a "
+            "finer segmentation, e.g. components='grid' or "
+            "components={'how': 'slic', 'n_segments': 100}",
+            UserWarning,
+            stacklevel=4,
+        )
     return [
         CoalitionGame(model, xi, t, components=c, baseline=baseline, seed=seed)
         for xi, t, c in zip(x, targets, maps, strict=True)

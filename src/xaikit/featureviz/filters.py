@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._plotting import plain
+from xaikit._repr import HTMLRepr
 from xaikit._validation import check_batch, describe
 from xaikit.model import as_model
 
@@ -29,7 +30,7 @@ __all__ = ["FilterActivations", "filter_activations"]
 
 
 @dataclass
-class FilterActivations:
+class FilterActivations(HTMLRepr):
     """Activation maps of some channels of one layer on given images.
 
     Attributes
@@ -49,12 +50,6 @@ class FilterActivations:
     images: np.ndarray
     layer: str
     channels: list[int]
-
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
 
     def plot(
         self,
@@ -79,15 +74,13 @@ class FilterActivations:
         max_images, max_channels : int
             How many images (rows) and channels (columns) to draw at most.
         """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from xaikit._plotting import new_figure
 
         n = min(len(self.images), max_images)
         k = min(len(self.channels), max_channels)
         vis = _visualization_images(visualization, self.channels[:k])
         rows = n + (vis is not None)
-        fig = Figure(figsize=(size * (k + 1), size * rows + 0.4))
-        FigureCanvasAgg(fig)
+        fig = new_figure((size * (k + 1), size * rows + 0.4), layout=None)
         grid = fig.add_gridspec(rows, k + 1, wspace=0.05, hspace=0.1)
         maps = self.maps[:n, :k].reshape(n, k, -1) if self.maps.ndim > 3 else None
         low = maps.min(axis=(0, 2)) if maps is not None else None

@@ -33,6 +33,7 @@ from torch import nn
 
 from xaikit._plotting import new_figure, plain
 from xaikit._progress import progress_bar
+from xaikit._repr import HTMLRepr
 from xaikit._torch import first_tensor, float_dtype, input_mismatch, module_device, preserved_state
 from xaikit._validation import (
     check_batch,
@@ -51,6 +52,8 @@ __all__ = ["Visualization", "visualize"]
 
 # Square sizes tried, largest first, when the input size must be guessed from the model: the
 # ImageNet size, the lecture homework's 128 px food images, then small-image data sets.
+# Optimisation steps when none are given, in the API and in `xaikit visualize` alike.
+DEFAULT_STEPS = 256
 _GUESS_SIZES = (224, 128, 96, 64, 32, 28)
 # Transform draws made per block of steps (numbers), and steps of history gathered per array:
 # memory stays bounded whatever ``steps`` is (the history itself is 4 bytes per item and step).
@@ -59,7 +62,7 @@ _HISTORY_BLOCK = 1024
 
 
 @dataclass
-class Visualization:
+class Visualization(HTMLRepr):
     """The result of :func:`visualize`.
 
     Attributes
@@ -93,12 +96,6 @@ class Visualization:
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
 
     def plot(
         self,
@@ -148,7 +145,7 @@ def visualize(
     *,
     generator: nn.Module | None = None,
     start: Any = None,
-    steps: int = 256,
+    steps: int = DEFAULT_STEPS,
     lr: float = 0.05,
     batch: int | None = None,
     param: str | _param.Parameterization = "fourier",

@@ -34,6 +34,7 @@ from torch import nn
 
 from xaikit._plotting import new_figure, plain
 from xaikit._progress import progress_bar
+from xaikit._repr import HTMLRepr, short_repr
 from xaikit._validation import (
     check_choice,
     check_count,
@@ -53,7 +54,7 @@ _SOFTPLUS_METHODS = ("saliency", "input_x_gradient")
 
 
 @dataclass
-class AttackResult:
+class AttackResult(HTMLRepr):
     """The outcome of a top-k attack on one method's explanation of one input.
 
     Attributes
@@ -101,6 +102,9 @@ class AttackResult:
     label_kept: bool
     estimator: str
     accepted_steps: int
+
+    def __repr__(self) -> str:
+        return short_repr(self)  # arrays by shape: a repr that fits on a screen
 
     def plot(self) -> Any:
         """Original map, attacked map and the perturbation; return the Figure."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._plotting import new_figure
+from xaikit._repr import HTMLRepr
 from xaikit._validation import describe
 from xaikit.explanation import Explanation
 from xaikit.metrics import (
@@ -205,7 +206,7 @@ def evaluate(
 
 
 @dataclass
-class Comparison:
+class Comparison(HTMLRepr):
     """Several methods' explanations of one input and their scores.
 
     Attributes
@@ -256,7 +257,7 @@ def compare(
     model: Any,
     x: Any,
     *,
-    methods: Sequence[str] | dict[str, dict[str, Any]] = ("saliency", "integrated_gradients"),
+    methods: Sequence[str] | dict[str, dict[str, Any]] | None = None,
     metrics: str | Sequence[str] = ("deletion", "insertion"),
     target: int | None = None,
     **options: Any,
@@ -268,7 +269,12 @@ def compare(
     model : nn.Module, xaikit.Model or callable
     x : array
         One input.
-    methods : sequence of str, or dict method -> parameters
+    methods : sequence of str, dict method -> parameters, or None
+        ``None``: every method that applies to the model and input, as ``xaikit compare``
+        and ``xaikit report`` run them (:func:`xaikit.attribution.defaults.default_methods`:
+        all ten on an image with a PyTorch model, the perturbation methods on a callable).
+        Named methods run with the same fast parameters (``FAST_PARAMS``: fewer samples or
+        steps); a dict gives each method's parameters exactly.
     metrics : str or sequence of str
         As in :func:`evaluate`.
     target : int, optional
@@ -282,11 +288,18 @@ def compare(
         ``.table`` (rows per method), ``.rank(metric)``, ``.explanations``, ``.plot()``.
     """
     from xaikit.attribution import explain
+    from xaikit.attribution.defaults import default_methods, fast_params
+    from xaikit.components import input_kind
+    from xaikit.model import as_model
 
     names = _check_metrics(metrics, options)
-    if isinstance(methods, str):
-        methods = [methods]
-    specs = dict(methods) if isinstance(methods, dict) else {m: {} for m in methods}
+    model = as_model(model)  # one adapter for every method: the batch size is found once
+    if methods is None:
+        specs = default_methods(image=input_kind(x) == "image", gradients=model.is_torch)
+    elif isinstance(methods, dict):
+        specs = dict(methods)
+    else:
+        specs = fast_params([methods] if isinstance(methods, str) else methods)
     if not specs:
         raise ValueError("methods: expected at least one method name")
     explanations: dict[str, Explanation] = {}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._plotting import new_figure
+from xaikit._repr import HTMLRepr
 from xaikit._validation import check_choice, check_positive_int, check_targets
 from xaikit.attribution.perturbation import chunk_size, perturbation_scores
 from xaikit.baselines import make_baseline
@@ -36,7 +37,7 @@ ORDERS = ("morf", "lerf")
 
 
 @dataclass
-class Curve:
+class Curve(HTMLRepr):
     """A deletion, insertion or pixel-flipping curve.
 
     Attributes

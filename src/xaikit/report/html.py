@@ -17,10 +17,14 @@ import numpy as np
 
 __all__ = [
     "Markup",
+    "attack_html",
+    "comparison_html",
+    "curve_html",
     "escape",
     "explanation_html",
     "figure_data_uri",
     "img",
+    "importance_html",
     "pre",
     "result_html",
     "table",
@@ -183,6 +187,57 @@ def sanity_html(r: Any) -> Markup:
     )
 
 
+def comparison_html(c: Any) -> Markup:
+    """A Comparison: the maps side by side, the table of scores and each metric's ranking."""
+    rows = [[r["method"], *(r[m] for m in c.metrics)] for r in c.table]
+    ranks = "; ".join(f"{m}: {', '.join(c.rank(m))}" for m in c.metrics)
+    return _box(
+        f"Comparison of {len(c.table)} methods",
+        img(c.plot(), alt="the methods' maps side by side"),
+        table(["method", *c.metrics], rows),
+        Markup(f"<p>Best first: {escape(ranks)}</p>"),
+    )
+
+
+def importance_html(imp: Any, *, top_k: int = 20) -> Markup:
+    """An Importance: the bars and the ranking with each mean drop and its spread."""
+    std = dict(zip(imp.feature_names, imp.importances_std, strict=True))
+    rows = [(name, mean, float(std[name])) for name, mean in imp.ranking()[:top_k]]
+    return _box(
+        f"Permutation importance · {imp.scoring} {imp.baseline_score:.3f} unshuffled",
+        img(imp.plot(top_k=top_k), alt="permutation importance per feature"),
+        table(["feature", f"mean drop in {imp.scoring}", "std"], rows),
+    )
+
+
+def curve_html(curve: Any) -> Markup:
+    """A Curve (deletion, insertion, pixel flipping, ROAD): the plot and its area."""
+    rows = [("order", curve.order), ("target", curve.target), ("area", float(curve.area))]
+    return _box(
+        f"{curve.name} curve",
+        img(curve.plot(), alt=f"{curve.name} curve"),
+        table(["", ""], rows),
+    )
+
+
+def attack_html(r: Any) -> Markup:
+    """An AttackResult: the maps before and after, and the numbers against the random control."""
+    rows = [
+        (f"top-{r.k} intersection", r.top_k_intersection, r.random_top_k_intersection),
+        ("Spearman correlation", r.spearman, r.random_spearman),
+    ]
+    note = (
+        f"L-inf budget {r.epsilon:g}, {r.accepted_steps} accepted steps, gradient by "
+        f"{r.estimator}; the label {'was' if r.label_kept else 'was not'} kept."
+    )
+    return _box(
+        f"Attack on the {r.method} map",
+        img(r.plot(), alt=f"attack on the {r.method} map"),
+        table(["original vs", "attacked", "random noise of the same size"], rows),
+        Markup(f"<p>{escape(note)}</p>"),
+    )
+
+
 def result_html(result: Any) -> Markup:
     """The fragment for any xaikit result (what ``_repr_html_`` returns)."""
     name = type(result).__name__
@@ -196,6 +251,10 @@ def result_html(result: Any) -> Markup:
         "ProbeResult": probe_html,
         "Reconstruction": reconstruction_html,
         "SanityResult": sanity_html,
+        "Comparison": comparison_html,
+        "Importance": importance_html,
+        "Curve": curve_html,
+        "AttackResult": attack_html,
     }.get(name)
     if render is None:
         return Markup(f"<pre>{escape(repr(result))}</pre>")

@@ -17,45 +17,20 @@ import numpy as np
 
 from xaikit._plotting import new_figure
 from xaikit._progress import progress_bar
-from xaikit.attribution import explain, methods
+from xaikit.attribution import explain
+from xaikit.attribution.defaults import FAST_PARAMS, default_methods
 from xaikit.model import Model, to_probabilities
 from xaikit.report.html import Markup, class_label, verdict
 from xaikit.report.page import Page
 
-__all__ = ["MethodScore", "add_prediction", "add_scorecard", "default_methods", "scorecard"]
-
-# Parameters that keep every method to about a second on a small image; methods not listed run
-# with their own defaults.
-FAST_PARAMS: dict[str, dict[str, Any]] = {
-    "smoothgrad": {"samples": 32},
-    "integrated_gradients": {"steps": 32},
-    "rise": {"samples": 1000},
-    "lime": {"samples": 500},
-    "kernel_shap": {"samples": 500},
-}
-IMAGE_METHODS = (
-    "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "gradcam",
-    "guided_backprop", "occlusion", "rise", "lime", "kernel_shap",
-)  # fmt: skip
-ROW_METHODS = (
-    "saliency", "input_x_gradient", "integrated_gradients", "occlusion", "lime", "kernel_shap",
-)  # fmt: skip
-
-
-def default_methods(*, image: bool, gradients: bool) -> dict[str, dict[str, Any]]:
-    """The methods a report runs by default, with fast parameters.
-
-    Images get every method; rows (tabular data) the ones that make sense per feature (no
-    Grad-CAM, Guided Backprop or RISE's image masks). Without gradients (ONNX, scikit-learn),
-    only the perturbation methods.
-    """
-    known = methods()
-    names = IMAGE_METHODS if image else ROW_METHODS
-    return {
-        n: dict(FAST_PARAMS.get(n, {}))
-        for n in names
-        if n in known and (gradients or not known[n]["needs_gradients"])
-    }
+__all__ = [
+    "FAST_PARAMS",
+    "MethodScore",
+    "add_prediction",
+    "add_scorecard",
+    "default_methods",
+    "scorecard",
+]
 
 
 @dataclass

@@ -4,7 +4,9 @@ Every user-supplied string goes through ``html.escape``; figures are embedded as
 URIs; the style sheet is inline and there is no script, no font and no link to anything, so
 the file opens offline, reads the same without JavaScript, and can be mailed to a colleague.
 Sections carry ids (``<section id="...">``) and are listed in a table of contents of plain
-anchor links.
+anchor links (``<nav id="contents">``); each section ends with a link back to it. A print
+style sheet lays the page out for paper (full width, no back links, no figure split across
+pages).
 """
 
 from __future__ import annotations
@@ -37,7 +39,23 @@ figure { margin: 0.5rem 0; } figcaption { font-size: 0.85rem; color: #444; }
 .badge { padding: 0 0.35rem; border-radius: 0.2rem; font-weight: 600; }
 .pass { background: #d9f2d9; } .fail { background: #f8d7d7; }
 .placeholder { border: 1px dashed #aaa; padding: 0.6rem 1rem; background: #fafafa; }
+.back { font-size: 0.85rem; text-align: right; margin: 0.8rem 0 0; }
+.back a { color: #555; }
+/* On paper: the whole width, no links that lead nowhere, nothing cut at a page break. */
+@media print {
+  @page { margin: 1.5cm; }
+  body { max-width: none; margin: 0; padding: 0; font-size: 10pt; color: #000; }
+  a { color: inherit; text-decoration: none; }
+  .back { display: none; }
+  h2, h3, h4 { break-after: avoid; }
+  figure, img, tr, .placeholder { break-inside: avoid; }
+  pre { white-space: pre-wrap; overflow: visible; break-inside: auto; }
+  th, .badge { print-color-adjust: exact; -webkit-print-color-adjust: exact; }
+}
 """
+# The link at the end of each section back to the table of contents.
+_BACK = '<p class="back"><a href="#contents">\u2191 Contents</a></p>'
+
 
 _ID = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -121,17 +139,19 @@ class Page:
         """The whole page as one HTML string."""
         self._close()
         title = escape(self.title)
-        nav = ""
+        nav, body = "", "".join(self._parts)
         if len(self._sections) > 1:
             links = "".join(
                 f'<li><a href="#{sid}">{escape(t)}</a></li>' for sid, t in self._sections
             )
-            nav = f"<nav><ol>{links}</ol></nav>"
+            nav = f'<nav id="contents" aria-label="Contents"><ol>{links}</ol></nav>'
+            # Every user string is escaped, so "</section>" can only be a section's own end.
+            body = body.replace("</section>", f"{_BACK}</section>")
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{title}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>{title}</h1>{nav}{''.join(self._parts)}</body></html>\n"
+            f"<body><h1>{title}</h1>{nav}{body}</body></html>\n"
         )
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -103,12 +103,9 @@ def flat(a: np.ndarray) -> np.ndarray:
 
 def new_figure(size: tuple[float, float]) -> Any:
     """A matplotlib ``Figure`` on the Agg canvas: no GUI backend, nothing shown."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from xaikit._plotting import new_figure as figure  # the one place every plot starts
 
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return figure(size)
 
 
 def scatter_by_label(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._plotting import plain
+from xaikit._repr import HTMLRepr
 from xaikit._validation import check_choice, check_number, check_seed
 from xaikit.representations._common import check_labels, flat, new_figure
 from xaikit.representations.activations import DEFAULT_MEMORY_BUDGET, capture, data_length
@@ -34,7 +35,7 @@ KINDS = ("linear", "mlp")
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(HTMLRepr):
     """Held-out accuracy of a probe per layer, with its control task and selectivity.
 
     Attributes
@@ -65,12 +66,6 @@ class ProbeResult:
     n_train: int
     n_test: int
     params: dict = field(default_factory=dict)
-
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
 
     def plot(self, *, ax: Any = None, title: str | None = None) -> Any:
         """Accuracy, control accuracy and selectivity across layers; returns the ``Figure``."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from xaikit._plotting import plain
+from xaikit._repr import HTMLRepr
 from xaikit._validation import check_choice, check_seed
 from xaikit.representations._common import check_labels, flat, new_figure, scatter_by_label
 from xaikit.representations.activations import DEFAULT_MEMORY_BUDGET, capture, data_length
@@ -30,7 +31,7 @@ _TSNE_PCA = 50
 
 
 @dataclass
-class Projection:
+class Projection(HTMLRepr):
     """A layer's activations projected to 2-D.
 
     Attributes
@@ -53,12 +54,6 @@ class Projection:
     how: str
     info: dict = field(default_factory=dict)
 
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
-
     def plot(self, *, ax: Any = None, title: str | None = None, legend: bool = True) -> Any:
         """Scatter the points coloured by label and return the matplotlib ``Figure``."""
         if ax is None:
@@ -76,7 +71,7 @@ class Projection:
 
 
 @dataclass
-class LayerProjections:
+class LayerProjections(HTMLRepr):
     """One :class:`Projection` per layer, in the order asked for."""
 
     projections: dict[str, Projection]
@@ -88,12 +83,6 @@ class LayerProjections:
 
     def __getitem__(self, layer: str) -> Projection:
         return self.projections[layer]
-
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
 
     def plot(self, *, cols: int | None = None) -> Any:
         """One panel per layer, left to right then top to bottom; one legend for all."""

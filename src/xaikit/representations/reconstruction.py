@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from xaikit._plotting import plain
+from xaikit._repr import HTMLRepr
 from xaikit._validation import (
     check_count,
     check_memory,
@@ -37,7 +38,7 @@ _LR = 2e-3
 
 
 @dataclass
-class Reconstruction:
+class Reconstruction(HTMLRepr):
     """How well each layer's output rebuilds the input.
 
     Attributes
@@ -64,12 +65,6 @@ class Reconstruction:
     examples: np.ndarray
     layers: list[str]
     params: dict = field(default_factory=dict)
-
-    def _repr_html_(self) -> str:
-        """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
 
     def plot(self, *, title: str | None = None) -> Any:
         """A grid: the inputs on top, then one row of reconstructions per layer (with its

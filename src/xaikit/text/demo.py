@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from xaikit._plotting import new_figure
+from xaikit.explanation import plot_token_maps
 from xaikit.text.minilm import available, missing_message
 
 SENTENCE = "The movie was not good at all."
@@ -219,9 +219,4 @@ def demo_section(
 
 
 def _token_figure(explanations: list) -> Any:
-    fig = new_figure((9.0, 1.9 * len(explanations)), layout=None)
-    axes = fig.subplots(len(explanations), 1)
-    for ax, (e, label) in zip(axes, explanations, strict=True):
-        e.plot(ax=ax, title=label)
-    fig.subplots_adjust(hspace=1.3, top=0.95, bottom=0.03)
-    return fig
+    return plot_token_maps(explanations)  # (explanation, label) pairs, one block each
