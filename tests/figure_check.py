@@ -2,9 +2,10 @@
 
 ``figure_problems(fig)`` lays the figure out as a draw would (without painting) and asks
 matplotlib's renderer for the extents of what it drew: every text artist that was really
-drawn (titles, labels, tick labels, annotations, legend entries; the box around a text counts as the text) and every
-axes. It returns one line per overlap. ``tests/conftest.py`` runs it on every figure created
-during a test, and the demo test on every figure of the demo report.
+drawn (titles, labels, tick labels, annotations, legend entries; the box around a text
+counts as the text) and every axes. It returns one line per overlap. ``tests/conftest.py``
+runs it on every figure created during a test, and the demo test on every figure of the demo
+report.
 """
 
 from __future__ import annotations
