@@ -132,3 +132,12 @@ def check_choice(value: Any, *, name: str, choices: Sequence[str]) -> str:
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name}: expected one of {options}, got {value!r}")
     return value
+
+
+def check_nonnegative_number(value: Any, *, name: str) -> float:
+    """Return ``value`` as a finite float >= 0, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number >= 0, got {describe(value)}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
