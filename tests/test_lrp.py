@@ -352,3 +352,20 @@ def test_registered_and_explains_the_target_logit(clean_cnn):
     e = xk.explain(clean_cnn, x[0], method="lrp")
     on_strokes = e.values[0][x[0][0] > 0.3].clip(min=0).sum()
     assert on_strokes > 0.5 * e.values.clip(min=0).sum()
+
+
+def test_audit_with_lrp_finds_the_watermark_and_spares_the_clean_model(watermark_cnn, clean_cnn):
+    from xaikit.audit import audit
+    from xaikit.audit.analysis import iou
+    from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
+
+    X, y, _ = load_watermark_mnist("train")
+    X, y = X[:200], y[:200]
+    a = audit(watermark_cnn, X, labels=y, method="lrp", shard_size=50)
+    assert a.info["method"] == "lrp"
+    hits = [f for f in a.findings if iou(f.region, WATERMARK_REGION) >= 0.5]
+    assert [f.target for f in hits] == [WATERMARK_CLASS]
+    assert hits[0].relevance_share > 0.3 and hits[0].other_share < 0.05
+    assert hits[0].transplant_rate >= 0.5
+    clean = audit(clean_cnn, X, labels=y, method="lrp", shard_size=50)
+    assert [f for f in clean.findings if iou(f.region, WATERMARK_REGION) >= 0.5] == []
