@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# zennit, the LRP reference of tests/test_lrp.py, without its dependencies: it requires
+	# torchvision, which pip would fetch and which does not import beside the CPU torch; the
+	# tests give it a stand-in (tests/_stubs). Not in the dev extra for that reason.
+	$(PY) -m pip install --quiet --no-deps "zennit==0.5.1"
 	touch $(STAMP)
 
 demo: $(STAMP)

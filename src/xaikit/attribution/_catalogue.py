@@ -5,10 +5,12 @@ Add a new method's module here.
 
 from xaikit.attribution import (  # noqa: F401
     cam,
+    deeplift,
     gradients,
     guided,
     kernel_shap,
     lime,
+    lrp,
     occlusion,
     rise,
 )

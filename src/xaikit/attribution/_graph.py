@@ -1,0 +1,407 @@
+"""A model's forward read with torch.fx and rerun with rules, for modified-backward methods.
+
+LRP and DeepLIFT change how relevance flows back through each operation, and they are only
+right if every operation between the input and the output has a rule. Hooks see modules, not
+the functions a forward calls (``a + b``, ``torch.flatten``, ``F.relu``), so the forward is
+traced once with torch.fx (symbolically: nothing is computed) and every operation on the path
+from the input is classified, or refused by name before any computation. During a call the
+model's forward is then run node by node from that trace (:func:`rerun`), and the nodes that
+need a rule get their output wrapped in an autograd function whose backward applies it. The
+trace is kept per model object (weakly) for as long as its modules stay the same.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import operator
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+RESHAPES = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Identity)
+RELUS = (nn.ReLU, nn.LeakyReLU)  # LRP passes relevance through them with the plain gradient
+SMOOTH = (nn.SiLU, nn.GELU)  # zero at zero, so LRP can pass relevance through them
+SQUASHING = (nn.ELU, nn.Tanh, nn.Sigmoid, nn.Softplus)  # DeepLIFT only
+# Module types kept whole by the trace (subclasses included).
+LEAVES = (*LAYERS, *BATCH_NORMS, *MAX_POOLS, *AVG_POOLS, *RESHAPES, *RELUS, *SMOOTH, *SQUASHING)
+
+# Operations linear in the data (sums, reshapes, selections): the plain gradient is their rule
+# in the "x * gradient" form both methods use.
+_LINEAR_FUNCTIONS = {
+    operator.add,
+    operator.sub,
+    operator.neg,
+    operator.getitem,
+    torch.add,
+    torch.sub,
+    torch.neg,
+    torch.flatten,
+    torch.reshape,
+    torch.cat,
+    torch.stack,
+    torch.sum,
+    torch.mean,
+    torch.permute,
+    torch.transpose,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.chunk,
+    torch.split,
+}
+_LINEAR_METHODS = {
+    "add",
+    "sub",
+    "neg",
+    "flatten",
+    "view",
+    "reshape",
+    "permute",
+    "transpose",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "sum",
+    "mean",
+    "chunk",
+    "split",
+    "expand",
+    "view_as",
+    "reshape_as",
+    "expand_as",
+    "clone",
+}
+_SUMS = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub"}
+_AVG_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
+# Linear when only one operand comes from the input (scaling by a constant or a parameter).
+_SCALING = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div"}
+_RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, "relu"}
+_SMOOTH_FUNCTIONS = {F.silu, F.gelu}
+_SQUASHING_FUNCTIONS = {torch.sigmoid, torch.tanh, F.elu, F.softplus, "sigmoid", "tanh"}
+_MAX_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d}
+# Calls whose result is not a tensor of the data (shapes, sizes).
+_SHAPE_METHODS = {"size", "dim", "numel"}
+_RESHAPES = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+_RESHAPE_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze"}
+
+
+@dataclass
+class Graph:
+    """A model's traced forward: the fx graph and its modules by name."""
+
+    graph: fx.Graph
+    modules: dict[str, nn.Module]
+
+
+@dataclass
+class Plan:
+    """The nodes of a traced forward that need a rule.
+
+    ``layers``: linear/convolution calls on the data path -> module name. ``merged``: a
+    BatchNorm call -> the layer call it is merged into (LRP). ``first``: layer calls that read
+    the input itself (through reshapes only; LRP). ``nonnegative``: layer calls whose input is
+    known to be >= 0 (after a ReLU). ``sums``: additions of two data tensors and average pooling
+    (LRP splits relevance over their terms with a stabiliser). ``elementwise``: nonlinearities
+    with a rule (LRP: SiLU, GELU; DeepLIFT: every one). ``max_pools``: max pooling (DeepLIFT).
+    """
+
+    layers: dict[fx.Node, str] = field(default_factory=dict)
+    merged: dict[fx.Node, fx.Node] = field(default_factory=dict)
+    first: set[fx.Node] = field(default_factory=set)
+    nonnegative: set[fx.Node] = field(default_factory=set)
+    sums: set[fx.Node] = field(default_factory=set)
+    elementwise: set[fx.Node] = field(default_factory=set)
+    max_pools: set[fx.Node] = field(default_factory=set)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, LEAVES) or super().is_leaf_module(m, qualname)
+
+
+_TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def trace(module: nn.Module, *, method: str) -> Graph:
+    """The model's forward as an fx graph (cached while its modules stay the same)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(
+            f"model: {method} reads the forward of an nn.Module with torch.fx; a TorchScript "
+            "model cannot be read that way (pass the nn.Module itself)"
+        )
+    modules = dict(module.named_modules())
+    key = (type(module).forward, tuple((name, id(m), type(m)) for name, m in modules.items()))
+    cached = _TRACES.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as err:  # fx raises many kinds for data-dependent control flow
+        raise ValueError(
+            f"model: {method} needs a forward that torch.fx can trace (no Python control flow on "
+            f"tensor values), and tracing failed: {type(err).__name__}: {err}"
+        ) from err
+    result = Graph(graph=graph, modules=modules)
+    _TRACES[module] = (key, result)
+    return result
+
+
+def plan(graph: Graph, *, method: str) -> Plan:
+    """Classify every operation on the data path; refuse, by name, one without a rule.
+
+    ``method``: ``"lrp"`` (BatchNorm must follow a layer it can be merged into; sigmoid-like
+    units are refused) or ``"deeplift"``.
+    """
+    result = Plan()
+    nodes = list(graph.graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ValueError(
+            f"model: {method} explains models with one input tensor; this forward takes "
+            f"{len(placeholders)} ({', '.join(n.name for n in placeholders)})"
+        )
+    data: set[fx.Node] = set()
+    nonnegative: set[fx.Node] = set()
+    for node in nodes:
+        if node.op == "placeholder":
+            data.add(node)
+            continue
+        if node.op in ("output", "get_attr"):
+            continue
+        sources = [a for a in node.all_input_nodes if a in data]
+        if not sources or _is_shape(node):
+            continue  # arithmetic on shapes or parameters only
+        data.add(node)
+        if node.op == "call_module":
+            _module_node(node, graph, sources, nonnegative, result, method)
+        else:
+            _function_node(node, sources, nonnegative, result, method)
+    if method == "lrp":
+        result.first = _first_layers(placeholders[0], graph)
+    return result
+
+
+def _module_node(node, graph, sources, nonnegative, result, method) -> None:
+    module = graph.modules[node.target]
+    if isinstance(module, LAYERS):
+        result.layers[node] = node.target
+        if sources[0] in nonnegative:
+            result.nonnegative.add(node)
+        return
+    if isinstance(module, BATCH_NORMS):
+        if method == "lrp":
+            result.merged[node] = _merge_target(node, module, graph)
+        return
+    if isinstance(module, nn.ReLU) or (
+        isinstance(module, (*MAX_POOLS, *AVG_POOLS, *RESHAPES)) and sources[0] in nonnegative
+    ):
+        nonnegative.add(node)
+    if isinstance(module, MAX_POOLS):
+        if method == "deeplift":
+            result.max_pools.add(node)
+    elif isinstance(module, AVG_POOLS):
+        if method == "lrp":
+            result.sums.add(node)
+    elif isinstance(module, RELUS):
+        if method == "deeplift":
+            result.elementwise.add(node)
+    elif isinstance(module, SMOOTH) or (method == "deeplift" and isinstance(module, SQUASHING)):
+        result.elementwise.add(node)
+    elif not isinstance(module, RESHAPES):
+        raise ValueError(
+            f"model: {method} has no rule for module {node.target!r} ({type(module).__name__});"
+            f" it covers {', '.join(_covered(method))}"
+        )
+
+
+def _function_node(node, sources, nonnegative, result, method) -> None:
+    target = node.target
+    if target in _LINEAR_FUNCTIONS or (node.op == "call_method" and target in _LINEAR_METHODS):
+        if target in _SUMS and len(sources) == 2 and method == "lrp":
+            result.sums.add(node)
+        negating = target in (operator.sub, torch.sub, "sub", operator.neg, torch.neg, "neg")
+        if not negating and all(s in nonnegative for s in sources):
+            nonnegative.add(node)
+        return
+    if target in _AVG_FUNCTIONS:
+        if method == "lrp":
+            result.sums.add(node)
+        if sources[0] in nonnegative:
+            nonnegative.add(node)
+        return
+    if target in _SCALING:
+        divides_by_data = target in (operator.truediv, torch.div, "div") and (
+            len(node.args) > 1 and node.args[1] in sources
+        )
+        if len(sources) == 1 and not divides_by_data:
+            return
+    elementwise = _RELU_FUNCTIONS | _SMOOTH_FUNCTIONS | _MAX_FUNCTIONS
+    if method == "deeplift":
+        elementwise = elementwise | _SQUASHING_FUNCTIONS
+    if target in elementwise and len(sources) == 1 and node.args[:1] == (sources[0],):
+        if target in (F.relu, torch.relu, "relu"):
+            nonnegative.add(node)
+        if method == "deeplift":
+            (result.max_pools if target in _MAX_FUNCTIONS else result.elementwise).add(node)
+        elif target in _SMOOTH_FUNCTIONS:
+            result.elementwise.add(node)
+        return
+    raise ValueError(
+        f"model: {method} has no rule for the operation {_name(node)!r} in its forward "
+        f"(node {node.name!r})"
+    )
+
+
+def _merge_target(node: fx.Node, bn: nn.Module, graph: Graph) -> fx.Node:
+    """The layer call a BatchNorm is merged into: the one whose output only it reads."""
+    before = node.args[0] if node.args else None
+    layer = (
+        graph.modules.get(before.target)
+        if isinstance(before, fx.Node) and before.op == "call_module"
+        else None
+    )
+    if not isinstance(layer, LAYERS) or len(before.users) != 1:
+        raise ValueError(
+            f"model: lrp merges each BatchNorm into the linear or convolution layer right "
+            f"before it; {node.target!r} does not directly follow one (or that layer's output "
+            "is also used elsewhere)"
+        )
+    if not bn.track_running_stats or bn.running_mean is None:
+        raise ValueError(
+            f"model: lrp merges BatchNorm {node.target!r} with its running statistics, and it "
+            "keeps none (track_running_stats=False)"
+        )
+    out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    if out != bn.num_features:
+        raise ValueError(
+            f"model: BatchNorm {node.target!r} normalises {bn.num_features} features but "
+            f"{before.target!r} gives {out}; lrp cannot merge them"
+        )
+    return before
+
+
+def _first_layers(placeholder: fx.Node, graph: Graph) -> set[fx.Node]:
+    """Layer calls that read the input itself (through reshapes only); refuse anything else."""
+    first: set[fx.Node] = set()
+    pending = [placeholder]
+    while pending:
+        node = pending.pop()
+        for user in node.users:
+            module = graph.modules.get(user.target) if user.op == "call_module" else None
+            if isinstance(module, LAYERS):
+                first.add(user)
+            elif (
+                isinstance(module, RESHAPES)
+                or (user.op == "call_function" and user.target in _RESHAPES)
+                or (user.op == "call_method" and user.target in _RESHAPE_METHODS)
+            ):
+                pending.append(user)
+            elif not _is_shape(user):
+                raise ValueError(
+                    "x: lrp needs the input to go straight into linear or convolution layers "
+                    f"(through reshapes only), but the forward first applies {_name(user)!r} "
+                    f"(node {user.name!r})"
+                )
+    return first
+
+
+def _is_shape(node: fx.Node) -> bool:
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return True
+    return node.op == "call_function" and node.target is builtins.getattr
+
+
+def _name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    module = getattr(target, "__module__", None) or ""
+    module = {"_operator": "operator", "torch._C._nn": "torch.nn.functional"}.get(module, module)
+    name = getattr(target, "__name__", repr(target))
+    return f"{module}.{name}" if module else name
+
+
+def _covered(method: str) -> list[str]:
+    names = ["Linear", "Conv1d/2d", "BatchNorm1d/2d", "ReLU", "LeakyReLU", "SiLU", "GELU"]
+    if method == "deeplift":
+        names += ["ELU", "Tanh", "Sigmoid", "Softplus"]
+    return [*names, "max/average/adaptive pooling", "Flatten", "Unflatten", "Dropout", "Identity"]
+
+
+# ---------------------------------------------------------------------- rerunning the forward
+
+# An action runs one node itself: action(node, args, kwargs, call) -> the node's value, where
+# call(args, kwargs) computes the node as the forward would.
+Action = Callable[[fx.Node, tuple, dict, Callable[[tuple, dict], Any]], Any]
+
+
+class _Runner(fx.Interpreter):
+    """Runs the traced forward on the model's own modules, with actions at some nodes."""
+
+    def __init__(self, module: nn.Module, graph: fx.Graph, actions: dict[fx.Node, Action]):
+        super().__init__(module, graph=graph)
+        self.actions = actions
+
+    def run_node(self, n: fx.Node) -> Any:
+        action = self.actions.get(n)
+        if action is None:
+            return super().run_node(n)
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            return action(n, args, kwargs, lambda a, k: getattr(self, n.op)(n.target, a, k))
+
+
+@contextlib.contextmanager
+def rerun(module: nn.Module, graph: Graph, actions: dict[fx.Node, Action]) -> Iterator[None]:
+    """Within the block, calling ``module`` runs its traced forward with ``actions``.
+
+    The forward is replaced on the instance only (an attribute, as a hook would be) and
+    restored when the block ends, also on error; parameters, buffers and submodules are the
+    user's, untouched.
+    """
+
+    def forward(*args, **kwargs):
+        return _Runner(module, graph.graph, actions).run(*args, **kwargs)
+
+    had_own = "forward" in module.__dict__
+    own = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if had_own:
+            module.forward = own
+        else:
+            del module.forward
+
+
+def rerun_as(node: fx.Node, graph: Graph, args: tuple, kwargs: dict) -> Callable:
+    """``f(t)``: the node's operation with ``t`` as its data input (its first argument).
+
+    Modules are called through ``forward`` (no hooks); in-place ones on a copy.
+    """
+    rest = args[1:]
+    copy = is_inplace(node, graph)
+    if node.op == "call_module":
+        module = graph.modules[node.target]
+        return lambda t: module.forward(t.clone() if copy else t, *rest, **kwargs)
+    if node.op == "call_method":
+        return lambda t: getattr(t.clone() if copy else t, node.target)(*rest, **kwargs)
+    return lambda t: node.target(t.clone() if copy else t, *rest, **kwargs)
+
+
+def is_inplace(node: fx.Node, graph: Graph) -> bool:
+    """Whether the node overwrites its input (an in-place module or ``inplace=True``)."""
+    if node.op == "call_module":
+        return bool(getattr(graph.modules[node.target], "inplace", False))
+    return bool(node.kwargs.get("inplace", False))

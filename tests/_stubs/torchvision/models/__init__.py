@@ -1,0 +1,1 @@
+"""Stand-in package (see tests/_stubs/torchvision/__init__.py)."""
