@@ -7,6 +7,7 @@ once for both.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
@@ -511,11 +512,11 @@ Path(cfg["report"]).write_text(json.dumps(report))
 '''
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the harness forks")
 def test_a_killed_audit_leaves_the_old_or_the_new_output_whole(tmp_path):
     # SIGKILL before each file operation of `xaikit audit` into an existing --out: the folder
     # is always the old one or the new one, whole, and Audit.load reads one run; a rerun
     # removes whatever the kills left (staging folders, .shard-*.tmp, temporary folders).
-    import os
     import signal
 
     (tmp_path / "corner.py").write_text(

@@ -106,6 +106,7 @@ def test_good_files_load(name, tmp_path):
     assert _load(tmp_path / name) is not None
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow's notes on corrupt TIFF tags
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(GOOD)), data=st.data())
 def test_damaged_files_give_a_result_or_a_named_error(name, data):
