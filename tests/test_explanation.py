@@ -102,24 +102,26 @@ def test_kind_inference_and_conversions():
 
 
 @pytest.mark.parametrize(
-    ("change", "field"),
+    ("change", "error", "field"),
     [
-        ({"values": np.zeros((3, 8, 7))}, "values"),
-        ({"kind": "audio"}, "kind"),
-        ({"kind": "tabular"}, "x"),
-        ({"target": 1.5}, "target"),
-        ({"target": 10}, "target"),
-        ({"prediction": np.zeros((2, 10))}, "prediction"),
-        ({"components": np.zeros((3, 8), int)}, "components"),
-        ({"components": np.zeros((8, 8))}, "components"),
-        ({"component_values": np.zeros(3)}, "component_values"),
-        ({"components": None}, "component_values"),
-        ({"feature_names": ["a"]}, "feature_names"),
-        ({"params": []}, "params"),
+        ({"values": np.zeros((3, 8, 7))}, ValueError, "values"),
+        ({"kind": "audio"}, ValueError, "kind"),
+        ({"kind": "tabular"}, ValueError, "x"),
+        ({"target": 1.5}, TypeError, "target"),
+        ({"target": True}, TypeError, "target"),
+        ({"target": 10}, ValueError, "target"),
+        ({"prediction": np.zeros((2, 10))}, ValueError, "prediction"),
+        ({"components": np.zeros((3, 8), int)}, ValueError, "components"),
+        ({"components": np.zeros((8, 8))}, TypeError, "components"),
+        ({"component_values": np.zeros(3)}, ValueError, "component_values"),
+        ({"components": None}, ValueError, "component_values"),
+        ({"feature_names": ["a"]}, ValueError, "feature_names"),
+        ({"params": []}, TypeError, "params"),
     ],
 )
-def test_validation_names_the_field(change, field):
-    with pytest.raises((ValueError, TypeError), match=field):
+def test_validation_names_the_field(change, error, field):
+    # The house vocabulary: a wrong type is a TypeError, a wrong value a ValueError.
+    with pytest.raises(error, match=f"^{field}: "):
         image(**change)
 
 
@@ -358,10 +360,11 @@ def test_plot_tabular_bars_with_feature_names():
 def test_plot_text_draws_tokens():
     fig = text().plot()
     assert isinstance(fig, Figure)
+    # the item's label first (method and target), then one text per token, in order
     drawn = [t.get_text() for t in fig.axes[0].texts]
-    assert drawn == ["the", "film", "was", "great"]
+    assert drawn[0].endswith("target 0") and drawn[1:] == ["the", "film", "was", "great"]
     ids = [t.get_text() for t in text(tokens=None).plot().axes[0].texts]
-    assert ids == ["5", "17", "3", "9"]
+    assert ids[1:] == ["5", "17", "3", "9"]
     fig.canvas.draw()  # renders without a GUI backend
 
 

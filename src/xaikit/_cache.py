@@ -6,14 +6,14 @@ Files are written atomically (temporary file, then rename) and read with
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from xaikit import _files
 
 
 def default_cache_dir() -> Path:
@@ -48,21 +48,9 @@ def save_weights(module: nn.Module, path: Path, *, what: str) -> None:
     """Write ``module``'s weights to ``path`` atomically; a failing disk only warns."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(module.state_dict(), path)
+        with _files.atomic_write(path) as handle:  # a reader never sees half a file
+            torch.save(module.state_dict(), handle)
     except OSError as err:  # a read-only or full disk must not cost the caller the model
         warnings.warn(
             f"could not cache the {what} in {path.parent} ({err})", RuntimeWarning, stacklevel=3
         )
-
-
-def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    # Write next to the target and rename, so a reader never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

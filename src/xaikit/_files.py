@@ -18,6 +18,7 @@ Values are whole numbers with an optional K, M, G or T (powers of 1024) for byte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -25,8 +26,9 @@ import re
 import secrets
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -237,6 +239,39 @@ def temp_path(path: Path) -> Path:
     written now (:func:`stale_temp_files`).
     """
     return path.with_name(f".{short_name(path.name)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[BinaryIO]:
+    """Write ``path`` whole or not at all: the one way xaikit writes a file.
+
+    Yields a binary handle on a temporary file beside ``path`` (:func:`temp_path`); when the
+    block ends without error the data is flushed and fsynced, and the file renamed over
+    ``path`` (``os.replace``: atomic on one file system), so a reader, or a run after a kill or
+    a power cut, sees the old file or the new one, never half of one. On error the temporary
+    file is removed. ``mode`` sets the permissions (default: ``0o666`` less the umask).
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path, mode=mode) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 _TEMP = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")

@@ -205,18 +205,20 @@ class Explanation(HTMLRepr):
             raise ValueError(f"x: a {self.kind} item must have {want} dimensions, got {item}")
         if self.batch:
             t = np.asarray(self.target)
-            if not np.issubdtype(t.dtype, np.integer) or t.ndim > 1:
+            if not np.issubdtype(t.dtype, np.integer):
+                raise TypeError(f"target: expected ints of length {n}, got {self.target!r}")
+            if t.ndim > 1:
                 raise ValueError(f"target: expected ints of length {n}, got {self.target!r}")
             self.target = np.broadcast_to(t, (n,)).copy() if t.ndim == 0 else t
             if self.target.shape != (n,):
                 raise ValueError(f"target: expected length {n}, got shape {self.target.shape}")
         else:
             if isinstance(self.target, bool):
-                raise ValueError(f"target: expected an int, got {self.target!r}")
+                raise TypeError(f"target: expected an int, got {self.target!r}")
             try:
                 self.target = operator.index(self.target)
             except TypeError:
-                raise ValueError(f"target: expected an int, got {self.target!r}") from None
+                raise TypeError(f"target: expected an int, got {self.target!r}") from None
         self.prediction = _numeric("prediction", self.prediction)
         if self.prediction.ndim != lead + 1 or (self.batch and self.prediction.shape[0] != n):
             want_p = f"({n}, K)" if self.batch else "(K,)"
@@ -232,7 +234,7 @@ class Explanation(HTMLRepr):
         if self.components is not None:
             c = _numeric("components", self.components)
             if not np.issubdtype(c.dtype, np.integer):
-                raise ValueError(f"components: expected integer ids, got dtype {c.dtype}")
+                raise TypeError(f"components: expected integer ids, got dtype {c.dtype}")
             if c.shape not in (spatial, (n, *spatial)):
                 raise ValueError(
                     f"components: expected shape {spatial} (x without channels), got {c.shape}"
@@ -393,20 +395,13 @@ class Explanation(HTMLRepr):
         text = json.dumps(meta, allow_nan=True, ensure_ascii=False)
         arrays[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-        tmp = _files.temp_path(path)  # a bounded name: path may already be near the limit
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                with zipfile.ZipFile(fh, "w", compression=mode, allowZip64=True) as zf:
-                    for key, arr in arrays.items():
-                        with zf.open(key + ".npy", "w", force_zip64=True) as member:
-                            np.lib.format.write_array(member, arr, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with (
+            _files.atomic_write(path) as fh,
+            zipfile.ZipFile(fh, "w", compression=mode, allowZip64=True) as zf,
+        ):
+            for key, arr in arrays.items():
+                with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, arr, allow_pickle=False)
         return path
 
     @classmethod

@@ -37,19 +37,9 @@ __all__ = ["staged_dir", "write_bytes_atomic", "write_json_atomic", "write_text_
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    tmp = _files.temp_path(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # a report is meant to be shared, whatever the umask of the caller
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically, readable by everyone (a report is meant to be
+    shared, whatever the umask of the caller)."""
+    return _files.write_bytes_atomic(path, data, mode=0o644)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from xaikit import _files
 from xaikit._files import short_name
 
 # Room reserved for a .npy header written once the number of rows is known (a multiple of 64,
@@ -103,10 +104,12 @@ class Store:
                 final = directory / (
                     "_xaikit_inputs.npy" if name == INPUTS else _file_name(name, taken)
                 )
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{final.name}.", suffix=".tmp")
-            handle = os.fdopen(fd, "wb")
+            # Written in pieces over many chunks, so not through _files.atomic_write; the same
+            # rules apply: a temporary name beside the file, fsync, then one rename in finish.
+            tmp = _files.temp_path(final)
+            handle = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
             handle.write(b"\0" * _HEADER_BYTES)
-            self.files[name] = _NpyFile(handle, Path(tmp), final)
+            self.files[name] = _NpyFile(handle, tmp, final)
         self.on_disk = True
 
     def _spill(self) -> None:
@@ -183,6 +186,8 @@ class _NpyFile:
         # Format 1.0 header, padded with spaces and ended by a newline as NumPy writes it.
         self.handle.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", room))
         self.handle.write(text + b" " * (room - len(text) - 1) + b"\n")
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
         self.handle.close()
         os.replace(self.tmp, self.final)
 
