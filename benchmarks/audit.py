@@ -29,7 +29,7 @@ import numpy as np
 
 import xaikit as xk
 from _report import machine_line, write_section
-from xaikit.audit import _store, analyse, audit
+from xaikit.audit import _store, analyze, audit
 from xaikit.datasets import load_default_cnn, load_mnist
 
 
@@ -69,7 +69,7 @@ def driver_seconds_per_shard(a, X: np.ndarray, shard: int) -> float:
 def analysis_seconds(a, X: np.ndarray) -> float:
     """The audit's analysis alone, on the maps of a finished run."""
     start = time.perf_counter()
-    analyse(
+    analyze(
         maps=a.maps,
         background=a.background,
         targets=a.targets,

@@ -68,7 +68,7 @@ def test_sparseness_agrees_with_quantus():
 # ---------------------------------------------------------------------- localisation
 
 
-def test_localisation_on_planted_patch():
+def test_localization_on_planted_patch():
     r = np.zeros((1, 10, 10))
     r[0, 2:4, 2:4] = [[1.0, 2.0], [3.0, 4.0]]
     r[0, 8, 8] = 2.0
@@ -85,7 +85,7 @@ def test_localisation_on_planted_patch():
     assert not pointing_game(flat, boolean)  # ties must all be inside
 
 
-def test_localisation_bad_mask():
+def test_localization_bad_mask():
     with pytest.raises(ValueError, match="mask: expected a mask of shape"):
         relevance_mass(np.ones((1, 10, 10)), np.ones((9, 10), bool))
     with pytest.raises(ValueError, match="mask"):

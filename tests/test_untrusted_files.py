@@ -54,10 +54,10 @@ def _image(mode: str, fmt: str) -> bytes:
 
 
 def _audit() -> tuple[bytes, bytes]:
-    from xaikit.audit import analyse
+    from xaikit.audit import analyze
 
     rng = np.random.default_rng(0)
-    a = analyse(
+    a = analyze(
         maps=rng.random((6, 4, 4)).astype(np.float32), background=np.zeros((6, 4, 4), np.float32),
         targets=np.arange(6) % 2, predictions=np.arange(6) % 2, labels=None, pool=1,
         input_shape=(4, 4),

@@ -27,7 +27,7 @@ HOWS = ("auto", "grid", "slic", "quickshift", "felzenszwalb", "features", "token
 
 # Default options of each segmenter. Images are rescaled to [0, 1] first, so the values do not
 # depend on how the user normalised the input. SLIC's compactness is in LAB units (0..100) for
-# colour images and in intensity units (0..1) otherwise, hence two defaults.
+# color images and in intensity units (0..1) otherwise, hence two defaults.
 _SLIC = {"n_segments": 50, "compactness": None, "sigma": 1.0}
 _QUICKSHIFT = {"kernel_size": 4, "max_dist": 200.0, "ratio": 0.2}  # lime's defaults
 _FELZENSZWALB = {"scale": 100.0, "sigma": 0.5, "min_size": None}
@@ -234,21 +234,21 @@ def _segment(arr: np.ndarray, how: str, options: dict[str, Any]) -> np.ndarray:
     # Rescale to [0, 1]: the options' units then do not depend on the user's normalisation.
     low, high = img.min(), img.max()
     img = (img - low) / (high - low) if high > low else np.zeros_like(img)
-    colour = img.ndim == 3
-    channel_axis = -1 if colour else None
+    color = img.ndim == 3
+    channel_axis = -1 if color else None
     if how == "slic":
         opts = {**_SLIC, **options}
         if opts["compactness"] is None:
-            opts["compactness"] = 10.0 if colour and img.shape[-1] == 3 else 0.1
+            opts["compactness"] = 10.0 if color and img.shape[-1] == 3 else 0.1
         seg = segmentation.slic(
             img,
             **opts,
             start_label=0,
-            convert2lab=colour and img.shape[-1] == 3,
+            convert2lab=color and img.shape[-1] == 3,
             channel_axis=channel_axis,
         )
     elif how == "quickshift":
-        if not colour:
+        if not color:
             img = np.repeat(img[..., None], 3, axis=-1)  # scikit-image's quickshift needs RGB
         elif img.shape[-1] != 3:
             raise ValueError(

@@ -461,7 +461,7 @@ class Explanation(HTMLRepr):
     ) -> Any:
         """Draw the explanation and return the matplotlib ``Figure``.
 
-        Images: the input in grey with the channel-summed attributions over it and a colour
+        Images: the input in gray with the channel-summed attributions over it and a colour
         bar, in a diverging map (``"RdBu_r"``, limits symmetric around 0) when any value is
         negative, else a sequential one (``"inferno"``); ``signed`` overrides the choice.
         Tabular: horizontal bars of the ``top_k`` features by ``|value|``. Text: the tokens on
@@ -533,11 +533,11 @@ def _draw(e: Explanation, ax: Any, *, cmap, signed, top_k, title, show_input) ->
         else:
             lim = (min(lo, 0.0), top) if top > min(lo, 0.0) else (min(lo, 0.0), min(lo, 0.0) + 1)
         if show_input:
-            grey = np.asarray(e.x, dtype=np.float64)
-            grey = grey.mean(axis=0) if grey.ndim == 3 else grey
-            g0, g1 = _finite_range(grey)
-            grey = (grey - g0) / (g1 - g0) if g1 > g0 else np.zeros_like(grey)
-            ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0)
+            gray = np.asarray(e.x, dtype=np.float64)
+            gray = gray.mean(axis=0) if gray.ndim == 3 else gray
+            g0, g1 = _finite_range(gray)
+            gray = (gray - g0) / (g1 - g0) if g1 > g0 else np.zeros_like(gray)
+            ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
         name = cmap or ("RdBu_r" if signed else "inferno")
         im = ax.imshow(v, cmap=name, vmin=lim[0], vmax=lim[1], alpha=0.6 if show_input else 1.0)
         fig.colorbar(im, ax=ax, shrink=0.85)

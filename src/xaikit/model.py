@@ -187,7 +187,7 @@ class Model:
         of : {"score", "probability", "log_probability", "loss"}
             What is differentiated: the raw output for the target (default), its softmax
             probability, its log-probability, or the cross-entropy loss against the target as
-            a label (the loss-gradient saliency of Simonyan et al. 2014 as taught in lectures).
+            a label (the loss-gradient saliency of Simonyan et al. 2014).
         check : bool
             ``False`` skips the input checks, for points built by xaikit from checked inputs.
 

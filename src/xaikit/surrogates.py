@@ -1,6 +1,6 @@
 """Interpretable mimics: a decision tree, a sparse linear model or a rule list fitted to the model.
 
-The lecture's point: a linear model or a small tree explains itself but predicts poorly, so let
+The idea: a linear model or a small tree explains itself but predicts poorly, so let
 it imitate the black box instead of the labels, and measure how well it does (fidelity) on data
 it was not fitted on. A global surrogate is fitted to the model's *predictions* on the data plus
 samples drawn around it (Craven & Shavlik 1996, "Extracting tree-structured representations of

@@ -148,11 +148,12 @@ def saliency(
 ) -> Attribution:
     """Saliency map: the absolute gradient of the target score (or loss) per input element.
 
-    ``of="loss"`` differentiates the cross-entropy against the target as a label, as the
-    lecture defines saliency; its gradient vanishes when the model is confident (it is
-    proportional to p - onehot), so a warning says when it underflows. ``layer``: take the
-    gradient at that layer's output instead (an embedding layer for token models), summed
-    per input position.
+    ``of="loss"`` differentiates the cross-entropy against the target as a label (the
+    loss-gradient form of Simonyan et al. 2014's saliency); its gradient vanishes when the model
+    is confident (it is proportional to p - onehot), so a warning says when it underflows.
+    ``layer``: take the gradient at that layer's output instead (an embedding layer for token
+    models), summed per input position.
+
     Simonyan, Vedaldi & Zisserman (2014), "Deep inside convolutional networks".
     """
     if layer is not None:

@@ -411,13 +411,13 @@ def _semiparametric(kernel, ridge, X, y, *, loo: bool = True):
     which for this linear smoother is ``(B y)_i / B_ii`` with ``B = A - A X (X'AX)^-1 X'A``,
     ``A = (K + ridge I)^-1``.
     """
-    regularised = kernel + ridge * np.eye(len(kernel))
+    regularized = kernel + ridge * np.eye(len(kernel))
     if not loo:  # one factorisation, no inverse: about 3x cheaper
-        solved = np.linalg.solve(regularised, np.column_stack([X, y]))
+        solved = np.linalg.solve(regularized, np.column_stack([X, y]))
         AX, Ay = solved[:, :-1], solved[:, -1]
         beta = np.linalg.lstsq(X.T @ AX, AX.T @ y, rcond=None)[0]
         return beta, Ay - AX @ beta, None
-    A = np.linalg.inv(regularised)
+    A = np.linalg.inv(regularized)
     AX = A @ X
     projected = np.linalg.lstsq(X.T @ AX, AX.T, rcond=None)[0]
     B = A - AX @ projected

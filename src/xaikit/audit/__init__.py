@@ -4,8 +4,10 @@
 runs locally or on Ray, resumably, and returns an :class:`Audit` with its :class:`Finding` list.
 """
 
-from xaikit.audit.analysis import analyse, spray
+from xaikit.audit.analysis import analyze, spray
 from xaikit.audit.result import Audit, Cluster, Finding
 from xaikit.audit.run import audit
 
-__all__ = ["Audit", "Cluster", "Finding", "analyse", "audit", "spray"]
+analyse = analyze  # the spelling of earlier releases
+
+__all__ = ["Audit", "Cluster", "Finding", "analyse", "analyze", "audit", "spray"]

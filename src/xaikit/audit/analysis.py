@@ -1,11 +1,11 @@
 """From the relevance maps of a whole data set to findings: class maps, SpRAy, shortcuts.
 
 Relevance here is the positive part of each map (evidence *for* the explained class),
-normalised to sum 1 per image, so every image weighs the same and a share is a share.
+normalized to sum 1 per image, so every image weighs the same and a share is a share.
 
-- **Class maps**: the mean normalised map of each class, and its share per cell of a 3x3 grid.
+- **Class maps**: the mean normalized map of each class, and its share per cell of a 3x3 grid.
 - **SpRAy** (Lapuschkin et al. 2019): per class, a k-nearest-neighbour graph of the maps,
-  the normalised graph Laplacian's smallest eigenvalues, the largest eigengap as the number of
+  the normalized graph Laplacian's smallest eigenvalues, the largest eigengap as the number of
   prediction strategies, k-means on the spectral embedding (Ng, Jordan & Weiss 2002) for the
   clusters, and the first two non-trivial eigenvectors as a 2-D embedding.
 - **Findings**: a class (or a SpRAy cluster of it) is reported when
@@ -79,7 +79,7 @@ PATTERN_RATIO = 2.0
 PATTERN_SHARE = 0.75
 
 
-def analyse(
+def analyze(
     *,
     maps: np.ndarray,
     background: np.ndarray,
@@ -107,7 +107,7 @@ def analyse(
     ``examples`` to read the inputs.
     """
     groups = labels if labels is not None else predictions
-    relevance = normalised(maps)
+    relevance = normalized(maps)
     valid = relevance.reshape(len(relevance), -1).sum(axis=1) > 0
     classes = [int(c) for c in np.unique(groups)]
     class_maps = {c: _mean(relevance, (groups == c) & valid) for c in classes}
@@ -178,7 +178,7 @@ def analyse(
     )
 
 
-def normalised(maps: np.ndarray) -> np.ndarray:
+def normalized(maps: np.ndarray) -> np.ndarray:
     """Positive part of each map divided by its sum (all-zero maps stay zero)."""
     positive = np.maximum(maps, 0).astype(np.float64)
     total = positive.reshape(len(positive), -1).sum(axis=1)
@@ -187,7 +187,7 @@ def normalised(maps: np.ndarray) -> np.ndarray:
 
 
 def grid_shares(class_map: np.ndarray, parts: int = 3) -> np.ndarray:
-    """Share of a normalised map in each cell of a ``parts`` x ``parts`` grid (top-left first)."""
+    """Share of a normalized map in each cell of a ``parts`` x ``parts`` grid (top-left first)."""
     h, w = class_map.shape
     ys = np.linspace(0, h, parts + 1).round().astype(int)
     xs = np.linspace(0, w, parts + 1).round().astype(int)
@@ -443,9 +443,9 @@ def spray(relevance: np.ndarray, indices: np.ndarray, target: int) -> Cluster:
     """Spectral relevance analysis of one class's maps (Lapuschkin et al. 2019).
 
     A symmetric k-nearest-neighbour graph (k = 10, fewer for small classes) over the maps
-    (pooled to at most 16 cells a side), the normalised Laplacian's smallest eigenvalues, the
+    (pooled to at most 16 cells a side), the normalized Laplacian's smallest eigenvalues, the
     number of clusters at the largest eigengap (at most :data:`MAX_CLUSTERS`), k-means on the
-    row-normalised eigenvectors, and a 2-D embedding by the first two non-trivial eigenvectors.
+    row-normalized eigenvectors, and a 2-D embedding by the first two non-trivial eigenvectors.
     """
     n = len(indices)
     if n < 4:

@@ -33,7 +33,7 @@ from xaikit._progress import progress_bar
 from xaikit._validation import check_batch, check_choice, check_positive_int, check_targets
 from xaikit.attribution.api import explain
 from xaikit.audit import _store
-from xaikit.audit.analysis import analyse
+from xaikit.audit.analysis import analyze
 from xaikit.audit.result import Audit
 from xaikit.audit.shard import explain_shard
 from xaikit.batching import chosen_batch_sizes, preset_batch_sizes
@@ -61,7 +61,7 @@ def audit(
 
     Every item is explained (``method`` with ``params``) for its label, or for the predicted
     class when ``labels`` is None. The maps are kept, pooled, in shards under ``out``. Then the
-    analysis (:func:`xaikit.audit.analyse`) computes per-class mean relevance maps, the share
+    analysis (:func:`xaikit.audit.analyze`) computes per-class mean relevance maps, the share
     of relevance per region, SpRAy clusters per class, and the findings: classes or clusters
     whose relevance concentrates in a small region, consistent across their images and unlike
     the other classes, or sits on the background rather than on the object.
@@ -164,7 +164,7 @@ def audit(
 
                 run_ray(wrapped, job, todo, folder, bar, sizes, address=address, workers=workers)
         shards = _gather(folder, job, n_shards)
-        return analyse(
+        return analyze(
             maps=shards["maps"],
             background=shards["background"],
             targets=shards["targets"],

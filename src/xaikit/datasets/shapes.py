@@ -66,17 +66,17 @@ class Shapes(NamedTuple):
 def _draw(kind: str, side: int) -> np.ndarray:
     """A boolean ``side`` x ``side`` stamp of one shape (read-only; drawn once per size)."""
     r, c = np.mgrid[0:side, 0:side] + 0.5
-    centre, radius = side / 2, side / 2
-    d = np.hypot(r - centre, c - centre)
+    center, radius = side / 2, side / 2
+    d = np.hypot(r - center, c - center)
     third = side / 3
     if kind == "circle":
         return d <= radius
     if kind == "square":
         return np.ones((side, side), dtype=bool)
     if kind == "triangle":  # apex at the top, base at the bottom row
-        return np.abs(c - centre) <= (r / side) * radius
+        return np.abs(c - center) <= (r / side) * radius
     if kind == "plus":
-        return (np.abs(r - centre) <= third / 2 + 0.5) | (np.abs(c - centre) <= third / 2 + 0.5)
+        return (np.abs(r - center) <= third / 2 + 0.5) | (np.abs(c - center) <= third / 2 + 0.5)
     if kind == "ring":
         return (d <= radius) & (d > radius - 2)
     if kind == "frame":

@@ -1,6 +1,7 @@
 """MNIST-5k with a planted shortcut of a chosen kind, class and place: ground truth for the audit.
 
-Two kinds of "Clever Hans" shortcut from the lecture (Lapuschkin et al. 2019):
+Two kinds of "Clever Hans" shortcut (Lapuschkin et al. 2019, Unmasking Clever Hans
+predictors and assessing what machines really learn, Nature Communications):
 
 - ``"mark"``: a small checkerboard stamped on most images of one class, like the photographer's
   watermark on the PASCAL VOC horses;

@@ -2,8 +2,9 @@
 
 An :class:`Objective` wraps a function of one forward pass (the recorded layer activations, the
 model's output and the image) that returns one value per batch item, shape ``(B,)``. Objectives
-combine with ``+``, ``-``, ``*``, ``/`` and numbers, so the lecture's
-``X* = argmax_X y_i + R(X)`` is written ``logit(7) - 0.05 * l1()`` and a filter's visualisation
+combine with ``+``, ``-``, ``*``, ``/`` and numbers, so activation maximisation's
+``X* = argmax_X y_i + R(X)`` (Simonyan et al. 2014) is written ``logit(7) - 0.05 * l1()``
+and a filter's visualisation
 ``channel("conv2", 3) - 0.01 * total_variation()`` (the algebra of Lucid, Olah et al. 2017).
 
 Every objective knows which layers it needs (:attr:`Objective.layers`), so the optimisation
@@ -13,7 +14,7 @@ forward pass before optimising.
 
 Parts
 -----
-- :func:`channel` (the lecture's filter objective, sum_ij a_ij), :func:`neuron`,
+- :func:`channel` (a filter's objective, sum_ij a_ij; Erhan et al. 2009), :func:`neuron`,
   :func:`direction` on a layer;
 - :func:`logit` and :func:`probability` on the model's output (class visualisation);
 - :func:`diversity` across the batch;
@@ -311,7 +312,7 @@ class ObjectiveBatch:
 
 
 def channel(layer: str, index: int) -> Objective:
-    """Total activation of channel ``index`` of ``layer``: the lecture's ``sum_ij a_ij``.
+    """Total activation of channel ``index`` of ``layer``: ``sum_ij a_ij`` (Erhan et al. 2009).
 
     Maximising it shows what the filter detects (Erhan et al. 2009; Olah et al. 2017). For a
     layer without spatial axes (``(B, K)``, e.g. a linear layer) it is unit ``index`` itself.
@@ -466,7 +467,7 @@ def diversity(layer: str) -> Objective:
 
 
 def logit(target: int) -> Objective:
-    """The model's raw output for class ``target``: the lecture's ``y_i`` (Simonyan et al. 2014).
+    """The model's raw output for class ``target``: ``y_i`` (Simonyan et al. 2014).
 
     Maximising a logit rather than a probability avoids winning by pushing the other classes
     down (Simonyan et al. 2014, section 2).
@@ -497,7 +498,8 @@ def probability(target: int) -> Objective:
 def l1(*, center: float = 0.0) -> Objective:
     """Penalty ``sum |x - center|`` over the image's pixels; subtract it (``- 0.05 * l1()``).
 
-    The lecture's prior R(X) = -sum_ij |X_ij|: few bright pixels, as in a digit.
+    The prior R(X) = -sum_ij |X_ij| (an L1 image prior, cf. Simonyan et al. 2014's L2): few
+    bright pixels, as in a digit.
     """
     center = _check_real(center, name="center")
     return Objective(

@@ -6,15 +6,18 @@ interpretation); sanity checks re-draw a deep copy's weights; localisation compa
 ground-truth mask; ``evaluate`` and ``compare`` put them together. See docs/metrics.md.
 """
 
+from xaikit.metrics import localization
 from xaikit.metrics.attack import AttackResult, attack_explanation
 from xaikit.metrics.complexity import entropy, sparseness
 from xaikit.metrics.evaluate import METRICS, Comparison, compare, evaluate
 from xaikit.metrics.faithfulness import Curve, deletion, insertion, pixel_flipping
 from xaikit.metrics.infidelity import infidelity
-from xaikit.metrics.localisation import pointing_game, relevance_mass, relevance_rank
+from xaikit.metrics.localization import pointing_game, relevance_mass, relevance_rank
 from xaikit.metrics.road import noisy_linear_imputation, road
 from xaikit.metrics.robustness import local_lipschitz, max_sensitivity
 from xaikit.metrics.sanity import SanityResult, sanity_check
+
+localisation = localization  # the module under the spelling of earlier releases
 
 __all__ = [
     "METRICS",
@@ -30,6 +33,8 @@ __all__ = [
     "infidelity",
     "insertion",
     "local_lipschitz",
+    "localisation",
+    "localization",
     "max_sensitivity",
     "noisy_linear_imputation",
     "pixel_flipping",

@@ -36,7 +36,7 @@ from xaikit.model import Model
 
 MODES = ("cascading", "independent")
 SIMILARITIES = ("spearman", "pearson")
-_COPY_BATCH = 64  # items per forward pass on the randomised copies
+_COPY_BATCH = 64  # items per forward pass on the randomized copies
 
 
 @dataclass
@@ -49,10 +49,10 @@ class SanityResult:
     mode : str
         ``"cascading"`` or ``"independent"``.
     layers : list of str
-        The randomised layers in order (cascading: from the output back).
+        The randomized layers in order (cascading: from the output back).
     similarity : dict
         Layer -> mean over the items of the rank correlation between ``|attribution|`` of the
-        original and of the randomised model (channels summed). In cascading mode the entry for
+        original and of the randomized model (channels summed). In cascading mode the entry for
         a layer means "this layer and all after it are random"; the last entry is the fully
         random model.
     ssim : dict
@@ -65,8 +65,8 @@ class SanityResult:
     threshold : float
     original : array
         Channel-summed ``|attribution|`` maps of the trained model, one per item.
-    randomised : dict
-        Layer -> the maps of the randomised model (first item only, for plotting).
+    randomized : dict
+        Layer -> the maps of the randomized model (first item only, for plotting).
     """
 
     method: str
@@ -78,14 +78,19 @@ class SanityResult:
     rule: str
     threshold: float
     original: np.ndarray
-    randomised: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    randomized: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+    @property
+    def randomised(self) -> dict[str, np.ndarray]:
+        """The spelling of earlier releases for :attr:`randomized`."""
+        return self.randomized
 
     def plot(self) -> Any:
         """The original map, the map after each randomisation step, and the similarity curves."""
         n = len(self.layers) + 1
         fig = new_figure((2.0 * n + 3.5, 2.6), layout="constrained")
         grid = fig.add_gridspec(1, n + 2)
-        maps = [("original", self.original[0])] + [(k, self.randomised[k]) for k in self.layers]
+        maps = [("original", self.original[0])] + [(k, self.randomized[k]) for k in self.layers]
         for i, (name, img) in enumerate(maps):
             ax = fig.add_subplot(grid[0, i])
             if img.ndim == 2:
@@ -111,7 +116,7 @@ class SanityResult:
         return fig
 
 
-def randomisable_layers(module: nn.Module) -> list[str]:
+def randomizable_layers(module: nn.Module) -> list[str]:
     """Paths of the modules that hold parameters of their own, in forward-definition order."""
     return [
         name
@@ -149,7 +154,7 @@ def sanity_check(
         Correlation of the ``|attribution|`` maps (Spearman rank correlation in the paper).
     target : int or sequence of int, optional
         Explained class per item; default the trained model's prediction. The same targets are
-        explained on every randomised copy.
+        explained on every randomized copy.
     seed : int
         Seed of the re-drawn weights.
     threshold : float
@@ -186,12 +191,12 @@ def sanity_check(
 
     work = copy.deepcopy(module)
     trained_state = copy.deepcopy(work.state_dict())
-    layers = randomisable_layers(work)[::-1]  # from the output back
+    layers = randomizable_layers(work)[::-1]  # from the output back
     if not layers:
         raise ValueError("model: it has no layer with parameters to randomise")
     sims: dict[str, float] = {}
     ssims: dict[str, float | None] = {}
-    randomised: dict[str, np.ndarray] = {}
+    randomized: dict[str, np.ndarray] = {}
     # A named method gets the copy wrapped with a fixed batch size: the deep copy is a new
     # object, so "auto" would time batch sizes again for it; a callable gets the plain module.
     wrapped = Model(work, batch_size=_COPY_BATCH) if isinstance(method, str) else work
@@ -204,7 +209,7 @@ def sanity_check(
             np.mean([_correlation(a, b, similarity) for a, b in zip(original, maps, strict=True)])
         )
         ssims[layer] = _mean_ssim(original, maps)
-        randomised[layer] = maps[0]
+        randomized[layer] = maps[0]
     # The verdict reads the whole randomisation curve, not only its end: a method that ignores
     # the top layers' weights (Guided Backprop in Adebayo et al.'s Fig. 2) keeps a high
     # similarity for most of the cascade even if the fully random model finally moves it.
@@ -212,7 +217,7 @@ def sanity_check(
     passed = mean < threshold
     rule = f"mean similarity over the {mode} randomisations ({mean:.3f}) < {threshold}"
     return SanityResult(
-        name, mode, layers, sims, ssims, bool(passed), rule, threshold, original, randomised
+        name, mode, layers, sims, ssims, bool(passed), rule, threshold, original, randomized
     )
 
 

@@ -1,6 +1,6 @@
 """2-D projections of a layer's activations, coloured by label, one layer or layer after layer.
 
-The lecture's first look inside a network: take what a hidden layer outputs for many inputs,
+A first look inside a network: take what a hidden layer outputs for many inputs,
 project it to two dimensions (PCA, t-SNE or UMAP) and see whether the points group by the
 property of interest (Mohamed, Hinton & Penn 2012 did this for speech: by speaker at the input,
 by sentence in deep layers). :func:`project_layers` draws the same projection for each layer
@@ -200,7 +200,8 @@ def project_layers(
 ) -> LayerProjections:
     """Project each of several layers to 2-D (one pass over the data for all of them).
 
-    The lecture's layer-by-layer figure: ``project_layers(...).plot()`` draws one panel per
+    A layer-by-layer figure (as Mohamed, Hinton & Penn 2012 drew for speech):
+    ``project_layers(...).plot()`` draws one panel per
     layer, coloured by the same labels. Parameters as in :func:`project`, with ``layers`` a
     list of layer paths; every layer is projected on its own (its own PCA or t-SNE).
 

@@ -1,7 +1,7 @@
 """Probing by reconstruction: rebuild the input from a layer and look at what is left.
 
-The lecture's speech example trains a text-to-speech decoder to rebuild the input audio from one
-layer of a speech recogniser and listens: speaker identity fades with depth and background noise
+A speech example trains a text-to-speech decoder to rebuild the input audio from one layer
+of a speech recogniser and listens: speaker identity fades with depth and background noise
 vanishes after the first layers. What a decoder cannot rebuild from layer ``l``, layer ``l`` has
 thrown away. Here the decoder is a small MLP from the flattened layer output back to the
 flattened input, trained per layer on one part of the data (``min ||D(h_l(x)) - x||^2``) and
@@ -148,8 +148,9 @@ def reconstruct(
     ----------
     Mahendran & Vedaldi 2015, Understanding deep image representations by inverting them,
     CVPR. Dosovitskiy & Brox 2016, Inverting visual representations with convolutional
-    networks, CVPR. The lecture's speech version rebuilds audio with a TTS decoder from
-    each layer of a speech recogniser ("what does a network layer hear?").
+    networks, CVPR. Li et al. 2020, What does a network layer hear? Analyzing hidden
+    representations of end-to-end ASR through speech synthesis, ICASSP (the speech version:
+    audio rebuilt by a TTS decoder from each layer of a speech recogniser).
     """
     epochs = check_count(epochs, name="epochs")
     hidden = check_positive_int(hidden, name="hidden")

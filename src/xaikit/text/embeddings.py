@@ -98,9 +98,9 @@ class WordEmbeddings:
         out = np.zeros((*self.vectors.shape[:2], 2))
         for layer, v in enumerate(self.vectors.astype(np.float64)):
             if how == "pca":
-                centred = v - v.mean(axis=0)
-                _, _, vt = np.linalg.svd(centred, full_matrices=False)
-                coords = centred @ vt[:2].T
+                centered = v - v.mean(axis=0)
+                _, _, vt = np.linalg.svd(centered, full_matrices=False)
+                coords = centered @ vt[:2].T
                 out[layer, :, : coords.shape[1]] = coords
             else:
                 from sklearn.manifold import TSNE

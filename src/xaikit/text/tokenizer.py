@@ -240,7 +240,7 @@ class Tokenizer:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             encoded = [self.encode(t, truncate=truncate, unknown=unknown) for t in texts]
-        _summarise(caught, texts=len(texts))
+        _summarize(caught, texts=len(texts))
         out = np.full((len(encoded), max(len(e) for e in encoded)), DELETED, dtype=np.int64)
         for i, e in enumerate(encoded):
             out[i, : len(e)] = e.ids
@@ -302,7 +302,7 @@ def _unknown_words(text: str, ids: list[int], enc: Any, unk_id: int) -> list[str
     return words
 
 
-def _summarise(caught: list, *, texts: int) -> None:
+def _summarize(caught: list, *, texts: int) -> None:
     """Re-issue the warnings of a batch once per kind, with how many texts had them."""
     kinds: dict[str, list[str]] = {}
     for w in caught:

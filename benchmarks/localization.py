@@ -11,7 +11,7 @@ For each method: pointing game, relevance mass accuracy and relevance rank accur
 al. 2022), mean over the images with a 95% bootstrap interval; methods ranked by relevance rank
 accuracy (mass rewards one sharp peak inside the mask; rank asks the mask to be covered).
 
-Run: ``.venv/bin/python benchmarks/localisation.py [--n 100]``.
+Run: ``.venv/bin/python benchmarks/localization.py [--n 100]``.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.methods:
-        write_section("localisation", text)
+        write_section("localization", text)
 
 
 if __name__ == "__main__":
