@@ -46,6 +46,8 @@ def deeplift(
     gap is reported per item in ``info["completeness_gap"]``.
     """
     xt = as_tensor(model, x)
+    if isinstance(baseline, torch.Tensor):
+        baseline = baseline.detach().cpu().numpy()
     arr = np.asarray(baseline) if not isinstance(baseline, str) else None
     if arr is not None and arr.shape == x.shape:
         references = arr
