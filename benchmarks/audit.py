@@ -14,7 +14,10 @@ noisy); the ratio is the median of the per-round ratios. The cluster estimate us
 measured time per shard and the driver's own time per shard (reading inputs, writing the
 shard): with ``w`` workers the audit cannot go faster than one shard per driver-time.
 
-Run: ``.venv/bin/python benchmarks/audit.py [--images 5000] [--rounds 2]``.
+``--methods``: only the explaining step, LRP and IG against one forward and one backward pass
+per image in a hand loop (section ``audit_methods``).
+
+Run: ``.venv/bin/python benchmarks/audit.py [--images 5000] [--rounds 2] [--methods]``.
 """
 
 from __future__ import annotations
@@ -91,6 +94,71 @@ def ray_startup_seconds() -> float:
     return time.perf_counter() - start
 
 
+def methods_throughput(net, X: np.ndarray, shard: int, rounds: int, steps: int) -> str:
+    """Images per second of the audit's explaining step with LRP and with IG, and their limit.
+
+    The limit is one forward and one backward pass per image in a hand loop (the target's
+    logit differentiated, batches of the size the Model chose): what a one-pass method cannot
+    beat. Interleaved rounds; best time of each.
+    """
+    import torch
+
+    model = xk.Model(net)
+    contenders = {
+        "LRP (epsilon_plus_flat)": ("lrp", {}),
+        f"Integrated Gradients ({steps} steps)": ("integrated_gradients", {"steps": steps}),
+    }
+    for method, params in contenders.values():  # warm-up: batch-size search, allocations
+        xk.explain(model, X[:64], method=method, batch=True, **params)
+    size = next(v for k, v in model.chosen_batch_sizes.items() if k[0] == "gradients")
+    targets = model.predict(X)
+
+    def hand_loop() -> float:
+        start = time.perf_counter()
+        for s in range(0, len(X), size):
+            xb = torch.as_tensor(X[s : s + size]).requires_grad_(True)
+            out = net(xb)
+            picked = out.gather(1, torch.as_tensor(targets[s : s + size])[:, None]).sum()
+            torch.autograd.grad(picked, xb)
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"limit": [], **{k: [] for k in contenders}}
+    for _ in range(rounds):
+        times["limit"].append(hand_loop())
+        for label, (method, params) in contenders.items():
+            start = time.perf_counter()
+            for s in range(0, len(X), shard):
+                xk.explain(
+                    model,
+                    X[s : s + shard],
+                    method=method,
+                    target=targets[s : s + shard],
+                    batch=True,
+                    **params,
+                )
+            times[label].append(time.perf_counter() - start)
+    best = {k: min(v) for k, v in times.items()}
+    lines = [
+        "| contender | seconds | images/s | x limit |",
+        "|---|---:|---:|---:|",
+        f"| one forward + backward per image, hand loop (limit) | {best['limit']:.2f} | "
+        f"{len(X) / best['limit']:.0f} | 1.00 |",
+    ]
+    for label in contenders:
+        lines.append(
+            f"| explain, {label}, one shard at a time | {best[label]:.2f} | "
+            f"{len(X) / best[label]:.0f} | {best[label] / best['limit']:.2f} |"
+        )
+    ig = next(k for k in contenders if k.startswith("Integrated"))
+    lines += [
+        "",
+        f"LRP: {best[ig] / best['LRP (epsilon_plus_flat)']:.0f}x the images per second of "
+        f"{ig}. {len(X)} MNIST-5k images, default clean SmallCNN, shards of {shard}, batches "
+        f"of {size}; best of {rounds} interleaved rounds.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
@@ -99,12 +167,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="IG steps (paper default 50)")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--methods",
+        action="store_true",
+        help="only the explaining step: LRP and IG against one forward+backward per image",
+    )
     args = parser.parse_args()
     model = load_default_cnn("clean")
     X_train, y_train = load_mnist("train")
     X_test, y_test = load_mnist("test")
     X = np.concatenate([X_train, X_test])[: args.images]
     y = np.concatenate([y_train, y_test])[: args.images]
+    if args.methods:
+        text = f"{machine_line()}\n\n" + methods_throughput(
+            model, X, args.shard, args.rounds, args.steps
+        )
+        print(text)
+        if not args.no_write:
+            write_section("audit_methods", text)
+        return
     params = {"steps": args.steps}
     n = len(X)
     # Warm-up: the batch-size search and allocations, outside every timing.

@@ -45,6 +45,8 @@ def deeplift(
     gap is reported per item in ``info["completeness_gap"]``.
     """
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=model.device)
+    if isinstance(baseline, torch.Tensor):
+        baseline = baseline.detach().cpu().numpy()
     arr = np.asarray(baseline) if not isinstance(baseline, str) else None
     if arr is not None and arr.shape == x.shape:
         references = arr
@@ -103,9 +105,9 @@ def _rescaled(model: Model, xt: torch.Tensor, targets, reference, n_refs: int) -
             points = torch.stack([inputs, refs], dim=1).reshape(-1, *xt.shape[1:])
             pair_targets = target_t[items].repeat_interleave(2).cpu().numpy()
             scores, grads = model.gradients(points, pair_targets, as_numpy=False, check=False)
-            picked = scores.gather(1, torch.as_tensor(pair_targets, device=xt.device)[:, None])[
-                :, 0
-            ]
+            index = torch.as_tensor(pair_targets, device=xt.device)[:, None]
+            picked = scores.gather(1, index)[:, 0].to(xt.dtype)
+            grads = grads.to(xt.dtype)  # a float64 model gives float64 gradients
             values.index_add_(0, items, (inputs - refs) * grads[0::2] / n_refs)
             f_x[items] = picked[0::2]
             f_ref.index_add_(0, items, picked[1::2] / n_refs)

@@ -4,21 +4,22 @@ LRP (Bach et al. 2015) sends the explained output back through the network with 
 layer that splits each neuron's relevance among its inputs. We compute it as one forward and
 one modified backward through :meth:`Model.gradients`, so it batches like any gradient method:
 the backward carries ``c`` with relevance ``R = a * c`` at every tensor ``a`` (the "gradient x
-input" form of LRP). In that form the plain gradient is already the right rule for ReLU and
-LeakyReLU (relevance passes through), max pooling (winner takes all), sums, reshapes and average
-pooling (relevance split in proportion to each term: residual additions included). Forward
-hooks, removed when the call ends, change only what needs a rule:
+input" form of LRP). In that form the plain gradient is already the rule for ReLU and LeakyReLU
+(relevance passes through), max pooling (winner takes all) and reshapes. The forward is read
+with torch.fx and rerun on the model's own modules (:mod:`xaikit.attribution._graph`); only the
+nodes that need a rule get one:
 
-- every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``: its output is replaced by the same values
-  whose backward applies the layer's rule (epsilon, gamma, alpha-beta, z-plus; flat, w-square
-  and the z-box rule at the layers that read the input, which return relevance itself);
+- every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``: its output keeps its values and its backward
+  applies the layer's rule (epsilon, gamma, alpha-beta, z-plus; flat, w-square and the z-box
+  rule at the layers that read the input, which return relevance itself);
 - a BatchNorm after such a layer is merged into it (Montavon et al. 2019, "canonisation"):
-  the rule sees the merged weights, computed for the call; the user's modules are never changed;
+  the rule sees the merged weights, computed for the call; the user's modules never change;
+- sums (residual additions) and average pooling split relevance in proportion to each term,
+  with a stabiliser, as Zennit's ``Norm`` rule does;
 - SiLU and GELU pass relevance through (their backward becomes ``a / z``).
 
-The forward is read once with torch.fx (:mod:`xaikit.attribution._graph`): an operation
-without a rule (a module type or a function such as ``torch.sigmoid``) is refused by name
-before anything is computed.
+An operation without a rule (a module type or a function such as ``torch.sigmoid``) is refused
+by name before anything is computed.
 
 References: Bach et al. (2015), "On pixel-wise explanations for non-linear classifier decisions
 by layer-wise relevance propagation", PLoS ONE 10(7); Montavon et al. (2019), "Layer-wise
