@@ -206,11 +206,13 @@ def check_number(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
+    what: str = "number",
 ) -> float:
     """Return ``value`` as a finite float in the given range, or raise naming ``name``.
 
     A bool, a string or an array is a TypeError; NaN, infinity or a value out of range a
-    ValueError. ``low_open``/``high_open`` exclude the bound itself.
+    ValueError. ``low_open``/``high_open`` exclude the bound itself; ``what`` names the kind
+    of number in the message (``"share"``: "expected a share in (0, 1)").
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(
         value, (int, float, np.integer, np.floating)
@@ -221,21 +223,21 @@ def check_number(
     above = high is not None and (number > high or (high_open and number == high))
     if not np.isfinite(number) or below or above:
         raise ValueError(
-            f"{name}: expected a {_wanted(low, high, low_open, high_open)}, got {value!r}"
+            f"{name}: expected a {_wanted(low, high, low_open, high_open, what)}, got {value!r}"
         )
     return number
 
 
-def _wanted(low, high, low_open: bool, high_open: bool) -> str:
+def _wanted(low, high, low_open: bool, high_open: bool, what: str) -> str:
     if low == 0 and high is None:
-        return "positive number" if low_open else "non-negative number"
+        return f"positive {what}" if low_open else f"non-negative {what}"
     if low is not None and high is not None:
-        return f"number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"{what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     if low is not None:
-        return f"finite number {'>' if low_open else '>='} {low:g}"
+        return f"finite {what} {'>' if low_open else '>='} {low:g}"
     if high is not None:
-        return f"finite number {'<' if high_open else '<='} {high:g}"
-    return "finite number"
+        return f"finite {what} {'<' if high_open else '<='} {high:g}"
+    return f"finite {what}"
 
 
 # ---------------------------------------------------------------------------------- memory

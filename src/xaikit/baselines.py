@@ -138,7 +138,7 @@ def _named(arr: np.ndarray, name: str, kind: str, seed, sigma, distribution) -> 
         from scipy.ndimage import gaussian_filter
 
         sigma = min(arr.shape[-2:]) / 16 if sigma is None else sigma
-        sigma = check_number(sigma, name="sigma", low=0, low_open=True)  # in pixels
+        sigma = check_number(sigma, name="sigma", low=0, low_open=True, what="number of pixels")
         spatial = [0.0] * (arr.ndim - 2) + [sigma] * 2  # never blur across channels
         # scipy's kernel reaches 4 sigma; past twice the image side it only adds copies of the
         # border (mode "nearest"), so it is cut there: any sigma runs in memory of the image.

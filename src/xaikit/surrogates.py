@@ -203,7 +203,7 @@ def surrogate(
     alpha = check_number(alpha, name="alpha", low=0, low_open=True)
     samples = check_int(samples, name="samples", minimum=0)
     test_size = check_number(
-        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True
+        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True, what="fraction"
     )
     seed = check_seed(seed, bits=32)  # scikit-learn's random_state
     m = as_model(model)

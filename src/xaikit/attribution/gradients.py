@@ -220,7 +220,7 @@ def smoothgrad(
     """
     samples = check_count(samples, name="samples")
     variant = check_choice(variant, name="variant", choices=SMOOTHGRAD_VARIANTS)
-    noise = check_number(noise, name="noise", low=0)  # a fraction of the input range
+    noise = check_number(noise, name="noise", low=0, what="fraction of the input range")
     seed = check_seed(seed)
     xt = as_tensor(model, x)
     flat = xt.reshape(len(xt), -1)

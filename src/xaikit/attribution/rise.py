@@ -73,7 +73,7 @@ def rise(
     models, BMVC.
     """
     samples = check_count(samples, name="samples")
-    p = check_number(p, name="p", low=0, high=1, low_open=True)  # a keep probability
+    p = check_number(p, name="p", low=0, high=1, low_open=True, what="keep probability")
     seed = check_seed(seed)
     item = x.shape[1:]
     kind = input_kind(x[0])

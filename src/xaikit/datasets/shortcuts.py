@@ -98,7 +98,7 @@ def make_shortcut_mnist(
     ):
         raise ValueError(f"target: expected a class in 0..9, got {target!r}")
     region = _check_region(region)
-    fraction = check_number(fraction, name="fraction", low=0, high=1, low_open=True)
+    fraction = check_number(fraction, name="fraction", low=0, high=1, low_open=True, what="share")
     seed = check_seed(seed)
     X, y = load_mnist(split)
     candidates = np.flatnonzero(y == target)

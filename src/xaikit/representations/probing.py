@@ -156,7 +156,7 @@ def probe(
     """
     kind = check_choice(kind, name="kind", choices=KINDS)
     test_size = check_number(
-        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True
+        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True, what="share"
     )
     seed = check_seed(seed, allow_none=False, bits=32)  # scikit-learn's random_state
     n = data_length(data)

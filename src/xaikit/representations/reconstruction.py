@@ -156,7 +156,7 @@ def reconstruct(
     hidden = check_positive_int(hidden, name="hidden")
     examples = check_positive_int(examples, name="examples")
     test_size = check_number(
-        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True
+        test_size, name="test_size", low=0, high=1, low_open=True, high_open=True, what="share"
     )
     seed = check_seed(seed, allow_none=False)
     acts = capture(
