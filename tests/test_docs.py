@@ -123,7 +123,8 @@ def assert_printed(block: Block, printed: str, where: str) -> None:
     """``printed`` holds the block's text; with ``tolerance=T`` in the fence each number may
     differ by up to T (the default models' weights differ in the last bits with the number
     of threads they were trained on, and so do the numbers computed from them)."""
-    tolerance = float(re.search(r"tolerance=(\S+)", block.info or "tolerance=0").group(1))
+    given = re.search(r"tolerance=(\S+)", block.info)
+    tolerance = float(given.group(1)) if given else 0.0
     want = " ".join(block.code.split())
     parts = NUMBER.split(want)
     pattern = r"(-?\d+(?:\.\d+)?)".join(r"\s+".join(map(re.escape, p.split(" "))) for p in parts)
@@ -225,7 +226,7 @@ def test_output_blocks_compare_numbers_within_the_fences_tolerance():
         assert_printed(block, "class 8: 48% (other classes 0%)", "here")
     with pytest.raises(AssertionError):
         assert_printed(block, "class 8: 44% (others 0%)", "here")
-    exact = Block("output", "steps 32\n", 1, True)
+    exact = Block("output", "steps 32\n", 1, True, "output")
     assert_printed(exact, "steps 32", "here")
     with pytest.raises(AssertionError):
         assert_printed(exact, "steps 33", "here")
