@@ -1,11 +1,11 @@
 """A check for every figure xaikit draws: no text drawn over other text, no colour bar over axes.
 
 ``figure_problems(fig)`` lays the figure out as a draw would (without painting) and asks
-matplotlib's renderer for the extents of what it drew: every text artist that was really
-drawn (titles, labels, tick labels, annotations, legend entries; the box around a text
-counts as the text) and every axes. It returns one line per overlap. ``tests/conftest.py``
-runs it on every figure created during a test, and the demo test on every figure of the demo
-report.
+matplotlib's renderer for the extents of what it drew: every text artist that was really drawn
+(titles, labels, tick labels, annotations, legend entries; the box around a text counts as the
+text) and every axes. It returns one line per overlap. ``recording_figures()`` collects the
+figures made inside a block: ``tests/conftest.py`` checks every figure created during a test,
+and the demo test every figure of the demo report.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_token_maps_of_long_texts_wrap_without_overlaps():
     long = _token_explanation(words * 6)  # wraps over several lines
     fig = long.plot()
     assert_no_overlaps(fig, where="one long text")
-    assert len(fig.axes[0].texts) == 1 + len(words) * 6  # the title and every token
+    assert len(fig.axes[0].texts) == len(words) * 6  # every token
     items = [(_token_explanation(words[: 4 + 3 * k], seed=k), f"method {k}") for k in range(6)]
     items.append((long, "integrated_gradients · target 1 (a long title)"))
     assert_no_overlaps(plot_token_maps(items), where="seven token maps")

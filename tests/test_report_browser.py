@@ -5,9 +5,10 @@ The demo runs once for this module, and every figure it draws is kept for the ov
 with apt-get when missing; no Playwright browser download). The checks: no console error, no
 request other than the file itself, every image decoded, every section present and ending with
 a link back to the contents, a user's ``<script>`` shown as text, and the print style sheet in
-effect when printing. For a reviewer, the test saves under pytest's base temporary folder
-(``screenshots/``): a full-page screenshot (``demo-report.png``), one per section
-(``section-<id>.png``) and the page printed to PDF (``demo-report.pdf``).
+effect when printing. For a reviewer, the test saves a full-page screenshot
+(``demo-report.png``), one per section (``section-<id>.png``) and the page printed to PDF
+(``demo-report.pdf``) in ``$XAIKIT_SCREENSHOTS`` when set (pytest keeps only its last three
+temporary folders), else in ``shots/`` under pytest's base temporary folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import shutil
 import subprocess
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,8 +166,8 @@ def test_every_demo_figure_is_free_of_overlaps(demo_out):
 @pytest.mark.slow
 def test_demo_report_in_chromium(demo_out, chromium, tmp_path_factory):
     out, _, _ = demo_out
-    shots = tmp_path_factory.getbasetemp() / "screenshots"
-    shots.mkdir(exist_ok=True)
+    shots = Path(os.environ.get("XAIKIT_SCREENSHOTS", tmp_path_factory.getbasetemp() / "shots"))
+    shots.mkdir(parents=True, exist_ok=True)
     shot, pdf = shots / "demo-report.png", shots / "demo-report.pdf"
     seen = _open(chromium, out / "index.html", screenshot=shot, sections_to=shots, pdf=pdf)
     assert seen["console_errors"] == [] and seen["page_errors"] == []

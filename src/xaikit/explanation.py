@@ -622,8 +622,7 @@ def plot_token_maps(
         bottom = top - _HEADER_IN - body
         ax = fig.add_axes((_MARGIN_IN / width, bottom / height, text_w / width, body / height))
         ax.set_axis_off()
-        ax.text(0.0, (body + 0.06) / body, title, transform=ax.transAxes, ha="left", va="bottom",
-                fontsize=10)  # fmt: skip
+        ax.set_title(title, loc="left", fontsize=10, pad=4)
         bar_w, bar_h = _BAR_IN
         cax = fig.add_axes(
             ((width - _MARGIN_IN - bar_w) / width, (bottom + body + 0.08) / height,
