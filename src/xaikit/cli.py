@@ -22,6 +22,7 @@ import click
 import numpy as np
 
 from xaikit._progress import set_progress
+from xaikit._validation import one_line
 from xaikit._version import __version__
 from xaikit.attribution.defaults import DEFAULT_METHOD
 from xaikit.featureviz.render import DEFAULT_STEPS
@@ -39,11 +40,6 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------- shared plumbing
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 def _command(function: Callable) -> Callable:
@@ -65,11 +61,11 @@ def _command(function: Callable) -> Callable:
         except (ValueError, TypeError, OSError, KeyError, IndexError) as err:
             if os.environ.get("XAIKIT_DEBUG"):
                 raise
-            raise click.ClickException(_one_line(err)) from err
+            raise click.ClickException(one_line(err)) from err
         except Exception as err:  # a bug or the user's model failing: still one line
             if os.environ.get("XAIKIT_DEBUG"):
                 raise
-            raise click.ClickException(f"{type(err).__name__}: {_one_line(err)}") from err
+            raise click.ClickException(f"{type(err).__name__}: {one_line(err)}") from err
 
     return run
 

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from xaikit import _files
+from xaikit._validation import one_line
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -336,7 +337,7 @@ def _from_pickle(path: Path, *, trust: bool) -> Any:
                 obj = pickle.load(handle)  # the user trusts this file
     except Exception as err:
         raise LoadError(
-            f"model: {str(path)!r} is not a readable pickle ({_one_line(err)})"
+            f"model: {str(path)!r} is not a readable pickle ({one_line(err, with_type=True)})"
         ) from err
     if not (callable(getattr(obj, "predict_proba", None)) or callable(obj)):
         raise LoadError(
@@ -369,7 +370,7 @@ class OnnxModel:
         except Exception as err:
             raise LoadError(
                 f"model: {self.path!r} is not an ONNX model onnxruntime can run "
-                f"({_one_line(err)[:160]})"
+                f"({one_line(err, with_type=True)[:160]})"
             ) from err
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -551,13 +552,16 @@ def _open_image(path: Path):
                 return img.copy(), _integer_bits(img)
     except Image.DecompressionBombError as err:
         raise LoadError(
-            f"input: {str(path)!r} is too large to decode ({_one_line(err)}); the limit is "
-            f"{limit} pixels, raised with the environment variable {_files.IMAGE_PIXELS}"
+            f"input: {str(path)!r} is too large to decode ({one_line(err, with_type=True)}); "
+            f"the limit is {limit} pixels, raised with the environment variable "
+            f"{_files.IMAGE_PIXELS}"
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if isinstance(err, LoadError):
             raise
-        raise LoadError(f"input: {str(path)!r} is not a readable image ({_one_line(err)})") from err
+        raise LoadError(
+            f"input: {str(path)!r} is not a readable image ({one_line(err, with_type=True)})"
+        ) from err
     finally:
         Image.MAX_IMAGE_PIXELS = pillows
 
@@ -574,7 +578,7 @@ def _image_array(img, path: Path, *, bits: int | None, channels: int, resize) ->
         except ValueError as err:  # a mode Pillow opens but cannot convert (e.g. "La")
             raise LoadError(
                 f"input: {str(path)!r} has image mode {img.mode!r}, which cannot be converted "
-                f"to {target} ({_one_line(err)})"
+                f"to {target} ({one_line(err, with_type=True)})"
             ) from err
         if size is not None:
             img = img.resize(size, Image.Resampling.BILINEAR)
@@ -771,9 +775,4 @@ def _few(keys: list[str]) -> str:
 def _failure(err: BaseException) -> str:
     if isinstance(err, SystemExit):
         return f"it called sys.exit({err.code!r})"
-    return _one_line(err)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return one_line(err, with_type=True)
