@@ -499,17 +499,18 @@ def _probe(m: Model, forward, context, x: torch.Tensor, *, culprit: str, dtype) 
     try:
         out = forward(x)
     except Exception as err:
+        shape = tuple(x.shape[1:])
+        lead = f"items of shape {shape} do not fit the model: "
         hint = input_mismatch(m.module, x)
         if hint is None:
             with contextlib.suppress(ValueError):
                 expected = _guess_input_shape(m, forward, dtype=dtype, fill=0.5)
-                if expected != tuple(x.shape[1:]):
+                if expected != shape:
                     hint = f"it takes items of shape {expected}"
         if hint is None:
             raise
-        raise ValueError(
-            f"{culprit}: items of shape {tuple(x.shape[1:])} do not fit the model: {hint}"
-        ) from err
+        # The failing layer's diagnosis already begins with the items' shape: say it once.
+        raise ValueError(f"{culprit}: {lead}{hint.removeprefix(lead)}") from err
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"model: expected its output to be one tensor, got {describe(out)}")
     return context(out, x)
