@@ -22,7 +22,10 @@ SNAPSHOT = Path(__file__).with_name("cli_options.json")
 def _describe(name: str) -> dict:
     """One command's parameters (as click describes them, less the internal names) and help."""
     command = main.commands[name]
-    parent = click.Context(main, info_name="xaikit", terminal_width=80, max_content_width=80)
+    # The group's settings (-h as well as --help) reach the command's context, as when run.
+    parent = click.Context(
+        main, info_name="xaikit", terminal_width=80, max_content_width=80, **main.context_settings
+    )
     ctx = click.Context(command, parent=parent, info_name=name)
     params = []
     for param in command.params:
