@@ -461,9 +461,14 @@ def test_generator_that_does_not_fit_the_model(make, pattern):
 def test_generator_that_does_not_fit_the_default_cnn_names_its_shape():
     torch.manual_seed(0)
     G = TinyGenerator(out=(1, 20, 20))
-    with pytest.raises(ValueError, match=r"generator: items .* it takes items of shape \(1, 28"):
+    # The culprit, the items' shape once, the failing layer and the shape that fits.
+    fits = (
+        r"items of shape \(1, 20, 20\) do not fit the model: layer 'fc1'.*"
+        r" expects items of shape \(1, 28"
+    )
+    with pytest.raises(ValueError, match=rf"^generator: {fits}"):
         visualize(SmallCNN(), O.logit(0), generator=G, steps=2)
-    with pytest.raises(ValueError, match=r"input_shape: items .* it takes items of shape \(1, 28"):
+    with pytest.raises(ValueError, match=rf"^input_shape: {fits}"):
         visualize(SmallCNN(), O.logit(0), input_shape=(1, 20, 20), steps=2)
 
 

@@ -370,9 +370,9 @@ def test_eight_bit_modes_are_scaled_by_255(tmp_path, mode):
 
 def test_a_mode_that_cannot_be_converted_names_the_file_and_mode(tmp_path, monkeypatch):
     img = Image.new("La", (2, 2))
-    from xaikit import loading
+    from xaikit.loading import inputs
 
-    monkeypatch.setattr(loading, "_open_image", lambda path: (img, None))
+    monkeypatch.setattr(inputs, "_open_image", lambda path: (img, None))
     (tmp_path / "la.png").write_bytes(b"")
     with pytest.raises(LoadError, match=r"^input: .*la\.png' has image mode 'La'"):
         load_inputs([tmp_path / "la.png"], channels=1)

@@ -32,6 +32,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from xaikit._validation import one_line
+
 LOAD_BYTES = "XAIKIT_MAX_LOAD_BYTES"
 IMAGE_PIXELS = "XAIKIT_MAX_IMAGE_PIXELS"
 DEFAULT_LOAD_BYTES = 2 * 1024**3
@@ -121,10 +123,13 @@ def _npy_header(handle, *, name: str, path: Any, where: str) -> tuple[tuple, np.
             raise ValueError(f".npy format version {version} is not supported")
         shape, _, dtype = readers[version](handle)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:  # the bytes, not the format
-        raise ValueError(f"{name}: {str(path)!r}{where} is damaged ({_one_line(err)})") from err
+        raise ValueError(
+            f"{name}: {str(path)!r}{where} is damaged ({one_line(err, with_type=True)})"
+        ) from err
     except Exception as err:  # numpy raises ValueError, SyntaxError, ...
         raise ValueError(
-            f"{name}: {str(path)!r}{where} is not a plain NumPy array file ({_one_line(err)})"
+            f"{name}: {str(path)!r}{where} is not a plain NumPy array file "
+            f"({one_line(err, with_type=True)})"
         ) from err
     if dtype.hasobject:
         raise ValueError(
@@ -170,7 +175,8 @@ def load_npz(path: str | os.PathLike, *, name: str) -> dict[str, np.ndarray]:
     except Exception as err:  # BadZipFile, EOFError, zlib.error, ... of a damaged file
         cause = err
     raise ValueError(
-        f"{name}: {str(path)!r} is damaged or not a NumPy .npz file ({_one_line(cause)})"
+        f"{name}: {str(path)!r} is damaged or not a NumPy .npz file "
+        f"({one_line(cause, with_type=True)})"
     ) from cause
 
 
@@ -310,8 +316,3 @@ def pid_alive(pid: int) -> bool:
     except OSError:  # it exists but belongs to someone else
         return True
     return True
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__

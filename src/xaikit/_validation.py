@@ -23,6 +23,18 @@ def describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:200]
 
 
+def one_line(err: BaseException, *, with_type: bool = False) -> str:
+    """An exception's message on one line (whitespace collapsed), for one-line errors.
+
+    An empty message gives the exception's type name; ``with_type`` puts the type first
+    (``"OSError: ..."``), for messages that quote a failure from code xaikit does not own.
+    """
+    text = " ".join(str(err).split())
+    if not text:
+        return type(err).__name__
+    return f"{type(err).__name__}: {text}" if with_type else text
+
+
 def check_batch(x: Any, *, name: str = "x", item_shape: tuple[int, ...] | None = None):
     """Check a batch of inputs with a leading item axis; return it as an array or a tensor.
 

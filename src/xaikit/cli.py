@@ -5,31 +5,48 @@ self-contained page) and ``DIR/summary.json`` (what ``--json`` prints), plus its
 Files are staged in a temporary folder and moved in only when everything succeeded, so a
 failure leaves ``DIR`` as it was. A failure prints one line (``Error: <argument>: <reason>``)
 and exits with status 1; ``XAIKIT_DEBUG=1`` shows the traceback instead.
+
+The options every command shares and the session that loads the model and inputs and writes
+the output are declared once, in :mod:`xaikit._cli_session`; a command declares only its own.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from xaikit._progress import set_progress
+from xaikit._cli_session import INTERRUPTED, Session, floats, guarded, names, session_command
 from xaikit._version import __version__
 from xaikit.attribution.defaults import DEFAULT_METHOD
 from xaikit.featureviz.render import DEFAULT_STEPS
 
-# The exit status of a command stopped by Ctrl-C (SIGINT), as shells report it: 128 + 2.
-INTERRUPTED = 130
+__all__ = ["INTERRUPTED", "main"]
 
-METHODS_HELP = "Comma-separated method names (xaikit methods lists them); default: all that apply."
+# Options several commands take with one meaning, declared once (the model, input and output
+# options every command shares are in xaikit._cli_session).
+TARGET = click.option("--target", type=int, help="Class to explain (default: the predicted class).")
+PARAMS = click.option(
+    "--param", "-p", "param_pairs", multiple=True, help="Method parameter key=value."
+)
+METHODS = click.option(
+    "--methods",
+    "method_names",
+    help="Comma-separated method names (xaikit methods lists them); default: all that apply.",
+)
+SEED = click.option("--seed", type=int, default=0, show_default=True)
+BASELINE = click.option(
+    "--baseline",
+    "baseline_text",
+    help="What a removed pixel or feature becomes in deletion and insertion: a number, "
+    "'mean' (tables: the mean of the input rows; images: each channel's mean), 'blur' or "
+    "'noise'. Default: 0 for deletion and a blur for insertion on images; the mean of the "
+    "input rows on tables (0 for a single row).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,195 +55,7 @@ def main() -> None:
     """xaikit: explain machine-learning models, with proof of each explanation's quality."""
 
 
-# ---------------------------------------------------------------------- shared plumbing
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
-
-
-def _command(function: Callable) -> Callable:
-    """Turn any failure into one line on stderr and exit status 1; set up progress bars."""
-
-    @functools.wraps(function)
-    def run(*args: Any, **kwargs: Any) -> None:
-        quiet, as_json = kwargs.get("quiet", False), kwargs.get("as_json", False)
-        set_progress(not quiet and not as_json and sys.stderr.isatty())
-        try:
-            function(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except KeyboardInterrupt:  # Ctrl-C: staged files are already removed on the way out
-            out = kwargs.get("out")
-            where = f"{out} is left as it was" if out is not None else "nothing was written"
-            click.echo(f"Interrupted: {where}.", err=True)
-            sys.exit(INTERRUPTED)
-        except (ValueError, TypeError, OSError, KeyError, IndexError) as err:
-            if os.environ.get("XAIKIT_DEBUG"):
-                raise
-            raise click.ClickException(_one_line(err)) from err
-        except Exception as err:  # a bug or the user's model failing: still one line
-            if os.environ.get("XAIKIT_DEBUG"):
-                raise
-            raise click.ClickException(f"{type(err).__name__}: {_one_line(err)}") from err
-
-    return run
-
-
-def _output_options(function: Callable) -> Callable:
-    function = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")(
-        function
-    )
-    function = click.option("--quiet", "-q", is_flag=True, help="No progress, only errors.")(
-        function
-    )
-    return click.option(
-        "--out",
-        "out",
-        type=click.Path(file_okay=False, path_type=Path),
-        required=True,
-        help="Output directory (index.html, summary.json, ...).",
-    )(function)
-
-
-def _model_options(function: Callable) -> Callable:
-    options = [
-        click.option(
-            "--model",
-            "-m",
-            "model_spec",
-            required=True,
-            help="file.py:factory, a TorchScript file, an ONNX file, or a pickled scikit-learn "
-            "model (with --trust-pickle).",
-        ),
-        click.option(
-            "--weights",
-            "-w",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Weights for file.py:factory: .safetensors or a torch state dict.",
-        ),
-        click.option(
-            "--trust-pickle",
-            is_flag=True,
-            help="Allow a pickled model (unpickling runs code from the file).",
-        ),
-        click.option(
-            "--output",
-            "model_output",
-            type=click.Choice(["logits", "probabilities", "log_probabilities", "scores"]),
-            help="What the model returns (default: logits; probabilities for scikit-learn).",
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _input_options(function: Callable) -> Callable:
-    options = [
-        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
-        click.option(
-            "--resize", nargs=2, type=int, metavar="H W", help="Resize images to H x W pixels."
-        ),
-        click.option("--mean", help="Per-channel mean to subtract, e.g. 0.485,0.456,0.406."),
-        click.option("--std", help="Per-channel standard deviation to divide by."),
-        click.option(
-            "--classes",
-            "classes_file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Class names: a text file with one name per line, or a JSON list.",
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _table_input_options(function: Callable) -> Callable:
-    """The input options without the image ones (--resize, --mean, --std): tables only."""
-    options = [
-        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
-        click.option(
-            "--classes",
-            "classes_file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Class names: a text file with one name per line, or a JSON list.",
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _floats(text: str | None, *, name: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{name}: expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _load(model_spec, weights, trust_pickle, model_output):
-    from xaikit.loading import load_model
-    from xaikit.model import Model
-
-    loaded = load_model(model_spec, weights=weights, trust_pickle=trust_pickle, output=model_output)
-    return loaded, Model(loaded.model, output=loaded.output)
-
-
-def _read_inputs(inputs, *, resize, mean, std, loaded):
-    from xaikit.loading import LoadError, load_inputs
-
-    data = load_inputs(
-        list(inputs),
-        resize=tuple(resize) if resize else None,
-        mean=_floats(mean, name="mean"),
-        std=_floats(std, name="std"),
-        channels=loaded.input_channels,
-    )
-    if data.kind == "text":
-        raise LoadError(
-            "input: text lines need a text model and tokenizer; this command explains image, "
-            ".npy and CSV inputs"
-        )
-    return data
-
-
-def _class_names(classes_file, model, x) -> list[str] | None:
-    from xaikit.loading import load_class_names
-
-    if classes_file is None:
-        return None
-    k = model.scores(x[:1]).shape[1]
-    return load_class_names(classes_file, n_classes=k)
-
-
-def _class_name(index: int, class_names) -> str | None:
-    """The name --classes gives class ``index`` (None without --classes), for summary.json."""
-    if class_names is None or not 0 <= index < len(class_names):
-        return None
-    return class_names[index]
-
-
-def _check_methods(names: list[str], *, loaded) -> None:
-    from xaikit.attribution import methods
-
-    known = methods()
-    for name in names:
-        if name not in known:
-            raise ValueError(f"methods: unknown method {name!r}; known: {sorted(known)}")
-        if known[name]["needs_gradients"] and not loaded.has_gradients:
-            free = sorted(n for n, m in known.items() if not m["needs_gradients"])
-            raise ValueError(
-                f"method: {name!r} needs gradients, which a {loaded.kind} model "
-                f"({loaded.source}) does not give; use one of {free}"
-            )
+# ---------------------------------------------------------------------- option parsing
 
 
 def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -254,17 +83,6 @@ def _safe_stem(name: str) -> str:
 BASELINE_METRICS = ("deletion", "insertion", "morf", "lerf")
 
 
-def _baseline_option(function: Callable) -> Callable:
-    return click.option(
-        "--baseline",
-        "baseline_text",
-        help="What a removed pixel or feature becomes in deletion and insertion: a number, "
-        "'mean' (tables: the mean of the input rows; images: each channel's mean), 'blur' or "
-        "'noise'. Default: 0 for deletion and a blur for insertion on images; the mean of the "
-        "input rows on tables (0 for a single row).",
-    )(function)
-
-
 def _metric_baseline(text: str | None, *, x: np.ndarray) -> tuple[dict[str, Any], str | None]:
     """The deletion/insertion ``baseline`` option for these inputs, and words saying what it
     is (None: the metrics' own defaults, for images)."""
@@ -289,21 +107,6 @@ def _metric_baseline(text: str | None, *, x: np.ndarray) -> tuple[dict[str, Any]
     if not np.isfinite(value):
         raise ValueError(f"baseline: expected a finite number, got {text!r}")
     return {"baseline": value}, f"the constant {value:g}"
-
-
-def _finish(out: Path, page, summary: dict, *, quiet: bool, as_json: bool, files=None) -> None:
-    """Write index.html, summary.json and ``files`` (name -> callable(path)) all or nothing."""
-    from xaikit.report.output import staged_dir, write_json_atomic
-
-    with staged_dir(out) as stage:
-        for name, write in (files or {}).items():
-            write(stage / name)
-        page.save(stage / "index.html")
-        write_json_atomic(stage / "summary.json", summary)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
-    elif not quiet:
-        click.echo(f"report: {out / 'index.html'}")
 
 
 def _jsonable(value: Any) -> Any:
@@ -340,34 +143,27 @@ def methods(as_json: bool) -> None:
 
 
 @main.command()
-@_model_options
-@_input_options
+@session_command(inputs="images")
 @click.option("--method", default=DEFAULT_METHOD, show_default=True, help="Method name.")
-@click.option("--target", type=int, help="Class to explain (default: the predicted class).")
-@click.option("--param", "-p", "param_pairs", multiple=True, help="Method parameter key=value.")
-@_output_options
-@_command
-def explain(
-    model_spec, weights, trust_pickle, model_output, inputs, resize, mean, std, classes_file,
-    method, target, param_pairs, out, quiet, as_json,
-) -> None:  # fmt: skip
+@TARGET
+@PARAMS
+def explain(session: Session, *, method: str, target: int | None, param_pairs: tuple) -> None:
     """Explain each input with one method: OUT/<input>.npz per input and OUT/index.html."""
     from xaikit.attribution import explain as run_explain
     from xaikit.report import Page
     from xaikit.report.html import explanation_html
 
-    loaded, model = _load(model_spec, weights, trust_pickle, model_output)
-    data = _read_inputs(inputs, resize=resize, mean=mean, std=std, loaded=loaded)
-    class_names = _class_names(classes_file, model, data.x)
-    _check_methods([method], loaded=loaded)
+    data, class_names = session.data, session.class_names
+    session.check_methods([method])
     params = _params(param_pairs)
     page = Page(f"xaikit explain: {method}")
     page.section("explanations", f"{method} on {len(data)} input(s)")
     files, items = {}, []
     for name, x in zip(data.names, data.x, strict=True):
         e = run_explain(
-            model, x, method=method, target=target, feature_names=data.feature_names, **params
-        )
+            session.model, x, method=method, target=target, feature_names=data.feature_names,
+            **params,
+        )  # fmt: skip
         page.heading(name)
         page.html(explanation_html(e, class_names=class_names))
         stem = _unique(f"{_safe_stem(name)}.{method}.npz", files)
@@ -377,20 +173,20 @@ def explain(
                 "input": name,
                 "file": stem,
                 "target": int(e.target),
-                "target_name": _class_name(int(e.target), class_names),
+                "target_name": session.class_name(int(e.target)),
                 "predicted": int(np.argmax(e.prediction)),
-                "predicted_name": _class_name(int(np.argmax(e.prediction)), class_names),
+                "predicted_name": session.class_name(int(np.argmax(e.prediction))),
                 "info": _jsonable({k: v for k, v in e.info.items() if np.ndim(v) == 0}),
             }
         )
     summary = {
         "command": "explain",
-        "model": loaded.source,
+        "model": session.loaded.source,
         "method": method,
         "classes": class_names,
         "items": items,
     }
-    _finish(out, page, summary, quiet=quiet, as_json=as_json, files=files)
+    session.write(page, summary, files=files)
 
 
 def _unique(name: str, taken: dict) -> str:
@@ -402,33 +198,28 @@ def _unique(name: str, taken: dict) -> str:
 
 
 @main.command()
-@_model_options
-@_input_options
-@click.option("--methods", "method_names", help=METHODS_HELP)
+@session_command(inputs="images")
+@METHODS
 @click.option(
     "--metrics",
     default="deletion,insertion",
     show_default=True,
     help="Comma-separated metric names (see xk.evaluate).",
 )
-@click.option("--target", type=int, help="Class to explain (default: the predicted class).")
-@_baseline_option
-@_output_options
-@_command
+@TARGET
+@BASELINE
 def compare(
-    model_spec, weights, trust_pickle, model_output, inputs, resize, mean, std, classes_file,
-    method_names, metrics, target, baseline_text, out, quiet, as_json,
+    session: Session, *, method_names: str | None, metrics: str, target: int | None,
+    baseline_text: str | None,
 ) -> None:  # fmt: skip
     """Explain each input with several methods and rank them on the metrics."""
     from xaikit.metrics import compare as run_compare
     from xaikit.report import Page
     from xaikit.report.local import default_methods
 
-    loaded, model = _load(model_spec, weights, trust_pickle, model_output)
-    data = _read_inputs(inputs, resize=resize, mean=mean, std=std, loaded=loaded)
-    class_names = _class_names(classes_file, model, data.x)
-    specs = _method_specs(method_names, data=data, loaded=loaded, defaults=default_methods)
-    metric_names = _names(metrics) or []
+    data, class_names = session.data, session.class_names
+    specs = _method_specs(method_names, session=session, defaults=default_methods)
+    metric_names = names(metrics) or []
     options, baseline = _metric_baseline(baseline_text, x=data.x)
     if baseline_text is None and not set(metric_names) & set(BASELINE_METRICS):
         options, baseline = {}, None  # the default is for the metrics that take one
@@ -439,7 +230,7 @@ def compare(
     items = []
     for name, x in zip(data.names, data.x, strict=True):
         result = run_compare(
-            model, x, methods=specs, metrics=metric_names, target=target, **options
+            session.model, x, methods=specs, metrics=metric_names, target=target, **options
         )
         first = next(iter(result.explanations.values()))
         label = _label(int(first.target), class_names)
@@ -455,19 +246,19 @@ def compare(
             {
                 "input": name,
                 "target": int(first.target),
-                "target_name": _class_name(int(first.target), class_names),
+                "target_name": session.class_name(int(first.target)),
                 "table": _jsonable(result.table),
                 "rank": ranks,
             }
         )
     summary = {
         "command": "compare",
-        "model": loaded.source,
+        "model": session.loaded.source,
         "baseline": baseline,
         "classes": class_names,
         "items": items,
     }
-    _finish(out, page, summary, quiet=quiet, as_json=as_json)
+    session.write(page, summary)
 
 
 def _label(index: int, class_names) -> str:
@@ -476,46 +267,41 @@ def _label(index: int, class_names) -> str:
     return class_label(index, class_names)
 
 
-def _method_specs(method_names, *, data, loaded, defaults) -> dict[str, dict]:
+def _method_specs(method_names, *, session: Session, defaults) -> dict[str, dict]:
     from xaikit.report.local import FAST_PARAMS
 
-    image = data.x.ndim == 4
+    image = session.data.x.ndim == 4
     if method_names:
-        names = _names(method_names) or []
-        _check_methods(names, loaded=loaded)
-        return {n: dict(FAST_PARAMS.get(n, {})) for n in names}
-    return defaults(image=image, gradients=loaded.has_gradients)
+        chosen = names(method_names) or []
+        session.check_methods(chosen)
+        return {n: dict(FAST_PARAMS.get(n, {})) for n in chosen}
+    return defaults(image=image, gradients=session.loaded.has_gradients)
 
 
 @main.command()
-@_model_options
-@_input_options
-@click.option("--methods", "method_names", help=METHODS_HELP)
-@click.option("--target", type=int, help="Class to explain (default: the predicted class).")
+@session_command(inputs="images")
+@METHODS
+@TARGET
 @click.option(
     "--sanity/--no-sanity",
     default=True,
     show_default=True,
     help="Run the model-parameter randomisation check (PyTorch modules).",
 )
-@_baseline_option
-@_output_options
-@_command
+@BASELINE
 def report(
-    model_spec, weights, trust_pickle, model_output, inputs, resize, mean, std, classes_file,
-    method_names, target, sanity, baseline_text, out, quiet, as_json,
+    session: Session, *, method_names: str | None, target: int | None, sanity: bool,
+    baseline_text: str | None,
 ) -> None:  # fmt: skip
     """A report on the model's decision for each input: prediction, every method side by side,
     and each method's scorecard (deletion, insertion, sanity check)."""
-    from xaikit._progress import progress_enabled
     from xaikit.report import Page
     from xaikit.report.local import add_prediction, add_scorecard, default_methods, scorecard
 
-    loaded, model = _load(model_spec, weights, trust_pickle, model_output)
-    data = _read_inputs(inputs, resize=resize, mean=mean, std=std, loaded=loaded)
-    class_names = _class_names(classes_file, model, data.x)
-    specs = _method_specs(method_names, data=data, loaded=loaded, defaults=default_methods)
+    data, class_names = session.data, session.class_names
+    specs = _method_specs(method_names, session=session, defaults=default_methods)
     options, baseline = _metric_baseline(baseline_text, x=data.x)
+    loaded, model = session.loaded, session.model
     page = Page(f"xaikit report: {Path(loaded.source).name}")
     page.section("model", "The model")
     page.table(
@@ -529,7 +315,7 @@ def report(
         predicted = add_prediction(page, model, x, name=name, class_names=class_names)
         results = scorecard(
             model, x, methods=specs, target=target, sanity=sanity,
-            feature_names=data.feature_names, progress=progress_enabled(),
+            feature_names=data.feature_names, progress=session.progress,
             metric_options=options,
         )  # fmt: skip
         add_scorecard(page, results, baseline=baseline)
@@ -537,7 +323,7 @@ def report(
             {
                 "input": name,
                 "predicted": predicted,
-                "predicted_name": _class_name(predicted, class_names),
+                "predicted_name": session.class_name(predicted),
                 "methods": {
                     r.method: {
                         "deletion": r.deletion,
@@ -555,11 +341,11 @@ def report(
         "classes": class_names,
         "items": items,
     }
-    _finish(out, page, summary, quiet=quiet, as_json=as_json)
+    session.write(page, summary)
 
 
 @main.command()
-@_model_options
+@session_command()
 @click.option("--layer", help="Layer path whose filters (channels) to visualise.")
 @click.option("--channels", help="Comma-separated channel indices (default: all of --layer).")
 @click.option("--target", "targets", help="Comma-separated classes to visualise, or 'all'.")
@@ -579,12 +365,10 @@ def report(
     "--value-range", nargs=2, type=float, default=(0.0, 1.0), show_default=True,
     help="Range of the model's inputs.",
 )  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
-@_output_options
-@_command
+@SEED
 def visualize(
-    model_spec, weights, trust_pickle, model_output, layer, channels, targets, steps, raw, tv,
-    input_shape, value_range, seed, out, quiet, as_json,
+    session: Session, *, layer: str | None, channels: str | None, targets: str | None,
+    steps: int, raw: bool, tv: float, input_shape: str | None, value_range: tuple, seed: int,
 ) -> None:  # fmt: skip
     """What filters detect (--layer) or what classes look like (--target) to the model."""
     from xaikit.featureviz import objectives
@@ -594,12 +378,12 @@ def visualize(
 
     if (layer is None) == (targets is None):
         raise click.UsageError("give either --layer (filters) or --target (classes)")
-    loaded, model = _load(model_spec, weights, trust_pickle, model_output)
+    loaded, model = session.loaded, session.model
     if not loaded.has_gradients:
         raise ValueError(f"model: feature visualisation needs gradients; {loaded.kind} gives none")
-    shape = tuple(int(v) for v in _floats(input_shape, name="input_shape")) if input_shape else None
+    shape = tuple(int(v) for v in floats(input_shape, name="input_shape")) if input_shape else None
     if layer is not None:
-        chosen = [int(c) for c in _floats(channels, name="channels")] if channels else None
+        chosen = [int(c) for c in floats(channels, name="channels")] if channels else None
         objective = objectives.channels(layer, chosen)
         what = f"filters of {layer}"
     else:
@@ -609,7 +393,7 @@ def visualize(
                 raise ValueError("target: 'all' needs --input-shape to count the classes")
             classes = list(range(k))
         else:
-            classes = [int(c) for c in _floats(targets, name="target")]
+            classes = [int(c) for c in floats(targets, name="target")]
         penalty = 0.0 if raw else tv
         objective = [objectives.logit(c) - penalty * objectives.total_variation() for c in classes]
         what = f"classes {classes}"
@@ -629,7 +413,7 @@ def visualize(
         "file": "images.npy",
     }
     files = {"images.npy": lambda p: _save_npy(p, v.images)}
-    _finish(out, page, summary, quiet=quiet, as_json=as_json, files=files)
+    session.write(page, summary, files=files)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -643,8 +427,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 @main.command()
-@_model_options
-@_input_options
+@session_command(inputs="images")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="One label per input item: .npy, or a text file with one per line.")  # fmt: skip
 @click.option("--layers", required=True, help="Comma-separated layer paths, shallow to deep.")
@@ -653,13 +436,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     "--project", "how", type=click.Choice(["pca", "tsne", "none"]), default="pca",
     show_default=True, help="Also project each layer to 2-D.",
 )  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
-@_output_options
-@_command
-def probe(
-    model_spec, weights, trust_pickle, model_output, inputs, resize, mean, std, classes_file,
-    labels, layers, kind, how, seed, out, quiet, as_json,
-) -> None:  # fmt: skip
+@SEED
+def probe(session: Session, *, labels: Path, layers: str, kind: str, how: str, seed: int) -> None:
     """Probe each layer for the labels (with a control task) and project the layers to 2-D."""
     from xaikit.loading import load_labels
     from xaikit.report import Page
@@ -667,19 +445,20 @@ def probe(
     from xaikit.representations import probe as run_probe
     from xaikit.representations import project_layers
 
-    loaded, model = _load(model_spec, weights, trust_pickle, model_output)
+    loaded, model = session.loaded, session.model
     if not loaded.has_gradients:  # activations need hooks on a PyTorch module
         raise ValueError(f"model: probing reads layer activations; a {loaded.kind} model has none")
-    data = _read_inputs(inputs, resize=resize, mean=mean, std=std, loaded=loaded)
+    data = session.data
     y = load_labels(labels, n=len(data))
-    names = _names(layers) or []
-    result = run_probe(model, data.x, y, layers=names, kind=kind, seed=seed)
+    layer_names = names(layers) or []
+    result = run_probe(model, data.x, y, layers=layer_names, kind=kind, seed=seed)
     page = Page("xaikit probe")
     page.section("probes", "Probes per layer")
     page.html(probe_html(result))
     if how != "none":
         page.section("projections", "Layer projections")
-        page.html(projection_html(project_layers(model, data.x, layers=names, how=how, labels=y)))
+        projections = project_layers(model, data.x, layers=layer_names, how=how, labels=y)
+        page.html(projection_html(projections))
     summary = {
         "command": "probe",
         "model": loaded.source,
@@ -688,44 +467,37 @@ def probe(
         "selectivity": result.selectivity,
         "chance": result.chance,
     }
-    _finish(out, page, summary, quiet=quiet, as_json=as_json)
+    session.write(page, summary)
 
 
 @main.command()
-@_model_options
-@_table_input_options
+@session_command(inputs="tables")
 @click.option("--kind", type=click.Choice(["tree", "linear", "rules"]), default="tree",
               show_default=True)  # fmt: skip
 @click.option("--max-depth", type=int, default=4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@_output_options
-@_command
-def surrogate(
-    model_spec, weights, trust_pickle, model_output, inputs, classes_file, kind, max_depth, seed,
-    out, quiet, as_json,
-) -> None:  # fmt: skip
+@SEED
+def surrogate(session: Session, *, kind: str, max_depth: int, seed: int) -> None:
     """Fit a readable mimic (tree, sparse linear, rules) to the model on tabular inputs."""
     from xaikit.report import Page
     from xaikit.report.html import surrogate_html
     from xaikit.report.output import write_text_atomic
     from xaikit.surrogates import surrogate as fit_surrogate
 
-    loaded, model = _load(model_spec, weights, trust_pickle, model_output)
-    data = _read_inputs(inputs, resize=None, mean=None, std=None, loaded=loaded)
+    data = session.data
     if data.x.ndim != 2:
         raise ValueError(f"input: a surrogate needs table rows (N, F), got shape {data.x.shape}")
-    class_names = _class_names(classes_file, model, data.x)
+    class_names = session.class_names
     s = fit_surrogate(
-        model, data.x, kind=kind, max_depth=max_depth, feature_names=data.feature_names,
+        session.model, data.x, kind=kind, max_depth=max_depth, feature_names=data.feature_names,
         class_names=class_names, seed=seed,
     )  # fmt: skip
     page = Page(f"xaikit surrogate: {kind}")
-    page.section("surrogate", f"A {kind} mimicking {Path(loaded.source).name}")
+    page.section("surrogate", f"A {kind} mimicking {Path(session.loaded.source).name}")
     page.html(surrogate_html(s))
     rules = s.rules()
     summary = {
         "command": "surrogate",
-        "model": loaded.source,
+        "model": session.loaded.source,
         "kind": kind,
         "classes": class_names,
         "fidelity": s.fidelity,
@@ -733,42 +505,36 @@ def surrogate(
         "rules": rules,
     }
     files = {"rules.txt": lambda p: write_text_atomic(p, rules + "\n")}
-    _finish(out, page, summary, quiet=quiet, as_json=as_json, files=files)
+    session.write(page, summary, files=files)
 
 
 @main.command()
-@_model_options
-@_input_options
+@session_command(inputs="images")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="One class per item (default: explain the predicted class).")  # fmt: skip
 @click.option("--method", default="integrated_gradients", show_default=True, help="Method name.")
-@click.option("--param", "-p", "param_pairs", multiple=True, help="Method parameter key=value.")
+@PARAMS
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the audit's shards; a rerun resumes from it.")  # fmt: skip
-@_output_options
-@_command
 def audit(
-    model_spec, weights, trust_pickle, model_output, inputs, resize, mean, std, classes_file,
-    labels, method, param_pairs, backend, work, out, quiet, as_json,
+    session: Session, *, labels: Path | None, method: str, param_pairs: tuple, backend: str,
+    work: Path | None,
 ) -> None:  # fmt: skip
     """Explain a whole data set and look for shortcuts (Clever Hans) the model relies on."""
-    from xaikit._progress import progress_enabled
     from xaikit.audit import audit as run_audit
     from xaikit.loading import load_labels
     from xaikit.report import Page
     from xaikit.report.html import class_label
 
-    loaded, model = _load(model_spec, weights, trust_pickle, model_output)
-    data = _read_inputs(inputs, resize=resize, mean=mean, std=std, loaded=loaded)
-    class_names = _class_names(classes_file, model, data.x)
-    _check_methods([method], loaded=loaded)
+    data, class_names = session.data, session.class_names
+    session.check_methods([method])
     y = None if labels is None else load_labels(labels, n=len(data))
     result = run_audit(
-        model, data.x, labels=y, method=method, backend=backend, out=work,
-        params=_params(param_pairs), progress=progress_enabled(),
+        session.model, data.x, labels=y, method=method, backend=backend, out=work,
+        params=_params(param_pairs), progress=session.progress,
     )  # fmt: skip
-    page = Page(f"xaikit audit: {Path(loaded.source).name}")
+    page = Page(f"xaikit audit: {Path(session.loaded.source).name}")
     page.section("audit", f"Audit of {len(data)} inputs with {method}")
     page.paragraph(f"{len(result.findings)} finding(s), most convincing first.")
     if result.findings:
@@ -783,7 +549,7 @@ def audit(
         )  # fmt: skip
     page.figure(result.plot(), alt="audit: relevance per class and findings")
     findings = [
-        {"target": int(f.target), "target_name": _class_name(int(f.target), class_names),
+        {"target": int(f.target), "target_name": session.class_name(int(f.target)),
          "kind": f.kind, "region": [int(v) for v in f.region],
          "relevance_share": float(f.relevance_share), "consistency": float(f.consistency),
          "n_images": int(f.n_images), "transplant_rate": f.transplant_rate,
@@ -792,13 +558,13 @@ def audit(
     ]  # fmt: skip
     summary = {
         "command": "audit",
-        "model": loaded.source,
+        "model": session.loaded.source,
         "method": method,
         "classes": class_names,
         "findings": findings,
     }
     files = {"audit": lambda p: result.save(p)}  # audit.npz and audit.json, no pickle
-    _finish(out, page, summary, quiet=quiet, as_json=as_json, files=files)
+    session.write(page, summary, files=files)
 
 
 @main.command()
@@ -813,7 +579,7 @@ def audit(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the default models.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars, only errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@_command
+@guarded
 def demo(out: Path, seed: int, quiet: bool, as_json: bool) -> None:
     """Run the embedded default end to end and write OUT/index.html."""
     from xaikit.demo import run_demo

@@ -49,10 +49,11 @@ def default_methods(*, image: bool, gradients: bool) -> dict[str, dict[str, Any]
     Grad-CAM, Guided Backprop or RISE's image masks). Without gradients (a callable, ONNX,
     scikit-learn), only the perturbation methods.
     """
-    from xaikit.attribution.registry import methods
+    # The catalogue registers every method; api.methods() would import this module back.
+    from xaikit.attribution import _catalogue  # noqa: F401
+    from xaikit.attribution.registry import METHODS
 
-    known = methods()
     names = IMAGE_METHODS if image else ROW_METHODS
     return fast_params(
-        n for n in names if n in known and (gradients or not known[n]["needs_gradients"])
+        n for n in names if n in METHODS and (gradients or not METHODS[n].needs_gradients)
     )

@@ -35,6 +35,7 @@ from torch import nn
 
 from xaikit._cache import default_cache_dir, load_weights, save_weights
 from xaikit._progress import progress_bar
+from xaikit._torch import float_dtype, module_device
 from xaikit._validation import (
     check_batch,
     check_choice,
@@ -44,8 +45,9 @@ from xaikit._validation import (
     check_seed,
     describe,
 )
+from xaikit.featureviz.param import Parameterization
 
-__all__ = ["MLPGenerator", "latent_size", "train_generator"]
+__all__ = ["Latent", "MLPGenerator", "check_fits", "generate", "latent_size", "train_generator"]
 
 KINDS = ("vae", "gan")
 #: Hyper-parameters per kind (epochs default; batch size; learning rate).
@@ -336,6 +338,97 @@ def _cache_key(x: np.ndarray, *, kind: str, latent_dim: int, epochs: int, seed: 
 
 
 # ---------------------------------------------------------------------- use in visualize
+
+
+class Latent(Parameterization):
+    """The generator constraint as a parameterisation: the optimiser moves ``z``, the image is
+    ``G(z)`` (Nguyen et al. 2016), with the penalty ``prior * ||z||^2`` at each step.
+
+    Made by :func:`~xaikit.featureviz.visualize` for its ``generator=`` argument, for one call:
+    the latent size comes from ``start`` latent vectors when given, else from the generator
+    (:func:`latent_size`). The latents live on the generator's device in its dtype; the images
+    are cast to the model's dtype.
+    """
+
+    name = "generator"
+
+    def __init__(self, generator: nn.Module, *, prior: float) -> None:
+        self.generator = generator
+        self.prior = prior
+        self.latent_dim: int | None = None  # set by check_start
+
+    def __repr__(self) -> str:
+        return "generator"
+
+    def modules(self) -> tuple[nn.Module, ...]:
+        return (self.generator,)
+
+    def raw_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.latent_dim,)
+
+    def noise(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        return rng.standard_normal(self.raw_shape(shape))
+
+    def image(
+        self, raw: torch.Tensor, shape: tuple[int, ...], *, low: float, high: float
+    ) -> torch.Tensor:
+        return generate(self.generator, raw)
+
+    def check_start(
+        self, start: Any, *, shape: tuple[int, ...] | None, low: float, high: float, device
+    ) -> torch.Tensor | None:
+        """``start`` as latent vectors ``(B, latent_dim)`` in float64 (None without one)."""
+        if start is None:
+            self.latent_dim = latent_size(self.generator)
+            return None
+        arr = check_batch(start, name="start")
+        t = arr.detach() if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
+        if t.ndim != 2:
+            raise ValueError(
+                f"start: with a generator, expected latent vectors (B, latent_dim), got shape "
+                f"{tuple(t.shape)}"
+            )
+        self.latent_dim = t.shape[1]
+        return t.to(torch.float64)
+
+    def first_image(
+        self, start, *, shape, guess_shape, low, high, dtype, device
+    ) -> tuple[torch.Tensor, str]:
+        """``G(z)`` of the first start vector (or of z = 0), checked against ``shape`` and the
+        model's device; the generator decides the item shape."""
+        z0 = start[:1] if start is not None else torch.zeros(1, self.latent_dim)
+        z0 = z0.to(device=module_device(self.generator), dtype=float_dtype(self.generator))
+        x0 = check_fits(generate(self.generator, z0), expected=shape, n=1)
+        if x0.device != device:
+            raise ValueError(f"generator: its output is on {x0.device}, the model on {device}")
+        return x0, "generator"
+
+    def init(self, seeds, *, start, shape, low, high, dtype, device):
+        """Latents from ``start`` or a standard normal per item's seed; images ``G(z)`` in the
+        model's ``dtype``."""
+        if start is not None:
+            raw0 = start
+        else:
+            raw0 = torch.from_numpy(
+                np.stack([self.noise(shape, np.random.default_rng([s, 0])) for s in seeds])
+            )
+        raw = raw0.to(device=module_device(self.generator), dtype=float_dtype(self.generator))
+        raw = raw.clone().requires_grad_(True)
+        return raw, lambda r: self.image(r, shape, low=low, high=high).to(dtype)
+
+    def penalty(self, raw: torch.Tensor) -> torch.Tensor | None:
+        return self.prior * raw.pow(2).sum() if self.prior else None
+
+
+def generate(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``generator(z)``; a failure is a ValueError naming ``generator`` and the shape of z."""
+    try:
+        return generator(z)
+    except Exception as err:
+        raise ValueError(
+            f"generator: failed on latent vectors of shape {tuple(z.shape)} "
+            f"({type(err).__name__}: {err})"
+        ) from err
 
 
 def latent_size(generator: nn.Module) -> int:

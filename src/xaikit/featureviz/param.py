@@ -12,6 +12,12 @@ drifted to -11.9...12.3 on data in [0, 1] (LECTURE.md, homework defect 6).
   with Lucid's ImageNet colour matrix. Gradient steps in this basis favour the low frequencies
   that natural images have, so the result is smoother without a penalty (Olah et al. 2017,
   "Preconditioning and parameterization").
+- a generator's latent vector (:class:`xaikit.featureviz.generator.Latent`): ``raw`` is ``z``
+  and the image is ``G(z)``.
+
+:func:`~xaikit.featureviz.visualize` asks every parameterisation the same questions (the
+methods of :class:`Parameterization` below): its starting point, one item's first image for the
+checks, and, as Lucid's ``param_f``, the tensor to optimise and the function from it to images.
 
 References
 ----------
@@ -22,8 +28,14 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import torch
+from torch import nn
+
+from xaikit._validation import check_batch
 
 __all__ = ["Fourier", "Parameterization", "Pixels", "fourier", "pixels"]
 
@@ -44,6 +56,9 @@ class Parameterization:
 
     Subclasses define :meth:`raw_shape`, :meth:`noise` (the per-item initial value),
     :meth:`unbounded` (raw -> image before the sigmoid) and its inverse :meth:`from_unbounded`.
+    What :func:`~xaikit.featureviz.visualize` calls (:meth:`check_start`,
+    :meth:`first_image`, :meth:`init`, :meth:`penalty`, :meth:`modules`) works from those for
+    any image parameterisation; a generator's latent overrides it.
     """
 
     name = "param"
@@ -77,6 +92,82 @@ class Parameterization:
 
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+    # ---- what visualize asks
+
+    def modules(self) -> tuple[nn.Module, ...]:
+        """Modules the parameterisation runs, left as they were like the model (none here)."""
+        return ()
+
+    def check_start(
+        self, start: Any, *, shape: tuple[int, ...] | None, low: float, high: float, device
+    ) -> torch.Tensor | None:
+        """The ``start`` argument as starting images ``(B, *shape)`` in ``(low, high)``."""
+        if start is None:
+            return None
+        arr = check_batch(start, name="start", item_shape=shape)
+        t = arr.detach() if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
+        if not t.dtype.is_floating_point:
+            t = t.to(torch.float64)
+        lo, hi = float(t.min()), float(t.max())
+        if lo < low or hi > high:
+            raise ValueError(
+                f"start: expected values in value_range ({low:g}, {high:g}), got "
+                f"[{lo:g}, {hi:g}]; pass value_range= the data range"
+            )
+        return t.to(device)
+
+    def first_image(
+        self,
+        start: torch.Tensor | None,
+        *,
+        shape: tuple[int, ...] | None,
+        guess_shape: Callable[[], tuple[int, ...]],
+        low: float,
+        high: float,
+        dtype: torch.dtype,
+        device,
+    ) -> tuple[torch.Tensor, str]:
+        """One item's first image, for the forward pass that checks everything before
+        optimising, and the argument that decided its shape (blamed when it does not fit).
+
+        The first start image, else a mid-range grey image of ``shape`` (or of
+        ``guess_shape()`` when no shape is known).
+        """
+        if start is not None:
+            return start[:1], "start"
+        if shape is None:
+            shape = guess_shape()
+        return torch.full((1, *shape), (low + high) / 2, dtype=dtype, device=device), "input_shape"
+
+    def init(
+        self,
+        seeds: Sequence[int],
+        *,
+        start: torch.Tensor | None,
+        shape: tuple[int, ...],
+        low: float,
+        high: float,
+        dtype: torch.dtype,
+        device,
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Lucid's ``param_f``: the tensor the optimiser moves and the function to images.
+
+        One slice per item: from that item's start image (``start``, one per item), else
+        :meth:`noise` drawn from the item's seed. The images are :meth:`image` of it.
+        """
+        if start is not None:
+            raw0 = self.from_image(start.to(dtype), low=low, high=high)
+        else:
+            raw0 = torch.from_numpy(
+                np.stack([self.noise(shape, np.random.default_rng([s, 0])) for s in seeds])
+            )
+        raw = raw0.to(device=device, dtype=dtype).clone().requires_grad_(True)
+        return raw, lambda r: self.image(r, shape, low=low, high=high)
+
+    def penalty(self, raw: torch.Tensor) -> torch.Tensor | None:
+        """A term subtracted from the objective at each step (None: none)."""
+        return None
 
 
 class Pixels(Parameterization):

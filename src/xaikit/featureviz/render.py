@@ -34,9 +34,8 @@ from torch import nn
 from xaikit._plotting import new_figure, plain
 from xaikit._progress import progress_bar
 from xaikit._repr import HTMLRepr
-from xaikit._torch import first_tensor, float_dtype, input_mismatch, module_device, preserved_state
+from xaikit._torch import first_tensor, float_dtype, input_mismatch, preserved_state
 from xaikit._validation import (
-    check_batch,
     check_memory,
     check_number,
     check_positive_int,
@@ -254,7 +253,8 @@ def visualize(
         raise TypeError(
             f"generator: expected an nn.Module mapping z to x, got {describe(generator)}"
         )
-    parameterization = None if generator is not None else _param.resolve(param)
+    # The generator is one more parameterisation (z -> G(z)); everything below asks it alone.
+    source = _gen.Latent(generator, prior=prior) if generator is not None else _param.resolve(param)
     if input_shape is not None:
         input_shape = _check_shape(input_shape)
     elif m.input_shape is not None:
@@ -277,8 +277,8 @@ def visualize(
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(preserved_state(m.module))
-        if generator is not None:
-            stack.enter_context(preserved_state(generator))
+        for module in source.modules():
+            stack.enter_context(preserved_state(module))
         handles = []
         stack.callback(lambda: [h.remove() for h in handles])
         for name, module in modules.items():
@@ -286,14 +286,7 @@ def visualize(
         stack.callback(acts.clear)  # drop references to the last activations
 
         # ---- what the items are: start images/latents, their shape, the objectives per item
-        if generator is not None:
-            d, start_t = _latent_start(generator, start)
-            gen_dtype, gen_device = float_dtype(generator), module_device(generator)
-        else:
-            start_t = None
-            if start is not None:
-                start_t = _as_start(start, shape=input_shape, low=low, high=high, device=m.device)
-                input_shape = tuple(start_t.shape[1:])
+        start_t = source.check_start(start, shape=input_shape, low=low, high=high, device=m.device)
 
         def forward(x: torch.Tensor) -> Any:
             acts.clear()
@@ -308,27 +301,14 @@ def visualize(
         # One forward pass on one item checks everything before optimising: the layers exist and
         # give tensors, channel and class indices are in range, the generator fits the model.
         with torch.no_grad():
-            if generator is not None:
-                z0 = (start_t[:1] if start_t is not None else torch.zeros(1, d)).to(
-                    device=gen_device, dtype=gen_dtype
-                )
-                x0 = _gen.check_fits(_generate(generator, z0), expected=input_shape, n=1)
-                if x0.device != m.device:
-                    raise ValueError(
-                        f"generator: its output is on {x0.device}, the model on {m.device}"
-                    )
-                input_shape = tuple(x0.shape[1:])
-                probe = _probe(m, forward, context, x0.to(dtype), culprit="generator", dtype=dtype)
-            else:
-                if input_shape is None:
-                    input_shape = _guess_input_shape(m, forward, dtype=dtype, fill=(low + high) / 2)
-                x0 = start_t[:1] if start_t is not None else None
-                if x0 is None:
-                    x0 = torch.full(
-                        (1, *input_shape), (low + high) / 2, dtype=dtype, device=m.device
-                    )
-                culprit = "start" if start_t is not None else "input_shape"
-                probe = _probe(m, forward, context, x0.to(dtype), culprit=culprit, dtype=dtype)
+            x0, culprit = source.first_image(
+                start_t, shape=input_shape, low=low, high=high, dtype=dtype, device=m.device,
+                guess_shape=lambda: _guess_input_shape(
+                    m, forward, dtype=dtype, fill=(low + high) / 2
+                ),
+            )  # fmt: skip
+            input_shape = tuple(x0.shape[1:])
+            probe = _probe(m, forward, context, x0.to(dtype), culprit=culprit, dtype=dtype)
             item_objectives = spec.per_item(probe)
             for obj in spec.unique(item_objectives):
                 obj.check(probe)
@@ -343,39 +323,11 @@ def visualize(
         objs = item_objectives or [spec.single] * n_items
         per_item = item_objectives is not None
 
-        # ---- parameters: one slice per item, drawn from the item's own seed
-        if generator is not None:
-            if start_t is not None:
-                raw0 = _broadcast(start_t, n_items, name="start")
-            else:
-                raw0 = torch.from_numpy(
-                    np.stack([np.random.default_rng([s, 0]).standard_normal(d) for s in seeds])
-                )
-            raw = raw0.to(device=gen_device, dtype=gen_dtype).clone().requires_grad_(True)
-
-            def make_image(r: torch.Tensor) -> torch.Tensor:
-                return _generate(generator, r).to(dtype)
-
-        else:
-            assert parameterization is not None
-            shape = input_shape
-            if start_t is not None:
-                raw0 = parameterization.from_image(
-                    _broadcast(start_t, n_items, name="start").to(dtype), low=low, high=high
-                )
-            else:
-                raw0 = torch.from_numpy(
-                    np.stack(
-                        [
-                            parameterization.noise(shape, np.random.default_rng([s, 0]))
-                            for s in seeds
-                        ]
-                    )
-                )
-            raw = raw0.to(device=m.device, dtype=dtype).clone().requires_grad_(True)
-
-            def make_image(r: torch.Tensor) -> torch.Tensor:
-                return parameterization.image(r, shape, low=low, high=high)
+        # ---- parameters (Lucid's param_f): one slice per item, from the item's own seed
+        raw, make_image = source.init(
+            seeds, start=None if start_t is None else _broadcast(start_t, n_items),
+            shape=input_shape, low=low, high=high, dtype=dtype, device=m.device,
+        )  # fmt: skip
 
         chain = _tf.resolve(transforms, shape=input_shape)
         # The history (steps, items) is part of the result, float32 gathered in blocks and
@@ -413,8 +365,9 @@ def visualize(
                 ctx.image = image  # regularisers act on the image itself, not its moved copy
                 values = evaluate(ctx)
                 total = values.sum()
-                if generator is not None and prior:
-                    total = total - prior * raw.pow(2).sum()
+                penalty = source.penalty(raw)
+                if penalty is not None:
+                    total = total - penalty
                 (grad,) = torch.autograd.grad(total, [raw], allow_unused=True)
                 if grad is None:
                     raise ValueError(
@@ -445,7 +398,7 @@ def visualize(
         params={
             "steps": steps,
             "lr": lr,
-            "param": "generator" if generator is not None else repr(parameterization),
+            "param": repr(source),
             "transforms": repr(chain),
             "value_range": (low, high),
             "prior": prior if generator is not None else None,
@@ -546,17 +499,18 @@ def _probe(m: Model, forward, context, x: torch.Tensor, *, culprit: str, dtype) 
     try:
         out = forward(x)
     except Exception as err:
+        shape = tuple(x.shape[1:])
+        lead = f"items of shape {shape} do not fit the model: "
         hint = input_mismatch(m.module, x)
         if hint is None:
             with contextlib.suppress(ValueError):
                 expected = _guess_input_shape(m, forward, dtype=dtype, fill=0.5)
-                if expected != tuple(x.shape[1:]):
+                if expected != shape:
                     hint = f"it takes items of shape {expected}"
         if hint is None:
             raise
-        raise ValueError(
-            f"{culprit}: items of shape {tuple(x.shape[1:])} do not fit the model: {hint}"
-        ) from err
+        # The failing layer's diagnosis already begins with the items' shape: say it once.
+        raise ValueError(f"{culprit}: {lead}{hint.removeprefix(lead)}") from err
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"model: expected its output to be one tensor, got {describe(out)}")
     return context(out, x)
@@ -606,45 +560,8 @@ def _guess_input_shape(m: Model, forward, *, dtype, fill: float) -> tuple[int, .
     )
 
 
-def _as_start(start: Any, *, shape, low: float, high: float, device) -> torch.Tensor:
-    arr = check_batch(start, name="start", item_shape=shape)
-    t = arr.detach() if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
-    if not t.dtype.is_floating_point:
-        t = t.to(torch.float64)
-    lo, hi = float(t.min()), float(t.max())
-    if lo < low or hi > high:
-        raise ValueError(
-            f"start: expected values in value_range ({low:g}, {high:g}), got [{lo:g}, {hi:g}]; "
-            "pass value_range= the data range"
-        )
-    return t.to(device)
-
-
-def _latent_start(generator: nn.Module, start: Any) -> tuple[int, torch.Tensor | None]:
-    if start is None:
-        return _gen.latent_size(generator), None
-    arr = check_batch(start, name="start")
-    t = arr.detach() if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr))
-    if t.ndim != 2:
-        raise ValueError(
-            f"start: with a generator, expected latent vectors (B, latent_dim), got shape "
-            f"{tuple(t.shape)}"
-        )
-    return t.shape[1], t.to(torch.float64)
-
-
-def _broadcast(t: torch.Tensor, n: int, *, name: str) -> torch.Tensor:
+def _broadcast(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.expand(n, *t.shape[1:]) if len(t) == 1 else t
-
-
-def _generate(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    try:
-        return generator(z)
-    except Exception as err:
-        raise ValueError(
-            f"generator: failed on latent vectors of shape {tuple(z.shape)} "
-            f"({type(err).__name__}: {err})"
-        ) from err
 
 
 def _check_shape(shape: Any) -> tuple[int, ...]:

@@ -1,18 +1,5 @@
-"""Load what users bring to the ``xaikit`` command: their model and their inputs.
+"""Read the inputs a user brings to the ``xaikit`` command, and their class names and labels.
 
-Models
-------
-- ``path/to/file.py:factory``: the file is imported and ``factory()`` (a function or an
-  ``nn.Module`` class) builds the network; ``weights=`` fills it from a ``.safetensors`` file
-  or a torch state dict read with ``torch.load(weights_only=True)`` (never a pickle).
-- A TorchScript file (``torch.jit.save``): ``.pt``, ``.pth``, ``.ts``, ...
-- An ONNX file (``.onnx``), run with onnxruntime (the ``onnx`` extra): no gradients, so only
-  the perturbation methods (occlusion, RISE, LIME, KernelSHAP).
-- A pickled scikit-learn model (``.pkl``, ``.pickle``, ``.joblib``), only with
-  ``trust_pickle=True``: unpickling runs whatever code the file's author put in it.
-
-Inputs
-------
 Image files (PNG, JPEG, anything Pillow reads; Pillow ships with matplotlib), ``.npy`` arrays
 (a batch with a leading item axis), CSV rows (a header row of names is recognised) and text
 files (one input per line). Images are resized, scaled to [0, 1] by their bit depth (8-bit
@@ -20,91 +7,40 @@ modes by 255, 16-bit by 65535; float images must already lie in [0, 1] and are k
 are) and normalised per channel; a mode that cannot be scaled so is refused.
 
 Files are checked against their declared sizes before they are read (image header
-dimensions, ``.npy`` headers, zip members of torch files): see :mod:`xaikit._files` for the
-limits and the environment variables that raise them.
-
-Every failure is a :class:`LoadError` (a ``ValueError``) whose one-line message starts with the
-argument's name: ``model: ...``, ``weights: ...``, ``input: ...``, ``classes: ...``.
+dimensions, ``.npy`` headers): see :mod:`xaikit._files` for the limits and the environment
+variables that raise them. Every failure is a :class:`~xaikit.loading.LoadError` naming
+``input``, ``resize``, ``mean``, ``std``, ``classes`` or ``labels``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import importlib.util
 import json
 import os
-import pickle
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from xaikit import _files
+from xaikit._validation import one_line
+from xaikit.loading.errors import LoadError, checked
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "TEXT_SUFFIXES",
     "Inputs",
-    "LoadError",
-    "LoadedModel",
-    "OnnxModel",
     "load_class_names",
     "load_inputs",
     "load_labels",
-    "load_model",
 ]
 
 IMAGE_SUFFIXES = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm",
 )  # fmt: skip
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 TEXT_SUFFIXES = (".txt",)
-
-
-class LoadError(ValueError):
-    """A model, weights file or input that cannot be used; the message is one line."""
-
-
-@dataclass
-class LoadedModel:
-    """A user's model, ready for :class:`xaikit.Model`.
-
-    Attributes
-    ----------
-    model : nn.Module or callable
-        What to pass to ``xk.explain`` and friends.
-    kind : {"torch", "torchscript", "onnx", "sklearn"}
-    source : str
-        The ``--model`` argument, for messages and the report.
-    output : str
-        What the model returns (``"logits"`` or ``"probabilities"``), for :class:`xaikit.Model`.
-    """
-
-    model: Any
-    kind: str
-    source: str
-    output: str = "logits"
-
-    @property
-    def has_gradients(self) -> bool:
-        """Whether gradient methods (saliency, IG, Grad-CAM, feature visualisation) can run."""
-        return self.kind in ("torch", "torchscript")
-
-    @property
-    def input_channels(self) -> int | None:
-        """Channels the first 2-D convolution expects (to read images in the right mode)."""
-        if not isinstance(self.model, nn.Module):
-            return None
-        for module in self.model.modules():
-            if isinstance(module, nn.Conv2d):
-                return int(module.in_channels)
-        return None
 
 
 @dataclass
@@ -132,276 +68,6 @@ class Inputs:
 
     def __len__(self) -> int:
         return len(self.names)
-
-
-# ---------------------------------------------------------------------- models
-
-
-def load_model(
-    spec: str | os.PathLike,
-    *,
-    weights: str | os.PathLike | None = None,
-    trust_pickle: bool = False,
-    output: str | None = None,
-) -> LoadedModel:
-    """Load a user's model from ``spec`` (see the module docstring for the forms it takes).
-
-    Parameters
-    ----------
-    spec : str or path
-        ``file.py:factory``, a TorchScript file, an ONNX file or a pickle (with
-        ``trust_pickle``).
-    weights : path, optional
-        A ``.safetensors`` file or a torch state dict, for ``file.py:factory`` only.
-    trust_pickle : bool
-        Allow loading a pickled scikit-learn model (pickles can run code when loaded).
-    output : {"logits", "probabilities", ...}, optional
-        What the model returns; default ``"logits"`` for PyTorch and ONNX models,
-        ``"probabilities"`` for scikit-learn's ``predict_proba``.
-
-    Raises
-    ------
-    LoadError
-        One line naming ``model`` or ``weights``.
-    """
-    text = os.fspath(spec)
-    file, _, factory = text.rpartition(":") if _is_factory_spec(text) else (text, "", "")
-    path = Path(file)
-    if factory == "" and path.suffix == ".py":
-        raise LoadError(
-            f"model: {text!r} names a Python file without a factory; write {text}:make_model "
-            "(a function or nn.Module class that builds the network)"
-        )
-    if not path.is_file():
-        raise LoadError(f"model: no file {file!r}")
-    if weights is not None and not factory:
-        raise LoadError(
-            "weights: only with --model file.py:factory (TorchScript, ONNX and pickled models "
-            "carry their weights)"
-        )
-    suffix = path.suffix.lower()
-    if factory:
-        module = _from_factory(path, factory, text)
-        if weights is not None:
-            _load_weights(module, Path(weights), source=text)
-        loaded = LoadedModel(module.eval(), "torch", text)
-    elif suffix == ".onnx":
-        loaded = LoadedModel(OnnxModel(path), "onnx", text)
-    elif suffix in PICKLE_SUFFIXES:
-        loaded = LoadedModel(_from_pickle(path, trust=trust_pickle), "sklearn", text)
-        loaded.output = "probabilities"
-    else:
-        loaded = LoadedModel(_from_torchscript(path), "torchscript", text)
-    if output is not None:
-        loaded.output = output
-    return loaded
-
-
-def _is_factory_spec(text: str) -> bool:
-    head, sep, tail = text.rpartition(":")
-    return bool(sep) and head.endswith(".py") and tail.isidentifier()
-
-
-def _from_factory(path: Path, factory: str, text: str) -> nn.Module:
-    # Importing the user's file runs it: that is what they asked for by naming their own code.
-    # The module's name is part of the model's identity (an audit's manifest hashes the class's
-    # qualified name), so it must be the same in every process: not Python's salted hash().
-    digest = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
-    name = f"_xaikit_user_{digest[:16]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise LoadError(f"model: cannot import {str(path)!r} as Python")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look modules up by name
-    try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as err:  # a script's sys.exit() is a failure, not an exit
-        sys.modules.pop(name, None)
-        raise LoadError(f"model: importing {str(path)!r} failed: {_failure(err)}") from err
-    builder = getattr(module, factory, None)
-    if builder is None:
-        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise LoadError(f"model: {str(path)!r} has no {factory!r}; it defines {found}")
-    if not callable(builder):
-        raise LoadError(f"model: {text!r} is a {type(builder).__name__}, not a factory")
-    try:
-        built = builder()
-    except (Exception, SystemExit) as err:
-        raise LoadError(f"model: {text}() failed: {_failure(err)}") from err
-    if not isinstance(built, nn.Module):
-        raise LoadError(f"model: {text}() returned {type(built).__name__}, not a torch.nn.Module")
-    return built
-
-
-def _load_weights(module: nn.Module, path: Path, *, source: str) -> None:
-    if not path.is_file():
-        raise LoadError(f"weights: no file {str(path)!r}")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            _checked(_files.check_zip, path, name="weights")
-            with warnings.catch_warnings():  # torch warns about foreign pickles: one line only
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-    except LoadError:
-        raise
-    except Exception as err:  # safetensors, zipfile, pickle and torch raise many kinds
-        raise LoadError(
-            f"weights: {str(path)!r} is not a safetensors file or a torch state dict "
-            f"readable with weights_only=True ({type(err).__name__})"
-        ) from err
-    state = _state_dict(state, path)
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append("shape mismatch: " + "; ".join(mismatched[:3]))
-        if missing:
-            parts.append(f"missing {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_few(unexpected)}")
-        raise LoadError(
-            f"weights: {str(path)!r} does not fit the model from {source}: " + "; ".join(parts)
-        )
-    module.load_state_dict(state)
-
-
-def _state_dict(state: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a state dict, also inside the usual checkpoint wrappers."""
-    if isinstance(state, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(state.get(key), dict):  # a training checkpoint around the weights
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise LoadError(
-            f"weights: {str(path)!r} holds {type(state).__name__}, not a state dict of tensors"
-        )
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
-
-
-def _from_torchscript(path: Path) -> nn.Module:
-    _checked(_files.check_zip, path, name="model")
-    try:
-        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users have files
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:  # torch raises several kinds for a file that is no TorchScript
-        cause = err
-    # Not TorchScript: say what it is, when we can tell without running any code.
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        state = None
-    if isinstance(state, dict):
-        raise LoadError(
-            f"model: {str(path)!r} holds weights (a state dict), not a model; pass the "
-            f"architecture as --model file.py:factory and this file as --weights"
-        ) from cause
-    raise LoadError(
-        f"model: {str(path)!r} is not a model file: expected file.py:factory, a TorchScript file, "
-        "an ONNX file (.onnx) or a pickled scikit-learn model (.pkl, with --trust-pickle)"
-    ) from cause
-
-
-def _from_pickle(path: Path, *, trust: bool) -> Any:
-    if not trust:
-        raise LoadError(
-            f"model: {str(path)!r} is a pickle, which runs any code it holds when loaded; pass "
-            "--trust-pickle only if you trust whoever made it"
-        )
-    try:
-        if path.suffix.lower() == ".joblib":
-            import joblib
-
-            obj = joblib.load(path)
-        else:
-            with path.open("rb") as handle:
-                obj = pickle.load(handle)  # the user trusts this file
-    except Exception as err:
-        raise LoadError(
-            f"model: {str(path)!r} is not a readable pickle ({_one_line(err)})"
-        ) from err
-    if not (callable(getattr(obj, "predict_proba", None)) or callable(obj)):
-        raise LoadError(
-            f"model: {str(path)!r} holds a {type(obj).__name__}, not a model with predict_proba"
-        )
-    return obj
-
-
-class OnnxModel:
-    """An ONNX model as a callable on NumPy batches (onnxruntime, CPU).
-
-    A model exported with a fixed batch size is fed that many items at a time (the last chunk
-    padded and cut back), so ``xk.Model`` can still batch freely.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        try:
-            import onnxruntime
-        except ImportError as err:
-            raise LoadError(
-                "model: ONNX files need onnxruntime; install the extra: pip install 'xaikit[onnx]'"
-            ) from err
-        self.path = str(path)
-        try:
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3  # errors only: no warnings on stderr per run
-            self.session = onnxruntime.InferenceSession(
-                self.path, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as err:
-            raise LoadError(
-                f"model: {self.path!r} is not an ONNX model onnxruntime can run "
-                f"({_one_line(err)[:160]})"
-            ) from err
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise LoadError(f"model: {self.path!r} takes {len(inputs)} inputs; xaikit needs one")
-        self.input_name = inputs[0].name
-        self.input_shape = list(inputs[0].shape)
-        self.dtype = np.float64 if "double" in inputs[0].type else np.float32
-        first = self.input_shape[0] if self.input_shape else None
-        self.fixed_batch = first if isinstance(first, int) and first > 0 else None
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if self.fixed_batch is None:
-            return self._run(x)
-        size, outs = self.fixed_batch, []
-        for start in range(0, len(x), size):
-            chunk = x[start : start + size]
-            n = len(chunk)
-            if n < size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
-            outs.append(self._run(chunk)[:n])
-        return np.concatenate(outs)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: x})[0]
-        return np.asarray(out, dtype=np.float32)
-
-    def __repr__(self) -> str:
-        return f"OnnxModel({self.path!r})"
-
-
-# ---------------------------------------------------------------------- inputs
 
 
 def load_inputs(
@@ -537,7 +203,7 @@ def _open_image(path: Path):
     """
     from PIL import Image, UnidentifiedImageError
 
-    limit = _checked(_files.max_image_pixels)
+    limit = checked(_files.max_image_pixels)
     pillows = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -546,18 +212,21 @@ def _open_image(path: Path):
             if pillows is not None and limit > pillows:  # the user raised ours above Pillow's
                 Image.MAX_IMAGE_PIXELS = limit
             with Image.open(path) as img:
-                _checked(_files.check_image_size, *img.size, name="input", path=path)
+                checked(_files.check_image_size, *img.size, name="input", path=path)
                 img.load()  # decode now: a truncated file fails here, not later
                 return img.copy(), _integer_bits(img)
     except Image.DecompressionBombError as err:
         raise LoadError(
-            f"input: {str(path)!r} is too large to decode ({_one_line(err)}); the limit is "
-            f"{limit} pixels, raised with the environment variable {_files.IMAGE_PIXELS}"
+            f"input: {str(path)!r} is too large to decode ({one_line(err, with_type=True)}); "
+            f"the limit is {limit} pixels, raised with the environment variable "
+            f"{_files.IMAGE_PIXELS}"
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if isinstance(err, LoadError):
             raise
-        raise LoadError(f"input: {str(path)!r} is not a readable image ({_one_line(err)})") from err
+        raise LoadError(
+            f"input: {str(path)!r} is not a readable image ({one_line(err, with_type=True)})"
+        ) from err
     finally:
         Image.MAX_IMAGE_PIXELS = pillows
 
@@ -574,7 +243,7 @@ def _image_array(img, path: Path, *, bits: int | None, channels: int, resize) ->
         except ValueError as err:  # a mode Pillow opens but cannot convert (e.g. "La")
             raise LoadError(
                 f"input: {str(path)!r} has image mode {img.mode!r}, which cannot be converted "
-                f"to {target} ({_one_line(err)})"
+                f"to {target} ({one_line(err, with_type=True)})"
             ) from err
         if size is not None:
             img = img.resize(size, Image.Resampling.BILINEAR)
@@ -640,16 +309,6 @@ def _integer_bits(img) -> int | None:
     return None
 
 
-def _checked(function, *args, **kwargs):
-    """Call one of :mod:`xaikit._files`' checks; its ValueError becomes a LoadError."""
-    try:
-        return function(*args, **kwargs)
-    except LoadError:
-        raise
-    except ValueError as err:
-        raise LoadError(str(err)) from err
-
-
 def _normalise(x: np.ndarray, *, mean, std) -> np.ndarray:
     c = x.shape[1]
     for name, values in (("mean", mean), ("std", std)):
@@ -668,7 +327,7 @@ def _normalise(x: np.ndarray, *, mean, std) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    a = _checked(_files.load_npy, path, name="input")
+    a = checked(_files.load_npy, path, name="input")
     if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiub":
         raise LoadError(f"input: {str(path)!r} holds no numeric array")
     if a.ndim < 2:
@@ -720,7 +379,7 @@ def _is_number(text: str) -> bool:
 
 
 def _read_text(path: Path, *, what: str) -> str:
-    return _checked(_files.read_text, path, name=what)
+    return checked(_files.read_text, path, name=what)
 
 
 def load_class_names(path: str | os.PathLike, *, n_classes: int | None = None) -> list[str]:
@@ -753,7 +412,7 @@ def load_labels(path: str | os.PathLike, *, n: int | None = None) -> np.ndarray:
     if not path.is_file():
         raise LoadError(f"labels: no file {str(path)!r}")
     if path.suffix.lower() == ".npy":
-        labels = _checked(_files.load_npy, path, name="labels").ravel()
+        labels = checked(_files.load_npy, path, name="labels").ravel()
     else:
         lines = [ln.strip() for ln in _read_text(path, what="labels").splitlines() if ln.strip()]
         labels = np.asarray(lines)
@@ -762,18 +421,3 @@ def load_labels(path: str | os.PathLike, *, n: int | None = None) -> np.ndarray:
     if n is not None and len(labels) != n:
         raise LoadError(f"labels: {str(path)!r} has {len(labels)} labels for {n} inputs")
     return labels
-
-
-def _few(keys: list[str]) -> str:
-    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
-
-def _failure(err: BaseException) -> str:
-    if isinstance(err, SystemExit):
-        return f"it called sys.exit({err.code!r})"
-    return _one_line(err)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
