@@ -1,7 +1,7 @@
 """Generator-constrained visualisation and a small generator trained on the user's data.
 
-Raw class visualisation finds noise that fools the model (an adversarial image); the lecture's
-last step constrains the image to what a generator G can make: ``z* = argmax_z y_i(G(z))``,
+Raw class visualisation finds noise that fools the model (an adversarial image); a generator
+constrains the image to what a generator G can make: ``z* = argmax_z y_i(G(z))``,
 ``X* = G(z*)`` (Nguyen et al. 2016, DGN-AM). :func:`xaikit.visualize` does the search when given
 ``generator=``; this module provides :func:`train_generator`, which trains a small VAE or GAN
 on the user's own images (deterministic with ``seed``, cached like the default CNN), and the

@@ -50,7 +50,7 @@ from xaikit.model import Model, as_model
 __all__ = ["Visualization", "visualize"]
 
 # Square sizes tried, largest first, when the input size must be guessed from the model: the
-# ImageNet size, the lecture homework's 128 px food images, then small-image data sets.
+# ImageNet size, 128 px photographs, then small-image data sets.
 # Optimisation steps when none are given, in the API and in `xaikit visualize` alike.
 DEFAULT_STEPS = 256
 _GUESS_SIZES = (224, 128, 96, 64, 32, 28)
@@ -157,7 +157,7 @@ def visualize(
 ) -> Visualization:
     """Find inputs that maximise an objective by gradient ascent (feature visualisation).
 
-    The lecture's global explanation: ``X* = argmax_X sum_ij a_ij`` shows what a filter detects
+    Global explanation: ``X* = argmax_X sum_ij a_ij`` shows what a filter detects
     (Erhan et al. 2009), ``X* = argmax_X y_i + R(X)`` what a class looks like (Simonyan et al.
     2014; Yosinski et al. 2015), and ``X* = G(z*)``, ``z* = argmax_z y_i(G(z))`` the same
     constrained to what a generator makes (Nguyen et al. 2016). Adam on the image parameters,

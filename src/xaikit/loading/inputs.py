@@ -91,7 +91,7 @@ def load_inputs(
         Per-channel normalisation ``(x - mean) / std`` after scaling to [0, 1] (one value, or
         one per channel); applied to images and ``.npy`` arrays with a channel axis.
     channels : {1, 3}, optional
-        Read images as grey (1) or RGB (3); default grey when every image is grey, else RGB.
+        Read images as gray (1) or RGB (3); default gray when every image is gray, else RGB.
 
     Raises
     ------
@@ -116,7 +116,7 @@ def load_inputs(
         resize = (int(resize[0]), int(resize[1]))
     if kind == "image":
         x = np.stack(_read_images(paths, resize=resize, channels=channels))
-        x = _normalise(x, mean=mean, std=std)
+        x = _normalize(x, mean=mean, std=std)
         return Inputs(x, [p.name for p in paths], "image")
     if kind == "array":
         arrays = [_read_npy(p) for p in paths]
@@ -128,7 +128,7 @@ def load_inputs(
         ]
         x = np.concatenate(arrays).astype(np.float32, copy=False)
         if x.ndim == 4 and (mean is not None or std is not None):
-            x = _normalise(x, mean=mean, std=std)
+            x = _normalize(x, mean=mean, std=std)
         return Inputs(x, names, "array")
     if kind == "table":
         tables = [_read_csv(p) for p in paths]
@@ -171,19 +171,19 @@ def _input_kind(path: Path) -> str:
     )
 
 
-# Modes Pillow decodes to 8 bits per channel: converted to grey or RGB by Pillow, then / 255.
+# Modes Pillow decodes to 8 bits per channel: converted to gray or RGB by Pillow, then / 255.
 EIGHT_BIT_MODES = (
     "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
 )  # fmt: skip
-GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def _read_images(paths: list[Path], *, resize, channels) -> list[np.ndarray]:
     if channels not in (None, 1, 3):
-        raise LoadError(f"channels: expected 1 (grey) or 3 (RGB), got {channels!r}")
+        raise LoadError(f"channels: expected 1 (gray) or 3 (RGB), got {channels!r}")
     opened = [_open_image(p) for p in paths]
     if channels is None:
-        channels = 1 if all(img.mode in GREY_MODES for img, _ in opened) else 3
+        channels = 1 if all(img.mode in GRAY_MODES for img, _ in opened) else 3
     out = []
     for p, (img, bits) in zip(paths, opened, strict=True):
         out.append(_image_array(img, p, bits=bits, channels=channels, resize=resize))
@@ -249,14 +249,14 @@ def _image_array(img, path: Path, *, bits: int | None, channels: int, resize) ->
             img = img.resize(size, Image.Resampling.BILINEAR)
         a = np.asarray(img, dtype=np.float32) / 255.0
         return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    grey = _deep_grey(img, path, bits=bits)
+    gray = _deep_gray(img, path, bits=bits)
     if size is not None:
-        grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR))
-    return np.repeat(grey[None], channels, axis=0).astype(np.float32)
+        gray = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR))
+    return np.repeat(gray[None], channels, axis=0).astype(np.float32)
 
 
-def _deep_grey(img, path: Path, *, bits: int | None) -> np.ndarray:
-    """A 16-bit, 32-bit integer or float grey image as (H, W) float32 in [0, 1]."""
+def _deep_gray(img, path: Path, *, bits: int | None) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float gray image as (H, W) float32 in [0, 1]."""
     mode = img.mode
     a = np.asarray(img)
     if mode.startswith("I;16"):
@@ -309,7 +309,7 @@ def _integer_bits(img) -> int | None:
     return None
 
 
-def _normalise(x: np.ndarray, *, mean, std) -> np.ndarray:
+def _normalize(x: np.ndarray, *, mean, std) -> np.ndarray:
     c = x.shape[1]
     for name, values in (("mean", mean), ("std", std)):
         if values is not None and len(values) not in (1, c):

@@ -80,7 +80,7 @@ def scorecard(
     from xaikit.metrics import evaluate, sanity_check
 
     module = model.module if isinstance(model, Model) else model
-    can_randomise = sanity and _is_plain_module(module)
+    can_randomize = sanity and _is_plain_module(module)
     results = []
     with progress_bar(len(methods), "explaining and scoring", enabled=progress) as bar:
         for name, params in methods.items():
@@ -90,7 +90,7 @@ def scorecard(
                 model, x, e, metrics=("deletion", "insertion"), **(metric_options or {})
             )
             result = MethodScore(name, e, scores["deletion"], scores["insertion"])
-            if can_randomise:
+            if can_randomize:
                 check_params = (sanity_params or {}).get(name, params)
                 result.sanity = sanity_check(module, x, name, target=int(e.target), **check_params)
             else:
