@@ -630,7 +630,7 @@ def plot_token_maps(
         )  # fmt: skip
         bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cm), cax=cax, orientation="horizontal")
         bar.set_ticks(
-            [norm.vmin, 0.0, norm.vmax], labels=[f"{norm.vmin:.2g}", "0", f"{norm.vmax:.2g}"]
+            [norm.vmin, 0.0, norm.vmax], labels=[f"{norm.vmin:.3g}", "0", f"{norm.vmax:.3g}"]
         )
         cax.xaxis.set_ticks_position("top")
         cax.tick_params(labelsize=7, length=2, pad=1)
