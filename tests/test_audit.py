@@ -17,6 +17,7 @@ from xaikit.audit.analysis import iou, sameness, transplant_rates
 from xaikit.audit.shard import background_mask, pool
 from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
 from xaikit.datasets.shortcuts import make_shortcut_mnist
+from xaikit.report.html import result_html
 
 N = 200  # training images audited: about 20 eights, 85% of them marked
 PARAMS = {"steps": 8}  # Gauss-Legendre: 8 points already integrate the small CNN well
@@ -172,7 +173,27 @@ def test_save_load_plot(watermark_audit, tmp_path):
         np.testing.assert_array_equal(b.clusters[c].labels, a.clusters[c].labels)
     fig = a.plot()
     assert len(fig.axes) >= 10 + len(a.findings[:3])
-    assert "<table>" in a._repr_html_() and "region" in a._repr_html_()
+
+
+def test_repr_html_lists_the_findings_through_the_report(watermark_audit):
+    a, _ = watermark_audit
+    html = a._repr_html_()
+    assert html == result_html(a)  # the one path to HTML, not a copy of it
+    assert '<div class="xaikit"><h4>Audit</h4>' in html
+    assert "<th>region (y0, x0, y1, x1)</th>" in html
+    assert html.count("<tr>") == 1 + len(a.findings)
+    first = a.findings[0]
+    assert f"<td>{tuple(first.region)}</td><td>{first.relevance_share:.0%}</td>" in html
+
+
+def test_repr_html_of_an_audit_without_findings():
+    empty = Audit(
+        findings=[], class_maps={}, region_shares={}, clusters={}, maps=np.zeros((0, 2, 2)),
+        background=np.zeros((0, 2, 2)), targets=np.zeros(0, int), predictions=np.zeros(0, int),
+        labels=None, pool=1, input_shape=(2, 2),
+    )  # fmt: skip
+    html = empty._repr_html_()
+    assert "<p>no shortcut found</p>" in html and "<table>" not in html
 
 
 def test_labels_of_wrong_length(watermark_cnn, marked_data):

@@ -5,6 +5,7 @@
 - No private name (``_name``) imported across a package boundary: what two packages share is
   promoted to a public name of a module both may import.
 - No method module imports another method module: shared math lives in a neutral module.
+- One path to HTML: ``_repr_html_`` is defined once, by the ``HTMLRepr`` mixin in ``_repr.py``.
 
 Read with the standard library's ``ast``; no import of the package is needed.
 """
@@ -138,3 +139,13 @@ def test_no_method_module_imports_another():
     assert methods, "no method module found"
     crossing = [(m, t) for m in methods for t, _ in _imports(m) if t in methods and t != m]
     assert crossing == []
+
+
+def test_repr_html_is_defined_only_by_the_mixin():
+    defining = sorted(
+        m
+        for m, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name == "_repr_html_"
+    )
+    assert defining == ["xaikit._repr"]

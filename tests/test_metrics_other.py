@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -12,6 +13,8 @@ from torch import nn
 import xaikit as xk
 from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
 from xaikit.metrics import (
+    METRICS,
+    attack_explanation,
     compare,
     entropy,
     evaluate,
@@ -20,8 +23,13 @@ from xaikit.metrics import (
     pointing_game,
     relevance_mass,
     relevance_rank,
+    road,
     sparseness,
 )
+from xaikit.metrics.evaluate import higher_is_better
+from xaikit.metrics.faithfulness import deletion, insertion, pixel_flipping
+from xaikit.metrics.infidelity import infidelity
+from xaikit.metrics.registry import metric
 
 # ---------------------------------------------------------------------- complexity
 
@@ -251,6 +259,137 @@ def test_evaluate_errors(image):
         evaluate(model, image, e, metrics=["deletion"], window=3)
     with pytest.raises(TypeError, match="explanation"):
         evaluate(model, image, e.values)
+
+
+# ---------------------------------------------------------------------- the metric table
+
+
+def _patch_explanation(image):
+    return xk.explain(Patch(), image, method="saliency", target=0)
+
+
+def _mask():
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 3:7] = True
+    return mask
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_every_option_of_a_metric_is_accepted_by_evaluate(name, image):
+    # Each option at its default value gives the score of the defaults: evaluate takes every
+    # option the metric's signature states, and passes it on.
+    e = _patch_explanation(image)
+    required = {"mask": _mask()} if "mask" in METRICS[name].required else {}
+    options = {k: v for k, v in METRICS[name].defaults.items() if k not in required}
+    given = evaluate(Patch(), image, e, metrics=name, **options, **required)[name]
+    assert given == evaluate(Patch(), image, e, metrics=name, **required)[name]
+
+
+@pytest.mark.parametrize(("option", "value"), [("step_size", -1.0), ("beta", 0.0), ("queries", 0)])
+def test_evaluate_passes_attack_options_on(option, value, image):
+    # Before the table was derived from the signature these were "not an option" (TypeError);
+    # now they reach attack_explanation, whose own check rejects the bad value.
+    e = _patch_explanation(image)
+    with pytest.raises(ValueError, match=rf"^{option}: "):
+        evaluate(Patch(), image, e, metrics="attack_top_k", steps=1, **{option: value})
+
+
+def test_evaluate_attack_step_size_equals_the_direct_call(image):
+    e = _patch_explanation(image)
+    kw = {"steps": 3, "step_size": 0.05, "queries": 2, "estimator": "spsa", "k": 4}
+    scores = evaluate(Patch(), image, e, metrics="attack_top_k", **kw)
+    direct = attack_explanation(Patch(), image, "saliency", **kw)
+    assert scores["attack_top_k"] == direct.top_k_intersection
+
+
+def _keyword_only(function, *, without=()):
+    return {
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in without
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "without"),
+    [
+        ("deletion", deletion, ()),
+        ("insertion", insertion, ()),
+        ("morf", pixel_flipping, ("order",)),
+        ("lerf", pixel_flipping, ("order",)),
+        ("road", road, ("order",)),
+        ("road_lerf", road, ("order",)),
+        ("infidelity", infidelity, ()),
+        ("max_sensitivity", max_sensitivity, ("explanation",)),
+        ("local_lipschitz", local_lipschitz, ("explanation",)),
+        ("attack_top_k", attack_explanation, ("explanation",)),
+    ],
+)
+def test_metric_options_are_the_public_function_options(name, function, without):
+    assert METRICS[name].options == _keyword_only(function, without=without)
+
+
+def test_attack_top_k_takes_step_size_beta_and_queries():
+    assert {"step_size", "beta", "queries"} <= METRICS["attack_top_k"].options
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_every_metric_takes_model_x_explanation_then_target(name):
+    parameters = list(inspect.signature(METRICS[name].function).parameters)
+    assert parameters[:3] == ["model", "x", "explanation"]
+    if "target" in parameters:
+        assert parameters[3] == "target"
+
+
+DIRECTIONS = {  # metric -> higher is better
+    "deletion": False,
+    "insertion": True,
+    "morf": False,
+    "lerf": True,
+    "road": False,
+    "road_lerf": True,
+    "infidelity": False,
+    "sparseness": True,
+    "entropy": False,
+    "pointing_game": True,
+    "relevance_mass": True,
+    "relevance_rank": True,
+    "max_sensitivity": False,
+    "local_lipschitz": False,
+    "attack_top_k": True,
+}
+
+
+def test_the_metric_table_holds_the_documented_metrics():
+    assert set(METRICS) == set(DIRECTIONS)
+
+
+@pytest.mark.parametrize(("name", "better"), DIRECTIONS.items())
+def test_direction_of_each_metric(name, better):
+    assert higher_is_better(name) is better
+
+
+def test_a_metric_entry_is_a_function_and_direction_pair(image):
+    e = _patch_explanation(image)
+    function, better = METRICS["lerf"]
+    lerf = pixel_flipping(Patch(), image, e, order="lerf", steps=5).area
+    assert better is True
+    assert function(Patch(), image, e, steps=5) == lerf
+
+
+def test_a_metric_in_another_argument_order_is_refused():
+    with pytest.raises(TypeError, match=r"^function: a metric takes"):
+        metric("backwards", higher_is_better=True)(lambda explanation, mask: 0.0)
+    assert "backwards" not in METRICS
+
+
+def test_a_metric_taking_target_late_is_refused():
+    def late(model, x, explanation, *, steps=1, target=None):
+        return 0.0
+
+    with pytest.raises(TypeError, match=r"^function: late must take target first"):
+        metric("late", higher_is_better=True)(late)
+    assert "late" not in METRICS
 
 
 def test_compare_ranks_methods(image):

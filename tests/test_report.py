@@ -12,8 +12,9 @@ from torch import nn
 
 import xaikit as xk
 from xaikit._plotting import new_figure
+from xaikit._repr import HTMLRepr
 from xaikit.report import Markup, Page
-from xaikit.report.html import escape, table
+from xaikit.report.html import RENDERERS, escape, result_html, table
 from xaikit.report.output import staged_dir, write_text_atomic
 
 EVIL = "<script>alert(1)</script>"
@@ -294,6 +295,45 @@ def test_repr_html_of_comparison_importance_curve_and_attack():
     html = imp._repr_html_()
     assert _is_fragment(html) and "<td>size</td>" in html and "&lt;script&gt;" in html
     assert html.index("<td>size</td>") < html.index("<td>c</td>")  # most important first
+
+
+def test_repr_html_of_sanity_result():
+    net = _TinyCNN()
+    X = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    r = xk.sanity_check(net, X, "saliency", batch=True)
+    html = r._repr_html_()
+    assert _is_fragment(html) and "Sanity check · saliency" in html
+    assert f'<span class="badge {"pass" if r.passed else "fail"}">' in html
+
+
+def _html_results() -> set[type]:
+    found, todo = set(), [HTMLRepr]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("xaikit.") and sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+def test_every_result_with_html_has_a_renderer():
+    assert _html_results() == set(RENDERERS)
+
+
+def test_renderer_is_chosen_by_class_not_by_name():
+    class Curve:  # the name of a result class, but not the class: shown as its repr
+        def __repr__(self) -> str:
+            return f"Curve({EVIL})"
+
+    assert result_html(Curve()) == f"<pre>Curve({escape(EVIL)})</pre>"
+
+
+def test_a_subclass_renders_as_its_result_class():
+    class MyCurve(xk.metrics.Curve):
+        pass
+
+    curve = MyCurve("deletion", np.array([0.0, 1.0]), np.array([1.0, 0.0]), 0.5, 1)
+    assert "<td>area</td><td>0.500</td>" in curve._repr_html_()
 
 
 def test_attack_result_and_importance_reprs_show_arrays_by_shape():

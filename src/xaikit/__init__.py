@@ -35,6 +35,9 @@ from xaikit.representations import (
 )
 from xaikit.surrogates import FidelityCurve, Surrogate, fidelity_curve, surrogate
 
+# Last: the report imports the results above, and installs their HTML (see _repr.py).
+from xaikit import report  # noqa: F401  # isort: skip
+
 __all__ = [
     "Activations",
     "Audit",

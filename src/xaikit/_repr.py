@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import html
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+# The report's renderer, installed by xaikit.report.html when it is imported (xaikit's own
+# __init__ imports it). It holds the table keyed by result class, so it imports the results;
+# they reach it through this slot, not by importing it, so no import goes both ways.
+_render: Callable[[Any], str] | None = None
+
+
+def set_html_renderer(render: Callable[[Any], str]) -> None:
+    """Install ``render(result) -> HTML`` as what :class:`HTMLRepr` shows (the report does)."""
+    global _render
+    _render = render
 
 
 class HTMLRepr:
@@ -14,9 +27,9 @@ class HTMLRepr:
 
     def _repr_html_(self) -> str:
         """Show the result in Jupyter: its plot and numbers as a self-contained fragment."""
-        from xaikit.report.html import result_html
-
-        return result_html(self)
+        if _render is None:  # only while xaikit itself is being imported
+            return f"<pre>{html.escape(repr(self))}</pre>"
+        return _render(self)
 
 
 def short_repr(obj: Any) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import html
 import io
 import json
 import os
@@ -16,6 +15,7 @@ import numpy as np
 
 from xaikit import _files
 from xaikit._plotting import new_figure
+from xaikit._repr import HTMLRepr
 from xaikit.audit import _store
 
 FORMAT = "xaikit-audit"
@@ -110,7 +110,7 @@ class Cluster:
 
 
 @dataclass
-class Audit:
+class Audit(HTMLRepr):
     """Result of :func:`xaikit.audit`.
 
     ``findings`` (most convincing first); ``class_maps`` class -> mean normalised relevance map
@@ -307,19 +307,3 @@ class Audit:
             ax.set_yticks([])
         fig.suptitle(self.summary(), fontsize=8)
         return fig
-
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{f.target}</td><td>{'' if f.cluster is None else f.cluster}</td>"
-            f"<td>{html.escape(f.kind)}</td><td>{f.region}</td><td>{f.relevance_share:.0%}</td>"
-            f"<td>{f.other_share:.0%}</td><td>{f.consistency:.0%}</td><td>{f.n_images}</td>"
-            f"<td>{f.transplant_text()}</td></tr>"
-            for f in self.findings
-        )
-        head = (
-            "<tr><th>class</th><th>cluster</th><th>kind</th><th>region (y0, x0, y1, x1)</th>"
-            "<th>share</th><th>others</th><th>consistent</th><th>images</th>"
-            "<th>pasted in: called the class</th></tr>"
-        )
-        body = rows or "<tr><td colspan=9>no shortcut found</td></tr>"
-        return f"<p>{html.escape(repr(self))}</p><table>{head}{body}</table>"

@@ -8,6 +8,7 @@ metric file only says what it measures.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -173,6 +174,47 @@ def explainer(method: str | ExplainFn, params: dict[str, Any]) -> tuple[str, Exp
         return np.asarray(e.values, dtype=np.float64)
 
     return method, call
+
+
+def re_explaining(
+    function: Callable[..., Any], *, score: Callable[[Any], float] = float
+) -> Callable[..., float]:
+    """A metric ``(model, x, explanation, *, target=None, ...)`` from a robustness function
+    ``(model, x, method, *, target=None, ..., explanation=None, **method_params)``.
+
+    Robustness re-explains perturbed inputs; the metric does so with the explanation's own
+    method and parameters, so it needs an :class:`Explanation`. Its options are the function's
+    keyword-only parameters but ``explanation``: the signature is derived, not written again.
+    """
+
+    def run(model: Any, x: Any, explanation: Any, **options: Any) -> float:
+        if not isinstance(explanation, Explanation):
+            raise TypeError(
+                "explanation: robustness metrics re-run the method, so they need an Explanation "
+                f"(from xk.explain), got {describe(explanation)}"
+            )
+        from xaikit.attribution import methods
+
+        known = methods()
+        method = explanation.method
+        if method not in known:
+            raise ValueError(f"explanation: method {method!r} is not a registered method")
+        params = {k: v for k, v in explanation.params.items() if k in known[method]["params"]}
+        return score(function(model, x, method, explanation=explanation, **options, **params))
+
+    keyword = [
+        p
+        for p in inspect.signature(function).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "explanation"
+    ]
+    head = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        for name in ("model", "x", "explanation")
+    ]
+    run.__signature__ = inspect.Signature(head + keyword)  # type: ignore[attr-defined]
+    run.__name__ = function.__name__
+    run.__doc__ = function.__doc__
+    return run
 
 
 def check_explained(values: np.ndarray, xb: np.ndarray, *, name: str = "method") -> np.ndarray:

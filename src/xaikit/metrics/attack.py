@@ -46,7 +46,14 @@ from xaikit._validation import (
 )
 from xaikit.attribution.perturbation import chunk_size, chunk_sizes
 from xaikit.explanation import Explanation
-from xaikit.metrics._common import as_array, check_explained, check_same_input, explainer
+from xaikit.metrics._common import (
+    as_array,
+    check_explained,
+    check_same_input,
+    explainer,
+    re_explaining,
+)
+from xaikit.metrics.registry import metric
 from xaikit.model import Model, as_model
 
 ESTIMATORS = ("auto", "softplus", "spsa")
@@ -135,6 +142,7 @@ def attack_explanation(
     x: Any,
     method: Any = "saliency",
     *,
+    target: int | None = None,
     epsilon: float = 0.1,
     steps: int = 30,
     step_size: float | None = None,
@@ -144,7 +152,6 @@ def attack_explanation(
     queries: int = 16,
     bounds: tuple[float, float] | None = None,
     seed: int = 0,
-    target: int | None = None,
     explanation: Any = None,
     **method_params: Any,
 ) -> AttackResult:
@@ -158,6 +165,8 @@ def attack_explanation(
         One input.
     method : str or callable
         A name from ``xk.methods()`` or ``explain_fn(model, x (N, ...), targets (N,))``.
+    target : int, optional
+        Default the explanation's target, else the predicted class.
     epsilon : float
         L-inf budget of the perturbation, in the input's units (0.1 on [0, 1] images).
     steps : int
@@ -177,8 +186,6 @@ def attack_explanation(
     bounds : (low, high), optional
         Valid input range, e.g. ``(0, 1)``; the attacked input is clipped to it.
     seed : int
-    target : int, optional
-        Default the explanation's target, else the predicted class.
     explanation : Explanation or array, optional
         The explanation of ``x``, when already computed.
     **method_params
@@ -288,6 +295,12 @@ def attack_explanation(
         estimator,
         accepted,
     )
+
+
+# As a metric: the top-k intersection, attacking the explanation's own method.
+metric("attack_top_k", higher_is_better=True)(
+    re_explaining(attack_explanation, score=lambda result: result.top_k_intersection)
+)
 
 
 def _bounds(bounds: Any, x: np.ndarray) -> tuple[float, float]:

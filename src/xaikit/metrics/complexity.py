@@ -18,6 +18,7 @@ import numpy as np
 
 from xaikit.explanation import Explanation
 from xaikit.metrics._common import as_array
+from xaikit.metrics.registry import metric
 
 
 def _magnitudes(explanation: Any) -> np.ndarray:
@@ -60,3 +61,14 @@ def entropy(explanation: Any) -> float:
     p = a / total
     p = p[p > 0]  # 0 log 0 = 0
     return float(-(p * np.log(p)).sum())
+
+
+# As metrics, in xk.evaluate's argument order (the model and input are not needed).
+@metric("sparseness", higher_is_better=True)
+def _sparseness_metric(model: Any, x: Any, explanation: Any) -> float:
+    return sparseness(explanation)
+
+
+@metric("entropy", higher_is_better=False)
+def _entropy_metric(model: Any, x: Any, explanation: Any) -> float:
+    return entropy(explanation)

@@ -2,14 +2,16 @@
 
 ``evaluate`` runs named metrics on one explanation and stores the numbers in ``e.scores``;
 ``compare`` explains one input with several methods and ranks them on each metric. Each
-metric is a function from this package; options reach the metrics that accept them (``steps``
-and ``baseline`` for deletion, ``mask`` for localisation, ``samples`` for robustness, ...).
+metric is a function of this package registered with ``@metric`` (``registry.py``); its
+options are its keyword-only parameters, and each option reaches the metrics that take it
+(``steps`` and ``baseline`` for deletion, ``mask`` for localisation, ``samples`` for
+robustness, ...).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,9 @@ from xaikit._plotting import new_figure
 from xaikit._repr import HTMLRepr
 from xaikit._validation import describe
 from xaikit.explanation import Explanation
-from xaikit.metrics import (
+
+# Each metric module registers its metrics with @metric when imported; add a new one here.
+from xaikit.metrics import (  # noqa: F401
     attack,
     complexity,
     faithfulness,
@@ -29,81 +33,12 @@ from xaikit.metrics import (
     robustness,
 )
 from xaikit.metrics._common import as_array, check_same_input
-
-
-def _lerf(model, x, e, **kw):
-    return faithfulness.pixel_flipping(model, x, e, order="lerf", **kw).area
-
-
-def _road_lerf(model, x, e, **kw):
-    return road.road(model, x, e, order="lerf", **kw).area
-
-
-def _attack_top_k(model, x, method, **kw):
-    return attack.attack_explanation(model, x, method, **kw).top_k_intersection
-
-
-def _re_explained(function: Callable) -> Callable:
-    """A robustness metric re-explains perturbed inputs with the explanation's own method."""
-
-    def run(model, x, e, **kw):
-        if not isinstance(e, Explanation):
-            raise TypeError(
-                "explanation: robustness metrics re-run the method, so they need an Explanation "
-                f"(from xk.explain), got {describe(e)}"
-            )
-        from xaikit.attribution import methods
-
-        known = methods()
-        if e.method not in known:
-            raise ValueError(f"explanation: method {e.method!r} is not a registered method")
-        params = {k: v for k, v in e.params.items() if k in known[e.method]["params"]}
-        return function(model, x, e.method, explanation=e, **kw, **params)
-
-    return run
-
-
-# name -> (function(model, x, e, **options) -> float, higher_is_better)
-METRICS: dict[str, tuple[Callable[..., Any], bool]] = {
-    "deletion": (lambda m, x, e, **kw: faithfulness.deletion(m, x, e, **kw).area, False),
-    "insertion": (lambda m, x, e, **kw: faithfulness.insertion(m, x, e, **kw).area, True),
-    "morf": (lambda m, x, e, **kw: faithfulness.pixel_flipping(m, x, e, **kw).area, False),
-    "lerf": (_lerf, True),
-    "road": (lambda m, x, e, **kw: road.road(m, x, e, **kw).area, False),
-    "road_lerf": (_road_lerf, True),
-    "infidelity": (lambda m, x, e, **kw: infidelity.infidelity(m, x, e, **kw), False),
-    "sparseness": (lambda m, x, e: complexity.sparseness(e), True),
-    "entropy": (lambda m, x, e: complexity.entropy(e), False),
-    "pointing_game": (lambda m, x, e, *, mask: float(localization.pointing_game(e, mask)), True),
-    "relevance_mass": (lambda m, x, e, *, mask: localization.relevance_mass(e, mask), True),
-    "relevance_rank": (lambda m, x, e, *, mask: localization.relevance_rank(e, mask), True),
-    "max_sensitivity": (_re_explained(robustness.max_sensitivity), False),
-    "local_lipschitz": (_re_explained(robustness.local_lipschitz), False),
-    "attack_top_k": (_re_explained(_attack_top_k), True),
-}
-# The options each metric takes (from the signatures of the functions behind it).
-_OPTIONS: dict[str, set[str]] = {
-    "deletion": {"target", "steps", "baseline"},
-    "insertion": {"target", "steps", "baseline", "sigma"},
-    "morf": {"target", "steps", "baseline"},
-    "lerf": {"target", "steps", "baseline"},
-    "road": {"target", "percentages", "noise", "seed"},
-    "road_lerf": {"target", "percentages", "noise", "seed"},
-    "infidelity": {"target", "perturbation", "samples", "noise", "window", "normalize", "seed"},
-    "sparseness": set(),
-    "entropy": set(),
-    "pointing_game": {"mask"},
-    "relevance_mass": {"mask"},
-    "relevance_rank": {"mask"},
-    "max_sensitivity": {"radius", "samples", "seed", "target"},
-    "local_lipschitz": {"radius", "samples", "seed", "target"},
-    "attack_top_k": {"epsilon", "steps", "k", "bounds", "estimator", "seed", "target"},
-}
+from xaikit.metrics.registry import METRICS
 
 
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is better (deletion, entropy, robustness: lower)."""
-    return METRICS[_check_metric(metric)][1]
+    return METRICS[_check_metric(metric)].higher_is_better
 
 
 def _check_metric(name: Any) -> str:
@@ -120,23 +55,24 @@ def _check_metrics(metrics: Any, options: dict[str, Any]) -> list[str]:
     names = [_check_metric(m) for m in metrics]
     if not names:
         raise ValueError("metrics: expected at least one metric name")
-    accepted = set().union(*(_OPTIONS[n] for n in names))
+    accepted = set().union(*(METRICS[n].options for n in names))
     unused = sorted(set(options) - accepted)
     if unused:
         raise TypeError(
             f"{unused[0]}: not an option of the metrics {names}; they take {sorted(accepted)}"
         )
-    missing = [n for n in names if "mask" in _OPTIONS[n] and options.get("mask") is None]
-    if missing:
-        raise ValueError(f"mask: metric {missing[0]!r} needs a ground-truth mask (mask=...)")
+    for n in names:
+        for option in METRICS[n].required:
+            if options.get(option) is None:
+                raise ValueError(f"{option}: metric {n!r} needs {option}=... (it has no default)")
     return names
 
 
 def _score_one(model, x, e, names, options) -> dict[str, float]:
     out = {}
     for name in names:
-        function = METRICS[name][0]
-        kw = {k: v for k, v in options.items() if k in _OPTIONS[name]}
+        function, _ = METRICS[name]
+        kw = {k: v for k, v in options.items() if k in METRICS[name].options}
         out[name] = float(function(model, x, e, **kw))
     return out
 
@@ -165,11 +101,13 @@ def evaluate(
         ``mask=``), ``max_sensitivity``, ``local_lipschitz``, ``attack_top_k`` (top-k
         intersection after the Ghorbani et al. attack).
     **options
-        Passed to the metrics that take them: ``steps``, ``baseline``, ``sigma``, ``mask``
-        (one mask, or one per item for a batch), ``percentages`` (ROAD), ``perturbation``,
-        ``window``, ``normalize`` (infidelity), ``noise`` (ROAD's imputation noise and
-        infidelity's Gaussian std: give it only with one of them), ``radius``, ``samples``,
-        ``epsilon``, ``k``, ``bounds``, ``estimator`` (attack), ``seed``.
+        Passed to the metrics that take them (``METRICS[name].options``: the keyword-only
+        parameters of the function behind the metric): ``target``, ``steps``, ``baseline``,
+        ``sigma``, ``mask`` (one mask, or one per item for a batch), ``percentages`` (ROAD),
+        ``perturbation``, ``window``, ``normalize`` (infidelity), ``noise`` (ROAD's
+        imputation noise and infidelity's Gaussian std: give it only with one of them),
+        ``radius``, ``samples``, ``epsilon``, ``step_size``, ``k``, ``bounds``,
+        ``estimator``, ``beta``, ``queries`` (attack), ``seed``.
 
     Returns
     -------

@@ -31,6 +31,7 @@ from xaikit._validation import check_choice, check_positive_int, check_targets
 from xaikit.attribution.perturbation import chunk_size, perturbation_scores
 from xaikit.baselines import make_baseline
 from xaikit.metrics._common import one_input, pixel_map
+from xaikit.metrics.registry import metric
 from xaikit.model import to_probabilities
 
 ORDERS = ("morf", "lerf")
@@ -83,6 +84,7 @@ class Curve(HTMLRepr):
         return ax.figure
 
 
+@metric("deletion", higher_is_better=False)
 def deletion(
     model: Any,
     x: Any,
@@ -119,6 +121,7 @@ def deletion(
     return _curve(model, x, explanation, "deletion", target, steps, baseline, None, "morf")
 
 
+@metric("insertion", higher_is_better=True)
 def insertion(
     model: Any,
     x: Any,
@@ -145,13 +148,15 @@ def insertion(
     return _curve(model, x, explanation, "insertion", target, steps, baseline, sigma, "morf")
 
 
+@metric("lerf", higher_is_better=True, fixed={"order": "lerf"})
+@metric("morf", higher_is_better=False, fixed={"order": "morf"})
 def pixel_flipping(
     model: Any,
     x: Any,
     explanation: Any,
     *,
-    order: str = "morf",
     target: int | None = None,
+    order: str = "morf",
     steps: int | None = None,
     baseline: Any = 0.0,
 ) -> Curve:

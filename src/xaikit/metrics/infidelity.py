@@ -36,22 +36,24 @@ from xaikit._validation import (
 )
 from xaikit.attribution.perturbation import batched, chunk_size
 from xaikit.metrics._common import as_array, input_score_chunks, one_input
+from xaikit.metrics.registry import metric
 
 PERTURBATIONS = ("gaussian", "square")
 
 
+@metric("infidelity", higher_is_better=False)
 def infidelity(
     model: Any,
     x: Any,
     explanation: Any,
     *,
+    target: int | None = None,
     perturbation: Any = "gaussian",
     samples: int = 100,
     noise: float = 0.1,
     window: int | None = None,
     normalize: bool = False,
     seed: int = 0,
-    target: int | None = None,
 ) -> float:
     """Infidelity of an explanation at ``x`` (Yeh et al. 2019); low is faithful.
 
@@ -62,6 +64,8 @@ def infidelity(
         One input.
     explanation : Explanation or array
         Attributions of ``x``'s shape (a ``(H, W)`` map is repeated over the channels).
+    target : int, optional
+        Default the explanation's target, else the predicted class.
     perturbation : {"gaussian", "square"} or array (S, *x.shape)
         ``"gaussian"``: ``I ~ N(0, noise^2)`` per element; ``"square"``: ``I = x`` inside a
         random ``window`` x ``window`` square (all channels), 0 elsewhere (images only); an
@@ -76,8 +80,6 @@ def infidelity(
     normalize : bool
         Rescale the attributions by the error-minimising ``beta`` first.
     seed : int
-    target : int, optional
-        Default the explanation's target, else the predicted class.
 
     Returns
     -------

@@ -22,6 +22,7 @@ import numpy as np
 
 from xaikit.explanation import Explanation
 from xaikit.metrics._common import as_array, check_mask
+from xaikit.metrics.registry import metric
 
 
 def _relevance(explanation: Any, x: Any = None) -> np.ndarray:
@@ -83,3 +84,19 @@ def relevance_rank(explanation: Any, mask: Any) -> float:
     k = int(gt.sum())
     top = np.argsort(-r.ravel(), kind="stable")[:k]
     return float(gt.ravel()[top].sum() / k)
+
+
+# As metrics, in xk.evaluate's argument order; the mask has no default (evaluate asks for it).
+@metric("pointing_game", higher_is_better=True)
+def _pointing_game_metric(model: Any, x: Any, explanation: Any, *, mask: Any) -> float:
+    return float(pointing_game(explanation, mask))
+
+
+@metric("relevance_mass", higher_is_better=True)
+def _relevance_mass_metric(model: Any, x: Any, explanation: Any, *, mask: Any) -> float:
+    return relevance_mass(explanation, mask)
+
+
+@metric("relevance_rank", higher_is_better=True)
+def _relevance_rank_metric(model: Any, x: Any, explanation: Any, *, mask: Any) -> float:
+    return relevance_rank(explanation, mask)

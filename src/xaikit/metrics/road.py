@@ -25,6 +25,7 @@ from xaikit._validation import check_choice, check_number, check_seed, check_tar
 from xaikit.attribution.perturbation import chunk_size
 from xaikit.metrics._common import input_scores, one_input, pixel_map
 from xaikit.metrics.faithfulness import ORDERS, Curve
+from xaikit.metrics.registry import metric
 from xaikit.model import to_probabilities
 
 #: The percentages of Rong et al.'s figures (10% to 90% of the pixels removed).
@@ -116,16 +117,18 @@ def noisy_linear_imputation(
     return out.reshape(image.shape)
 
 
+@metric("road_lerf", higher_is_better=True, fixed={"order": "lerf"})
+@metric("road", higher_is_better=False, fixed={"order": "morf"})
 def road(
     model: Any,
     x: Any,
     explanation: Any,
     *,
+    target: int | None = None,
     order: str = "morf",
     percentages: Sequence[float] = PERCENTAGES,
     noise: float = 0.01,
     seed: int = 0,
-    target: int | None = None,
 ) -> Curve:
     """ROAD curve (Rong et al. 2022): probability of the target as pixels are imputed away.
 
@@ -136,6 +139,8 @@ def road(
         One image (ROAD imputes from the 2-D neighbourhood of a pixel).
     explanation : Explanation or array
         Attributions of ``x``'s shape (or ``(H, W)``); channels are summed per pixel.
+    target : int, optional
+        Default the explanation's target, else the predicted class.
     order : {"morf", "lerf"}
         Remove the most relevant pixels first (a faithful explanation gives a *low* area) or
         the least relevant first (a faithful explanation gives a *high* area). Report both:
@@ -148,8 +153,6 @@ def road(
         [0, 1]; scale it with your input's range).
     seed : int
         Seeds the noise (each percentage draws its own).
-    target : int, optional
-        Default the explanation's target, else the predicted class.
 
     Returns
     -------

@@ -23,7 +23,14 @@ from xaikit._progress import progress_bar
 from xaikit._validation import check_count, check_number, check_seed, check_targets
 from xaikit.attribution.perturbation import chunk_size
 from xaikit.explanation import Explanation
-from xaikit.metrics._common import as_array, check_explained, check_same_input, explainer
+from xaikit.metrics._common import (
+    as_array,
+    check_explained,
+    check_same_input,
+    explainer,
+    re_explaining,
+)
+from xaikit.metrics.registry import metric
 from xaikit.model import as_model
 
 
@@ -93,10 +100,10 @@ def max_sensitivity(
     x: Any,
     method: Any = "saliency",
     *,
+    target: int | None = None,
     radius: float = 0.2,
     samples: int = 200,
     seed: int = 0,
-    target: int | None = None,
     explanation: Any = None,
     **method_params: Any,
 ) -> float:
@@ -109,13 +116,13 @@ def max_sensitivity(
         One input.
     method : str or callable
         A name from ``xk.methods()`` or ``explain_fn(model, x (N, ...), targets (N,))``.
+    target : int, optional
+        Default: ``explanation.target``, else the predicted class.
     radius : float
         Perturbations are uniform in ``[-radius, radius]`` per element (Quantus's default 0.2).
     samples : int
         Number of perturbations (Quantus's default 200), explained a chunk at a time.
     seed : int
-    target : int, optional
-        Default: ``explanation.target``, else the predicted class.
     explanation : Explanation or array, optional
         The explanation of ``x`` when it is already computed.
 
@@ -148,10 +155,10 @@ def local_lipschitz(
     x: Any,
     method: Any = "saliency",
     *,
+    target: int | None = None,
     radius: float = 0.1,
     samples: int = 200,
     seed: int = 0,
-    target: int | None = None,
     explanation: Any = None,
     **method_params: Any,
 ) -> float:
@@ -178,3 +185,8 @@ def local_lipschitz(
         per_sample=ratio,
     )
     return float(largest)
+
+
+# As metrics, both re-explain with the explanation's own method (xk.evaluate's argument order).
+metric("max_sensitivity", higher_is_better=False)(re_explaining(max_sensitivity))
+metric("local_lipschitz", higher_is_better=False)(re_explaining(local_lipschitz))

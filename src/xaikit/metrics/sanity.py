@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from xaikit._plotting import new_figure, plain
+from xaikit._repr import HTMLRepr
 from xaikit._validation import check_choice, check_number, check_seed, check_targets, describe
 from xaikit.metrics._common import as_batch, check_explained, explainer
 from xaikit.model import Model
@@ -40,7 +41,7 @@ _COPY_BATCH = 64  # items per forward pass on the randomized copies
 
 
 @dataclass
-class SanityResult:
+class SanityResult(HTMLRepr):
     """The outcome of a model-parameter randomisation check.
 
     Attributes

@@ -3,6 +3,8 @@
 Every string that can come from a user (class names, file names, feature names, layer names,
 rules) goes through :func:`escape`; only :class:`Markup` (built here from escaped parts) is
 inserted as it is. Figures become PNG ``data:`` URIs, so a fragment never makes a request.
+``RENDERERS`` (result class -> fragment function) is the one table :func:`result_html` and
+every result's ``_repr_html_`` (the :class:`~xaikit._repr.HTMLRepr` mixin) read.
 """
 
 from __future__ import annotations
@@ -10,14 +12,25 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from xaikit._repr import set_html_renderer
+from xaikit.audit import Audit
+from xaikit.explanation import Explanation
+from xaikit.featureviz import FilterActivations, Visualization
+from xaikit.importance import Importance
+from xaikit.metrics import AttackResult, Comparison, Curve, SanityResult
+from xaikit.representations import LayerProjections, ProbeResult, Projection, Reconstruction
+from xaikit.surrogates import Surrogate
+
 __all__ = [
+    "RENDERERS",
     "Markup",
     "attack_html",
+    "audit_html",
     "comparison_html",
     "curve_html",
     "escape",
@@ -238,27 +251,56 @@ def attack_html(r: Any) -> Markup:
     )
 
 
+def audit_html(a: Any) -> Markup:
+    """An Audit: its counts and the findings, most convincing first (``a.plot()`` draws them)."""
+    header = [
+        "class", "cluster", "kind", "region (y0, x0, y1, x1)", "share", "others", "consistent",
+        "images", "pasted in: called the class",
+    ]  # fmt: skip
+    rows = [
+        (
+            f.target,
+            "" if f.cluster is None else f.cluster,
+            f.kind,
+            str(tuple(f.region)),
+            f"{f.relevance_share:.0%}",
+            f"{f.other_share:.0%}",
+            f"{f.consistency:.0%}",
+            f.n_images,
+            f.transplant_text(),
+        )
+        for f in a.findings
+    ]
+    findings = table(header, rows) if rows else Markup("<p>no shortcut found</p>")
+    return _box("Audit", Markup(f"<p>{escape(repr(a))}</p>"), findings)
+
+
+# The one table from result class to fragment; a subclass renders as its nearest listed base.
+RENDERERS: dict[type, Callable[[Any], Markup]] = {
+    Explanation: explanation_html,
+    Surrogate: surrogate_html,
+    Visualization: visualization_html,
+    FilterActivations: filter_activations_html,
+    Projection: projection_html,
+    LayerProjections: projection_html,
+    ProbeResult: probe_html,
+    Reconstruction: reconstruction_html,
+    SanityResult: sanity_html,
+    Comparison: comparison_html,
+    Importance: importance_html,
+    Curve: curve_html,
+    AttackResult: attack_html,
+    Audit: audit_html,
+}
+
+
 def result_html(result: Any) -> Markup:
     """The fragment for any xaikit result (what ``_repr_html_`` returns)."""
-    name = type(result).__name__
-    render = {
-        "Explanation": explanation_html,
-        "Surrogate": surrogate_html,
-        "Visualization": visualization_html,
-        "FilterActivations": filter_activations_html,
-        "Projection": projection_html,
-        "LayerProjections": projection_html,
-        "ProbeResult": probe_html,
-        "Reconstruction": reconstruction_html,
-        "SanityResult": sanity_html,
-        "Comparison": comparison_html,
-        "Importance": importance_html,
-        "Curve": curve_html,
-        "AttackResult": attack_html,
-    }.get(name)
-    if render is None:
-        return Markup(f"<pre>{escape(repr(result))}</pre>")
-    return Markup(_STYLE_INLINE + render(result))
+    for cls in type(result).__mro__:
+        render = RENDERERS.get(cls)
+        if render is not None:
+            return Markup(_STYLE_INLINE + render(result))
+    return Markup(f"<pre>{escape(repr(result))}</pre>")
 
 
 # Enough style for a notebook cell; the report's page has its own.
@@ -268,3 +310,5 @@ _STYLE_INLINE = (
     "border-radius:3px}.xaikit .pass{background:#d9f2d9}.xaikit .fail{background:#f8d7d7}"
     "</style>"
 )
+
+set_html_renderer(result_html)
