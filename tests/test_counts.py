@@ -22,6 +22,7 @@ from torch import nn
 import xaikit as xk
 from xaikit import _draws
 from xaikit import _validation as validation
+from xaikit.attribution import coalitions as coalitions_module
 from xaikit.attribution import gradients as gradients_module
 from xaikit.attribution import kernel_shap as kernel_shap_module
 from xaikit.attribution import lime as lime_module
@@ -210,8 +211,8 @@ def test_ridge_moments_over_chunks_equal_one_fit_on_all_rows():
     rng = np.random.default_rng(5)
     z = rng.random((500, 6)) < 0.5
     y, w = 40 + rng.normal(size=500), rng.random(500)  # far from 0: no cancellation allowed
-    whole = lime_module.weighted_ridge(z, y, w, alpha=0.5)
-    moments = lime_module.RidgeMoments(6)
+    whole = coalitions_module.weighted_ridge(z, y, w, alpha=0.5)
+    moments = coalitions_module.RidgeMoments(6)
     for start in range(0, 500, 64):
         moments.add(z[start : start + 64], y[start : start + 64], w[start : start + 64])
     coef, intercept, r2 = moments.solve(alpha=0.5)
@@ -245,7 +246,7 @@ def linear_table(features: int):
 def test_kernel_shap_enumerates_every_coalition_in_chunks(monkeypatch):
     # Before: 2^18 coalitions as int64 bits, bools and float64 (> 80 MB) at once.
     monkeypatch.setattr(kernel_shap_module, "_CODES_PER_CHUNK", 4096, raising=False)
-    monkeypatch.setattr(lime_module, "chunk_size", lambda *a, **k: 4096)
+    monkeypatch.setattr(coalitions_module, "chunk_size", lambda *a, **k: 4096)
     w, f = linear_table(18)
     x, base = np.ones(18), np.zeros(18)
     result = {}
@@ -442,7 +443,7 @@ def test_sanity_check_threshold_nan_names_threshold():
 @pytest.mark.parametrize("target", [10**20, -(10**20)])
 def test_a_target_beyond_int64_is_a_target_error(target):
     # Before: OverflowError: Python int too large to convert to C long.
-    with pytest.raises(ValueError, match=r"^target: expected a class index in \[0, "):
+    with pytest.raises(ValueError, match=r"^target: expected class indices in \[0, "):
         xk.explain(tabular_net(), ROW, method="saliency", target=target)
     with pytest.raises(ValueError, match=r"^target: "):
         xk.metrics.deletion(tabular_net(), ROW, np.ones(4), target=target)

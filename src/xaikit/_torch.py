@@ -129,17 +129,30 @@ def _failing_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | No
     name, layer, shapes = entered[-1]
     got = shapes[0] if shapes else None
     item_shape = tuple(tensor.shape[1:])
-    if isinstance(layer, nn.Linear) and got is not None:
+    expected = _expected_item_shape(module, tensor)
+    if expected == item_shape:
+        expected = None
+    if isinstance(layer, nn.Linear) and got is not None and got[-1] != layer.in_features:
         what = f"layer {name!r} (Linear) takes {layer.in_features} features, got {got[-1]}"
-    elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.AvgPool2d)):
+    elif isinstance(layer, _SHAPED) and expected is not None:
         what = f"layer {name!r} ({type(layer).__name__}) cannot take its input of shape {got}"
     else:
+        # Any other failure is the model's own (a bug, a check of its own): it propagates
+        # unchanged, unless the model runs at another input size, which names the input.
+        if expected is None:
+            return None
         what = f"the forward fails in layer {name!r} ({type(layer).__name__})"
     hint = f"items of shape {item_shape} do not fit the model: {what}"
-    expected = _expected_item_shape(module, tensor)
-    if expected is not None and expected != item_shape:
+    if expected is not None:
         hint += f"; the model expects items of shape {expected} (resize the input)"
     return hint
+
+
+# Layers whose failure on a well-formed tensor comes from its shape
+_SHAPED = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
+    nn.AvgPool2d, nn.AvgPool3d,
+)  # fmt: skip
 
 
 def _pop(stack: list) -> None:
