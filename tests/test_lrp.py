@@ -38,7 +38,7 @@ sys.path.remove(str(Path(__file__).parent / "_stubs"))
 for _name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
     del sys.modules[_name]
 
-from _lrp_models import Block, ResNetLike, VGGLike, images
+from _lrp_models import Block, ResNetLike, VGGLike, images  # noqa: E402
 
 ZENNIT = {
     "epsilon_plus_flat": EpsilonPlusFlat,
