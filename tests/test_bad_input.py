@@ -305,3 +305,25 @@ def test_model_returning_no_scores_names_model():
 def test_unknown_device_names_device(device, error):
     with pytest.raises(error, match=r"^device: "):
         xk.Model(tiny_cnn_8(), device=device)
+
+
+# ---------------------------------------------------------------- robustness through evaluate
+
+
+def test_robustness_keeps_the_method_samples_apart_from_its_own():
+    # smoothgrad's samples=3 must not become max_sensitivity's number of perturbations, and
+    # the user's samples= for the metric must not collide with the method's.
+    net = tiny_cnn_8()
+    x = images(1)[0]
+    e = xk.explain(net, x, method="smoothgrad", samples=3, seed=0)
+    got = xk.evaluate(net, x, e, metrics="max_sensitivity", samples=5, seed=1)
+    calls = []
+
+    def smoothgrad(model, xb, targets):
+        calls.append(len(xb))
+        return xk.explain(model, xb, method="smoothgrad", target=targets, batch=True,
+                          **{k: v for k, v in e.params.items()}).values  # fmt: skip
+
+    want = xk.metrics.max_sensitivity(net, x, smoothgrad, samples=5, seed=1, explanation=e)
+    assert got["max_sensitivity"] == pytest.approx(want)
+    assert sum(calls) == 5  # five perturbations, not three

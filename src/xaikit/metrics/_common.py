@@ -200,7 +200,14 @@ def re_explaining(
         if method not in known:
             raise ValueError(f"explanation: method {method!r} is not a registered method")
         params = {k: v for k, v in explanation.params.items() if k in known[method]["params"]}
-        return score(function(model, x, method, explanation=explanation, **options, **params))
+        if not params:
+            return score(function(model, x, method, explanation=explanation, **options))
+        # The method's parameters are bound in a callable, never passed as keywords: a method's
+        # ``samples`` or ``seed`` would otherwise become the metric's own (a silently wrong
+        # number of perturbations) or collide with the user's metric options.
+        _, bound = explainer(method, params)
+        bound.__name__ = method
+        return score(function(model, x, bound, explanation=explanation, **options))
 
     keyword = [
         p
