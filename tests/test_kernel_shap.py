@@ -330,10 +330,14 @@ def test_bad_samples(samples, error):
         xk.explain(products, np.zeros(9), method="kernel_shap", samples=samples)
 
 
-def test_bad_components_and_background():
-    with pytest.raises(ValueError, match="components"):
-        xk.explain(products, np.zeros(9), method="kernel_shap", components=np.zeros(8, int))
-    with pytest.raises(ValueError, match="baseline"):
-        xk.explain(products, np.zeros(9), method="kernel_shap", baseline=np.zeros((5, 8)))
-    with pytest.raises(TypeError, match="seed"):
-        xk.explain(products, np.zeros(9), method="kernel_shap", seed="a")
+@pytest.mark.parametrize(
+    ("params", "error", "name"),
+    [
+        ({"components": np.zeros(8, int)}, ValueError, "components"),
+        ({"baseline": np.zeros((5, 8))}, ValueError, "baseline"),
+        ({"seed": "a"}, TypeError, "seed"),
+    ],
+)
+def test_bad_parameter_is_named(params, error, name):
+    with pytest.raises(error, match=name):
+        xk.explain(products, np.zeros(9), method="kernel_shap", **params)
