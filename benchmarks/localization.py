@@ -24,6 +24,7 @@ import torch
 
 import xaikit as xk
 from _report import machine_line, write_section
+from faithfulness import METHODS, method_and_params
 from xaikit.datasets import (
     WATERMARK_CLASS,
     WATERMARK_REGION,
@@ -33,30 +34,7 @@ from xaikit.datasets import (
 from xaikit.datasets.shapes import load_shapes, load_shapes_cnn
 from xaikit.metrics import pointing_game, relevance_mass, relevance_rank
 
-# The local methods with the modest sample counts of benchmarks/faithfulness.py.
-METHODS: dict[str, dict] = {
-    "saliency": {},
-    "input_x_gradient": {},
-    "smoothgrad": {"samples": 20},
-    "integrated_gradients": {"steps": 32},
-    "gradcam": {},
-    "guided_backprop": {},
-    "occlusion": {"window": 4, "stride": 2},
-    "rise": {"samples": 1000},
-    "lime": {"samples": 300, "components": "grid"},
-    "kernel_shap": {"samples": 300, "components": "grid"},
-    # LRP composites (a row per composite) and DeepLIFT: "method" names the registered method
-    "lrp epsilon_plus_flat": {"method": "lrp", "composite": "epsilon_plus_flat"},
-    "lrp epsilon_gamma_box": {"method": "lrp", "composite": "epsilon_gamma_box"},
-    "lrp epsilon_alpha2_beta1": {"method": "lrp", "composite": "epsilon_alpha2_beta1"},
-    "deeplift": {},
-}
-
-
-def method_and_params(label: str) -> tuple[str, dict]:
-    """The registered method of a row and its parameters."""
-    params = dict(METHODS[label])
-    return params.pop("method", label), params
+# The local methods, with the modest sample counts of benchmarks/faithfulness.py (one table).
 
 
 SCORES = {
