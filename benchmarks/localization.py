@@ -24,7 +24,7 @@ import torch
 
 import xaikit as xk
 from _report import machine_line, write_section
-from faithfulness import METHODS, method_and_params
+from faithfulness import METHODS, cell, method_and_params
 from xaikit.datasets import (
     WATERMARK_CLASS,
     WATERMARK_REGION,
@@ -42,18 +42,6 @@ SCORES = {
     "relevance mass": relevance_mass,
     "relevance rank": relevance_rank,
 }
-
-
-def interval(values: np.ndarray, *, seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(rounds, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def cell(values: np.ndarray) -> str:
-    lo, hi = interval(values)
-    return f"{values.mean():.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def rank_methods(
