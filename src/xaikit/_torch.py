@@ -47,6 +47,29 @@ def first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+def model_output(output: Any) -> Any:
+    """The scores tensor in what a forward returned, or ``output`` unchanged when none is found.
+
+    Hugging Face models return an output object with a ``logits`` field (also a mapping);
+    others a tuple whose first tensor is the scores. A plain tensor is returned as it is.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, dict):
+        logits = output.get("logits")
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return output
+
+
+def is_torchscript(module: nn.Module | None) -> bool:
+    """True for a scripted or traced module, which does not run Python forward hooks."""
+    return isinstance(module, torch.jit.ScriptModule)
+
+
 def set_training(module: nn.Module, flag: bool) -> None:
     if isinstance(module, torch.jit.ScriptModule):
         if module.training != flag:

@@ -324,6 +324,44 @@ class Explanation(HTMLRepr):
             batch=isinstance(i, slice),
         )
 
+    @classmethod
+    def stack(cls, items: list[Explanation]) -> Explanation:
+        """Single-input explanations of one method as one batch (the inverse of ``e[i]``).
+
+        Per-item ``info`` values become arrays with an item axis where they stack, else lists;
+        ``params`` are the first item's.
+        """
+        if not items or any(not isinstance(e, Explanation) or e.batch for e in items):
+            raise TypeError("items: expected a non-empty list of single-input Explanations")
+        first = items[0]
+        if any(e.method != first.method or e.kind != first.kind for e in items):
+            raise ValueError("items: expected explanations of one method and kind")
+
+        def gather(values: list) -> Any:
+            if any(v is None for v in values):
+                return None
+            arrays = [np.asarray(v) for v in values]
+            if all(a.shape == arrays[0].shape and a.dtype != object for a in arrays):
+                return np.stack(arrays)
+            return list(values)
+
+        info_keys = [k for k in first.info if all(k in e.info for e in items)]
+        return cls(
+            values=np.stack([e.values for e in items]),
+            x=np.stack([e.x for e in items]),
+            target=np.array([e.target for e in items]),
+            prediction=np.stack([e.prediction for e in items]),
+            method=first.method,
+            params=dict(first.params),
+            components=gather([e.components for e in items]),
+            component_values=gather([e.component_values for e in items]),
+            info={k: gather([e.info[k] for e in items]) for k in info_keys},
+            kind=first.kind,
+            feature_names=first.feature_names,
+            tokens=None if first.tokens is None else [e.tokens for e in items],
+            batch=True,
+        )
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Explanation):
             return NotImplemented

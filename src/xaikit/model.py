@@ -13,6 +13,7 @@ callable on NumPy batches), every method in xaikit talks to it through this adap
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import os
 import warnings
@@ -26,12 +27,14 @@ from torch import nn
 
 from xaikit import batching
 from xaikit._progress import progress_bar
+from xaikit._tables import Table, is_frame
 from xaikit._torch import (
     first_tensor,
     float_dtype,
     float_output,
     has_embedding,
     input_mismatch,
+    model_output,
     module_device,
     preserved_state,
 )
@@ -68,6 +71,20 @@ class Model:
         kind of call and input shape.
     input_shape : tuple of int, optional
         Shape of one input item; when given, every call checks it up front.
+    forward_kwargs : dict, optional
+        Extra keyword arguments for a PyTorch model's forward (a Hugging Face model's
+        ``attention_mask`` or ``token_type_ids``). An array or tensor with one row is given to
+        every batch (expanded to its size); one with a row per item of a call follows the
+        batch (each batch gets its rows); anything else is passed as it is.
+    table : xaikit.Table, optional
+        The columns of a table model (from a pandas DataFrame, see :func:`xaikit.Table.of`):
+        a callable then receives each batch as a DataFrame with these column names and
+        dtypes. Found by itself for an estimator fitted on a DataFrame (``feature_names_in_``).
+
+    The model's output may be a tensor, a Hugging Face output object (its ``logits`` are
+    used) or a tuple (its first tensor); a regressor's ``(N,)`` output is one score per item.
+    An object with ``predict_proba`` is called through it; one with only ``predict`` (a
+    scikit-learn regressor) through ``predict``, its output explained as is (``"scores"``).
 
     Examples
     --------
@@ -84,6 +101,8 @@ class Model:
         device: str | torch.device | None = None,
         batch_size: int | str = "auto",
         input_shape: tuple[int, ...] | None = None,
+        forward_kwargs: dict[str, Any] | None = None,
+        table: Table | None = None,
     ) -> None:
         if isinstance(model, Model):
             raise TypeError("model: already an xaikit.Model; use it directly (or xaikit.as_model)")
@@ -91,18 +110,30 @@ class Model:
         self.function: Callable[[np.ndarray], Any] | None = None
         if isinstance(model, (str, os.PathLike)):
             model = _load_torchscript(model, device=device)
+        default_output = "probabilities"
         if isinstance(model, nn.Module):
             self.module = model
+            default_output = "logits"
         elif hasattr(model, "predict_proba") and callable(model.predict_proba):
             self.function = model.predict_proba
+        elif hasattr(model, "predict") and callable(model.predict) and not callable(model):
+            self.function = model.predict  # a regressor: its predictions are the scores
+            default_output = "scores"
         elif callable(model):
             self.function = model
         else:
             raise TypeError(
                 "model: expected an nn.Module, a TorchScript file path, a callable on NumPy "
-                f"batches or an object with predict_proba, got {describe(model)}"
+                f"batches or an object with predict_proba or predict, got {describe(model)}"
             )
-        default_output = "logits" if self.module is not None else "probabilities"
+        if forward_kwargs is not None and not isinstance(forward_kwargs, dict):
+            raise TypeError(f"forward_kwargs: expected a dict, got {describe(forward_kwargs)}")
+        if forward_kwargs and self.module is None:
+            raise TypeError("forward_kwargs: only a PyTorch model's forward takes them")
+        self.forward_kwargs = dict(forward_kwargs or {})
+        if table is not None and not isinstance(table, Table):
+            raise TypeError(f"table: expected an xaikit.Table, got {describe(table)}")
+        self.table = table if table is not None else Table.fitted_on(model)
         self.output = check_choice(output or default_output, name="output", choices=OUTPUTS)
         if batch_size != "auto":
             batch_size = check_positive_int(batch_size, name="batch_size")
@@ -148,9 +179,9 @@ class Model:
             step = self._function_step
         else:
 
-            def step(xb, _rows):
+            def step(xb, rows):
                 with torch.inference_mode():
-                    out = self._forward(self._to_tensor(xb))
+                    out = self._forward(self._to_tensor(xb), rows)
                 out = float_output(out)
                 return (out.cpu().numpy(),) if as_numpy else (out,)
 
@@ -219,7 +250,7 @@ class Model:
             with torch.enable_grad():
                 # The forward gets a copy: a model that changes its input in place then works
                 # (autograd allows it on a non-leaf) and never reaches the caller's memory.
-                out = self._forward(inp.clone())
+                out = self._forward(inp.clone(), rows)
                 if targets is None:
                     tb = out.detach().argmax(dim=1)
                 else:
@@ -281,6 +312,9 @@ class Model:
             leaf = {}
 
             def replace(_module, _inputs, output):
+                rest = None
+                if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+                    output, rest = output[0], output[1:]  # a transformer layer's (hidden, ...)
                 if not isinstance(output, torch.Tensor):
                     raise ValueError(
                         f"layer: {layer!r} must return one tensor, got {describe(output)}"
@@ -295,12 +329,15 @@ class Model:
                         )
                     tensor = given.to(tensor.dtype)
                 leaf["value"] = tensor.detach().requires_grad_(True)
-                return leaf["value"]
+                return leaf["value"] if rest is None else (leaf["value"], *rest)
 
-            handle = module.register_forward_hook(replace)
+            try:
+                handle = module.register_forward_hook(replace)
+            except RuntimeError as err:  # TorchScript modules refuse hooks added after scripting
+                raise TypeError(f"layer: {layer!r} does not accept hooks ({err})") from err
             try:
                 with torch.enable_grad():
-                    out = self._forward(self._to_tensor(xb))
+                    out = self._forward(self._to_tensor(xb), rows)
                     if targets is None:
                         tb = out.detach().argmax(dim=1)
                     else:
@@ -394,6 +431,10 @@ class Model:
     # ------------------------------------------------------------------ internals
 
     def _check_x(self, x: Any):
+        if is_frame(x):
+            if self.table is None or not any(self.table.categories):
+                self.table = Table.of(x)  # the frame's categories (a fitted table has none)
+            x = self.table.array(x, name="x")
         x = check_batch(x, name="x", item_shape=self.input_shape)
         if self.module is None and isinstance(x, torch.Tensor):
             x = x.cpu().numpy()
@@ -413,20 +454,69 @@ class Model:
             dtype = torch.long
         return tensor.to(device=self.device, dtype=dtype, copy=fresh)
 
-    def _forward(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _forward(self, tensor: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        kwargs = self._batch_kwargs(len(tensor), rows)
         try:
-            out = self.module(tensor)
+            out = self.module(tensor, **kwargs)
         except Exception as err:
-            hint = input_mismatch(self.module, tensor)
+            hint = None if kwargs else input_mismatch(self.module, tensor)
             if hint:
                 raise ValueError(f"x: {hint}; the batch has shape {tuple(tensor.shape)}") from err
             raise
+        out = model_output(out)
+        if isinstance(out, torch.Tensor) and out.ndim == 1 and len(out) == len(tensor):
+            out = out[:, None]  # a regressor: one score per item
         self._check_output(out, len(tensor))
         return out
 
+    def _batch_kwargs(self, size: int, rows: np.ndarray | None) -> dict[str, Any]:
+        """``forward_kwargs`` for one batch: one-row values expanded, per-item values sliced."""
+        kwargs = {}
+        for name, value in self.forward_kwargs.items():
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(value)
+            if isinstance(value, torch.Tensor) and value.ndim >= 1:
+                if len(value) == 1:
+                    value = value.expand(size, *value.shape[1:])
+                elif rows is not None and len(value) > int(rows.max(initial=0)):
+                    value = value[torch.as_tensor(rows, dtype=torch.long)]
+                else:
+                    raise ValueError(
+                        f"forward_kwargs: {name!r} has {len(value)} rows; expected 1 (for every "
+                        f"item) or one per item of the call (a batch of {size} made from them)"
+                    )
+                value = value.to(self.device)
+            kwargs[name] = value
+        return kwargs
+
+    def item_view(self, i: int) -> Model:
+        """This Model with per-item ``forward_kwargs`` cut to item ``i`` (one row for all).
+
+        Methods that perturb an item run many copies of it in one call; each copy must get the
+        item's own attention mask, so :func:`xaikit.explain` explains such items one by one.
+        """
+        view = copy.copy(self)
+        view.forward_kwargs = {
+            name: value[i : i + 1] if self._per_item(value) else value
+            for name, value in self.forward_kwargs.items()
+        }
+        return view
+
+    @property
+    def per_item_kwargs(self) -> bool:
+        """True when some ``forward_kwargs`` value has one row per item (not one for all)."""
+        return any(self._per_item(v) for v in self.forward_kwargs.values())
+
+    @staticmethod
+    def _per_item(value: Any) -> bool:
+        return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim >= 1 and len(value) > 1
+
     def _function_step(self, xb: np.ndarray, _rows: np.ndarray):
+        batch = np.array(xb, copy=True)
+        if self.table is not None:  # a model fitted on a DataFrame gets one
+            batch = self.table.frame(batch)
         try:  # a copy: the function may change its argument in place, and xb may be the caller's
-            out = self.function(np.array(xb, copy=True))
+            out = self.function(batch)
         except (ValueError, TypeError) as err:
             # What a predict_proba raises on an input it cannot take (scikit-learn: "X has 4
             # features, but ... is expecting 5"): name the argument, keep the model's words.
@@ -445,6 +535,8 @@ class Model:
                     f"model: expected numeric scores of shape (N, K), got {describe(out)}"
                 )
             out = out.astype(np.float64 if out.dtype == np.float64 else np.float32, copy=False)
+            if out.ndim == 1 and len(out) == len(xb):
+                out = out[:, None]  # a regressor's predict: one score per item
         self._check_output(out, len(xb))
         return (out,)
 

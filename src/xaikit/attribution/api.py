@@ -7,12 +7,15 @@ file only says what it computes. The methods themselves register in ``registry.p
 
 from __future__ import annotations
 
+import copy
 import difflib
 from typing import Any
 
 import numpy as np
 import torch
 
+from xaikit._tables import Table, is_frame
+from xaikit._torch import is_torchscript
 from xaikit._validation import check_batch, check_targets, describe
 from xaikit.attribution.defaults import DEFAULT_METHOD
 from xaikit.attribution.registry import METHODS
@@ -27,6 +30,7 @@ def methods() -> dict[str, dict[str, Any]]:
         name: {
             "params": dict(m.defaults),
             "needs_gradients": m.needs_gradients,
+            "needs_hooks": m.needs_hooks,
             "reference": m.reference,
         }
         for name, m in sorted(METHODS.items())
@@ -85,6 +89,33 @@ def explain(
             f"model: method {method!r} needs gradients, so a PyTorch model; got a callable on "
             "NumPy arrays (use occlusion, lime, kernel_shap or rise)"
         )
+    if spec.needs_hooks and is_torchscript(wrapped.module):
+        usable = sorted(n for n, m in METHODS.items() if not m.needs_hooks)
+        raise TypeError(
+            f"method: {method!r} needs forward hooks on the model's layers, which a TorchScript "
+            f"module does not run; load the nn.Module itself, or use one of {usable}"
+        )
+    if is_frame(x):  # a DataFrame row (or rows): its columns name the features
+        x, params, wrapped = _from_table(x, params, wrapped, batch=batch)
+        if feature_names is None:
+            feature_names = wrapped.table.feature_names
+    elif feature_names is None and wrapped.table is not None:
+        feature_names = wrapped.table.feature_names
+    if batch and wrapped.per_item_kwargs:
+        # Perturbed copies of an item need that item's attention mask: one item at a time.
+        items = [
+            explain(
+                wrapped.item_view(i),
+                x[i],
+                method=method,
+                target=None if target is None else _target_of(target, i),
+                feature_names=feature_names,
+                tokens=None if tokens is None else tokens[i],
+                **params,
+            )
+            for i in range(len(x))
+        ]
+        return Explanation.stack(items)
     if not batch:
         _suggest_batch(wrapped, x)
     xb = _as_batch(x, batch=batch)
@@ -109,6 +140,8 @@ def explain(
         result = spec.function(wrapped, xb, targets, **params)
     used = {**spec.defaults, **params, **result.params}
     info = dict(result.info)
+    if wrapped.output == "scores" and scores.shape[1] == 1:
+        info["explained"] = "prediction"  # a regressor: there is no class to name
     if not batch:
         info = {k: _first(v, len(xb)) for k, v in info.items()}
     return Explanation(
@@ -125,6 +158,37 @@ def explain(
         feature_names=None if feature_names is None else [str(n) for n in feature_names],
         tokens=tokens,
     )
+
+
+def _from_table(x: Any, params: dict, model: Model, *, batch: bool):
+    """A DataFrame ``x`` (and DataFrame parameters such as ``background``) as float arrays.
+
+    The model gets a copy of the wrapper that turns each batch back into a DataFrame with the
+    same columns, dtypes and categories (learned from ``x`` and the background together).
+    """
+    frames = {k: v for k, v in params.items() if is_frame(v)}
+    table = Table.of(x, *frames.values())
+    if model.table is not None and model.table.feature_names != table.feature_names:
+        raise ValueError(
+            f"x: expected the columns the model was fitted on {model.table.feature_names}, got "
+            f"{table.feature_names}"
+        )
+    rows = table.array(x, name="x")
+    if not batch:
+        if len(rows) != 1:
+            raise ValueError(
+                f"x: one input is one row; got a DataFrame of {len(rows)} rows (pass batch=True "
+                "to explain each row)"
+            )
+        rows = rows[0]
+    params = {**params, **{k: table.array(v, name=k) for k, v in frames.items()}}
+    view = copy.copy(model)
+    view.table = table
+    return rows, params, view
+
+
+def _target_of(target: Any, i: int) -> Any:
+    return target if np.ndim(target) == 0 else np.asarray(target)[i]
 
 
 def _suggest_batch(model: Model, x: Any) -> None:

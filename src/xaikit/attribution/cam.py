@@ -1,11 +1,18 @@
-"""Class activation maps from a convolutional layer: Grad-CAM and Grad-CAM++.
+"""Class activation maps: Grad-CAM and Grad-CAM++, for convolutional nets and transformers.
 
 Both weight the layer's feature maps A_k by how much the target score depends on them and keep
 the positive part: cam = ReLU(sum_k w_k A_k), upsampled bilinearly to the input. They differ
 only in the channel weights w_k, so one function does the hooks, the upsampling and the result.
+
+A vision transformer's layer gives tokens ``(N, T, D)``, not maps: the tokens that are not
+patches (class, distillation and register tokens, in front) are dropped and the rest laid out
+on the patch grid, ``(N, D, h, w)`` (:func:`token_grid`). The default layer is found by
+:func:`default_cam_layer` (the rule is in docs/methods.md).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import torch
@@ -14,6 +21,10 @@ from torch import nn
 
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model
+
+MAX_EXTRA_TOKENS = 8  # class + distillation + register tokens in front of the patch tokens
+# The default layer per model and item shape: finding it costs one or two passes.
+_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def last_conv_layer(model: Model) -> str:
@@ -24,9 +35,122 @@ def last_conv_layer(model: Model) -> str:
     return convs[-1]
 
 
+def default_cam_layer(model: Model, x: np.ndarray) -> str:
+    """The layer Grad-CAM uses when none is given: the output of the last block.
+
+    A *block* is a module with submodules that is an element of an ``nn.Sequential`` or
+    ``nn.ModuleList`` (a residual block, a stage, a transformer layer) and whose output is a
+    spatial map ``(N, C, h, w)`` with ``h * w > 1`` or a token sequence that lays out on the
+    input's patch grid. The last block to finish in one forward pass is chosen, except when
+    the score does not depend on its patch tokens (a ViT classifies from the class token
+    alone after its last layer): then the block before it. A model without such blocks (a
+    plain chain of layers) uses its last ``nn.Conv2d``.
+    """
+    module = model.module
+    parents = {name: m for name, m in module.named_modules()}
+    candidates = [(n, m) for n, m in parents.items() if n and _is_block(n, m, parents)]
+    if not candidates:  # a plain chain of layers: no forward pass needed
+        return last_conv_layer(model)
+    key = tuple(x.shape[1:])
+    known = _CHOSEN.setdefault(module, {})
+    if key not in known:
+        known[key] = _last_block(model, x, candidates)
+    return known[key]
+
+
+def _last_block(model: Model, x: np.ndarray, candidates: list) -> str:
+    finished: list[tuple[str, tuple[int, ...]]] = []
+
+    def recorder(name: str):
+        def hook(_m, _i, output):
+            tensor = _first_tensor(output)
+            if tensor is not None:
+                finished.append((name, tuple(tensor.shape)))
+
+        return hook
+
+    handles = [m.register_forward_hook(recorder(name)) for name, m in candidates]
+    try:
+        model.scores(x[:1], check=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    size = tuple(x.shape[2:])
+    blocks = []
+    for name, shape in finished:
+        spatial = len(shape) == 4 and shape[2] * shape[3] > 1
+        tokens = len(shape) == 3 and token_grid_shape(shape[1], size) is not None
+        if (spatial or tokens) and name not in blocks:
+            blocks.append(name)
+    if not blocks:
+        return last_conv_layer(model)
+    for name in reversed(blocks[-2:]):
+        shape = dict(finished)[name]
+        if len(shape) == 4 or _patch_tokens_matter(model, x, name, shape, size):
+            return name
+    return blocks[-1]
+
+
+def token_grid_shape(tokens: int, size: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """``(extra, h, w)`` when ``tokens`` = ``extra`` + a patch grid ``h x w`` of an image of
+    ``size`` (square patches dividing both sides), with the fewest extra tokens; else None."""
+    if len(size) != 2:
+        return None
+    height, width = size
+    best = None
+    for patch in range(1, min(height, width) + 1):
+        if height % patch or width % patch:
+            continue
+        h, w = height // patch, width // patch
+        extra = tokens - h * w
+        if h * w > 1 and 0 <= extra <= MAX_EXTRA_TOKENS and (best is None or extra < best[0]):
+            best = (extra, h, w)
+    return best
+
+
+def token_grid(tokens: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Tokens ``(N, T, D)`` as maps ``(N, D, h, w)``: the extra tokens in front dropped."""
+    found = token_grid_shape(tokens.shape[1], size)
+    if found is None:
+        raise ValueError(
+            f"layer: its {tokens.shape[1]} tokens do not lay out on a patch grid of the "
+            f"{size[0]}x{size[1]} input (at most {MAX_EXTRA_TOKENS} class/register tokens in "
+            "front); give layer= a block of the encoder"
+        )
+    extra, h, w = found
+    patches = tokens[:, extra:]
+    return patches.transpose(1, 2).reshape(len(tokens), tokens.shape[2], h, w)
+
+
+def _is_block(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> bool:
+    parent_name, _, last = name.rpartition(".")
+    parent = modules.get(parent_name)
+    return (
+        last.isdigit()
+        and isinstance(parent, (nn.Sequential, nn.ModuleList))
+        and next(module.children(), None) is not None
+    )
+
+
+def _first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def _patch_tokens_matter(model: Model, x: np.ndarray, name: str, shape, size) -> bool:
+    """Whether the predicted score's gradient at ``name`` is non-zero at some patch token."""
+    _scores, _values, grads = model.layer_gradients(x[:1], layer=name, as_numpy=False)
+    extra, _h, _w = token_grid_shape(shape[1], size)
+    return bool(grads[:, extra:].abs().amax() > 0)
+
+
 @register(
     "gradcam",
     needs_gradients=True,
+    needs_hooks=True,
     scores_at_input=True,
     reference="Selvaraju et al. 2017, arXiv:1610.02391",
 )
@@ -46,6 +170,7 @@ def gradcam(
 @register(
     "gradcam++",
     needs_gradients=True,
+    needs_hooks=True,
     scores_at_input=True,
     reference="Chattopadhay et al. 2018, arXiv:1710.11063",
 )
@@ -75,14 +200,17 @@ def _gradcam_pp_weights(activations: torch.Tensor, grads: torch.Tensor) -> torch
 def _cam(model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None, weigh):
     if np.ndim(x) != 4:
         raise ValueError(f"x: Grad-CAM needs images (C, H, W), got items of shape {x.shape[1:]}")
-    layer = layer or last_conv_layer(model)
+    layer = layer or default_cam_layer(model, x)
     # Gradients at the layer only: the backward pass stops there instead of reaching the input.
     scores, activations, grads = model.layer_gradients(x, targets, layer=layer, as_numpy=False)
     activations, grads = activations.float(), grads.float()
+    if activations.ndim == 3:  # transformer tokens (N, T, D): patch tokens on their grid
+        activations = token_grid(activations, tuple(x.shape[2:]))
+        grads = token_grid(grads, tuple(x.shape[2:]))
     if activations.ndim != 4:
         raise ValueError(
-            f"layer: Grad-CAM needs a layer with (N, C, h, w) outputs; {layer!r} gives "
-            f"{tuple(activations.shape)}"
+            f"layer: Grad-CAM needs a layer with (N, C, h, w) outputs or patch tokens "
+            f"(N, T, D); {layer!r} gives {tuple(activations.shape)}"
         )
     weights = weigh(activations, grads)
     cam = F.relu((weights[:, :, None, None] * activations).sum(dim=1))

@@ -33,7 +33,12 @@ from xaikit.model import Model
 EPS = 1e-10
 
 
-@register("deeplift", needs_gradients=True, reference="Shrikumar et al. 2017, arXiv:1704.02685")
+@register(
+    "deeplift",
+    needs_gradients=True,
+    needs_hooks=True,
+    reference="Shrikumar et al. 2017, arXiv:1704.02685",
+)
 def deeplift(
     model: Model, x: np.ndarray, targets: np.ndarray, *, baseline=0.0, seed: int | None = 0
 ) -> Attribution:
@@ -63,7 +68,12 @@ def deeplift(
     )
 
 
-@register("deeplift_shap", needs_gradients=True, reference="Lundberg & Lee 2017, arXiv:1705.07874")
+@register(
+    "deeplift_shap",
+    needs_gradients=True,
+    needs_hooks=True,
+    reference="Lundberg & Lee 2017, arXiv:1705.07874",
+)
 def deeplift_shap(
     model: Model, x: np.ndarray, targets: np.ndarray, *, baseline=None
 ) -> Attribution:

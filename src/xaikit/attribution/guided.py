@@ -34,9 +34,11 @@ def guided_relus(module: nn.Module) -> Iterator[int]:
     """Within the block, every ``nn.ReLU`` of ``module`` passes only positive gradients back."""
     relus = [m for m in module.modules() if isinstance(m, nn.ReLU)]
     if not relus:
+        others = sorted({type(m).__name__ for m in module.modules() if _is_activation(m)})
         raise ValueError(
-            "model: guided_backprop needs nn.ReLU modules, found none (functional relu calls "
-            "cannot be intercepted)"
+            f"model: guided_backprop needs nn.ReLU modules; {type(module).__name__} has none"
+            + (f" (its activations are {', '.join(others)})" if others else "")
+            + " and functional relu calls cannot be intercepted"
         )
     handles = []
     try:
@@ -50,9 +52,17 @@ def guided_relus(module: nn.Module) -> Iterator[int]:
             handle.remove()
 
 
+def _is_activation(module: nn.Module) -> bool:
+    kind = type(module)
+    return (
+        kind.__module__.startswith("torch.nn.modules.activation") or "Activation" in kind.__name__
+    )
+
+
 @register(
     "guided_backprop",
     needs_gradients=True,
+    needs_hooks=True,
     scores_at_input=True,
     reference="Springenberg et al. 2015, arXiv:1412.6806",
 )

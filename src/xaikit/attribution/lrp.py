@@ -64,6 +64,7 @@ STABILIZER = 1e-6
 @register(
     "lrp",
     needs_gradients=True,
+    needs_hooks=True,
     scores_at_input=True,
     reference="Bach et al. 2015, doi:10.1371/journal.pone.0130140",
 )

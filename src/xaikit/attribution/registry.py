@@ -43,18 +43,29 @@ class Method:
     reference: str
     defaults: dict[str, Any]
     scores_at_input: bool = False
+    needs_hooks: bool = False
 
 
 METHODS: dict[str, Method] = {}  # name -> Method, filled by @register
 
 
-def register(name: str, *, needs_gradients: bool, reference: str, scores_at_input: bool = False):
+def register(
+    name: str,
+    *,
+    needs_gradients: bool,
+    reference: str,
+    scores_at_input: bool = False,
+    needs_hooks: bool = False,
+):
     """Decorator: make ``function(model, x, targets, *, **params)`` available as ``method=name``.
 
     ``scores_at_input``: the method runs the model on ``x`` itself and returns those scores in
     ``Attribution.scores``; it accepts ``targets=None`` (each item's predicted class, resolved
     in that same forward pass), so :func:`explain` skips its own forward pass (a third of the
     cost of a one-pass method such as Grad-CAM).
+
+    ``needs_hooks``: the method hooks or re-traces the model's Python modules (layer outputs,
+    ReLU backward rules), which a TorchScript module does not allow; it is refused up front.
     """
 
     def decorate(function: Callable[..., Attribution]) -> Callable[..., Attribution]:
@@ -65,7 +76,7 @@ def register(name: str, *, needs_gradients: bool, reference: str, scores_at_inpu
             if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
         METHODS[name] = Method(
-            name, function, needs_gradients, reference, defaults, scores_at_input
+            name, function, needs_gradients, reference, defaults, scores_at_input, needs_hooks
         )
         return function
 
