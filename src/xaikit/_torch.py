@@ -96,6 +96,20 @@ def float_dtype(module: nn.Module | None) -> torch.dtype:
     return torch.float32
 
 
+def embedding_layer_name(module: nn.Module) -> str | None:
+    """The path of the layer that embeds token ids: ``get_input_embeddings()`` (Hugging Face),
+    else the only ``nn.Embedding``; None when there is none or several."""
+    names = {id(m): name for name, m in module.named_modules()}
+    getter = getattr(module, "get_input_embeddings", None)
+    if callable(getter):
+        with contextlib.suppress(NotImplementedError):
+            found = getter()
+            if id(found) in names:
+                return names[id(found)]
+    embeddings = [name for name, m in module.named_modules() if isinstance(m, nn.Embedding)]
+    return embeddings[0] if len(embeddings) == 1 else None
+
+
 def has_embedding(module: nn.Module | None) -> bool:
     if module is None:
         return False

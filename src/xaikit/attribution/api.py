@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from xaikit._tables import Table, is_frame
-from xaikit._torch import is_torchscript
+from xaikit._torch import embedding_layer_name, is_torchscript
 from xaikit._validation import check_batch, check_targets, describe
 from xaikit.attribution.defaults import DEFAULT_METHOD
 from xaikit.attribution.registry import METHODS
@@ -95,6 +95,15 @@ def explain(
             f"method: {method!r} needs forward hooks on the model's layers, which a TorchScript "
             f"module does not run; load the nn.Module itself, or use one of {usable}"
         )
+    if (
+        spec.needs_gradients
+        and "layer" in spec.defaults
+        and params.get("layer") is None
+        and _token_ids(x)
+        and wrapped.is_torch
+        and embedding_layer_name(wrapped.module) is not None
+    ):  # token ids have no gradient: attribute to their embeddings, one value per token
+        params = {**params, "layer": embedding_layer_name(wrapped.module)}
     if is_frame(x):  # a DataFrame row (or rows): its columns name the features
         x, params, wrapped = _from_table(x, params, wrapped, batch=batch)
         if feature_names is None:
@@ -185,6 +194,13 @@ def _from_table(x: Any, params: dict, model: Model, *, batch: bool):
     view = copy.copy(model)
     view.table = table
     return rows, params, view
+
+
+def _token_ids(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return not dtype.is_floating_point and dtype != torch.bool
+    return dtype is not None and np.dtype(dtype).kind in "iu"
 
 
 def _target_of(target: Any, i: int) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xaikit._torch import embedding_layer_name
 from xaikit._validation import check_choice, describe
 from xaikit.text.tokenizer import DELETED, Tokenizer, as_tokenizer
 
@@ -63,8 +64,10 @@ class TextModel(nn.Module):
         A Hugging Face encoder (``BertModel``-like): called as ``encoder(inputs_embeds=...,
         attention_mask=..., output_hidden_states=True)``. Load it with
         ``attn_implementation="eager"`` to read attention weights.
-    head : nn.Module
-        Maps the pooled last hidden state ``(N, D)`` to scores ``(N, K)``.
+    head : nn.Module or None
+        Maps the pooled last hidden state ``(N, D)`` to scores ``(N, K)``. ``None``: the
+        encoder is a whole classifier (``AutoModelForSequenceClassification``) and its own
+        ``logits`` are the scores (see :meth:`from_hf`).
     tokenizer : Tokenizer or Hugging Face tokenizer
         Needs [CLS] and [SEP] ids; its pad id is what a removed or baseline token becomes.
     pooling : {"mean", "cls"}
@@ -84,7 +87,7 @@ class TextModel(nn.Module):
     def __init__(
         self,
         encoder: nn.Module,
-        head: nn.Module,
+        head: nn.Module | None,
         *,
         tokenizer: Any,
         pooling: str = "mean",
@@ -92,7 +95,7 @@ class TextModel(nn.Module):
         super().__init__()
         if not isinstance(encoder, nn.Module):
             raise TypeError(f"encoder: expected an nn.Module, got {describe(encoder)}")
-        if not isinstance(head, nn.Module):
+        if head is not None and not isinstance(head, nn.Module):
             raise TypeError(f"head: expected an nn.Module, got {describe(head)}")
         self.tokenizer: Tokenizer = as_tokenizer(tokenizer)
         if self.tokenizer.cls_id is None or self.tokenizer.sep_id is None:
@@ -117,8 +120,27 @@ class TextModel(nn.Module):
         out, mask = self._encode(ids, attentions=False)
         hidden = [h(state) for h, state in zip(self.hidden, out.hidden_states, strict=True)]
         pooled = [p(state, mask) for p, state in zip(self.pooled, hidden, strict=True)]
+        if self.head is None:  # a whole classifier: its own pooling and head
+            return out.logits
         sentence = pooled[-1] if self.pooling == "mean" else hidden[-1][:, 0]
         return self.head(sentence)
+
+    @classmethod
+    def from_hf(cls, model: nn.Module, tokenizer: Any) -> TextModel:
+        """A Hugging Face sequence classifier and its tokenizer as a :class:`TextModel`.
+
+        ``model`` is any ``AutoModelForSequenceClassification`` (BERT, RoBERTa, DistilBERT,
+        ...): it is called with ``inputs_embeds`` and an attention mask and its ``logits`` are
+        the scores, so every token method (gradients at ``"tokens"``, LIME, KernelSHAP,
+        occlusion, attention rollout) works on it without further plumbing. The model is not
+        copied or changed.
+        """
+        if not callable(getattr(model, "get_input_embeddings", None)):
+            raise TypeError(
+                "model: expected a Hugging Face classifier (AutoModelForSequenceClassification), "
+                f"got {describe(model)}"
+            )
+        return cls(model, None, tokenizer=tokenizer)
 
     def _encode(self, ids: torch.Tensor, *, attentions: bool):
         if ids.dtype.is_floating_point:
@@ -218,19 +240,16 @@ def embedding_layer(module: nn.Module, layer: str | None = None) -> str:
     ``layer`` given: checked to exist. Otherwise a :class:`TextModel`'s ``"tokens"``, else the
     module's input embedding (``get_input_embeddings()``), else its only ``nn.Embedding``.
     """
-    names = {id(m): name for name, m in module.named_modules()}
     if layer is not None:
         if layer not in dict(module.named_modules()):
             raise ValueError(f"layer: no layer {layer!r} in the model")
         return layer
     if isinstance(module, TextModel):
         return module.embedding_layer
-    getter = getattr(module, "get_input_embeddings", None)
-    if callable(getter) and id(getter()) in names:
-        return names[id(getter())]
+    name = embedding_layer_name(module)
+    if name is not None:
+        return name
     found = [name for name, m in module.named_modules() if isinstance(m, nn.Embedding)]
-    if len(found) == 1:
-        return found[0]
     raise ValueError(
         "layer: cannot tell which layer embeds the tokens "
         + (f"(embeddings: {found}); " if found else "(the model has no nn.Embedding); ")
