@@ -325,6 +325,92 @@ class Explanation(HTMLRepr):
         )
 
     @classmethod
+    def from_array(
+        cls,
+        values: Any,
+        x: Any,
+        *,
+        model: Any = None,
+        target: Any = None,
+        prediction: Any = None,
+        method: str = "external",
+        batch: bool = False,
+        **fields_: Any,
+    ) -> Explanation:
+        """Another library's attributions as an Explanation, for our metrics, checks and report.
+
+        ``values`` and ``x`` are arrays or tensors of one shape (one input, or a batch with
+        ``batch=True``). The model's scores for ``x`` become ``prediction`` (give ``model=``,
+        or ``prediction=`` yourself); ``target`` defaults to the predicted class. Other
+        fields (``feature_names``, ``tokens``, ``params``, ``info``) pass through.
+        """
+        values, x = _plain_array(values, "values"), _plain_array(x, "x")
+        if prediction is None:
+            if model is None:
+                raise TypeError(
+                    "model: give the model (or prediction=, its scores for x) so that the "
+                    "explanation knows the explained class and score"
+                )
+            from xaikit.model import as_model
+
+            prediction = as_model(model).scores(x if batch else x[None])
+            prediction = prediction if batch else prediction[0]
+        prediction = np.asarray(prediction)
+        if target is None:
+            target = prediction.argmax(axis=-1)
+            target = target if batch else int(target)
+        return cls(
+            values=values,
+            x=x,
+            target=target,
+            prediction=prediction,
+            method=method,
+            batch=batch,
+            **fields_,
+        )
+
+    @classmethod
+    def from_captum(
+        cls, attributions: Any, x: Any, *, model: Any = None, method: str = "captum", **kw: Any
+    ) -> Explanation:
+        """Captum's attributions (a tensor with the batch axis, as ``attribute`` returns them)
+        for inputs ``x`` ``(N, ...)`` as a batch Explanation; see :meth:`from_array`."""
+        if isinstance(attributions, tuple):
+            if len(attributions) != 1:
+                raise ValueError(
+                    f"attributions: expected one tensor (one input), got a tuple of "
+                    f"{len(attributions)}"
+                )
+            (attributions,) = attributions
+        return cls.from_array(attributions, x, model=model, method=method, batch=True, **kw)
+
+    def to_shap(self) -> Any:
+        """This explanation as a ``shap.Explanation`` (for shap's plots; shap imported now).
+
+        ``base_values`` is the explained score minus the attributions' sum for the methods whose
+        attributions add up to it (KernelSHAP, Integrated Gradients, DeepLIFT, ...), else None.
+        """
+        import shap
+
+        values = np.asarray(self.values)
+        data = np.asarray(self.x)
+        base = None
+        if self.method in ADDITIVE_METHODS:
+            lead = values.shape[0] if self.batch else None
+            flat = values.reshape(lead, -1) if self.batch else values.reshape(1, -1)
+            rows = np.atleast_2d(self.prediction)
+            targets = np.atleast_1d(self.target)
+            explained = rows[np.arange(len(rows)), targets]
+            base = explained - flat.sum(axis=1)
+            base = base if self.batch else float(base[0])
+        return shap.Explanation(
+            values=values,
+            base_values=base,
+            data=data,
+            feature_names=self.feature_names,
+        )
+
+    @classmethod
     def stack(cls, items: list[Explanation]) -> Explanation:
         """Single-input explanations of one method as one batch (the inverse of ``e[i]``).
 
@@ -510,6 +596,18 @@ class Explanation(HTMLRepr):
         return _plot(
             self, ax=ax, cmap=cmap, signed=signed, top_k=top_k, title=title, show_input=show_input
         )
+
+
+# Methods whose attributions sum to the explained score minus a reference score.
+ADDITIVE_METHODS = frozenset(
+    {"kernel_shap", "integrated_gradients", "expected_gradients", "deeplift", "deeplift_shap"}
+)
+
+
+def _plain_array(value: Any, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 # ---------------------------------------------------------------------- plotting helpers

@@ -83,6 +83,7 @@ def evaluate(
     explanation: Explanation,
     *,
     metrics: str | Sequence[str] = ("deletion", "insertion"),
+    batch: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Score an explanation with named metrics; the scores are also stored in ``e.scores``.
@@ -92,8 +93,12 @@ def evaluate(
     model : nn.Module, xaikit.Model or callable
     x : array or None
         The explained input (``None``: ``explanation.x``).
-    explanation : Explanation
-        Of one input, or a batch (every item is scored).
+    explanation : Explanation, array or tensor
+        Of one input, or a batch (every item is scored). Attributions from another library
+        (an array or tensor of the shape of ``x``) are taken as
+        :meth:`Explanation.from_array` takes them, with ``target=`` if given.
+    batch : bool
+        For attributions given as an array: whether ``x`` has an item axis.
     metrics : str or sequence of str
         Names from ``METRICS``: ``deletion``, ``insertion``, ``morf``, ``lerf`` (pixel
         flipping), ``road`` (MoRF) and ``road_lerf``, ``infidelity``, ``sparseness``,
@@ -114,9 +119,20 @@ def evaluate(
     dict
         Metric -> float; for a batch, metric -> array ``(N,)`` of per-item scores.
     """
-    if not isinstance(explanation, Explanation):
-        raise TypeError(f"explanation: expected an xaikit Explanation, got {describe(explanation)}")
     names = _check_metrics(metrics, options)
+    if not isinstance(explanation, Explanation):
+        if x is None:
+            raise TypeError(
+                f"explanation: expected an xaikit Explanation, got {describe(explanation)}; "
+                "attributions given as an array need x="
+            )
+        values = as_array(explanation, name="explanation")
+        target = options.get("target")
+        if batch and target is not None and np.ndim(target) == 0:
+            target = np.full(len(values), int(target))
+        explanation = Explanation.from_array(
+            values, as_array(x, name="x"), model=model, target=target, batch=batch
+        )
     if x is None:
         x = explanation.x
     else:
