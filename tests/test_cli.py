@@ -709,7 +709,7 @@ def test_ctrl_c_in_a_real_process_exits_130_and_leaves_nothing(tmp_path):
     np.save(tmp_path / "rows.npy", np.random.default_rng(0).random((3, 4)))
     out = tmp_path / "out"
     model = f"{tmp_path / 'slow.py'}:make"
-    command = [sys.executable, "-m", "xaikit.cli", "explain", "--model", model,
+    command = [sys.executable, "-m", "xaikit.cli", "explain", "--model", model, "--random-weights",
                str(tmp_path / "rows.npy"), "--out", str(out)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

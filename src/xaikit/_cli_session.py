@@ -60,6 +60,15 @@ MODEL_OPTIONS = (
         help="Weights for file.py:factory: .safetensors or a torch state dict.",
     ),
     click.option(
+        "--random-weights",
+        is_flag=True,
+        help="Accept a factory that builds an untrained network (no --weights).",
+    ),
+    click.option(
+        "--device",
+        help="Where the model runs: cpu, cuda, cuda:N or mps (default: where it loads, the CPU).",
+    ),
+    click.option(
         "--trust-pickle",
         is_flag=True,
         help="Allow a pickled model (unpickling runs code from the file).",
@@ -98,8 +107,8 @@ OUTPUT_OPTIONS = (
 )
 # The keywords those options give, which become the session (the command gets the rest).
 PLUMBING = (
-    "model_spec", "weights", "trust_pickle", "model_output", "inputs", "resize", "mean", "std",
-    "classes_file", "out", "quiet", "as_json",
+    "model_spec", "weights", "random_weights", "device", "trust_pickle", "model_output",
+    "inputs", "resize", "mean", "std", "classes_file", "out", "quiet", "as_json",
 )  # fmt: skip
 INPUT_KINDS = (None, "images", "tables")
 
@@ -117,6 +126,8 @@ class Session:
         *,
         model_spec: str,
         weights: Path | None = None,
+        random_weights: bool = False,
+        device: str | None = None,
         trust_pickle: bool = False,
         model_output: str | None = None,
         inputs: tuple[Path, ...] = (),
@@ -129,6 +140,7 @@ class Session:
         as_json: bool = False,
     ) -> None:
         self.model_spec, self.weights = model_spec, weights
+        self.random_weights, self.device = random_weights, device
         self.trust_pickle, self.model_output = trust_pickle, model_output
         self.inputs, self.resize, self.mean, self.std = tuple(inputs), resize, mean, std
         self.classes_file = classes_file
@@ -144,6 +156,8 @@ class Session:
             weights=self.weights,
             trust_pickle=self.trust_pickle,
             output=self.model_output,
+            random_weights=self.random_weights,
+            device=self.device,
         )
         return loaded, Model(loaded.model, output=loaded.output)
 

@@ -81,6 +81,8 @@ def load_model(
     weights: str | os.PathLike | None = None,
     trust_pickle: bool = False,
     output: str | None = None,
+    random_weights: bool = False,
+    device: str | None = None,
 ) -> LoadedModel:
     """Load a user's model from ``spec`` (see the module docstring for the forms it takes).
 
@@ -96,6 +98,14 @@ def load_model(
     output : {"logits", "probabilities", ...}, optional
         What the model returns; default ``"logits"`` for PyTorch and ONNX models,
         ``"probabilities"`` for scikit-learn's ``predict_proba``.
+    random_weights : bool
+        Accept a factory whose network comes out with random weights and no ``weights`` file
+        (a sanity check on an untrained network). Without it such a factory is refused: it
+        would explain an untrained network. A factory is taken to initialise randomly when two
+        calls under different random seeds give different weights.
+    device : str, optional
+        Where a PyTorch model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``); the
+        loaded network is moved there. Default: where it was loaded (the CPU).
 
     Raises
     ------
@@ -122,6 +132,11 @@ def load_model(
         module = _from_factory(path, factory, text)
         if weights is not None:
             _load_weights(module, Path(weights), source=text)
+        elif not random_weights and _initialises_randomly(path, factory, text, module):
+            raise LoadError(
+                f"weights: {text}() builds a network with random weights; give its trained "
+                "weights with --weights FILE, or pass --random-weights to explain it untrained"
+            )
         loaded = LoadedModel(module.eval(), "torch", text)
     elif suffix == ".onnx":
         loaded = LoadedModel(OnnxModel(path), "onnx", text)
@@ -132,7 +147,42 @@ def load_model(
         loaded = LoadedModel(_from_torchscript(path), "torchscript", text)
     if output is not None:
         loaded.output = output
+    if device is not None:
+        _move(loaded, device)
     return loaded
+
+
+def _initialises_randomly(path: Path, factory: str, text: str, module: nn.Module) -> bool:
+    """Whether a second call of the factory under another seed gives other weights."""
+    with torch.random.fork_rng(devices=[]):  # the user's random state is left as it was
+        torch.manual_seed(torch.initial_seed() + 1)
+        other = _from_factory(path, factory, text)
+    theirs = other.state_dict()
+    return any(
+        k in theirs
+        and v.dtype.is_floating_point
+        and v.shape == theirs[k].shape
+        and not torch.equal(v, theirs[k])
+        for k, v in module.state_dict().items()
+    )
+
+
+def _move(loaded: LoadedModel, device: str) -> None:
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise LoadError(
+            f"device: {device!r} is not a torch device; expected cpu, cuda, cuda:N or mps"
+        ) from err
+    if loaded.kind not in ("torch", "torchscript"):
+        if where.type != "cpu":
+            raise LoadError(f"device: a {loaded.kind} model runs on the CPU only, got {device!r}")
+        return
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"device: {device!r} asked for, but this torch has no CUDA device")
+    if where.type == "mps" and not torch.backends.mps.is_available():
+        raise LoadError(f"device: {device!r} asked for, but MPS is not available here")
+    loaded.model = loaded.model.to(where)
 
 
 def _is_factory_spec(text: str) -> bool:
