@@ -226,6 +226,17 @@ class Session:
                     f"method: {name!r} needs gradients, which a {self.loaded.kind} model "
                     f"({self.loaded.source}) does not give; use one of {free}"
                 )
+            if known[name]["needs_hooks"] and not self.hooks:
+                free = sorted(n for n, m in known.items() if not m["needs_hooks"])
+                raise ValueError(
+                    f"method: {name!r} needs forward hooks on the model's layers, which a "
+                    f"TorchScript model ({self.loaded.source}) does not run; use one of {free}"
+                )
+
+    @property
+    def hooks(self) -> bool:
+        """Whether the model runs forward hooks (a TorchScript module does not)."""
+        return self.loaded.kind != "torchscript"
 
     def write(
         self, page: Any, summary: dict, *, files: dict[str, Callable[[Path], Any]] | None = None

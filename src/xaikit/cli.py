@@ -225,6 +225,9 @@ def compare(
         options, baseline = {}, None  # the default is for the metrics that take one
     page = Page("xaikit compare")
     page.section("comparison", f"{len(specs)} methods on {len(data)} input(s)")
+    skipped = None if method_names else _skipped_note(session, specs, default_methods)
+    if skipped:
+        page.paragraph(skipped)
     if baseline is not None:
         page.paragraph(f"Removed parts are replaced by {baseline}.")
     items = []
@@ -275,7 +278,20 @@ def _method_specs(method_names, *, session: Session, defaults) -> dict[str, dict
         chosen = names(method_names) or []
         session.check_methods(chosen)
         return {n: dict(FAST_PARAMS.get(n, {})) for n in chosen}
-    return defaults(image=image, gradients=session.loaded.has_gradients)
+    return defaults(image=image, gradients=session.loaded.has_gradients, hooks=session.hooks)
+
+
+def _skipped_note(session: Session, specs: dict, defaults) -> str | None:
+    """One line naming the default methods that cannot run on this model, or None."""
+    image = session.data.x.ndim == 4
+    every = defaults(image=image, gradients=session.loaded.has_gradients)
+    skipped = [n for n in every if n not in specs]
+    if not skipped:
+        return None
+    return (
+        f"Not run on this {session.loaded.kind} model (they need forward hooks on its "
+        f"layers): {', '.join(skipped)}."
+    )
 
 
 @main.command()
@@ -309,6 +325,9 @@ def report(
         [("model", loaded.source), ("kind", loaded.kind), ("inputs", len(data)),
          ("methods", ", ".join(specs))],
     )  # fmt: skip
+    skipped = None if method_names else _skipped_note(session, specs, default_methods)
+    if skipped:
+        page.paragraph(skipped)
     items = []
     for i, (name, x) in enumerate(zip(data.names, data.x, strict=True)):
         page.section(f"input-{i + 1}", f"Input {i + 1}: {name}")

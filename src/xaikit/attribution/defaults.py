@@ -42,12 +42,15 @@ def fast_params(names: Any) -> dict[str, dict[str, Any]]:
     return {n: dict(FAST_PARAMS.get(n, {})) for n in names}
 
 
-def default_methods(*, image: bool, gradients: bool) -> dict[str, dict[str, Any]]:
+def default_methods(
+    *, image: bool, gradients: bool, hooks: bool = True
+) -> dict[str, dict[str, Any]]:
     """The methods compare and report run by default, with fast parameters.
 
     Images get every method; rows (tabular data) the ones that make sense per feature (no
     Grad-CAM, Guided Backprop or RISE's image masks). Without gradients (a callable, ONNX,
-    scikit-learn), only the perturbation methods.
+    scikit-learn), only the perturbation methods; without hooks (TorchScript), no method that
+    hooks or re-traces the model's layers.
     """
     # The catalogue registers every method; api.methods() would import this module back.
     from xaikit.attribution import _catalogue  # noqa: F401
@@ -55,5 +58,9 @@ def default_methods(*, image: bool, gradients: bool) -> dict[str, dict[str, Any]
 
     names = IMAGE_METHODS if image else ROW_METHODS
     return fast_params(
-        n for n in names if n in METHODS and (gradients or not METHODS[n].needs_gradients)
+        n
+        for n in names
+        if n in METHODS
+        and (gradients or not METHODS[n].needs_gradients)
+        and (hooks or not METHODS[n].needs_hooks)
     )
