@@ -13,4 +13,5 @@ from xaikit.attribution import (  # noqa: F401
     lrp,
     occlusion,
     rise,
+    rollout,
 )

@@ -21,6 +21,7 @@ import numpy as np
 
 from xaikit._plotting import new_figure, plain
 from xaikit._validation import describe
+from xaikit.attribution.rollout import rollout_matrix
 from xaikit.text.adapter import TextModel
 from xaikit.text.tokenizer import Encoding
 
@@ -130,21 +131,9 @@ def attention(
 def rollout(weights: Any, *, residual: bool = True) -> np.ndarray:
     """Attention rollout of weights ``(layers, heads, L, L)``: an ``(L, L)`` matrix.
 
-    Heads are averaged; with ``residual`` the identity is mixed in half-and-half for the skip
-    connection and rows are renormalised, as in Abnar & Zuidema (2020); the layers' matrices
-    are multiplied from the first layer up. Rows of the result sum to 1.
+    See :func:`xaikit.attribution.rollout.rollout_matrix` (Abnar & Zuidema 2020).
     """
-    w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 4 or w.shape[-1] != w.shape[-2]:
-        raise ValueError(f"weights: expected shape (layers, heads, L, L), got {w.shape}")
-    result = np.eye(w.shape[-1])
-    for layer in w:
-        a = layer.mean(axis=0)
-        if residual:
-            a = 0.5 * a + 0.5 * np.eye(len(a))
-            a = a / a.sum(axis=1, keepdims=True)
-        result = a @ result
-    return result
+    return rollout_matrix(weights, residual=residual)
 
 
 def _heatmap(ax: Any, matrix: np.ndarray, tokens: list[str], *, labels: bool) -> None:
