@@ -100,6 +100,9 @@ def embedding_layer_name(module: nn.Module) -> str | None:
     """The path of the layer that embeds token ids: ``get_input_embeddings()`` (Hugging Face),
     else the only ``nn.Embedding``; None when there is none or several."""
     names = {id(m): name for name, m in module.named_modules()}
+    declared = getattr(module, "embedding_layer", None)  # xaikit.text.TextModel says it
+    if isinstance(declared, str) and declared in dict(module.named_modules()):
+        return declared
     getter = getattr(module, "get_input_embeddings", None)
     if callable(getter):
         with contextlib.suppress(NotImplementedError):

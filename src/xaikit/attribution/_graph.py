@@ -149,7 +149,8 @@ def trace(module: nn.Module, *, method: str) -> Graph:
     except Exception as err:  # fx raises many kinds for data-dependent control flow
         raise ValueError(
             f"model: {method} needs a forward that torch.fx can trace (no Python control flow on "
-            f"tensor values), and tracing failed: {type(err).__name__}: {err}"
+            f"tensor values); tracing {type(module).__name__} failed: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
         ) from err
     result = Graph(graph=graph, modules=modules)
     _TRACES[module] = (key, result)

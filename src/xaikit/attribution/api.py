@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from xaikit._tables import Table, is_frame
-from xaikit._torch import embedding_layer_name, is_torchscript
+from xaikit._torch import embedding_layer_name, has_embedding, is_torchscript
 from xaikit._validation import check_batch, check_targets, describe
 from xaikit.attribution.defaults import DEFAULT_METHOD
 from xaikit.attribution.registry import METHODS
@@ -104,6 +104,22 @@ def explain(
         and embedding_layer_name(wrapped.module) is not None
     ):  # token ids have no gradient: attribute to their embeddings, one value per token
         params = {**params, "layer": embedding_layer_name(wrapped.module)}
+    elif (
+        spec.needs_gradients
+        and "layer" not in spec.defaults
+        and method != "attention_rollout"  # its own refusal points to xaikit.text
+        and _token_ids(x)
+        and wrapped.is_torch
+        and has_embedding(wrapped.module)
+    ):
+        with_layer = sorted(
+            n for n, m in METHODS.items() if "layer" in m.defaults and not n.startswith("gradcam")
+        )
+        raise TypeError(
+            f"x: {method!r} differentiates or blends the input itself, and the token ids of "
+            f"{type(wrapped.module).__name__} have no gradient; use one of {with_layer} (they "
+            "attribute to the token embeddings) or occlusion, lime or kernel_shap"
+        )
     if is_frame(x):  # a DataFrame row (or rows): its columns name the features
         x, params, wrapped = _from_table(x, params, wrapped, batch=batch)
         if feature_names is None:

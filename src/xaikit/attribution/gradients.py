@@ -95,7 +95,8 @@ def gradient_points(
             spread[items - first, torch.arange(len(items), device=x.device)] = weight_of(k).to(
                 device=x.device, dtype=x.dtype
             )
-            flat_grads = grads.reshape(len(items), -1)
+            # A model in another precision than x (a float64 copy) gives gradients in its own.
+            flat_grads = grads.reshape(len(items), -1).to(spread.dtype)
             for power, acc in enumerate(sums, start=1):
                 term = flat_grads if power == 1 else flat_grads**power
                 acc[first : first + span] += (spread @ term).reshape(span, *x.shape[1:])
