@@ -1,0 +1,299 @@
+"""Bring your own model: Hugging Face outputs and forward arguments, TorchScript, DataFrames,
+regressors, other libraries' attributions, and the command's --device and --random-weights.
+
+One test per behaviour a new user met (issue 18); each failed before it was built.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import xaikit as xk
+
+
+@pytest.fixture(scope="module")
+def bert():
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=2, initializer_range=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+@pytest.fixture(scope="module")
+def token_batch():
+    ids = torch.randint(5, 50, (3, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[2, 6:] = 0
+    return ids, mask
+
+
+# ---------------------------------------------------------------------- Hugging Face
+
+
+def test_an_output_object_gives_its_logits(bert, token_batch):
+    ids, _ = token_batch
+    scores = xk.Model(bert).scores(ids)
+    expected = bert(ids).logits.detach().numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_kwargs_follow_the_batch(bert, token_batch):
+    ids, mask = token_batch
+    scores = xk.Model(bert, forward_kwargs={"attention_mask": mask}, batch_size=2).scores(ids)
+    expected = bert(ids, attention_mask=mask).logits.detach().numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_perturbed_item_keeps_its_own_attention_mask(bert, token_batch):
+    ids, mask = token_batch
+    together = xk.explain(
+        xk.Model(bert, forward_kwargs={"attention_mask": mask}), ids, batch=True, method="occlusion"
+    )
+    alone = xk.explain(
+        xk.Model(bert, forward_kwargs={"attention_mask": mask[1:2]}), ids[1], method="occlusion"
+    )
+    np.testing.assert_allclose(together.values[1], alone.values, rtol=1e-5, atol=1e-6)
+    assert np.all(together.values[1, 4:] == 0)  # masked positions change nothing
+
+
+def test_token_ids_are_explained_at_the_embeddings_without_a_layer(bert, token_batch):
+    ids, mask = token_batch
+    model = xk.Model(bert, forward_kwargs={"attention_mask": mask[:1]})
+    e = xk.explain(model, ids[0], method="integrated_gradients", steps=128)
+    assert e.values.shape == (7,)
+    assert e.params["layer"] == "bert.embeddings.word_embeddings"
+    assert abs(e.info["completeness_gap"]) < 1e-2 * abs(e.prediction).max()
+
+
+def test_a_hf_sequence_classifier_with_its_tokenizer_is_a_text_model(bert):
+    from xaikit import text
+
+    words = [f"w{i}" for i in range(40)]
+    model = text.TextModel.from_hf(bert, text.Tokenizer.from_words(words))
+    e = text.explain(model, "w1 w2 w3 w4", method="kernel_shap", samples=64, seed=0)
+    assert e.tokens == ["w1", "w2", "w3", "w4"]
+    ids = torch.as_tensor(model.encode("w1 w2 w3 w4")).reshape(1, -1)
+    with_special = torch.cat([torch.tensor([[model.tokenizer.cls_id]]), ids,
+                              torch.tensor([[model.tokenizer.sep_id]])], 1)  # fmt: skip
+    np.testing.assert_allclose(
+        e.prediction, bert(with_special).logits[0].detach().numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_guided_backprop_on_a_vit_is_refused_naming_it():
+    import transformers
+
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, num_labels=2,
+    )  # fmt: skip
+    vit = transformers.ViTForImageClassification(config).eval()
+    with pytest.raises(ValueError, match="ViTForImageClassification has none"):
+        xk.explain(vit, np.zeros((3, 16, 16), np.float32), method="guided_backprop")
+
+
+# ---------------------------------------------------------------------- TorchScript
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3)
+    ).eval()
+    folder = tmp_path_factory.mktemp("scripted")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(net).save(str(folder / "net.pt"))
+    np.save(folder / "x.npy", np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32))
+    return folder
+
+
+def test_torchscript_hook_methods_are_refused_by_name(scripted):
+    with pytest.raises(TypeError, match=r"'gradcam' needs forward hooks .* TorchScript"):
+        xk.explain(str(scripted / "net.pt"), np.zeros((1, 8, 8), np.float32), method="gradcam")
+
+
+def test_torchscript_runs_the_hook_free_methods(scripted):
+    e = xk.explain(str(scripted / "net.pt"), np.ones((1, 8, 8), np.float32), method="saliency")
+    assert e.values.shape == (1, 8, 8) and np.abs(e.values).sum() > 0
+
+
+def _xaikit(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "xaikit.cli", *map(str, args)], capture_output=True, text=True
+    )
+
+
+def test_report_on_torchscript_skips_what_cannot_run_with_a_note(scripted):
+    out = scripted / "report"
+    result = _xaikit("report", "--model", scripted / "net.pt", scripted / "x.npy", "--out", out,
+                     "--no-sanity", "-q")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    page = (out / "index.html").read_text()
+    assert "Not run on this torchscript model" in page and "gradcam" in page
+
+
+# ---------------------------------------------------------------------- tables
+
+
+@pytest.fixture(scope="module")
+def frame():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    n = 120
+    return pd.DataFrame(
+        {
+            "age": rng.integers(20, 70, n).astype(float),
+            "income": rng.normal(50, 10, n),
+            "city": rng.choice(["Lyon", "Oslo", "Pune"], n),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline(frame):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    labels = (frame["income"] + 10 * (frame["city"] == "Oslo") > 52).astype(int)
+    prep = ColumnTransformer(
+        [("num", StandardScaler(), ["age", "income"]), ("cat", OneHotEncoder(), ["city"])]
+    )
+    return make_pipeline(prep, LogisticRegression()).fit(frame, labels)
+
+
+def test_dataframe_columns_name_the_features(pipeline, frame):
+    e = xk.explain(pipeline, frame.iloc[[0]], method="kernel_shap", baseline=frame.iloc[:20],
+                   samples=100, seed=0)  # fmt: skip
+    assert e.feature_names == ["age", "income", "city"]
+
+
+def test_a_pipeline_fitted_on_a_dataframe_gets_a_dataframe(pipeline, frame):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn warns when it gets an array instead
+        e = xk.explain(pipeline, frame.iloc[[3]], method="occlusion", baseline=frame.iloc[[0]])
+    assert np.isfinite(e.values).all()
+
+
+def test_a_categorical_column_moves_between_its_categories(pipeline, frame):
+    row = frame.iloc[[0]]
+    e = xk.explain(pipeline, row, method="kernel_shap", baseline=frame.iloc[:30],
+                   samples=200, seed=0)  # fmt: skip
+    f_row = pipeline.predict_proba(row)[0, e.target]
+    f_background = pipeline.predict_proba(frame.iloc[:30])[:, e.target].mean()
+    # efficiency over the background: the city's share is part of an exact total
+    assert e.values.sum() == pytest.approx(f_row - f_background, abs=1e-6)
+
+
+def test_a_regressor_predict_is_one_score_named_prediction():
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3))
+    reg = LinearRegression().fit(x, x @ np.array([1.0, -2.0, 0.5]))
+    e = xk.explain(reg, x[0], method="kernel_shap", baseline=0.0, samples=64, seed=0)
+    assert e.prediction.shape == (1,) and e.info["explained"] == "prediction"
+    np.testing.assert_allclose(e.values, reg.coef_ * x[0], atol=1e-8)
+
+
+# ---------------------------------------------------------------------- interop
+
+
+@pytest.fixture(scope="module")
+def linear_images():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    return net, x
+
+
+def test_evaluate_takes_captum_tensors(linear_images):
+    from captum.attr import IntegratedGradients
+
+    net, x = linear_images
+    attributions = IntegratedGradients(net).attribute(x, target=1)
+    ours = xk.explain(net, x, batch=True, method="integrated_gradients", target=1)
+    from_tensor = xk.evaluate(net, x, attributions, batch=True, target=1, metrics="deletion")
+    from_ours = xk.evaluate(net, None, ours, metrics="deletion")
+    np.testing.assert_allclose(from_tensor["deletion"], from_ours["deletion"], rtol=1e-4)
+
+
+def test_from_captum_keeps_the_target_and_the_model_scores(linear_images):
+    from captum.attr import Saliency
+
+    net, x = linear_images
+    e = xk.Explanation.from_captum(Saliency(net).attribute(x, target=2), x, model=net, target=2)
+    assert e.batch and list(e.target) == [2, 2]
+    np.testing.assert_allclose(e.prediction, net(x).detach().numpy(), rtol=1e-6)
+
+
+def test_from_array_needs_the_model_or_its_scores():
+    with pytest.raises(TypeError, match="model: give the model"):
+        xk.Explanation.from_array(np.zeros(4), np.zeros(4))
+
+
+def test_to_shap_keeps_values_data_names_and_the_base_value():
+    pytest.importorskip("shap")
+    weights = np.array([1.0, -2.0, 0.5, 3.0])
+    e = xk.explain(lambda b: np.c_[b @ weights, -(b @ weights)], np.arange(4.0), baseline=0.0,
+                   method="kernel_shap", feature_names=list("abcd"))  # fmt: skip
+    s = e.to_shap()
+    np.testing.assert_allclose(s.values, weights * np.arange(4.0), atol=1e-8)
+    assert list(s.feature_names) == list("abcd")
+    assert s.base_values == pytest.approx(0.0, abs=1e-8)  # f(baseline) = 0
+
+
+# ---------------------------------------------------------------------- the command
+
+FACTORY = """
+import torch
+from torch import nn
+
+def make():
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+"""
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("untrained")
+    (folder / "net.py").write_text(FACTORY)
+    np.save(folder / "rows.npy", np.random.default_rng(0).random((2, 4), dtype=np.float32))
+    return folder
+
+
+def test_a_factory_without_weights_is_refused(untrained):
+    result = _xaikit("explain", "--model", f"{untrained / 'net.py'}:make", untrained / "rows.npy",
+                     "--out", untrained / "out")  # fmt: skip
+    assert result.returncode != 0
+    assert "--random-weights" in result.stderr and not (untrained / "out").exists()
+
+
+def test_random_weights_say_so(untrained):
+    model = f"{untrained / 'net.py'}:make"
+    result = _xaikit("explain", "--model", model, "--random-weights", "--device", "cpu",
+                     untrained / "rows.npy", "--out", untrained / "ok", "-q")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_that_is_not_there_is_named(untrained):
+    model = f"{untrained / 'net.py'}:make"
+    result = _xaikit("explain", "--model", model, "--random-weights", "--device", "cuda",
+                     untrained / "rows.npy", "--out", untrained / "gpu")  # fmt: skip
+    assert result.returncode != 0 and "device: 'cuda'" in result.stderr
