@@ -442,3 +442,45 @@ def outcome(family: str, method: str) -> tuple[str, str]:
             raise
         return "refused", message
     return "ok", check(method, module, x, e)
+
+
+# ---------------------------------------------------------------------- the docs table
+
+SHORT = (
+    ("needs nn.ReLU modules", "no nn.ReLU"),
+    ("torch.fx can trace", "not fx-traceable"),
+    ("has no rule for module", "no rule for {0}"),
+    ("merges each BatchNorm", "BatchNorm not after a layer"),
+    ("needs images", "images only"),
+    ("takes images", "images only"),
+    ("have no gradient", "token ids"),
+    ("token ids do not allow", "token ids"),
+    ("not one global token-to-token", "windowed attention"),
+    ("no attention weights", "no attention"),
+    ("does not take it", "no attention"),
+)
+
+
+def short_reason(message: str) -> str:
+    """A refusal's message in a few words for the table."""
+    import re
+
+    for needle, label in SHORT:
+        if needle in message:
+            found = re.search(r"\(([A-Za-z0-9_]+)\)", message)
+            return label.format(found.group(1) if found else "?")
+    return message.split(";")[0][:40]
+
+
+def matrix_table() -> str:
+    """The matrix as a Markdown table: families down, methods across (docs/models.md)."""
+    methods = sorted(xk.methods())
+    header = "| family | " + " | ".join(f"`{m}`" for m in methods) + " |"
+    lines = [header, "|" + "---|" * (len(methods) + 1)]
+    for name in FAMILIES:
+        cells = []
+        for method in methods:
+            status, detail = outcome(name, method)
+            cells.append(f"✓ {detail}" if status == "ok" else f"– {short_reason(detail)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ few must be refused with a reason that names the model.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,8 @@ def test_grad_cam_on_a_vit_skips_the_block_after_which_only_the_class_token_coun
     e = xk.explain(families.model("ViT"), families.inputs("image"), method="gradcam")
     assert e.params["layer"] == "vit.layers.0"
     assert e.info["cam"].shape == (4, 4)  # 32 px / patch 8, class token dropped
+
+
+def test_the_docs_page_shows_this_matrix():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    assert families.matrix_table() in page, "run python benchmarks/families.py"
