@@ -5,6 +5,7 @@ The public API is re-exported here; see docs/architecture.md for how the parts f
 
 from xaikit import metrics, text
 from xaikit._progress import set_progress
+from xaikit._tables import Table
 from xaikit._validation import memory_limit, set_memory_limit
 from xaikit._version import __version__
 from xaikit.attribution import explain, methods
@@ -55,6 +56,7 @@ __all__ = [
     "Reconstruction",
     "SanityResult",
     "Surrogate",
+    "Table",
     "Visualization",
     "__version__",
     "activations",

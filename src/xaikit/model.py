@@ -77,7 +77,7 @@ class Model:
         every batch (expanded to its size); one with a row per item of a call follows the
         batch (each batch gets its rows); anything else is passed as it is.
     table : xaikit.Table, optional
-        The columns of a table model (from a pandas DataFrame, see :func:`xaikit.Table.of`):
+        The columns of a table model (from pandas DataFrames, :meth:`xaikit.Table.of`):
         a callable then receives each batch as a DataFrame with these column names and
         dtypes. Found by itself for an estimator fitted on a DataFrame (``feature_names_in_``).
 
