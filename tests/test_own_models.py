@@ -297,3 +297,40 @@ def test_a_device_that_is_not_there_is_named(untrained):
     result = _xaikit("explain", "--model", model, "--random-weights", "--device", "cuda",
                      untrained / "rows.npy", "--out", untrained / "gpu")  # fmt: skip
     assert result.returncode != 0 and "device: 'cuda'" in result.stderr
+
+
+class ChannelsLastStage(nn.Module):
+    """A timm-style Swin stage: patch tokens as (N, h, w, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.relu(self.mix(x))
+
+
+class TimmStyleSwin(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.layers = nn.Sequential(ChannelsLastStage(), ChannelsLastStage())
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        tokens = self.patch_embed(x).permute(0, 2, 3, 1)  # (N, 4, 4, 8)
+        return self.head(self.layers(tokens).mean(dim=(1, 2)))
+
+
+def test_grad_cam_reads_channels_last_stages_as_maps():
+    torch.manual_seed(0)
+    net = TimmStyleSwin().eval()
+    x = np.random.default_rng(0).random((3, 16, 16), dtype=np.float32)
+    e = xk.explain(net, x, method="gradcam")
+    assert e.params["layer"] == "layers.1" and e.info["cam"].shape == (4, 4)
+    tokens = net.layers(net.patch_embed(torch.as_tensor(x[None])).permute(0, 2, 3, 1))
+    tokens.retain_grad()
+    net.head(tokens.mean(dim=(1, 2)))[0, e.target].backward()
+    weights = tokens.grad.mean(dim=(1, 2))  # one per channel
+    cam = torch.relu((tokens * weights[:, None, None, :]).sum(-1))[0].detach().numpy()
+    np.testing.assert_allclose(e.info["cam"], cam, rtol=1e-5, atol=1e-7)

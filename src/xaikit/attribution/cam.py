@@ -78,7 +78,7 @@ def _last_block(model: Model, x: np.ndarray, candidates: list) -> str:
     size = tuple(x.shape[2:])
     blocks = []
     for name, shape in finished:
-        spatial = len(shape) == 4 and shape[2] * shape[3] > 1
+        spatial = len(shape) == 4 and shape[2] * shape[3] > 1 and shape[1] * shape[2] > 1
         tokens = len(shape) == 3 and token_grid_shape(shape[1], size) is not None
         if (spatial or tokens) and name not in blocks:
             blocks.append(name)
@@ -89,6 +89,18 @@ def _last_block(model: Model, x: np.ndarray, candidates: list) -> str:
         if len(shape) == 4 or _patch_tokens_matter(model, x, name, shape, size):
             return name
     return blocks[-1]
+
+
+def channels_last(shape: tuple[int, ...], size: tuple[int, ...]) -> bool:
+    """Whether a 4-D layer output is ``(N, h, w, C)`` (timm's Swin stages), not ``(N, C, h, w)``.
+
+    The spatial axes are the pair that lays out on the input as a grid of square cells.
+    """
+
+    def grid(h: int, w: int) -> bool:
+        return h > 1 and size[0] % h == 0 and size[1] % w == 0 and size[0] // h == size[1] // w
+
+    return len(size) == 2 and grid(shape[1], shape[2]) and not grid(shape[2], shape[3])
 
 
 def _is_block(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> bool:
@@ -176,6 +188,8 @@ def _cam(model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None,
     if activations.ndim == 3:  # transformer tokens (N, T, D): patch tokens on their grid
         activations = token_grid(activations, tuple(x.shape[2:]))
         grads = token_grid(grads, tuple(x.shape[2:]))
+    elif activations.ndim == 4 and channels_last(tuple(activations.shape), tuple(x.shape[2:])):
+        activations, grads = activations.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)
     if activations.ndim != 4:
         raise ValueError(
             f"layer: Grad-CAM needs a layer with (N, C, h, w) outputs or patch tokens "
