@@ -233,7 +233,7 @@ def test_evaluate_takes_captum_tensors(linear_images):
     np.testing.assert_allclose(from_tensor["deletion"], from_ours["deletion"], rtol=1e-4)
 
 
-def test_from_captum_keeps_the_target_and_the_model_scores(linear_images):
+def test_from_captum_keeps_the_target_with_the_model_scores(linear_images):
     from captum.attr import Saliency
 
     net, x = linear_images
@@ -247,7 +247,7 @@ def test_from_array_needs_the_model_or_its_scores():
         xk.Explanation.from_array(np.zeros(4), np.zeros(4))
 
 
-def test_to_shap_keeps_values_data_names_and_the_base_value():
+def test_to_shap_keeps_values_data_names_with_the_base_value():
     pytest.importorskip("shap")
     weights = np.array([1.0, -2.0, 0.5, 3.0])
     e = xk.explain(lambda b: np.c_[b @ weights, -(b @ weights)], np.arange(4.0), baseline=0.0,
