@@ -490,9 +490,10 @@ def test_train_generator_is_deterministic_with_outputs_in_the_data_range():
 
 def test_train_generator_caches_one_file_per_seed(tmp_path, monkeypatch):
     data, kw = GENERATOR_DATA, GENERATOR_OPTIONS
+    a = train_generator(data, cache=False, **kw)
     z = torch.randn(4, 3)
     with torch.no_grad():
-        out = train_generator(data, cache=False, **kw)(z)
+        out = a(z)
     c = train_generator(data, cache_dir=tmp_path, **kw)
     files = list(tmp_path.glob("generator-vae-z3-seed1-*.pt"))
     assert len(files) == 1
