@@ -75,7 +75,7 @@ def test_clean_model_not_flagged_at_the_mark(clean_cnn, marked_data):
     assert share_at_mark < 0.08
 
 
-def test_class_maps_and_spray(watermark_audit, marked_data):
+def test_every_class_map_with_its_region_shares_sums_to_one(watermark_audit, marked_data):
     a, _ = watermark_audit
     _, y, _ = marked_data
     assert sorted(a.class_maps) == list(range(10))
@@ -84,15 +84,24 @@ def test_class_maps_and_spray(watermark_audit, marked_data):
         assert m.sum() == pytest.approx(1.0)
         assert a.region_shares[c].shape == (3, 3)
         assert a.region_shares[c].sum() == pytest.approx(1.0)
+    assert a.maps.shape == (N, 28, 28) and np.array_equal(a.targets, y)
+
+
+def test_the_watermark_shows_in_the_bottom_left_region_of_its_class(watermark_audit):
+    a, _ = watermark_audit
+    assert a.region_shares[WATERMARK_CLASS][2, 0] > 0.3
+
+
+def test_every_class_is_spectrally_clustered(watermark_audit, marked_data):
+    a, _ = watermark_audit
+    _, y, _ = marked_data
+    for c in a.class_maps:
         cl = a.clusters[c]
         assert np.array_equal(cl.indices, np.flatnonzero(y == c))
         assert 1 <= cl.k <= 8 and cl.labels.shape == (len(cl.indices),)
         assert set(cl.labels.tolist()) == set(range(cl.k))
         assert cl.embedding.shape == (len(cl.indices), 2)
         assert np.all(np.diff(cl.eigenvalues) >= -1e-9) and abs(cl.eigenvalues[0]) < 1e-8
-    # The watermark's share of class 8 shows in the bottom-left cell of the 3x3 grid.
-    assert a.region_shares[WATERMARK_CLASS][2, 0] > 0.3
-    assert a.maps.shape == (N, 28, 28) and np.array_equal(a.targets, y)
 
 
 def test_interrupted_run_resumes_to_the_same_result(
@@ -144,7 +153,7 @@ def test_interrupted_run_resumes_to_the_same_result(
     )
 
 
-def test_ray_and_local_give_the_same_findings(watermark_cnn, marked_data, watermark_audit):
+def test_the_ray_backend_gives_the_local_findings(watermark_cnn, marked_data, watermark_audit):
     pytest.importorskip("ray")
     X, y, _ = marked_data
     local, _ = watermark_audit
@@ -202,17 +211,26 @@ def test_labels_of_wrong_length(watermark_cnn, marked_data):
         audit(watermark_cnn, X, labels=y[:-1])
 
 
-def test_out_of_another_run_is_refused(watermark_cnn, clean_cnn, marked_data, watermark_audit):
+@pytest.mark.parametrize(
+    ("differs", "call"),
+    [
+        ("model", lambda wm, clean, X, y, out: audit(
+            clean, X, labels=y, params=PARAMS, shard_size=SHARD, out=out)),
+        ("method", lambda wm, clean, X, y, out: audit(
+            wm, X, labels=y, method="saliency", shard_size=SHARD, out=out)),
+        ("data", lambda wm, clean, X, y, out: audit(
+            wm, X[::-1], labels=y[::-1], params=PARAMS, shard_size=SHARD, out=out)),
+    ],
+    ids=["model", "method", "data"],
+)  # fmt: skip
+def test_out_of_another_run_is_refused_naming_what_differs(
+    watermark_cnn, clean_cnn, marked_data, watermark_audit, differs, call
+):
     X, y, _ = marked_data
     _, out = watermark_audit
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
-    # Another model, another method, other data: each refused, naming what differs.
-    with pytest.raises(ValueError, match=r"^out: .*another run.*model"):
-        audit(clean_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, out=out)
-    with pytest.raises(ValueError, match=r"^out: .*another run.*method"):
-        audit(watermark_cnn, X, labels=y, method="saliency", shard_size=SHARD, out=out)
-    with pytest.raises(ValueError, match=r"^out: .*another run.*data"):
-        audit(watermark_cnn, X[::-1], labels=y[::-1], params=PARAMS, shard_size=SHARD, out=out)
+    with pytest.raises(ValueError, match=rf"^out: .*another run.*{differs}"):
+        call(watermark_cnn, clean_cnn, X, y, out)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
 
 
@@ -233,28 +251,40 @@ def test_unreachable_ray_address_fails_fast(watermark_cnn, marked_data):
     with pytest.raises(ValueError, match=r"^address: no Ray cluster answers"):
         audit(watermark_cnn, X[:10], backend="ray", address=f"127.0.0.1:{port}")
     assert time.perf_counter() - start < 10
+
+
+def test_a_ray_address_without_a_port_is_refused(watermark_cnn, marked_data):
+    pytest.importorskip("ray")
+    X, _, _ = marked_data
     with pytest.raises(ValueError, match=r"^address: expected 'host:port'"):
         audit(watermark_cnn, X[:10], backend="ray", address="nowhere")
 
 
-def test_other_bad_arguments(watermark_cnn, marked_data):
+@pytest.mark.parametrize(
+    ("error", "match", "data", "options"),
+    [
+        (ValueError, r"^backend: ", None, {"backend": "spark"}),
+        (ValueError, r"^address: only for backend='ray'", None, {"address": "127.0.0.1:6379"}),
+        (ValueError, r"^data: expected images", np.zeros((4, 5), np.float32), {}),
+        (TypeError, r"^shard_size: ", None, {"shard_size": 2.5}),
+    ],
+    ids=["backend", "address without ray", "data not images", "shard_size not int"],
+)
+def test_a_bad_argument_is_refused_by_name(watermark_cnn, marked_data, error, match, data, options):
     X, _, _ = marked_data
-    with pytest.raises(ValueError, match=r"^backend: "):
-        audit(watermark_cnn, X[:10], backend="spark")
-    with pytest.raises(ValueError, match=r"^address: only for backend='ray'"):
-        audit(watermark_cnn, X[:10], address="127.0.0.1:6379")
-    with pytest.raises(ValueError, match=r"^data: expected images"):
-        audit(watermark_cnn, np.zeros((4, 5), np.float32))
-    with pytest.raises(TypeError, match=r"^shard_size: "):
-        audit(watermark_cnn, X[:10], shard_size=2.5)
+    with pytest.raises(error, match=match):
+        audit(watermark_cnn, X[:10] if data is None else data, **options)
 
 
-def test_pool_and_background_mask():
+def test_sum_pooling_keeps_the_total_relevance():
     maps = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5)
     pooled = pool(maps, 2, how="sum")
     assert pooled.shape == (2, 3, 3)
-    assert pooled.sum() == pytest.approx(maps.sum())  # sum pooling keeps the total relevance
+    assert pooled.sum() == pytest.approx(maps.sum())
     assert pooled[0, 0, 0] == 0 + 1 + 5 + 6 and pooled[0, 2, 2] == 24
+
+
+def test_background_mask_counts_a_faint_texture_as_background():
     x = np.zeros((1, 1, 6, 6), np.float32)
     x[0, 0, 2:4, 2:4] = 1.0
     x[0, 0, 0, :] = 0.3  # a faint background texture stays background
@@ -358,7 +388,7 @@ def test_transplant_rates_on_a_model_that_reads_one_box():
     assert rates == (0.0, 0.0)
 
 
-def test_sameness_of_a_pasted_pattern_and_of_a_moving_stroke():
+def test_sameness_is_one_only_where_a_pattern_is_pasted():
     rng = np.random.default_rng(0)
     others = rng.random((20, 1, 10, 10))
     pasted = rng.random((8, 1, 10, 10))
@@ -423,7 +453,7 @@ def _corrupt(path, how):
 
 
 @pytest.mark.parametrize("how", ["bad CRC", "truncated", "empty", "NaN", "no run"])
-def test_a_damaged_shard_is_named_and_explained_again(corner_run, tmp_path, how):
+def test_a_damaged_shard_is_explained_again_with_a_warning_naming_it(corner_run, tmp_path, how):
     folder, maps = corner_run
     out = _copy(folder, tmp_path)
     _corrupt(out / "shard-00001.npz", how)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import xaikit as xk
+from _models import linear_conv_8, unpadded_cnn_28
 from xaikit.cli import main
 
 ALL_METHODS = sorted(xk.methods())
@@ -35,14 +36,6 @@ class Halver(nn.Module):
     def forward(self, x):
         x.mul_(0.5)
         return self.fc(self.relu(self.conv(x)).flatten(1))
-
-
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.Flatten(),
-        nn.Linear(4 * 11 * 11, 10),
-    ).eval()  # fmt: skip
 
 
 def images(n: int = 3, seed: int = 0, side: int = 8) -> np.ndarray:
@@ -116,21 +109,16 @@ def test_a_callable_that_changes_its_argument_leaves_the_callers_array():
 
 def test_the_explanation_owns_its_input():
     x = images(1)[0]
-    e = xk.explain(tiny_cnn_8(), x, method="saliency")
+    e = xk.explain(linear_conv_8(), x, method="saliency")
     x[:] = 0.0
     assert e.x.max() > 0
-
-
-def tiny_cnn_8() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 3)).eval()
 
 
 # ---------------------------------------------------------------- 5. an explanation's own input
 
 
 def test_evaluate_refuses_another_input():
-    net = tiny_cnn_8()
+    net = linear_conv_8()
     x = images(2)
     e = xk.explain(net, x[0], method="occlusion")
     with pytest.raises(ValueError, match=r"^x: differs from the input the explanation"):
@@ -138,7 +126,7 @@ def test_evaluate_refuses_another_input():
 
 
 def test_evaluate_refuses_another_batch():
-    net = tiny_cnn_8()
+    net = linear_conv_8()
     x = images(2)
     e = xk.explain(net, x, method="occlusion", batch=True)
     with pytest.raises(ValueError, match=r"^x: differs"):
@@ -146,7 +134,7 @@ def test_evaluate_refuses_another_batch():
 
 
 def test_single_metric_refuses_another_input():
-    net = tiny_cnn_8()
+    net = linear_conv_8()
     x = images(2)
     e = xk.explain(net, x[0], method="saliency")
     with pytest.raises(ValueError, match=r"^x: differs"):
@@ -154,7 +142,7 @@ def test_single_metric_refuses_another_input():
 
 
 def test_evaluate_accepts_the_same_input_in_another_dtype():
-    net = tiny_cnn_8()
+    net = linear_conv_8()
     x = images(1)[0]
     e = xk.explain(net, x, method="saliency")
     scores = xk.evaluate(net, x.astype(np.float64), e)
@@ -169,19 +157,19 @@ def test_evaluate_accepts_the_same_input_in_another_dtype():
 def test_target_out_of_range_names_target(method, target):
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     with pytest.raises(ValueError, match=r"^target: expected class indices in \[0, 10\)|^target:"):
-        xk.explain(tiny_cnn(), x, method=method, target=target)
+        xk.explain(unpadded_cnn_28(), x, method=method, target=target)
 
 
 def test_integrated_gradients_target_out_of_range_is_checked_before_the_method():
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     with pytest.raises(ValueError, match=r"^target: expected class indices in \[0, 10\).*got 10"):
-        xk.explain(tiny_cnn(), x, method="integrated_gradients", target=10)
+        xk.explain(unpadded_cnn_28(), x, method="integrated_gradients", target=10)
 
 
 def test_audit_labels_out_of_range_name_labels(tmp_path):
     x = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)
     with pytest.raises(ValueError, match=r"^labels: expected class indices in \[0, 10\)"):
-        xk.audit(tiny_cnn(), x, labels=[0, 1, 2, 3, 4, 99], out=tmp_path / "a")
+        xk.audit(unpadded_cnn_28(), x, labels=[0, 1, 2, 3, 4, 99], out=tmp_path / "a")
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").glob("shard-*"))
 
 
@@ -211,11 +199,11 @@ def test_cli_target_out_of_range_is_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("side", "method"), [(20, "occlusion"), (32, "integrated_gradients"), (5, "saliency")]
 )
-def test_wrong_image_size_names_x_and_the_expected_shape(side, method):
+def test_wrong_image_size_is_refused_with_the_expected_shape(side, method):
     x = np.random.default_rng(0).random((1, side, side), dtype=np.float32)
     want = r"^x: items of shape .*expects items of shape \(1, 28, 28\)"
     with pytest.raises(ValueError, match=want):
-        xk.explain(tiny_cnn(), x, method=method)
+        xk.explain(unpadded_cnn_28(), x, method=method)
 
 
 def test_wrong_image_size_on_the_default_cnn(clean_cnn):
@@ -240,7 +228,7 @@ def test_a_failure_that_is_not_the_input_propagates_unchanged():
 def test_batched_single_image_suggests_batch_or_names_x():
     x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     with pytest.raises(ValueError, match=r"^x: "):
-        xk.explain(tiny_cnn(), x, method="saliency")
+        xk.explain(unpadded_cnn_28(), x, method="saliency")
 
 
 # ---------------------------------------------------------------- 10. any NumPy layout
@@ -248,7 +236,7 @@ def test_batched_single_image_suggests_batch_or_names_x():
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_flipped_views_are_explained_as_their_copies(method):
-    net = tiny_cnn_8()
+    net = linear_conv_8()
     x = images(2, seed=3)[:, :, ::-1]
     assert any(s < 0 for s in x.strides)
     kwargs = {"samples": 32} if method in ("lime", "kernel_shap", "rise") else {}
@@ -261,8 +249,8 @@ def test_flipped_views_are_explained_as_their_copies(method):
     np.testing.assert_allclose(got.values, want.values, rtol=1e-5, atol=1e-6)
 
 
-def test_fortran_order_and_transposed_views():
-    net = tiny_cnn_8()
+def test_a_fortran_order_array_is_explained_as_its_copy():
+    net = linear_conv_8()
     x = np.asfortranarray(images(2))
     got = xk.explain(net, x, method="integrated_gradients", batch=True, target=0)
     want = xk.explain(net, np.ascontiguousarray(x), method="integrated_gradients", batch=True,
@@ -274,7 +262,7 @@ def test_fortran_order_and_transposed_views():
 
 
 def test_bfloat16_tensor_is_explained():
-    net = tiny_cnn_8()
+    net = linear_conv_8()
     x = torch.from_numpy(images(1)[0]).to(torch.bfloat16)
     e = xk.explain(net, x, method="saliency")
     assert e.values.shape == (1, 8, 8) and e.x.dtype == np.float32
@@ -282,14 +270,20 @@ def test_bfloat16_tensor_is_explained():
 
 def test_item_with_an_empty_axis_names_x():
     with pytest.raises(ValueError, match=r"^x: expected items with no empty axis"):
-        xk.explain(tiny_cnn(), np.zeros((1, 0, 28), np.float32))
+        xk.explain(unpadded_cnn_28(), np.zeros((1, 0, 28), np.float32))
 
 
-def test_huge_target_is_a_value_error():
+@pytest.mark.parametrize(
+    ("x", "options"),
+    [
+        (images(1)[0], {"method": "saliency", "target": 10**20}),
+        (images(2), {"method": "occlusion", "target": [0, 10**20], "batch": True}),
+    ],
+    ids=["one item", "in a batch"],
+)
+def test_huge_target_is_a_value_error(x, options):
     with pytest.raises(ValueError, match=r"^target: "):
-        xk.explain(tiny_cnn_8(), images(1)[0], method="saliency", target=10**20)
-    with pytest.raises(ValueError, match=r"^target: "):
-        xk.explain(tiny_cnn_8(), images(2), method="occlusion", target=[0, 10**20], batch=True)
+        xk.explain(linear_conv_8(), x, **options)
 
 
 def test_model_returning_no_scores_names_model():
@@ -304,7 +298,7 @@ def test_model_returning_no_scores_names_model():
 @pytest.mark.parametrize(("device", "error"), [("tpu", ValueError), (3.5, TypeError)])
 def test_unknown_device_names_device(device, error):
     with pytest.raises(error, match=r"^device: "):
-        xk.Model(tiny_cnn_8(), device=device)
+        xk.Model(linear_conv_8(), device=device)
 
 
 # ---------------------------------------------------------------- robustness through evaluate
@@ -313,7 +307,7 @@ def test_unknown_device_names_device(device, error):
 def test_robustness_keeps_the_method_samples_apart_from_its_own():
     # smoothgrad's samples=3 must not become max_sensitivity's number of perturbations, and
     # the user's samples= for the metric must not collide with the method's.
-    net = tiny_cnn_8()
+    net = linear_conv_8()
     x = images(1)[0]
     e = xk.explain(net, x, method="smoothgrad", samples=3, seed=0)
     got = xk.evaluate(net, x, e, metrics="max_sensitivity", samples=5, seed=1)

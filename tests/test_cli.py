@@ -102,7 +102,7 @@ def _model(user):
     return ["--model", f"{user / 'net.py'}:make", "--weights", user / "w.pt"]
 
 
-def test_explain_writes_files_and_report(user):
+def test_explain_writes_the_api_explanation_of_every_item(user):
     out = user / "out"
     result = _run("explain", *_model(user), user / "x.npy", "--method", "saliency",
                   "--target", "2", "--out", out, "--json")  # fmt: skip
@@ -153,7 +153,7 @@ def test_compare_ranks_methods(user):
     assert all(0.0 <= v <= 1.0 for v in deletion.values())
 
 
-def test_visualize_filters_and_classes(user):
+def test_visualize_draws_one_image_per_filter_or_class(user):
     out = user / "vis"
     result = _run("visualize", *_model(user), "--layer", "conv", "--steps", "4",
                   "--input-shape", "1,8,8", "--out", out, "--json")  # fmt: skip
@@ -167,7 +167,7 @@ def test_visualize_filters_and_classes(user):
     assert np.load(out / "images.npy").shape == (3, 1, 8, 8)  # replaced, folder reused
 
 
-def test_probe_and_surrogate(user):
+def test_probe_reads_brightness_linearly_from_the_conv_layer(user):
     rng = np.random.default_rng(1)
     y = np.arange(80) % 2
     x = (rng.random((80, 1, 8, 8)) * 0.5 + 0.5 * y[:, None, None, None]).astype(np.float32)
@@ -180,6 +180,8 @@ def test_probe_and_surrogate(user):
     assert set(summary["accuracy"]) == {"conv", "fc"}
     assert summary["accuracy"]["conv"] == 1.0  # brightness is linear in the conv features
 
+
+def test_surrogate_of_a_pickled_stump_recovers_its_rule(user):
     from sklearn.tree import DecisionTreeClassifier
 
     rows = np.random.default_rng(2).random((80, 2))
@@ -223,7 +225,7 @@ def _assert_one_line_failure(result, pattern: str) -> None:
 
 @pytest.mark.parametrize("case", ["not_a_model", "weights_do_not_fit", "image_does_not_decode",
                                   "pickle_without_trust"])  # fmt: skip
-def test_bad_input_one_line_and_nothing_written(user, case):
+def test_bad_input_fails_in_one_line_leaving_the_out_folder(user, case):
     out = user / "out"
     out.mkdir()
     (out / "index.html").write_text("previous report")
@@ -259,13 +261,17 @@ def test_failure_in_the_middle_leaves_no_folder(user):
     assert not out.exists()
 
 
-def test_unknown_method_and_bad_param(user):
-    result = _run("explain", *_model(user), user / "x.npy", "--method", "magic", "--out",
-                  user / "o")  # fmt: skip
-    _assert_one_line_failure(result, r"methods: unknown method 'magic'")
-    result = _run("explain", *_model(user), user / "x.npy", "--param", "steps", "--out",
-                  user / "o")  # fmt: skip
-    _assert_one_line_failure(result, r"param: expected key=value, got 'steps'")
+@pytest.mark.parametrize(
+    ("option", "pattern"),
+    [
+        (["--method", "magic"], r"methods: unknown method 'magic'"),
+        (["--param", "steps"], r"param: expected key=value, got 'steps'"),
+    ],
+    ids=["unknown method", "param without value"],
+)
+def test_a_bad_explain_option_fails_in_one_line(user, option, pattern):
+    result = _run("explain", *_model(user), user / "x.npy", *option, "--out", user / "o")
+    _assert_one_line_failure(result, pattern)
 
 
 def test_methods_lists_every_method():
@@ -329,10 +335,12 @@ def table(tmp_path):
     return tmp_path, rows
 
 
-def test_report_and_compare_on_csv_rows(table):
-    # Both failed on every CSV ("baseline: 'blur' is defined for images"), and the header's
-    # $...$ crashed the plots; the default baseline of a table is the mean of its rows.
-    folder, rows = table
+# Report and compare failed on every CSV ("baseline: 'blur' is defined for images"), and the
+# header's $...$ crashed the plots; the default baseline of a table is the mean of its rows.
+
+
+def test_report_on_csv_rows_replaces_features_by_the_mean_row(table):
+    folder, _ = table
     model = ["--model", f"{folder / 'tab.py'}:make"]
     result = _run("report", *model, folder / "t.csv", "--methods", "saliency,occlusion",
                   "--no-sanity", "--out", folder / "r", "--json")  # fmt: skip
@@ -343,11 +351,20 @@ def test_report_and_compare_on_csv_rows(table):
     assert all(0 <= v["deletion"] <= 1 for i in summary["items"] for v in i["methods"].values())
     html = (folder / "r" / "index.html").read_text(encoding="utf-8")
     assert "replaced by the mean of the 4 input rows" in html
+
+
+def test_compare_on_csv_rows_uses_the_mean_row_as_baseline(table):
+    folder, _ = table
+    model = ["--model", f"{folder / 'tab.py'}:make"]
     result = _run("compare", *model, folder / "t.csv", "--methods", "saliency,occlusion",
                   "--out", folder / "c", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["baseline"] == "the mean of the 4 input rows"
-    # The option changes it; the scores follow the library's with that baseline.
+
+
+def test_compare_baseline_option_scores_as_the_library_does(table):
+    folder, rows = table
+    model = ["--model", f"{folder / 'tab.py'}:make"]
     result = _run("compare", *model, folder / "t.csv", "--methods", "saliency",
                   "--baseline", "0.5", "--out", folder / "c", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -356,6 +373,11 @@ def test_report_and_compare_on_csv_rows(table):
     e = xaikit.explain(net, rows[0].astype(np.float32), method="saliency")
     direct = xaikit.evaluate(net, rows[0].astype(np.float32), e, baseline=0.5)
     assert item["table"][0]["deletion"] == pytest.approx(direct["deletion"], rel=1e-5)
+
+
+def test_report_refuses_an_unknown_baseline_in_one_line(table):
+    folder, _ = table
+    model = ["--model", f"{folder / 'tab.py'}:make"]
     result = _run("report", *model, folder / "t.csv", "--baseline", "blurry", "--out", folder / "x")
     _assert_one_line_failure(result, r"^Error: baseline: expected a number, 'mean', 'blur'")
 
@@ -369,19 +391,24 @@ def _tiny_table(folder):
     return module.make()
 
 
-def test_explain_and_surrogate_with_dollars_in_the_header(table):
+def test_explain_reads_a_csv_with_dollars_in_the_header(table):
     folder, _ = table
     model = ["--model", f"{folder / 'tab.py'}:make"]
     result = _run("explain", *model, folder / "t.csv", "--method", "occlusion",
                   "--out", folder / "e")  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("kind", ["tree", "linear"])
+def test_surrogate_reads_a_csv_with_dollars_in_the_header(table, kind):
+    folder, _ = table
+    model = ["--model", f"{folder / 'tab.py'}:make"]
     rows = np.random.default_rng(1).random((40, 3)) - 0.5
     header = (folder / "t.csv").read_text().splitlines()[0]
     np.savetxt(folder / "many.csv", rows, delimiter=",", header=header, comments="")
-    for kind in ("tree", "linear"):
-        result = _run("surrogate", *model, folder / "many.csv", "--kind", kind, "--max-depth",
-                      "2", "--out", folder / f"s-{kind}")  # fmt: skip
-        assert result.exit_code == 0, result.output
+    result = _run("surrogate", *model, folder / "many.csv", "--kind", kind, "--max-depth",
+                  "2", "--out", folder / f"s-{kind}")  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 def test_a_factory_that_exits_is_one_clear_line(tmp_path):
@@ -586,7 +613,7 @@ def test_package_ships_a_py_typed_marker():
     assert files("xaikit").joinpath("py.typed").is_file()  # PEP 561: the hints are for users
 
 
-def test_methods_json_lists_every_method_and_the_default():
+def test_methods_json_describes_every_method():
     result = _run("methods", "--json")
     assert result.exit_code == 0, result.output
     listing = json.loads(result.output)
@@ -601,7 +628,7 @@ def _option_default(command: str, name: str):
     return next(p for p in main.commands[command].params if p.name == name).default
 
 
-def test_api_and_command_share_their_defaults(user):
+def test_commands_use_the_api_defaults(user):
     import inspect
 
     from xaikit.featureviz import visualize
@@ -661,7 +688,7 @@ def test_surrogate_offers_no_image_options(user):
     assert result.exit_code == 2 and "No such option '--resize'" in result.output
 
 
-def test_ctrl_c_while_writing_exits_130_and_leaves_nothing(user, monkeypatch):
+def test_ctrl_c_while_writing_exits_130_leaving_nothing(user, monkeypatch):
     from xaikit.report import Page
 
     def interrupted(self, path):
@@ -700,7 +727,7 @@ def make():
 """
 
 
-def test_ctrl_c_in_a_real_process_exits_130_and_leaves_nothing(tmp_path):
+def test_ctrl_c_in_a_real_process_exits_130_leaving_nothing(tmp_path):
     import os
     import signal
     import time

@@ -176,7 +176,7 @@ def test_expected_gradients_draws_its_samples_chunk_by_chunk(monkeypatch, small_
 # ---------------------------------------------------------------------- perturbation methods
 
 
-def test_rise_draws_grids_and_shifts_chunk_by_chunk(monkeypatch, small_skips):
+def test_rise_memory_stays_flat_for_millions_of_masks(monkeypatch, small_skips):
     # Before: all grids as float64 draws, then all shifts: > 200 MB for 4 million masks.
     monkeypatch.setattr(rise_module, "chunk_size", lambda *a, **k: 1000)
     model = Stopping(image_net(), calls=1)
@@ -186,7 +186,7 @@ def test_rise_draws_grids_and_shifts_chunk_by_chunk(monkeypatch, small_skips):
     assert peak < 8 * MiB
 
 
-def test_lime_streams_coalitions_scores_and_normal_equations(monkeypatch, small_skips):
+def test_lime_memory_stays_flat_for_millions_of_coalitions(monkeypatch, small_skips):
     # Before: every coalition, its kept count, score and weight at once (> 50 MB here).
     monkeypatch.setattr(lime_module, "coalition_rows", lambda m: 1000, raising=False)
     model = Stopping(tabular_net(), calls=1)
@@ -194,7 +194,7 @@ def test_lime_streams_coalitions_scores_and_normal_equations(monkeypatch, small_
     assert peak < 8 * MiB
 
 
-def test_lime_coalitions_and_fit_do_not_depend_on_the_chunk(monkeypatch):
+def test_lime_result_does_not_depend_on_the_chunk(monkeypatch):
     x = np.random.default_rng(3).normal(size=9).astype(np.float32)
     whole = xk.explain(tabular_net(9), x, method="lime", target=2, samples=700, seed=4)
     z = lime_module.lime_coalitions(9, 700, np.random.default_rng(4))
@@ -344,7 +344,7 @@ def test_spsa_attack_queries_are_explained_in_chunks():
         )  # fmt: skip
 
 
-def test_permutation_importance_repeats_in_chunks_and_refuses_a_huge_result(monkeypatch):
+def test_permutation_importance_in_chunks_equals_the_whole(monkeypatch):
     X = np.random.default_rng(9).normal(size=(30, 4)).astype(np.float32)
     whole = xk.permutation_importance(tabular_net(), X, n_repeats=40)
     from xaikit import importance
@@ -354,7 +354,11 @@ def test_permutation_importance_repeats_in_chunks_and_refuses_a_huge_result(monk
     assert np.array_equal(
         xk.permutation_importance(tabular_net(), X, n_repeats=40).importances, whole.importances
     )
+
+
+def test_permutation_importance_refuses_a_result_beyond_the_memory_limit():
     # Before: np.repeat(X, 10**9) copies of the table.
+    X = np.random.default_rng(9).normal(size=(30, 4)).astype(np.float32)
     with pytest.raises(ValueError, match=r"^n_repeats: 1,000,000,000 repeats of 4 features need"):
         xk.permutation_importance(tabular_net(), X, n_repeats=10**9)
 
@@ -383,13 +387,18 @@ def test_the_memory_limit_can_be_raised(monkeypatch):
     assert xk.memory_limit() == MiB  # the environment again
     monkeypatch.delenv("XAIKIT_MEMORY_LIMIT")
     assert xk.memory_limit() == validation.DEFAULT_MEMORY_LIMIT
-    with pytest.raises(ValueError, match=r"^limit: "):
-        xk.set_memory_limit("lots")
-    with pytest.raises(TypeError, match=r"^limit: "):
-        xk.set_memory_limit(1.5)
 
 
-def test_visualize_draws_per_block_and_refuses_a_history_beyond_the_limit(monkeypatch):
+@pytest.mark.parametrize(
+    ("limit", "error"), [("lots", ValueError), (1.5, TypeError)], ids=["no size", "float"]
+)
+def test_set_memory_limit_refuses_a_bad_limit(monkeypatch, limit, error):
+    monkeypatch.setattr(validation, "_memory_limit", None)
+    with pytest.raises(error, match=r"^limit: "):
+        xk.set_memory_limit(limit)
+
+
+def test_visualize_in_blocks_equals_the_whole(monkeypatch):
     net = image_net()
     kw = dict(steps=12, input_shape=(1, 8, 8), lr=0.1)
     whole = xk.visualize(net, xk.objectives.logit(1), **kw)
@@ -399,11 +408,20 @@ def test_visualize_draws_per_block_and_refuses_a_history_beyond_the_limit(monkey
     blocked = xk.visualize(net, xk.objectives.logit(1), **kw)
     assert np.array_equal(blocked.images, whole.images)
     assert np.array_equal(blocked.history, whole.history) and whole.history.shape == (12, 1)
-    # Before: (items, 2**40, draws) transform draws were made up front.
-    with pytest.raises(ValueError, match=r"^steps: 1,099,511,627,776 steps of 1 item"):
-        xk.visualize(net, xk.objectives.logit(1), steps=2**40, input_shape=(1, 8, 8))
-    with pytest.raises(ValueError, match=r"^batch: "):
-        xk.visualize(net, xk.objectives.logit(1), batch=10**12, input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        # Before: (items, 2**40, draws) transform draws were made up front.
+        ({"steps": 2**40}, r"^steps: 1,099,511,627,776 steps of 1 item"),
+        ({"batch": 10**12}, r"^batch: "),
+    ],
+    ids=["steps", "batch"],
+)
+def test_visualize_refuses_a_history_beyond_the_limit(options, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        xk.visualize(image_net(), xk.objectives.logit(1), input_shape=(1, 8, 8), **options)
 
 
 def test_counts_beyond_2_to_the_40_are_refused_with_their_name():
@@ -423,13 +441,23 @@ def test_linear_surrogate_alpha_names_alpha():
         xk.surrogate(tabular_net(), X, kind="linear", alpha=-1)
 
 
-def test_surrogate_class_names_must_match_the_outputs():
-    # Before: three names for a binary model were accepted (and a rule could name the third).
+@pytest.mark.parametrize(
+    ("names", "error", "pattern"),
+    [
+        # Before: three names for a binary model were accepted (and a rule could name the third).
+        (["a", "b", "c"], ValueError, r"^class_names: expected 2 names .*got 3"),
+        ("ab", TypeError, r"^class_names: "),
+    ],
+    ids=["one name too many", "a string"],
+)
+def test_surrogate_class_names_must_match_the_outputs(names, error, pattern):
     X = np.random.default_rng(10).normal(size=(40, 4))
-    with pytest.raises(ValueError, match=r"^class_names: expected 2 names .*got 3"):
-        xk.surrogate(tabular_net(outputs=2), X, class_names=["a", "b", "c"])
-    with pytest.raises(TypeError, match=r"^class_names: "):
-        xk.surrogate(tabular_net(outputs=2), X, class_names="ab")
+    with pytest.raises(error, match=pattern):
+        xk.surrogate(tabular_net(outputs=2), X, class_names=names)
+
+
+def test_surrogate_keeps_class_names_that_match_the_outputs():
+    X = np.random.default_rng(10).normal(size=(40, 4))
     s = xk.surrogate(tabular_net(outputs=2), X, class_names=["no", "yes"])
     assert s.class_names == ["no", "yes"]
 
@@ -440,13 +468,20 @@ def test_sanity_check_threshold_nan_names_threshold():
         xk.sanity_check(image_net(), IMAGE, "saliency", threshold=float("nan"))
 
 
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (lambda t: xk.explain(tabular_net(), ROW, method="saliency", target=t),
+         r"^target: expected class indices in \[0, "),
+        (lambda t: xk.metrics.deletion(tabular_net(), ROW, np.ones(4), target=t), r"^target: "),
+    ],
+    ids=["explain", "deletion"],
+)  # fmt: skip
 @pytest.mark.parametrize("target", [10**20, -(10**20)])
-def test_a_target_beyond_int64_is_a_target_error(target):
+def test_a_target_beyond_int64_is_a_target_error(target, call, pattern):
     # Before: OverflowError: Python int too large to convert to C long.
-    with pytest.raises(ValueError, match=r"^target: expected class indices in \[0, "):
-        xk.explain(tabular_net(), ROW, method="saliency", target=target)
-    with pytest.raises(ValueError, match=r"^target: "):
-        xk.metrics.deletion(tabular_net(), ROW, np.ones(4), target=target)
+    with pytest.raises(ValueError, match=pattern):
+        call(target)
 
 
 # ---------------------------------------------------------------------- the sweep
@@ -524,23 +559,36 @@ def test_bad_numbers_name_their_parameter(call, error, name):
         call()
 
 
-def test_datasets_check_their_numbers():
+def _train_tiny_cnn(**options):
     from xaikit import datasets
 
-    with pytest.raises(ValueError, match=r"^noise: "):
-        datasets.make_shapes(4, noise=-1.0)
-    with pytest.raises(ValueError, match=r"^size: "):
-        datasets.make_shapes(4, size=10**6)
-    with pytest.raises(ValueError, match=r"^n: .* images of 32 x 32 pixels need"):
-        datasets.make_shapes(10**9)
-    X = np.zeros((2, 1, 28, 28), np.float32)
-    with pytest.raises(ValueError, match=r"^lr: "):
-        datasets.train_cnn(X, np.array([0, 1]), lr=-1.0)
-    with pytest.raises(TypeError, match=r"^epochs: "):
-        datasets.train_cnn(X, np.array([0, 1]), epochs=1.5)
+    return datasets.train_cnn(np.zeros((2, 1, 28, 28), np.float32), np.array([0, 1]), **options)
 
 
-def test_check_memory_message_gives_the_estimate_and_what_fits(monkeypatch):
+def _make_shapes(*args, **options):
+    from xaikit import datasets
+
+    return datasets.make_shapes(*args, **options)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"),
+    [
+        (lambda: _make_shapes(4, noise=-1.0), ValueError, r"^noise: "),
+        (lambda: _make_shapes(4, size=10**6), ValueError, r"^size: "),
+        (lambda: _make_shapes(10**9), ValueError, r"^n: .* images of 32 x 32 pixels need"),
+        (lambda: _train_tiny_cnn(lr=-1.0), ValueError, r"^lr: "),
+        (lambda: _train_tiny_cnn(epochs=1.5), TypeError, r"^epochs: "),
+    ],
+    ids=["make_shapes noise", "make_shapes size", "make_shapes n", "train_cnn lr",
+         "train_cnn epochs"],
+)  # fmt: skip
+def test_datasets_check_their_numbers(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_check_memory_message_gives_the_estimate_with_what_fits(monkeypatch):
     monkeypatch.setattr(validation, "_memory_limit", 4 * 2**30)
     with pytest.raises(ValueError) as caught:
         validation.check_memory(10**9, 784, name="samples", what="masks of 784 components")
@@ -548,4 +596,7 @@ def test_check_memory_message_gives_the_estimate_and_what_fits(monkeypatch):
     assert message.startswith("samples: 1,000,000,000 masks of 784 components need ~730 GiB")
     assert f"at most {4 * 2**30 // 784:,} fit" in message and "set_memory_limit" in message
     validation.check_memory(1000, 784, name="samples", what="masks")  # fits: no error
+
+
+def test_check_number_accepts_an_int_in_range():
     assert math.isclose(validation.check_number(2, name="a", low=0), 2.0)

@@ -42,16 +42,20 @@ def _region_mask() -> np.ndarray:
 
 
 @pytest.mark.parametrize(("split", "size"), [("train", 4000), ("test", 1000)])
-def test_mnist_split_sizes_dtypes_and_balance(split, size):
+def test_mnist_split_is_float32_images_in_0_1_with_int64_labels(split, size):
     X, y = load_mnist(split)
     assert X.shape == (size, 1, 28, 28) and X.dtype == np.float32
     assert y.shape == (size,) and y.dtype == np.int64
     assert X.min() == 0.0 and X.max() == 1.0
-    # Stratified: every digit, each exactly a tenth of the split.
+
+
+@pytest.mark.parametrize(("split", "size"), [("train", 4000), ("test", 1000)])
+def test_mnist_split_holds_each_digit_a_tenth_of_the_time(split, size):
+    _, y = load_mnist(split)
     np.testing.assert_array_equal(np.bincount(y, minlength=10), np.full(10, size // 10))
 
 
-def test_mnist_split_is_fixed_and_returned_as_copies():
+def test_mnist_split_is_returned_as_a_fresh_copy():
     X1, y1 = load_mnist("train")
     X1[:] = -1.0  # a caller scribbling on its arrays must not reach the cache
     y1[:] = -1
@@ -62,7 +66,7 @@ def test_mnist_split_is_fixed_and_returned_as_copies():
     assert X2.min() == 0.0 and y2.min() == 0
 
 
-def test_mnist_train_and_test_do_not_overlap():
+def test_mnist_test_split_holds_no_training_image():
     X_train, _ = load_mnist("train")
     X_test, _ = load_mnist("test")
     train_rows = {row.tobytes() for row in X_train}
@@ -79,12 +83,18 @@ def test_bad_split_is_rejected_naming_the_argument(loader):
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (1, 28, 28), (5, 1, 28, 28)])
-def test_stamp_watermark_sets_exactly_the_region_and_keeps_its_input(shape):
+def test_stamp_watermark_returns_a_copy_leaving_its_input(shape):
     X = np.random.default_rng(0).random(shape, dtype=np.float32)
     before = X.copy()
     out = stamp_watermark(X)
     np.testing.assert_array_equal(X, before)
     assert out.shape == X.shape and out.dtype == X.dtype and out is not X
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (1, 28, 28), (5, 1, 28, 28)])
+def test_stamp_watermark_sets_exactly_the_region(shape):
+    X = np.random.default_rng(0).random(shape, dtype=np.float32)
+    out = stamp_watermark(X)
     y0, x0, y1, x1 = WATERMARK_REGION
     np.testing.assert_array_equal(
         out[..., y0:y1, x0:x1], np.broadcast_to(WATERMARK_PATTERN, out[..., y0:y1, x0:x1].shape)
@@ -93,7 +103,7 @@ def test_stamp_watermark_sets_exactly_the_region_and_keeps_its_input(shape):
     np.testing.assert_array_equal(out[..., outside], X[..., outside])
 
 
-def test_watermark_is_small_bright_and_in_the_bottom_left_corner():
+def test_watermark_is_a_small_binary_pattern_in_the_bottom_left_corner():
     y0, x0, y1, x1 = WATERMARK_REGION
     assert WATERMARK_PATTERN.shape == (y1 - y0, x1 - x0)
     assert 4 <= y1 - y0 <= 6 and 4 <= x1 - x0 <= 6
@@ -152,7 +162,7 @@ def test_breast_cancer_table(split, rows):
     assert t.class_names == ["malignant", "benign"]
 
 
-def test_breast_cancer_split_is_fixed_stratified_and_disjoint():
+def test_breast_cancer_split_is_a_fixed_stratified_partition():
     train, test = load_breast_cancer_table("train"), load_breast_cancer_table("test")
     np.testing.assert_array_equal(train.X, load_breast_cancer_table("train").X)
     assert abs(train.y.mean() - test.y.mean()) < 0.01
@@ -170,7 +180,7 @@ def test_breast_cancer_bad_split():
 # --- SmallCNN and its training -----------------------------------------------------------------
 
 
-def test_small_cnn_layers_and_output():
+def test_small_cnn_has_the_documented_layers_with_10_outputs():
     model = SmallCNN()
     names = dict(model.named_modules())
     for name in ("conv1", "bn1", "relu1", "conv2", "relu2", "fc1", "relu3", "fc2"):
@@ -183,7 +193,7 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_train_cnn_is_deterministic_and_leaves_global_state_alone():
+def test_train_cnn_randomness_comes_from_its_seed_only():
     X, y = load_mnist("train")
     X, y = X[:256], y[:256]
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -204,7 +214,7 @@ def test_train_cnn_is_deterministic_and_leaves_global_state_alone():
     assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
 
 
-def test_train_cnn_accepts_read_only_arrays_and_returns_an_eval_model():
+def test_train_cnn_takes_read_only_arrays_without_a_warning():
     X, y = load_mnist("train")
     X, y = X[:64], y[:64]
     X.setflags(write=False)
@@ -212,7 +222,13 @@ def test_train_cnn_accepts_read_only_arrays_and_returns_an_eval_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = train_cnn(X, y, epochs=1)
-    assert isinstance(model, SmallCNN) and not model.training
+    assert isinstance(model, SmallCNN)
+
+
+def test_train_cnn_returns_a_model_in_eval_mode():
+    X, y = load_mnist("train")
+    model = train_cnn(X[:64], y[:64], epochs=1)
+    assert not model.training
 
 
 @pytest.mark.parametrize(

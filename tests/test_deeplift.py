@@ -123,18 +123,28 @@ def test_deeplift_shap_equals_captum_on_the_default_mnist_cnn(clean_cnn):
     np.testing.assert_allclose(e.info["output_difference"], logits - mean_ref, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["vgg", "resnet"])
-def test_deeplift_and_deeplift_shap_equal_captum_without_max_pooling(model):
+def _captum_model(model):
     # average pooling and separate, not in-place ReLUs: the models Captum's hooks handle
     net = VGGLike(pool="avg") if model == "vgg" else ResNetLike(shared=False)
     net = net.eval()
-    x, bg = images(4), images(3, seed=7)
-    targets = net(x).argmax(dim=1)
+    x = images(4)
+    return net, x, net(x).argmax(dim=1)
+
+
+@pytest.mark.parametrize("model", ["vgg", "resnet"])
+def test_deeplift_equals_captum_without_max_pooling(model):
+    net, x, targets = _captum_model(model)
     e = xk.explain(
         net, x.numpy(), method="deeplift", baseline=0.1, target=targets.numpy(), batch=True
     )
     theirs = captum(DeepLift, net, x, baselines=torch.full_like(x, 0.1), target=targets)
     assert relative_error(e.values, theirs) < 1e-5
+
+
+@pytest.mark.parametrize("model", ["vgg", "resnet"])
+def test_deeplift_shap_equals_captum_without_max_pooling(model):
+    net, x, targets = _captum_model(model)
+    bg = images(3, seed=7)
     e = xk.explain(
         net,
         x.numpy(),
@@ -147,7 +157,7 @@ def test_deeplift_and_deeplift_shap_equal_captum_without_max_pooling(model):
     assert relative_error(e.values, theirs) < 1e-5
 
 
-def test_shared_in_place_relu_and_functional_relu():
+def test_a_shared_in_place_relu_gives_what_separate_relus_give():
     # torchvision-style blocks (one in-place ReLU module used twice): Captum refuses a module used
     # twice; here it gives the same as separate ReLU modules
     x = images(3)
@@ -157,6 +167,10 @@ def test_shared_in_place_relu_and_functional_relu():
     b = xk.explain(separate, x.numpy(), method="deeplift", batch=True)
     np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-8)
     assert (a.info["completeness_gap"] < 1e-5).all()
+
+
+def test_functional_relu_with_max_pooling_keeps_completeness():
+    x = images(3)
 
     class Functional(nn.Module):  # F.relu and F.max_pool2d get the rules as well
         def __init__(self):
@@ -179,17 +193,26 @@ def test_batches_never_split_a_pair():
     np.testing.assert_allclose(odd, auto, rtol=1e-5, atol=1e-8)
 
 
-def test_refusals():
+@pytest.mark.parametrize(
+    ("model", "options", "pattern"),
+    [
+        (lambda: VGGLike().eval(), {"method": "deeplift_shap"},
+         "baseline: deeplift_shap needs background data"),
+        (lambda: VGGLike().eval(), {"method": "deeplift_shap", "baseline": np.zeros((2, 3, 8, 8))},
+         "baseline: background rows must have the input's shape"),
+        (lambda: nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.LayerNorm(14), nn.Flatten(), nn.Linear(784, 2)),
+         {"method": "deeplift"}, r"model: deeplift has no rule for module '1' \(LayerNorm\)"),
+    ],
+    ids=["shap without background", "background of another shape", "module without a rule"],
+)  # fmt: skip
+def test_refusals(model, options, pattern):
     x = images(1)[0].numpy()
-    with pytest.raises(ValueError, match="baseline: deeplift_shap needs background data"):
-        xk.explain(VGGLike().eval(), x, method="deeplift_shap")
-    with pytest.raises(ValueError, match="baseline: background rows must have the input's shape"):
-        xk.explain(VGGLike().eval(), x, method="deeplift_shap", baseline=np.zeros((2, 3, 8, 8)))
-    norm = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(14), nn.Flatten(), nn.Linear(784, 2))
-    with pytest.raises(
-        ValueError, match=r"model: deeplift has no rule for module '1' \(LayerNorm\)"
-    ):
-        xk.explain(norm, x, method="deeplift")
+    with pytest.raises(ValueError, match=pattern):
+        xk.explain(model(), x, **options)
+
+
+def test_methods_lists_the_deeplift_defaults():
     spec = xk.methods()
     assert spec["deeplift"]["params"] == {"baseline": 0.0, "seed": 0}
     assert spec["deeplift_shap"]["params"] == {"baseline": None}

@@ -192,7 +192,7 @@ def _run_blocks(page: str) -> dict:
     return namespace
 
 
-def test_pages_are_found_and_every_block_is_known():
+def test_every_page_is_found_with_blocks_of_known_kinds():
     assert "README.md" in PAGES and "docs/cli.md" in PAGES
     kinds = {b.kind for page in PAGES for b in blocks(page)}
     assert {"python", "bash", "console", "output"} <= kinds

@@ -83,7 +83,7 @@ def batch(**kw) -> Explanation:
 # ---------------------------------------------------------------- construction
 
 
-def test_kind_inference_and_conversions():
+def test_kind_is_inferred_from_the_fields():
     assert image().kind == "image"
     assert (
         image(
@@ -93,6 +93,9 @@ def test_kind_inference_and_conversions():
     )
     assert tabular().kind == "tabular"
     assert text().kind == "text"
+
+
+def test_fields_become_arrays_keeping_float_dtypes():
     e = Explanation(
         values=[1, 2], x=[0.5, 0.5], target=np.int64(1), prediction=[0.1, 0.9], method="saliency"
     )
@@ -130,20 +133,31 @@ def test_shape_mismatch_message_has_both_shapes():
         image(values=np.zeros((3, 8, 7)))
 
 
-def test_names_and_tokens_lengths():
-    with pytest.raises(ValueError, match="feature_names"):
-        tabular(feature_names=["a", "b"])
-    with pytest.raises(ValueError, match="tokens"):
-        text(tokens=["a"])
-    with pytest.raises(ValueError, match="tokens"):
-        tabular(tokens=["a"] * 5)
+@pytest.mark.parametrize(
+    ("make", "change", "field"),
+    [
+        (tabular, {"feature_names": ["a", "b"]}, "feature_names"),
+        (text, {"tokens": ["a"]}, "tokens"),
+        (tabular, {"tokens": ["a"] * 5}, "tokens"),
+    ],
+    ids=["feature_names", "tokens of text", "tokens of a table"],
+)
+def test_names_of_the_wrong_length_are_refused(make, change, field):
+    with pytest.raises(ValueError, match=field):
+        make(**change)
 
 
-def test_batch_target_and_len():
+def test_a_scalar_target_applies_to_every_item_of_a_batch():
     e = batch(target=2)
     assert e.target.tolist() == [2] * 5 and len(e) == 5
+
+
+def test_a_batch_target_of_the_wrong_length_is_refused():
     with pytest.raises(ValueError, match="target"):
         batch(target=np.array([1, 2]))
+
+
+def test_a_single_explanation_has_no_len():
     with pytest.raises(TypeError):
         len(image())
 
@@ -208,7 +222,7 @@ def test_round_trip(tmp_path, make):
     assert Explanation.load(tmp_path / "e") == e  # suffix found on load too
 
 
-def test_round_trip_none_fields_and_odd_params(tmp_path):
+def test_round_trip_keeps_none_fields_with_odd_params(tmp_path):
     e = tabular(
         feature_names=None,
         params={
@@ -246,13 +260,16 @@ def _fail_mid_write(member, array, **kw):
     raise OSError("disk full")
 
 
-def test_atomic_save(tmp_path, monkeypatch):
+def test_a_failed_save_leaves_no_file(tmp_path, monkeypatch):
     path = tmp_path / "e.npz"
     monkeypatch.setattr(np.lib.format, "write_array", _fail_mid_write)
     with pytest.raises(OSError, match="disk full"):
         image().save(path)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.undo()
+
+
+def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "e.npz"
     tabular().save(path)
     before = path.read_bytes()
     monkeypatch.setattr(np.lib.format, "write_array", _fail_mid_write)
@@ -272,21 +289,31 @@ def test_atomic_save_fails_at_rename(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_load_errors(tmp_path):
+def test_load_of_a_missing_file_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         Explanation.load(tmp_path / "missing.npz")
-    other = tmp_path / "other.npz"
-    np.savez(other, a=np.arange(3))
-    with pytest.raises(ValueError, match=re.escape(str(other))):
-        Explanation.load(other)
-    junk = tmp_path / "junk.npz"
-    junk.write_bytes(b"not a zip at all")
-    with pytest.raises(ValueError, match=re.escape(str(junk))):
-        Explanation.load(junk)
-    pickled = tmp_path / "pickled.npz"
-    np.savez(pickled, __xaikit__=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(ValueError, match=re.escape(str(pickled))):
-        Explanation.load(pickled)
+
+
+def _other_npz(path):
+    np.savez(path, a=np.arange(3))
+
+
+def _junk(path):
+    path.write_bytes(b"not a zip at all")
+
+
+def _pickled(path):
+    np.savez(path, __xaikit__=np.array([{"a": 1}], dtype=object))
+
+
+@pytest.mark.parametrize(
+    "write", [_other_npz, _junk, _pickled], ids=["other npz", "junk", "pickle"]
+)
+def test_load_of_a_file_that_is_not_an_explanation_names_it(tmp_path, write):
+    path = tmp_path / "file.npz"
+    write(path)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        Explanation.load(path)
 
 
 FLOATS = st.sampled_from([np.float16, np.float32, np.float64])
@@ -367,11 +394,14 @@ def test_plot_text_draws_tokens():
     fig.canvas.draw()  # renders without a GUI backend
 
 
-def test_plot_batch_grid_and_truncation():
+def test_plot_of_a_batch_draws_a_grid_of_its_items():
     fig = batch().plot()
     assert isinstance(fig, Figure) and "5 items" in fig.get_suptitle()
+
+
+def _big_batch():
     rng = np.random.default_rng(0)
-    big = Explanation(
+    return Explanation(
         values=rng.normal(size=(20, 4)),
         x=rng.random((20, 4)),
         target=np.zeros(20, int),
@@ -379,8 +409,15 @@ def test_plot_batch_grid_and_truncation():
         method="saliency",
         batch=True,
     )
+
+
+def test_plot_of_a_big_batch_draws_the_first_16_items():
+    assert "first 16 of 20" in _big_batch().plot().get_suptitle()
+
+
+def test_plot_of_a_batch_refuses_one_given_axes():
+    big = _big_batch()
     fig = big.plot()
-    assert "first 16 of 20" in fig.get_suptitle()
     with pytest.raises(ValueError, match="ax"):
         big.plot(ax=fig.axes[0])
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from _models import float64_batchnorm_cnn
 from xaikit.datasets import SmallCNN
 from xaikit.featureviz import (
     FilterActivations,
@@ -33,38 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-class Net(nn.Module):
-    """A small float64 CNN (BatchNorm included) on 1x12x12 inputs, 5 classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.relu1 = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.fc = nn.Linear(6 * 6 * 6, 5)
-        self.calls = 0
-        self.fail_after: int | None = None
-
-    def forward(self, x):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise RuntimeError("forward failed")
-        h = self.relu2(self.conv2(self.pool(self.relu1(self.bn1(self.conv1(x))))))
-        return self.fc(h.flatten(1))
-
-
-def make_net(seed: int = 0) -> Net:
-    torch.manual_seed(seed)
-    net = Net().double()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval vs train mode matters
-        net.bn1.running_mean.uniform_(-0.2, 0.2)
-        net.bn1.running_var.uniform_(0.5, 1.5)
-    return net.eval()
 
 
 def _state(net: nn.Module):
@@ -132,7 +101,7 @@ def test_objective_parts_on_known_activations():
     assert (O.blur()(c) > 0).all()
 
 
-def test_objective_algebra_evaluates_and_prints():
+def test_objective_arithmetic_combines_the_values():
     c = known_context()
     a, b = O.channel("conv", 0), O.logit(1)
     va, vb = a(c), b(c)
@@ -144,6 +113,10 @@ def test_objective_algebra_evaluates_and_prints():
     torch.testing.assert_close((a / 4)(c), va / 4)
     torch.testing.assert_close((-a)(c), -va)
     torch.testing.assert_close(sum([a, b, a])(c), 2 * va + vb)
+
+
+def test_combined_objective_reads_as_its_expression():
+    a, b = O.channel("conv", 0), O.logit(1)
     combined = O.channel("conv", 0) - 0.01 * O.total_variation() + O.neuron("fc", 2)
     assert combined.layers == {"conv", "fc"}
     assert repr(combined) == "channel('conv', 0) - 0.01 * total_variation() + neuron('fc', 2)"
@@ -161,13 +134,16 @@ def test_diversity_is_lucids_negative_gram_similarity():
     assert float(O.diversity("conv")(one)) == 0.0
 
 
-def test_custom_objective_and_wrong_output_shape():
+def test_custom_objective_is_evaluated_as_given():
     c = known_context()
     custom = O.Objective(lambda ctx: ctx("fc")[:, 5] ** 2, layers=["fc"], name="fc5sq")
     torch.testing.assert_close(custom(c), c.activations["fc"][:, 5] ** 2)
+
+
+def test_objective_must_return_one_value_per_item():
     bad = O.Objective(lambda ctx: ctx("fc").sum(), layers=["fc"], name="bad")
     with pytest.raises(ValueError, match=r"objective: bad must return one value per item"):
-        bad(c)
+        bad(known_context())
 
 
 @pytest.mark.parametrize(
@@ -203,7 +179,7 @@ def test_objective_arguments_checked_at_construction(make, error, pattern):
     ids=repr,
 )
 def test_optimiser_raises_the_objective(objective):
-    net = make_net()
+    net = float64_batchnorm_cnn()
     v = visualize(net, objective, steps=30, lr=0.1, input_shape=SHAPE)
     assert isinstance(v, Visualization)
     assert v.images.shape == (1, *SHAPE) and v.history.shape == (30, 1)
@@ -213,7 +189,7 @@ def test_optimiser_raises_the_objective(objective):
 
 @pytest.mark.parametrize("param", ["fourier", "pixels"])
 def test_all_channels_batched_equals_one_at_a_time(param):
-    net = make_net()
+    net = float64_batchnorm_cnn()
     kw = {"steps": 8, "lr": 0.1, "param": param, "input_shape": SHAPE}
     batched = visualize(net, O.channels("conv2"), seed=5, **kw)
     assert batched.images.shape == (6, *SHAPE) and batched.seeds == [5, 6, 7, 8, 9, 10]
@@ -226,8 +202,8 @@ def test_all_channels_batched_equals_one_at_a_time(param):
     assert np.abs(batched.images[0] - batched.images[1]).max() > 1e-3
 
 
-def test_list_of_objectives_and_explicit_seeds_match_single_runs():
-    net = make_net()
+def test_a_list_of_objectives_with_seeds_matches_single_runs():
+    net = float64_batchnorm_cnn()
     objectives = [O.logit(1) - 0.01 * O.l1(), O.logit(4)]
     batched = visualize(net, objectives, steps=6, seed=[3, 11], input_shape=SHAPE)
     for i, s in enumerate([3, 11]):
@@ -235,8 +211,8 @@ def test_list_of_objectives_and_explicit_seeds_match_single_runs():
         np.testing.assert_allclose(batched.images[i], single.images[0], atol=1e-10)
 
 
-def test_batch_of_one_objective_uses_one_seed_per_item_and_diversity():
-    net = make_net()
+def test_a_batch_of_one_objective_starts_each_item_from_its_own_seed():
+    net = float64_batchnorm_cnn()
     objective = O.channel("conv2", 0) + 0.5 * O.diversity("conv2")
     v = visualize(net, objective, batch=3, steps=5, seed=0, input_shape=SHAPE)
     assert v.images.shape == (3, *SHAPE) and v.seeds == [0, 1, 2]
@@ -246,7 +222,7 @@ def test_batch_of_one_objective_uses_one_seed_per_item_and_diversity():
 
 
 def test_images_stay_in_the_value_range_even_with_a_large_step():
-    net = make_net()
+    net = float64_batchnorm_cnn()
     v = visualize(
         net, O.logit(2), steps=40, lr=5.0, param="pixels", transforms=None,
         value_range=(-1.0, 2.0), input_shape=SHAPE,
@@ -257,7 +233,7 @@ def test_images_stay_in_the_value_range_even_with_a_large_step():
 
 @pytest.mark.parametrize("param", ["fourier", "pixels"])
 def test_start_images_are_the_starting_point(param):
-    net = make_net()
+    net = float64_batchnorm_cnn()
     start = np.random.default_rng(0).uniform(0.1, 0.9, size=(2, *SHAPE))
     v = visualize(net, O.logit(0), start=start, steps=1, lr=1e-9, param=param)
     np.testing.assert_allclose(v.images, start, atol=1e-6)
@@ -275,14 +251,22 @@ def test_param_round_trip_for_three_channel_fourier():
     torch.testing.assert_close(fourier.image(raw, (3, 9, 10), low=0.0, high=1.0), x)
 
 
-def test_transforms_keep_size_and_identity_is_exact():
+def test_default_transforms_keep_the_size():
     x = torch.rand(2, 1, 10, 10, dtype=torch.float64)
     chain = T.default(10)
     u = torch.rand(2, chain.draws, dtype=torch.float64)
     assert chain(x, u, fill=0.0).shape == x.shape
+
+
+def test_transforms_that_do_nothing_give_the_input_exactly():
+    x = torch.rand(2, 1, 10, 10, dtype=torch.float64)
     still = T.Transforms([T.pad(2), T.jitter(0), T.rotate(0), T.scale((1.0, 1.0))])
     out = still(x, torch.rand(2, still.draws, dtype=torch.float64), fill=0.0)
     torch.testing.assert_close(out, x)
+
+
+def test_jitter_of_one_shifts_by_one_pixel_either_way():
+    x = torch.rand(2, 1, 10, 10, dtype=torch.float64)
     shift = T.Transforms([T.pad(2), T.jitter(1)])
     moved = shift(x, torch.tensor([[0.99, 0.5], [0.0, 0.5]], dtype=torch.float64), fill=0.0)
     torch.testing.assert_close(moved[0, :, :, 1:], x[0, :, :, :-1])  # +1 pixel in x
@@ -297,7 +281,7 @@ def test_input_shape_inferred_from_the_first_convolution():
 
 def test_input_shape_error_when_it_cannot_be_guessed():
     with pytest.raises(ValueError, match=r"input_shape: could not infer"):
-        visualize(make_net(), O.logit(0), steps=2)
+        visualize(float64_batchnorm_cnn(), O.logit(0), steps=2)
 
 
 def test_flat_inputs_with_pixels():
@@ -310,7 +294,7 @@ def test_flat_inputs_with_pixels():
 
 
 def test_plot_returns_a_figure():
-    v = visualize(make_net(), O.channels("conv1"), steps=2, input_shape=SHAPE)
+    v = visualize(float64_batchnorm_cnn(), O.channels("conv1"), steps=2, input_shape=SHAPE)
     fig = v.plot()
     assert isinstance(fig, Figure) and len(fig.axes) >= 4
 
@@ -318,22 +302,20 @@ def test_plot_returns_a_figure():
 # ---------------------------------------------------------------------- the model untouched
 
 
-def test_model_untouched_after_success_and_after_errors():
-    net = make_net()
-    net.train()
-    net.relu1.eval()
-    net.conv1.weight.requires_grad_(False)
-    net.fc.weight.grad = torch.ones_like(net.fc.weight)
-    before = _state(net)
+def _visualize_succeeds(net):
     visualize(net, O.channel("conv2", 1) + O.logit(0), steps=3, input_shape=SHAPE)
-    assert _same_state(before, _state(net))
 
+
+def _forward_fails(net):
     net.calls, net.fail_after = 0, 3  # the probe, the start's value and a step pass, then fail
-    with pytest.raises(RuntimeError, match="forward failed"):
-        visualize(net, O.channel("conv2", 1), steps=5, input_shape=SHAPE)
-    net.fail_after = None
-    assert _same_state(before, _state(net))
+    try:
+        with pytest.raises(RuntimeError, match="forward failed"):
+            visualize(net, O.channel("conv2", 1), steps=5, input_shape=SHAPE)
+    finally:
+        net.fail_after = None
 
+
+def _objective_fails(net):
     calls = []
 
     def flaky(ctx):
@@ -344,10 +326,26 @@ def test_model_untouched_after_success_and_after_errors():
 
     with pytest.raises(KeyError, match="objective failed"):
         visualize(net, O.Objective(flaky, layers=["conv2"]), steps=5, input_shape=SHAPE)
-    assert _same_state(before, _state(net))
 
+
+def _bad_index(net):
     with pytest.raises(ValueError, match="index:"):
         visualize(net, O.channel("conv2", 99), steps=5, input_shape=SHAPE)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [_visualize_succeeds, _forward_fails, _objective_fails, _bad_index],
+    ids=["success", "forward fails", "objective fails", "bad channel index"],
+)
+def test_model_untouched_by_visualize(run):
+    net = float64_batchnorm_cnn()
+    net.train()
+    net.relu1.eval()
+    net.conv1.weight.requires_grad_(False)
+    net.fc.weight.grad = torch.ones_like(net.fc.weight)
+    before = _state(net)
+    run(net)
     assert _same_state(before, _state(net))
 
 
@@ -368,7 +366,7 @@ def test_model_untouched_after_success_and_after_errors():
     ids=repr,
 )
 def test_bad_objectives_fail_before_optimising(objective, pattern):
-    net = make_net()
+    net = float64_batchnorm_cnn()
     with pytest.raises(ValueError, match=pattern):
         visualize(net, objective, steps=50, input_shape=SHAPE)
     assert net.calls <= 1  # at most one checking forward pass, no optimisation step
@@ -397,7 +395,7 @@ def test_bad_arguments(kwargs, error, pattern):
         if kwargs["start"].shape[-1] == 5:
             kwargs["input_shape"] = SHAPE
     with pytest.raises(error, match=pattern):
-        visualize(make_net(), O.logit(0), **kwargs)
+        visualize(float64_batchnorm_cnn(), O.logit(0), **kwargs)
 
 
 def test_callable_models_are_refused():
@@ -426,7 +424,7 @@ def test_generator_constrained_visualisation():
     torch.manual_seed(1)
     G = TinyGenerator().double()
     G.train()
-    net = make_net()
+    net = float64_batchnorm_cnn()
     before, before_g = _state(net), _state(G)
     kw = {"generator": G, "steps": 25, "lr": 0.1, "batch": 2, "transforms": None}
     v = visualize(net, 10 * O.logit(2), prior=0.0, **kw)
@@ -453,7 +451,7 @@ def test_generator_constrained_visualisation():
     ],
 )
 def test_generator_that_does_not_fit_the_model(make, pattern):
-    net = make_net()
+    net = float64_batchnorm_cnn()
     with pytest.raises(ValueError, match=pattern):
         visualize(net, O.logit(0), generator=make().double(), steps=2)
 
@@ -472,9 +470,12 @@ def test_generator_that_does_not_fit_the_default_cnn_names_its_shape():
         visualize(SmallCNN(), O.logit(0), input_shape=(1, 20, 20), steps=2)
 
 
-def test_train_generator_is_deterministic_and_cached(tmp_path, monkeypatch):
-    data = np.random.default_rng(0).random((96, 1, 6, 6), dtype=np.float32)
-    kw = {"latent_dim": 3, "epochs": 2, "seed": 1}
+GENERATOR_DATA = np.random.default_rng(0).random((96, 1, 6, 6), dtype=np.float32)
+GENERATOR_OPTIONS = {"latent_dim": 3, "epochs": 2, "seed": 1}
+
+
+def test_train_generator_is_deterministic_with_outputs_in_the_data_range():
+    data, kw = GENERATOR_DATA, GENERATOR_OPTIONS
     a = train_generator(data, cache=False, **kw)
     b = train_generator(data, cache=False, **kw)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -486,6 +487,13 @@ def test_train_generator_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert out.shape == (4, 1, 6, 6)
     assert float(out.min()) >= float(data.min()) and float(out.max()) <= float(data.max())
 
+
+def test_train_generator_caches_one_file_per_seed(tmp_path, monkeypatch):
+    data, kw = GENERATOR_DATA, GENERATOR_OPTIONS
+    a = train_generator(data, cache=False, **kw)
+    z = torch.randn(4, 3)
+    with torch.no_grad():
+        out = a(z)
     c = train_generator(data, cache_dir=tmp_path, **kw)
     files = list(tmp_path.glob("generator-vae-z3-seed1-*.pt"))
     assert len(files) == 1
@@ -528,7 +536,7 @@ def test_train_generator_bad_input(kwargs, pattern):
 
 
 def test_filter_activations_are_the_layers_output():
-    net = make_net()
+    net = float64_batchnorm_cnn()
     net.train()
     before = _state(net)
     x = np.random.default_rng(0).random((3, *SHAPE))
@@ -556,4 +564,4 @@ def test_filter_activations_are_the_layers_output():
 def test_filter_activations_bad_input(kwargs, pattern):
     x = np.zeros((1, *SHAPE))
     with pytest.raises(ValueError, match=pattern):
-        filter_activations(make_net(), x, **kwargs)
+        filter_activations(float64_batchnorm_cnn(), x, **kwargs)

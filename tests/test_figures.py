@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import xaikit as xk
+from _models import ConvReluLinear
 from figure_check import assert_no_overlaps, figure_problems, recording_figures
 from xaikit import metrics
 from xaikit._plotting import new_figure
@@ -26,24 +25,11 @@ from xaikit.text.embeddings import WordEmbeddings
 LONG = "mean concave points of the nucleus (standard error)"
 
 
-class TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.flat = nn.Flatten()
-        self.fc = nn.Linear(4 * 8 * 8, 4)
-
-    def forward(self, x):
-        return self.fc(self.flat(self.relu(self.conv(x))))
-
-
 @pytest.fixture(scope="module")
 def net_and_data():
     rng = np.random.default_rng(0)
     X = rng.random((40, 1, 8, 8), dtype=np.float32)
-    return TinyCNN().eval(), X, np.arange(40) % 4
+    return ConvReluLinear().eval(), X, np.arange(40) % 4
 
 
 def _table_model(rows: np.ndarray):
@@ -57,7 +43,7 @@ def _table_model(rows: np.ndarray):
 
 
 @pytest.mark.overlapping_figures
-def test_the_check_finds_overlapping_text_and_colour_bars():
+def test_the_check_finds_overlapping_texts_or_colour_bars():
     fig = new_figure((3, 2), layout=None)
     ax = fig.add_axes((0.1, 0.1, 0.8, 0.8))
     ax.text(0.5, 0.5, "first words")
@@ -67,6 +53,9 @@ def test_the_check_finds_overlapping_text_and_colour_bars():
     problems = figure_problems(fig)
     assert "text 'first words' overlaps text 'second words'" in problems
     assert any(p.startswith("a colour bar overlaps axes") for p in problems)
+
+
+def test_the_check_passes_a_tidy_figure():
     tidy = new_figure((3, 2))
     tidy.add_subplot().text(0.1, 0.5, "alone")
     assert figure_problems(tidy) == []
@@ -120,7 +109,7 @@ def test_metric_plots(net_and_data):
     assert_no_overlaps(xk.sanity_check(net, X[0], "saliency").plot(), where="sanity")
 
 
-def test_representation_and_featureviz_plots(net_and_data):
+def test_representation_plots(net_and_data):
     net, X, y = net_and_data
     p = xk.project_layers(net, X, layers=["conv", "relu", "fc"], labels=y)
     assert_no_overlaps(p.plot(), where="projections")
@@ -128,6 +117,10 @@ def test_representation_and_featureviz_plots(net_and_data):
     assert_no_overlaps(xk.probe(net, X, y, layers=["conv", "fc"]).plot(), where="probe")
     r = xk.reconstruct(net, X, layers=["conv", "fc"], epochs=1, examples=4)
     assert_no_overlaps(r.plot(), where="reconstruction")
+
+
+def test_featureviz_plots(net_and_data):
+    net, X, _ = net_and_data
     v = xk.visualize(net, xk.objectives.channels("conv"), steps=2, input_shape=(1, 8, 8))
     assert_no_overlaps(v.plot(), where="visualisation")
     assert_no_overlaps(xk.filter_activations(net, X[:3], layer="conv").plot(), where="filters")
@@ -139,10 +132,14 @@ def test_audit_plot(net_and_data):
     assert_no_overlaps(a.plot(), where="audit")
 
 
-def test_surrogate_and_importance_plots():
+@pytest.fixture(scope="module")
+def long_named_table():
     rows = np.random.default_rng(2).random((200, 12))
-    model = _table_model(rows)
-    names = [f"{LONG} {i}" for i in range(12)]
+    return _table_model(rows), rows, [f"{LONG} {i}" for i in range(12)]
+
+
+def test_surrogate_plots(long_named_table):
+    model, rows, names = long_named_table
     classes = ["benign tissue", "malignant tissue"]
     for kind, depth in (("tree", 4), ("rules", 3), ("linear", 3)):
         s = xk.surrogate(
@@ -150,6 +147,10 @@ def test_surrogate_and_importance_plots():
         )
         assert_no_overlaps(s.plot(), where=kind)
     assert_no_overlaps(xk.fidelity_curve(model, rows, settings=[1, 2, 3]).plot(), where="curve")
+
+
+def test_importance_plot(long_named_table):
+    model, rows, names = long_named_table
     imp = xk.permutation_importance(model, rows, model(rows).argmax(1), feature_names=names)
     assert_no_overlaps(imp.plot(), where="importance")
 

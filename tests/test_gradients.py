@@ -15,30 +15,8 @@ from captum.attr import (
 from torch import nn
 
 import xaikit as xk
+from _models import TokenNet, two_conv_net
 from xaikit.attribution.gradients import path_rule
-
-
-class ConvNet(nn.Module):
-    def __init__(self, channels: int = 3, classes: int = 5) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, 6, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.head = nn.Linear(8 * 6 * 6, classes)
-        self.fail = False
-
-    def forward(self, x):
-        h = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
-        if self.fail:
-            raise RuntimeError("forward failed")
-        return self.head(h.flatten(1))
-
-
-def make_net(seed: int = 0, channels: int = 3) -> ConvNet:
-    torch.manual_seed(seed)
-    return ConvNet(channels).eval()
 
 
 def images(n: int = 3, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -55,7 +33,7 @@ TARGETS = np.array([0, 3, 1])
 
 
 def test_saliency_equals_captum():
-    net, x = make_net(), images()
+    net, x = two_conv_net(), images()
     e = xk.explain(net, x, method="saliency", target=TARGETS, batch=True)
     want = Saliency(net).attribute(torch.from_numpy(x), target=TARGETS.tolist(), abs=True)
     rel_close(e.values, want.detach().numpy())
@@ -63,7 +41,7 @@ def test_saliency_equals_captum():
 
 
 def test_input_x_gradient_equals_captum():
-    net, x = make_net(), images()
+    net, x = two_conv_net(), images()
     e = xk.explain(net, x, method="input_x_gradient", target=TARGETS, batch=True)
     want = InputXGradient(net).attribute(torch.from_numpy(x), target=TARGETS.tolist())
     rel_close(e.values, want.detach().numpy())
@@ -75,7 +53,7 @@ def test_input_x_gradient_equals_captum():
 )
 @pytest.mark.parametrize("steps", [7, 32])
 def test_integrated_gradients_equals_captum(rule, steps):
-    net, x = make_net(), images()
+    net, x = two_conv_net(), images()
     baseline = np.full(x.shape[1:], 0.2, dtype=np.float32)
     e = xk.explain(
         net, x, method="integrated_gradients", target=TARGETS, batch=True,
@@ -102,8 +80,8 @@ def test_path_rules_integrate_polynomials():
         assert (weights * alphas**2).sum() == pytest.approx(1 / 3, abs=1e-3)
 
 
-def test_guided_backprop_equals_captum_and_removes_hooks():
-    net, x = make_net(), images()
+def test_guided_backprop_equals_captum_leaving_no_hook():
+    net, x = two_conv_net(), images()
     e = xk.explain(net, x, method="guided_backprop", target=TARGETS, batch=True)
     want = GuidedBackprop(net).attribute(torch.from_numpy(x), target=TARGETS.tolist())
     rel_close(e.values, want.detach().numpy())
@@ -133,7 +111,7 @@ def _cam_by_hand(net, x, targets, weights_fn):
 
 
 def test_gradcam_equals_the_paper_formula():
-    net, x = make_net(), images()
+    net, x = two_conv_net(), images()
     e = xk.explain(net, x, method="gradcam", target=TARGETS, batch=True)
     cam, up = _cam_by_hand(net, x, TARGETS, lambda a, g: g.mean(dim=(2, 3)))
     assert e.params["layer"] == "conv2"  # the last convolution by default
@@ -143,7 +121,7 @@ def test_gradcam_equals_the_paper_formula():
 
 
 def test_gradcam_plus_plus_equals_the_paper_formula():
-    net, x = make_net(), images()
+    net, x = two_conv_net(), images()
     e = xk.explain(net, x, method="gradcam++", target=TARGETS, batch=True, layer="conv2")
 
     def weights(a, g):
@@ -173,7 +151,7 @@ def test_saturation_saliency_misses_what_integrated_gradients_finds():
 
 
 def test_integrated_gradients_auto_steps_meets_tolerance():
-    net, x = make_net(), images()
+    net, x = two_conv_net(), images()
     e = xk.explain(
         net, x, method="integrated_gradients", target=TARGETS, batch=True, steps="auto",
         tolerance=0.01,
@@ -184,7 +162,7 @@ def test_integrated_gradients_auto_steps_meets_tolerance():
 
 
 def test_smoothgrad_without_noise_is_the_gradient():
-    net, x = make_net(), images()
+    net, x = two_conv_net(), images()
     _, grads = xk.Model(net).gradients(x, TARGETS)
     kwargs = dict(target=TARGETS, batch=True, noise=0.0, samples=4)
     e = xk.explain(net, x, method="smoothgrad", **kwargs)
@@ -196,7 +174,7 @@ def test_smoothgrad_without_noise_is_the_gradient():
 
 
 def test_smoothgrad_is_seeded():
-    net, x = make_net(), images(1)[0]
+    net, x = two_conv_net(), images(1)[0]
     a = xk.explain(net, x, method="smoothgrad", target=1, seed=3, samples=10)
     b = xk.explain(net, x, method="smoothgrad", target=1, seed=3, samples=10)
     c = xk.explain(net, x, method="smoothgrad", target=1, seed=4, samples=10)
@@ -241,21 +219,30 @@ def _state(net):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_model_untouched_after_success_and_failure(method):
-    net = make_net()
+def test_model_untouched_after_a_run(method):
+    net = two_conv_net()
     net.train()
     net.relu1.eval()
     before = _state(net)
     xk.explain(net, images(2), method=method, target=[1, 2], batch=True, **METHODS[method])
     assert _state(net) == before
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_model_untouched_after_a_failed_run(method):
+    net = two_conv_net()
+    net.train()
+    net.relu1.eval()
+    before = _state(net)
     net.fail = True
     with pytest.raises(RuntimeError, match="forward failed"):
         xk.explain(net, images(2), method=method, target=[1, 2], batch=True, **METHODS[method])
+    net.fail = False
     assert _state(net) == before
 
 
 def test_single_input_gives_unbatched_explanation():
-    net, x = make_net(), images(1)[0]
+    net, x = two_conv_net(), images(1)[0]
     e = xk.explain(net, x, method="integrated_gradients", steps=8)
     assert e.values.shape == x.shape and isinstance(e.target, int)
     assert np.ndim(e.info["completeness_gap"]) == 0
@@ -278,7 +265,7 @@ def test_single_input_gives_unbatched_explanation():
 )
 def test_bad_parameters_are_named(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
-        xk.explain(make_net(), images(1)[0], target=0, **kwargs)
+        xk.explain(two_conv_net(), images(1)[0], target=0, **kwargs)
 
 
 def test_gradient_method_on_a_numpy_callable_says_it_needs_torch():
@@ -292,21 +279,24 @@ def test_one_input_with_a_batch_axis_suggests_batch_true(method):
     with pytest.raises(
         ValueError, match=r"x: .*got shape \(1, 3, 12, 12\).*pass batch=True"
     ) as err:
-        xk.explain(make_net(), images(1), method=method)
+        xk.explain(two_conv_net(), images(1), method=method)
     assert "(1, 1, 3, 12, 12)" not in str(err.value)
-    e = xk.explain(make_net(), images(1), method=method, batch=True)  # ... which works
+    e = xk.explain(two_conv_net(), images(1), method=method, batch=True)  # ... which works
     assert e.values.shape == (1, 3, 12, 12)
 
 
 @pytest.mark.parametrize("method", ["saliency", "gradcam", "guided_backprop", "occlusion"])
 def test_target_out_of_range_is_named(method):
     with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 5\)"):
-        xk.explain(make_net(), images(1)[0], method=method, target=5)
+        xk.explain(two_conv_net(), images(1)[0], method=method, target=5)
 
 
-@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "gradcam", "guided_backprop"])
-def test_one_pass_methods_run_the_model_once_and_explain_the_predicted_class(method):
-    net = make_net()
+ONE_PASS = ["saliency", "input_x_gradient", "gradcam", "guided_backprop"]
+
+
+@pytest.mark.parametrize("method", ONE_PASS)
+def test_one_pass_methods_run_the_model_once(method):
+    net = two_conv_net()
     calls = []
     net.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
     x = images(4)
@@ -314,14 +304,23 @@ def test_one_pass_methods_run_the_model_once_and_explain_the_predicted_class(met
     assert calls == [4]  # the prediction comes from the method's own forward pass
     with torch.no_grad():
         scores = net(torch.from_numpy(x)).numpy()
-    np.testing.assert_array_equal(e.target, scores.argmax(1))
     np.testing.assert_allclose(e.prediction, scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ONE_PASS)
+def test_one_pass_methods_explain_the_predicted_class(method):
+    net = two_conv_net()
+    x = images(4)
+    e = xk.explain(xk.Model(net, batch_size=64), x, method=method, batch=True)
+    with torch.no_grad():
+        scores = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(e.target, scores.argmax(1))
     given = xk.explain(net, x, method=method, target=list(scores.argmax(1)), batch=True)
     np.testing.assert_allclose(given.values, e.values, rtol=1e-6, atol=1e-7)
 
 
-def test_integrated_gradients_takes_prediction_and_completeness_from_one_forward():
-    net = make_net()
+def test_integrated_gradients_reads_its_scores_from_its_own_forward_passes():
+    net = two_conv_net()
     calls = []
     net.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
     x = images(3)
@@ -336,19 +335,6 @@ def test_integrated_gradients_takes_prediction_and_completeness_from_one_forward
     rows = np.arange(3)
     expected = scores[rows, e.target] - zero[rows, e.target]
     np.testing.assert_allclose(e.info["output_difference"], expected, rtol=1e-5, atol=1e-6)
-
-
-class TokenNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(30, 8)
-        self.mix = nn.Linear(8, 8)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, ids):
-        h = torch.tanh(self.mix(self.embed(ids)))
-        return self.head(h.mean(dim=1))
 
 
 def test_token_model_layer_integrated_gradients_equals_captum():
@@ -369,7 +355,7 @@ def test_token_model_layer_integrated_gradients_equals_captum():
     assert np.all(e.info["completeness_gap"] < 1e-2 * np.abs(e.info["output_difference"]).max())
 
 
-def test_token_model_layer_input_x_gradient_and_saliency():
+def test_token_model_layer_input_x_gradient_equals_captum():
     from captum.attr import LayerGradientXActivation
 
     net = TokenNet().eval()
@@ -377,9 +363,19 @@ def test_token_model_layer_input_x_gradient_and_saliency():
     e = xk.explain(net, ids, method="input_x_gradient", layer="embed", target=1)
     want = LayerGradientXActivation(net, net.embed).attribute(torch.from_numpy(ids)[None], target=1)
     rel_close(e.values, want.sum(-1)[0].detach().numpy())
+    assert e.kind == "text"
+
+
+def test_token_model_layer_saliency_gives_one_magnitude_per_token():
+    net = TokenNet().eval()
+    ids = np.random.default_rng(1).integers(1, 30, size=7)
     s = xk.explain(net, ids, method="saliency", layer="embed", target=1)
     assert s.values.shape == (7,) and np.all(s.values >= 0)
-    assert e.kind == "text"
+
+
+def test_token_ids_without_a_layer_cannot_take_gradients():
+    net = TokenNet().eval()
+    ids = np.random.default_rng(1).integers(1, 30, size=7)
     with pytest.raises(TypeError, match="x: gradients need floating-point inputs"):
         xk.explain(net, ids, method="saliency", target=1)
 

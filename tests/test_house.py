@@ -6,6 +6,8 @@
   promoted to a public name of a module both may import.
 - No method module imports another method module: shared math lives in a neutral module.
 - One path to HTML: ``_repr_html_`` is defined once, by the ``HTMLRepr`` mixin in ``_repr.py``.
+- Tests read as specifications (issue 17): no test name joins two behaviours with ``_and_``, and
+  a toy model used by two test files is defined once, in ``tests/_models.py``.
 
 Read with the standard library's ``ast``; no import of the package is needed.
 """
@@ -16,6 +18,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
 
 
 def _modules() -> dict[str, Path]:
@@ -149,3 +152,35 @@ def test_repr_html_is_defined_only_by_the_mixin():
         if isinstance(node, ast.FunctionDef) and node.name == "_repr_html_"
     )
     assert defining == ["xaikit._repr"]
+
+
+def _test_trees() -> dict[str, ast.Module]:
+    return {p.name: ast.parse(p.read_text()) for p in sorted(TESTS.glob("*.py"))}
+
+
+def test_no_test_name_joins_two_behaviours():
+    joined = sorted(
+        f"{name}::{node.name}"
+        for name, tree in _test_trees().items()
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.name.startswith("test_")
+        and "_and_" in node.name
+    )
+    assert joined == []
+
+
+def _is_module_class(node: ast.AST) -> bool:
+    """A class with ``Module``, ``nn.Module`` or ``torch.nn.Module`` among its bases."""
+    return isinstance(node, ast.ClassDef) and any(
+        ast.unparse(base) in ("Module", "nn.Module", "torch.nn.Module") for base in node.bases
+    )
+
+
+def test_no_toy_model_is_defined_in_two_test_files():
+    files: dict[str, set[str]] = {}
+    for name, tree in _test_trees().items():
+        for node in ast.walk(tree):
+            if _is_module_class(node):
+                files.setdefault(node.name, set()).add(name)
+    assert {c: sorted(f) for c, f in files.items() if len(f) > 1} == {}

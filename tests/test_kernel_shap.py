@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import xaikit as xk
+from _models import BagOfEmbeddings
 from xaikit.attribution.kernel_shap import product_kernel, product_kernel_shapley, shapley_pairs
 
 
@@ -78,12 +79,20 @@ def test_enumeration_gives_exact_shapley_values_of_a_nonlinear_network():
     assert e.component_values.sum() == pytest.approx(e.info["score"] - e.info["expected_value"])
 
 
-def test_exact_on_products_with_a_baseline_value_and_close_with_fewer_samples():
+def _products_case():
     x = np.random.default_rng(1).normal(size=9)
     want = shapley_by_enumeration(products, x, np.full((1, 9), 0.5), 0)
-    model = xk.Model(products, output="scores")
+    return xk.Model(products, output="scores"), x, want
+
+
+def test_exact_on_products_with_a_baseline_value():
+    model, x, want = _products_case()
     exact = xk.explain(model, x, method="kernel_shap", target=0, baseline=0.5, samples=2**9)
     assert relative_error(exact.component_values, want) < 1e-9
+
+
+def test_close_on_products_with_fewer_samples_than_coalitions():
+    model, x, want = _products_case()
     fewer = xk.explain(model, x, method="kernel_shap", target=0, baseline=0.5, samples=200, seed=0)
     assert fewer.info["samples"] <= 200 and not fewer.info["exact"]
     assert relative_error(fewer.component_values, want) < 0.05
@@ -174,10 +183,13 @@ def test_close_to_captum_kernel_shap_with_many_samples():
 # ---------------------------------------------------------------------- inputs and models
 
 
-def test_numpy_callable_and_module_agree_and_batch_targets_match_single_calls():
+def _mlp_batch():
     net, rng = mlp(10, seed=6), np.random.default_rng(6)
-    x = rng.normal(size=(3, 10)).astype(np.float32)
-    targets = [0, 2, 1]
+    return net, rng.normal(size=(3, 10)).astype(np.float32), [0, 2, 1]
+
+
+def test_numpy_callable_gives_what_the_module_gives():
+    net, x, targets = _mlp_batch()
 
     def callable_net(batch):
         with torch.no_grad():
@@ -194,19 +206,24 @@ def test_numpy_callable_and_module_agree_and_batch_targets_match_single_calls():
         seed=1,
     )
     np.testing.assert_allclose(a.component_values, b.component_values, rtol=1e-5, atol=1e-7)
+
+
+def test_batch_targets_match_single_calls():
+    net, x, targets = _mlp_batch()
+    a = xk.explain(net, x, method="kernel_shap", target=targets, batch=True, samples=300, seed=1)
     for i, t in enumerate(targets):
         one = xk.explain(net, x[i], method="kernel_shap", target=t, samples=300, seed=1)
         np.testing.assert_allclose(a.component_values[i], one.component_values, atol=1e-9)
 
 
-def test_seed_reproduces_and_different_seeds_differ():
+def test_the_seed_determines_the_result():
     net, x = mlp(12, seed=7), np.random.default_rng(7).normal(size=12).astype(np.float32)
     run = lambda seed: xk.explain(net, x, method="kernel_shap", samples=100, seed=seed)  # noqa: E731
     np.testing.assert_array_equal(run(3).values, run(3).values)
     assert not np.allclose(run(3).values, run(4).values)
 
 
-def test_image_with_grid_components_and_component_mean_baseline():
+def test_image_grid_components_share_one_value_over_channels():
     torch.manual_seed(8)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 5))
     x = np.random.default_rng(8).random((3, 16, 16), dtype=np.float32)
@@ -218,16 +235,8 @@ def test_image_with_grid_components_and_component_mean_baseline():
 
 
 def test_tokens_are_replaced_by_a_pad_id():
-    class Bag(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed, self.head = nn.Embedding(30, 4), nn.Linear(4, 2)
-
-        def forward(self, ids):
-            return self.head(self.embed(ids).sum(dim=1))
-
     torch.manual_seed(9)
-    net, ids = Bag().eval(), np.array([3, 8, 1, 20, 7], dtype=np.int64)
+    net, ids = BagOfEmbeddings(30).eval(), np.array([3, 8, 1, 20, 7], dtype=np.int64)
     e = xk.explain(net, ids, method="kernel_shap", target=1, baseline=0)
     # a bag of embeddings is additive in the tokens: phi_i = head(e[id_i] - e[pad])
     with torch.no_grad():
@@ -261,28 +270,37 @@ def test_per_item_maps_with_different_numbers_of_components_are_padded():
         assert e.component_values[i].sum() == pytest.approx(total)
 
 
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**16), samples=st.integers(2, 140))
-def test_efficiency_for_any_budget_and_null_players_when_exact(seed, samples):
+def _seven_player_game(seed):
     coef = np.random.default_rng(seed).normal(size=4)
 
     def game(batch):  # feature 6 is never used: a null player
         a = coef[0] * batch[:, 0] * batch[:, 1] + coef[1] * np.sin(batch[:, 2] * batch[:, 3])
         return (a + coef[2] * batch[:, 4] ** 3 + coef[3] * batch[:, 5])[:, None]
 
-    x = np.random.default_rng(seed + 1).normal(size=7)
-    model = xk.Model(game, output="scores")
+    return xk.Model(game, output="scores"), np.random.default_rng(seed + 1).normal(size=7)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), samples=st.integers(2, 140))
+def test_efficiency_holds_for_any_budget(seed, samples):
+    model, x = _seven_player_game(seed)
     e = xk.explain(model, x, method="kernel_shap", samples=samples, seed=seed)
     assert abs(e.info["efficiency_gap"]) < 1e-9
     assert e.info["samples"] <= max(samples, 2)
-    if samples >= 2**7:
-        assert abs(e.component_values[6]) < 1e-12
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_a_null_player_gets_zero_when_exact(seed):
+    model, x = _seven_player_game(seed)
+    e = xk.explain(model, x, method="kernel_shap", samples=2**7, seed=seed)
+    assert abs(e.component_values[6]) < 1e-12
 
 
 # ---------------------------------------------------------------------- sampling
 
 
-def test_pairs_are_distinct_complementary_and_within_budget():
+def test_pairs_are_distinct_complements_within_the_budget():
     reps, weights = shapley_pairs(12, 300, np.random.default_rng(0))
     coalitions = np.concatenate([reps, ~reps])
     assert 2 * len(reps) + 2 <= 300
@@ -293,13 +311,22 @@ def test_pairs_are_distinct_complementary_and_within_budget():
     assert (np.bincount(sizes)[1] == 12) and set(sizes) == set(range(1, 7))  # size 1 enumerated
 
 
-def test_product_kernel_is_its_weighted_odd_parities_and_its_shapley_values_exact():
+def _product_kernel_case():
     m, rng = 7, np.random.default_rng(0)
     c = rng.uniform(0, 0.9, m)
     s, t = rng.choice([-1.0, 1.0], size=(2, m))
+    return m, c, s, t
+
+
+def test_product_kernel_is_its_weighted_odd_parities():
+    m, c, s, t = _product_kernel_case()
     odd = [d for d in range(3, m + 1, 2)]  # degree >= 3, odd: the linear part is left out
     want = sum(np.prod(c[list(T)] * s[list(T)] * t[list(T)]) for d in odd for T in _subsets(m, d))
     assert product_kernel(s[None], t[None], c)[0, 0] * np.prod(1 + c) == pytest.approx(want)
+
+
+def test_product_kernel_shapley_values_are_exact():
+    m, c, s, _ = _product_kernel_case()
     # Shapley values of the game z -> kernel(s, 2z - 1), by the formula over all coalitions
     codes = np.arange(2**m)
     z = ((codes[:, None] >> np.arange(m)) & 1).astype(bool)

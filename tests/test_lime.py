@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import xaikit as xk
+from _models import BagOfEmbeddings
 from xaikit.attribution.coalitions import component_mean, weighted_ridge
 from xaikit.attribution.lime import lime_coalitions
 from xaikit.components import make_components
@@ -79,16 +80,8 @@ def test_tabular_rows_with_background_give_w_times_x_minus_mean():
 
 
 def test_tokens_removed_by_a_pad_id():
-    class Bag(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed, self.head = nn.Embedding(40, 4), nn.Linear(4, 2)
-
-        def forward(self, ids):
-            return self.head(self.embed(ids).sum(dim=1))
-
     torch.manual_seed(2)
-    net = Bag().eval()
+    net = BagOfEmbeddings(40).eval()
     ids = np.array([4, 9, 2, 33, 17, 8, 5, 1], dtype=np.int64)
     e = xk.explain(net, ids, method="lime", target=1, baseline=0, samples=800, seed=0)
     with torch.no_grad():
@@ -113,9 +106,13 @@ def test_weighted_ridge_equals_scikit_learn():
     assert r2 == pytest.approx(ridge.score(z.astype(float), y, sample_weight=weights))
 
 
-def test_coalitions_start_with_the_input_and_draw_the_kept_count_uniformly():
+def test_the_first_coalition_keeps_every_component():
     z = lime_coalitions(5, 2000, np.random.default_rng(0))
     assert z.shape == (2000, 5) and z[0].all()
+
+
+def test_coalitions_draw_the_kept_count_uniformly_from_the_seed():
+    z = lime_coalitions(5, 2000, np.random.default_rng(0))
     counts = np.bincount(z[1:].sum(axis=1), minlength=6)
     assert counts[5] == 0 and (np.abs(counts[:5] / 1999 - 0.2) < 0.04).all()
     np.testing.assert_array_equal(z, lime_coalitions(5, 2000, np.random.default_rng(0)))
@@ -149,7 +146,11 @@ def test_close_to_lime_image_explainer_on_the_same_segmentation(linear_image):
 # ---------------------------------------------------------------------- inputs and models
 
 
-def test_numpy_callable_and_module_agree_and_batch_targets_match_single_calls(linear_image):
+LIME_BATCH = {"method": "lime", "target": [2, 0], "batch": True, "samples": 200, "seed": 4,
+              "baseline": 0.0}  # fmt: skip
+
+
+def test_numpy_callable_gives_what_the_module_gives(linear_image):
     net, x, grid, _ = linear_image
     xs = np.stack([x, x[:, ::-1].copy()])
 
@@ -157,18 +158,22 @@ def test_numpy_callable_and_module_agree_and_batch_targets_match_single_calls(li
         with torch.no_grad():
             return net(torch.from_numpy(batch)).numpy()
 
-    kwargs = {"method": "lime", "target": [2, 0], "batch": True, "samples": 200, "seed": 4}
-    kwargs["baseline"] = 0.0
-    a = xk.explain(net, xs, components=grid, **kwargs)
-    b = xk.explain(xk.Model(callable_net, output="logits"), xs, components=grid, **kwargs)
+    a = xk.explain(net, xs, components=grid, **LIME_BATCH)
+    b = xk.explain(xk.Model(callable_net, output="logits"), xs, components=grid, **LIME_BATCH)
     np.testing.assert_allclose(a.component_values, b.component_values, rtol=1e-5, atol=1e-7)
     assert a.info["r2"].shape == (2,) and a.components.shape == (2, 16, 16)
+
+
+def test_batch_targets_match_single_calls(linear_image):
+    net, x, grid, _ = linear_image
+    xs = np.stack([x, x[:, ::-1].copy()])
+    a = xk.explain(net, xs, components=grid, **LIME_BATCH)
     for i, t in enumerate([2, 0]):
-        one = xk.explain(net, xs[i], components=grid, **{**kwargs, "batch": False, "target": t})
+        one = xk.explain(net, xs[i], components=grid, **{**LIME_BATCH, "batch": False, "target": t})
         np.testing.assert_allclose(a.component_values[i], one.component_values, atol=1e-12)
 
 
-def test_default_segmentation_on_an_image_and_probabilities_of_a_callable():
+def test_lime_of_a_probability_callable_finds_the_region_it_reads():
     x = np.random.default_rng(5).random((3, 64, 64), dtype=np.float32)
 
     def brightness(batch):  # probabilities of "bright" from the top-left quarter
@@ -183,7 +188,7 @@ def test_default_segmentation_on_an_image_and_probabilities_of_a_callable():
     assert np.abs(e.component_values[top_left]).sum() > 10 * np.abs(e.component_values[rest]).max()
 
 
-def test_seed_reproduces_and_different_seeds_differ(linear_image):
+def test_the_seed_determines_the_result(linear_image):
     net, x, grid, _ = linear_image
     run = lambda seed: xk.explain(net, x, method="lime", components=grid, samples=100, seed=seed)  # noqa: E731
     np.testing.assert_array_equal(run(1).values, run(1).values)
@@ -273,7 +278,7 @@ def test_training_sampling_agrees_with_lime_tabular_explainer(table, discretize)
         assert (low < x[j] <= high) or (discretize is None and np.isinf(low))
 
 
-def test_training_sampling_bins_categorical_features_and_batches(table):
+def _categorical_case(table):
     X, _, Xt = table
     X = X[:, :6].copy()
     X[:, 2] = np.round(X[:, 2] / X[:, 2].max() * 3)  # a categorical feature with 4 values
@@ -282,16 +287,35 @@ def test_training_sampling_bins_categorical_features_and_batches(table):
     w = np.array([1.0, -2.0, 5.0, 0.0, 0.5, 0.0])
     model = lambda rows: np.stack([rows @ w, -(rows @ w)], axis=1)  # noqa: E731
     kwargs = {"method": "lime", "sampling": "training", "baseline": X, "seed": 3, "samples": 800}
+    return model, x, kwargs
+
+
+def test_training_sampling_keeps_the_value_of_a_categorical_feature(table):
+    model, x, kwargs = _categorical_case(table)
     e = xk.explain(model, x, target=[0, 1, 0, 1], batch=True, categorical=[2], **kwargs)
     assert e.values.shape == x.shape
     assert e.info["bin_low"][0, 2] == e.info["bin_high"][0, 2] == x[0, 2]  # categorical: x's value
+
+
+def test_training_sampling_of_a_batch_matches_single_calls(table):
+    model, x, kwargs = _categorical_case(table)
+    e = xk.explain(model, x, target=[0, 1, 0, 1], batch=True, categorical=[2], **kwargs)
     single = xk.explain(model, x[1], target=1, categorical=[2], **kwargs)
     np.testing.assert_allclose(e.values[1], single.values)
+
+
+def test_training_sampling_draws_the_same_rows_for_every_target(table):
+    model, x, kwargs = _categorical_case(table)
+    single = xk.explain(model, x[1], target=1, categorical=[2], **kwargs)
     # the same draws for targets 0 and 1 of an antisymmetric model: opposite coefficients
     np.testing.assert_allclose(
         xk.explain(model, x[1], target=0, categorical=[2], **kwargs).values, -single.values,
         atol=1e-10,
     )  # fmt: skip
+
+
+def test_training_sampling_without_bins_gives_an_unused_feature_nothing(table):
+    model, x, kwargs = _categorical_case(table)
     continuous = xk.explain(model, x[1], target=0, discretize=None, alpha=0.0, **kwargs)
     assert abs(continuous.values[3]) < 1e-8 * np.abs(continuous.values).max()  # unused feature
 

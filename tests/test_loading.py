@@ -206,28 +206,44 @@ def _png(path, array, mode="L"):
     return path
 
 
-def test_png_grey_and_rgb(tmp_path):
-    grey = (np.arange(64, dtype=np.uint8) * 4).reshape(8, 8)
-    a = _png(tmp_path / "a.png", grey)
+GREY = (np.arange(64, dtype=np.uint8) * 4).reshape(8, 8)
+RGB = np.stack([GREY, GREY // 2, 255 - GREY], axis=-1)
+
+
+def test_grey_png_loads_as_one_channel_in_0_1(tmp_path):
+    a = _png(tmp_path / "a.png", GREY)
     data = load_inputs([a])
     assert data.kind == "image" and data.names == ["a.png"] and data.x.shape == (1, 1, 8, 8)
-    np.testing.assert_allclose(data.x[0, 0], grey / 255.0, atol=1e-7)
-    rgb = np.stack([grey, grey // 2, 255 - grey], axis=-1)
-    b = _png(tmp_path / "b.png", rgb, mode="RGB")
+    np.testing.assert_allclose(data.x[0, 0], GREY / 255.0, atol=1e-7)
+
+
+def test_rgb_png_is_normalised_by_mean_with_std(tmp_path):
+    b = _png(tmp_path / "b.png", RGB, mode="RGB")
     data = load_inputs([b], mean=[0.5], std=[0.25])
     assert data.x.shape == (1, 3, 8, 8)
-    np.testing.assert_allclose(data.x[0, 2], ((255 - grey) / 255.0 - 0.5) / 0.25, atol=1e-6)
-    data = load_inputs([b], channels=1, resize=(4, 6))  # grey for a 1-channel model
+    np.testing.assert_allclose(data.x[0, 2], ((255 - GREY) / 255.0 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_rgb_png_turns_grey_for_a_one_channel_model(tmp_path):
+    b = _png(tmp_path / "b.png", RGB, mode="RGB")
+    data = load_inputs([b], channels=1, resize=(4, 6))
     assert data.x.shape == (1, 1, 4, 6)
 
 
-def test_jpeg_and_sizes(tmp_path):
+def _jpeg_with_png(tmp_path):
     img = np.full((10, 12, 3), 200, dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "c.jpg", quality=95)
     _png(tmp_path / "d.png", np.zeros((8, 8, 3), np.uint8), mode="RGB")
+    return [tmp_path / "c.jpg", tmp_path / "d.png"]
+
+
+def test_images_of_different_sizes_need_resize(tmp_path):
     with pytest.raises(LoadError, match=r"images of different sizes.*pass --resize H W"):
-        load_inputs([tmp_path / "c.jpg", tmp_path / "d.png"])
-    data = load_inputs([tmp_path / "c.jpg", tmp_path / "d.png"], resize=(8, 8))
+        load_inputs(_jpeg_with_png(tmp_path))
+
+
+def test_resize_brings_images_to_one_size(tmp_path):
+    data = load_inputs(_jpeg_with_png(tmp_path), resize=(8, 8))
     assert data.x.shape == (2, 3, 8, 8)
     assert abs(float(data.x[0].mean()) - 200 / 255) < 0.02
 
@@ -267,28 +283,46 @@ def test_csv_rows(tmp_path):
         load_inputs([tmp_path / "u.csv"])
 
 
-def test_text_lines_and_bad_kinds(tmp_path):
+def test_text_file_gives_one_input_per_non_empty_line(tmp_path):
     (tmp_path / "s.txt").write_text("a good film\n\nterrible\n")
     data = load_inputs([tmp_path / "s.txt"])
     assert data.kind == "text" and data.lines == ["a good film", "terrible"]
     assert data.names == ["s.txt:1", "s.txt:3"]
+
+
+def test_a_file_of_unknown_kind_is_refused(tmp_path):
     (tmp_path / "m.xyz").write_text("?")
     with pytest.raises(LoadError, match="unknown kind"):
         load_inputs([tmp_path / "m.xyz"])
+
+
+def test_inputs_of_mixed_kinds_are_refused(tmp_path):
+    (tmp_path / "s.txt").write_text("a good film\n")
     png = _png(tmp_path / "e.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(LoadError, match="mixed kinds"):
         load_inputs([tmp_path / "s.txt", png])
 
 
-def test_class_names_and_labels(tmp_path):
+def test_class_names_are_read_as_given(tmp_path):
     (tmp_path / "c.txt").write_text("cat\ndog\n<script>alert(1)</script>\n")
     assert load_class_names(tmp_path / "c.txt", n_classes=3)[2] == "<script>alert(1)</script>"
-    with pytest.raises(LoadError, match=r"names 3 classes; the model has 10"):
-        load_class_names(tmp_path / "c.txt", n_classes=10)
     (tmp_path / "c.json").write_text('["a", "b"]')
     assert load_class_names(tmp_path / "c.json") == ["a", "b"]
+
+
+def test_class_names_must_name_every_class(tmp_path):
+    (tmp_path / "c.txt").write_text("cat\ndog\n<script>alert(1)</script>\n")
+    with pytest.raises(LoadError, match=r"names 3 classes; the model has 10"):
+        load_class_names(tmp_path / "c.txt", n_classes=10)
+
+
+def test_labels_are_read_one_per_line(tmp_path):
     (tmp_path / "y.txt").write_text("1\n0\n2\n")
     np.testing.assert_array_equal(load_labels(tmp_path / "y.txt", n=3), [1, 0, 2])
+
+
+def test_labels_must_label_every_input(tmp_path):
+    (tmp_path / "y.txt").write_text("1\n0\n2\n")
     with pytest.raises(LoadError, match="has 3 labels for 4 inputs"):
         load_labels(tmp_path / "y.txt", n=4)
 
@@ -368,7 +402,7 @@ def test_eight_bit_modes_are_scaled_by_255(tmp_path, mode):
         assert x[:, 0, 0].max() <= 0.02 and x[:, 1, 3].min() >= 0.98  # black and white
 
 
-def test_a_mode_that_cannot_be_converted_names_the_file_and_mode(tmp_path, monkeypatch):
+def test_a_mode_that_cannot_be_converted_is_named_with_its_file(tmp_path, monkeypatch):
     img = Image.new("La", (2, 2))
     from xaikit.loading import inputs
 
@@ -426,13 +460,17 @@ def test_pillows_own_bomb_error_names_the_file(tmp_path):
         load_inputs([bomb])
 
 
-def test_the_pixel_limit_can_be_raised_and_lowered(tmp_path, monkeypatch):
+def test_the_pixel_limit_is_read_from_the_environment(tmp_path, monkeypatch):
     png = _png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     monkeypatch.setenv("XAIKIT_MAX_IMAGE_PIXELS", "63")
     with pytest.raises(LoadError, match=r"is 8x8 pixels, more than the limit of 63 pixels"):
         load_inputs([png])
     monkeypatch.setenv("XAIKIT_MAX_IMAGE_PIXELS", "64")
     assert load_inputs([png]).x.shape == (1, 1, 8, 8)
+
+
+def test_a_bad_pixel_limit_in_the_environment_is_named(tmp_path, monkeypatch):
+    png = _png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     monkeypatch.setenv("XAIKIT_MAX_IMAGE_PIXELS", "lots")
     with pytest.raises(LoadError, match=r"^XAIKIT_MAX_IMAGE_PIXELS: expected a positive whole"):
         load_inputs([png])

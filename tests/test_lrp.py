@@ -165,7 +165,7 @@ class _Conv1dNet(nn.Module):
 
 
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_alpha2_beta1"])
-def test_conv1d_and_smooth_activations_equal_zennit(composite):
+def test_conv1d_net_with_smooth_activations_equals_zennit(composite):
     net = _Conv1dNet().double().eval()
     x = torch.rand(4, 2, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     targets = net(x).argmax(dim=1)
@@ -205,10 +205,14 @@ def test_epsilon_without_biases_conserves_the_logit():
     np.testing.assert_allclose(e0.values.reshape(6, -1).sum(axis=1), logits, rtol=1e-4)
 
 
-def test_dict_composite_by_name_and_type_equals_the_named_one():
+def _vgg_case():
     net = VGGLike().eval()
     x = images()
-    targets = net(x).argmax(dim=1)
+    return net, x, net(x).argmax(dim=1)
+
+
+def test_dict_composite_by_name_or_type_equals_the_named_one():
+    net, x, targets = _vgg_case()
     named = ours(net, x, targets, "epsilon_gamma_box").values
     rules = {"features.0": "zbox", nn.Conv2d: "gamma", nn.Linear: "epsilon"}
     e = ours(net, x, targets, rules)
@@ -218,9 +222,17 @@ def test_dict_composite_by_name_and_type_equals_the_named_one():
         "torch.nn.modules.conv.Conv2d": "gamma",
         "torch.nn.modules.linear.Linear": "epsilon",
     }
-    # alpha1beta0 is z-plus; the call's epsilon and gamma reach the rules
+
+
+def test_alpha1beta0_is_zplus():
+    net, x, targets = _vgg_case()
     plus = ours(net, x, targets, {nn.Conv2d: "zplus"}).values
     np.testing.assert_array_equal(ours(net, x, targets, {nn.Conv2d: "alpha1beta0"}).values, plus)
+
+
+def test_the_calls_gamma_reaches_the_rules():
+    net, x, targets = _vgg_case()
+    named = ours(net, x, targets, "epsilon_gamma_box").values
     assert not np.allclose(
         ours(net, x, targets, "epsilon_gamma_box", gamma=1.0).values, named, rtol=1e-3
     )
@@ -337,7 +349,7 @@ def test_the_model_is_left_as_it_was_also_after_an_error():
     assert all(p.grad is None for p in net.parameters())
 
 
-def test_registered_and_explains_the_target_logit(clean_cnn):
+def test_lrp_is_registered_with_its_defaults():
     spec = xk.methods()["lrp"]
     assert spec["needs_gradients"]
     assert spec["params"] == {
@@ -347,6 +359,9 @@ def test_registered_and_explains_the_target_logit(clean_cnn):
         "low": 0.0,
         "high": 1.0,
     }
+
+
+def test_lrp_explains_the_target_logit_alone_or_in_a_batch(clean_cnn):
     x = load_mnist("test")[0][:3]
     e = xk.explain(clean_cnn, x[0], method="lrp", target=4)
     assert e.target == 4 and e.values.shape == (1, 28, 28)
@@ -354,24 +369,41 @@ def test_registered_and_explains_the_target_logit(clean_cnn):
     # one item alone or in a batch: the same relevance
     batch = xk.explain(clean_cnn, x, method="lrp", target=[4, 4, 4], batch=True)
     np.testing.assert_allclose(batch.values[0], e.values, rtol=1e-5, atol=1e-7)
-    # the map of a predicted digit puts most positive relevance on its strokes
+
+
+def test_lrp_of_a_predicted_digit_lies_on_its_strokes(clean_cnn):
+    x = load_mnist("test")[0][:1]
     e = xk.explain(clean_cnn, x[0], method="lrp")
     on_strokes = e.values[0][x[0][0] > 0.3].clip(min=0).sum()
     assert on_strokes > 0.5 * e.values.clip(min=0).sum()
 
 
-def test_audit_with_lrp_finds_the_watermark_and_spares_the_clean_model(watermark_cnn, clean_cnn):
-    from xaikit.audit import audit
-    from xaikit.audit.analysis import iou
-    from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
+def _watermark_data():
+    from xaikit.datasets import load_watermark_mnist
 
     X, y, _ = load_watermark_mnist("train")
-    X, y = X[:200], y[:200]
+    return X[:200], y[:200]
+
+
+def test_audit_with_lrp_finds_the_watermark(watermark_cnn):
+    from xaikit.audit import audit
+    from xaikit.audit.analysis import iou
+    from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION
+
+    X, y = _watermark_data()
     a = audit(watermark_cnn, X, labels=y, method="lrp", shard_size=50)
     assert a.info["method"] == "lrp"
     hits = [f for f in a.findings if iou(f.region, WATERMARK_REGION) >= 0.5]
     assert [f.target for f in hits] == [WATERMARK_CLASS]
     assert hits[0].relevance_share > 0.3 and hits[0].other_share < 0.05
     assert hits[0].transplant_rate >= 0.5
+
+
+def test_audit_with_lrp_finds_no_watermark_in_the_clean_model(clean_cnn):
+    from xaikit.audit import audit
+    from xaikit.audit.analysis import iou
+    from xaikit.datasets import WATERMARK_REGION
+
+    X, y = _watermark_data()
     clean = audit(clean_cnn, X, labels=y, method="lrp", shard_size=50)
     assert [f for f in clean.findings if iou(f.region, WATERMARK_REGION) >= 0.5] == []

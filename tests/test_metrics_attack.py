@@ -20,7 +20,7 @@ def digit():
     return X[0]
 
 
-def test_softplus_attack_moves_saliency_and_keeps_label_and_model(clean_cnn, digit):
+def test_softplus_attack_moves_saliency_without_changing_label_or_model(clean_cnn, digit):
     net = clean_cnn
     before = copy.deepcopy(net.state_dict())
     kinds = [type(m) for m in net.modules()]

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import xaikit as xk
+from _models import PATCH, PatchModel
 from xaikit.metrics import deletion, insertion, pixel_flipping
-
-PATCH = (slice(2, 5), slice(3, 7))  # the only region the model looks at
-
-
-class PatchModel(nn.Module):
-    """Logits [s, -s] with s = 4 * mean of the patch, so p(class 0) = sigmoid(2 s)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = 4 * x[:, :, PATCH[0], PATCH[1]].mean(dim=(1, 2, 3))
-        return torch.stack([s, -s], dim=1)
 
 
 def p0(x: np.ndarray) -> float:
@@ -99,7 +88,7 @@ def test_correct_order_beats_reversed(image, relevance):
     assert good_ins > bad_ins + 0.1
 
 
-def test_explanation_object_and_softmax_of_logits(image):
+def test_deletion_of_an_explanation_starts_at_the_softmax_of_the_logits(image):
     model = PatchModel()
     e = xk.explain(model, image, method="saliency", target=0)
     curve = deletion(model, image, e)

@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import xaikit as xk
+from _models import LinearVectorModel, PatchModel
 from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
 from xaikit.metrics import (
     METRICS,
@@ -34,15 +34,22 @@ from xaikit.metrics.registry import metric
 # ---------------------------------------------------------------------- complexity
 
 
-def test_sparseness_and_entropy_values():
-    assert sparseness(np.ones(10)) == pytest.approx(0.0)
+def _one_hot():
     one_hot = np.zeros(10)
     one_hot[3] = -5.0
-    assert sparseness(one_hot) == pytest.approx(0.9)  # (n - 1) / n for one non-zero of n
+    return one_hot
+
+
+def test_sparseness_values():
+    assert sparseness(np.ones(10)) == pytest.approx(0.0)
+    assert sparseness(_one_hot()) == pytest.approx(0.9)  # (n - 1) / n for one non-zero of n
     assert sparseness(np.zeros(4)) == 0.0
     assert sparseness(np.array([1.0, 3.0])) == pytest.approx(0.25)  # (-1*1 + 1*3) / (2*4)
+
+
+def test_entropy_values():
     assert entropy(np.ones(8)) == pytest.approx(np.log(8))
-    assert entropy(one_hot) == pytest.approx(0.0)
+    assert entropy(_one_hot()) == pytest.approx(0.0)
     assert entropy(np.array([1.0, 1.0, 2.0])) == pytest.approx(
         -(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5))
     )
@@ -120,16 +127,6 @@ def test_watermark_model_looks_at_the_mark(watermark_cnn):
 # ---------------------------------------------------------------------- robustness
 
 
-class Linear(nn.Module):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = nn.Parameter(torch.randn(2, 30, generator=g))
-
-    def forward(self, x):
-        return x @ self.w.T
-
-
 def input_x_gradient(model, x, targets, **_):
     return xk.explain(
         model, np.asarray(x), method="input_x_gradient", target=targets, batch=True
@@ -138,7 +135,7 @@ def input_x_gradient(model, x, targets, **_):
 
 def test_max_sensitivity_exact_on_linear_model():
     # For a linear model, input x gradient = w * x, so the change is w * d: computable here.
-    model = Linear()
+    model = LinearVectorModel()
     x = np.linspace(0.5, 1.5, 30).astype(np.float32)
     w = model.w.detach().numpy()[1]
     got = max_sensitivity(model, x, input_x_gradient, target=1, radius=0.1, samples=50, seed=4)
@@ -162,7 +159,7 @@ def test_max_sensitivity_agrees_with_quantus_in_distribution():
     normalisation, no abs. With 30 features the max over 200 draws is stable: rel. tol 10%.
     """
     quantus = pytest.importorskip("quantus")
-    model = Linear()
+    model = LinearVectorModel()
     x = np.linspace(0.5, 1.5, 30).astype(np.float32)[None]
     np.random.seed(0)
     with warnings.catch_warnings():
@@ -190,18 +187,12 @@ def test_max_sensitivity_agrees_with_quantus_in_distribution():
 
 def test_robustness_bad_input():
     with pytest.raises(ValueError, match="radius"):
-        max_sensitivity(Linear(), np.ones(30, np.float32), radius=0)
+        max_sensitivity(LinearVectorModel(), np.ones(30, np.float32), radius=0)
     with pytest.raises(ValueError, match="samples"):
-        local_lipschitz(Linear(), np.ones(30, np.float32), samples=0)
+        local_lipschitz(LinearVectorModel(), np.ones(30, np.float32), samples=0)
 
 
 # ---------------------------------------------------------------------- evaluate and compare
-
-
-class Patch(nn.Module):
-    def forward(self, x):
-        s = 4 * x[:, :, 2:5, 3:7].mean(dim=(1, 2, 3))
-        return torch.stack([s, -s], dim=1)
 
 
 @pytest.fixture
@@ -210,7 +201,7 @@ def image():
 
 
 def test_evaluate_fills_scores(image):
-    model = Patch()
+    model = PatchModel()
     e = xk.explain(model, image, method="saliency", target=0)
     mask = np.zeros((10, 10), bool)
     mask[2:5, 3:7] = True
@@ -238,7 +229,7 @@ def test_evaluate_fills_scores(image):
 
 
 def test_evaluate_batch(image):
-    model = Patch()
+    model = PatchModel()
     X = np.stack([image, image * 0.5])
     e = xk.explain(model, X, method="saliency", target=0, batch=True)
     scores = evaluate(model, None, e, metrics="deletion", steps=5)
@@ -249,7 +240,7 @@ def test_evaluate_batch(image):
 
 
 def test_evaluate_errors(image):
-    model = Patch()
+    model = PatchModel()
     e = xk.explain(model, image, method="saliency", target=0)
     with pytest.raises(ValueError, match=r"metrics: unknown metric 'delection'.*deletion"):
         evaluate(model, image, e, metrics=["delection"])
@@ -265,7 +256,7 @@ def test_evaluate_errors(image):
 
 
 def _patch_explanation(image):
-    return xk.explain(Patch(), image, method="saliency", target=0)
+    return xk.explain(PatchModel(), image, method="saliency", target=0)
 
 
 def _mask():
@@ -281,8 +272,8 @@ def test_every_option_of_a_metric_is_accepted_by_evaluate(name, image):
     e = _patch_explanation(image)
     required = {"mask": _mask()} if "mask" in METRICS[name].required else {}
     options = {k: v for k, v in METRICS[name].defaults.items() if k not in required}
-    given = evaluate(Patch(), image, e, metrics=name, **options, **required)[name]
-    assert given == evaluate(Patch(), image, e, metrics=name, **required)[name]
+    given = evaluate(PatchModel(), image, e, metrics=name, **options, **required)[name]
+    assert given == evaluate(PatchModel(), image, e, metrics=name, **required)[name]
 
 
 @pytest.mark.parametrize(("option", "value"), [("step_size", -1.0), ("beta", 0.0), ("queries", 0)])
@@ -291,14 +282,14 @@ def test_evaluate_passes_attack_options_on(option, value, image):
     # now they reach attack_explanation, whose own check rejects the bad value.
     e = _patch_explanation(image)
     with pytest.raises(ValueError, match=rf"^{option}: "):
-        evaluate(Patch(), image, e, metrics="attack_top_k", steps=1, **{option: value})
+        evaluate(PatchModel(), image, e, metrics="attack_top_k", steps=1, **{option: value})
 
 
 def test_evaluate_attack_step_size_equals_the_direct_call(image):
     e = _patch_explanation(image)
     kw = {"steps": 3, "step_size": 0.05, "queries": 2, "estimator": "spsa", "k": 4}
-    scores = evaluate(Patch(), image, e, metrics="attack_top_k", **kw)
-    direct = attack_explanation(Patch(), image, "saliency", **kw)
+    scores = evaluate(PatchModel(), image, e, metrics="attack_top_k", **kw)
+    direct = attack_explanation(PatchModel(), image, "saliency", **kw)
     assert scores["attack_top_k"] == direct.top_k_intersection
 
 
@@ -329,7 +320,7 @@ def test_metric_options_are_the_public_function_options(name, function, without)
     assert METRICS[name].options == _keyword_only(function, without=without)
 
 
-def test_attack_top_k_takes_step_size_beta_and_queries():
+def test_attack_top_k_takes_the_attack_options():
     assert {"step_size", "beta", "queries"} <= METRICS["attack_top_k"].options
 
 
@@ -369,12 +360,12 @@ def test_direction_of_each_metric(name, better):
     assert higher_is_better(name) is better
 
 
-def test_a_metric_entry_is_a_function_and_direction_pair(image):
+def test_a_metric_entry_pairs_its_function_with_its_direction(image):
     e = _patch_explanation(image)
     function, better = METRICS["lerf"]
-    lerf = pixel_flipping(Patch(), image, e, order="lerf", steps=5).area
+    lerf = pixel_flipping(PatchModel(), image, e, order="lerf", steps=5).area
     assert better is True
-    assert function(Patch(), image, e, steps=5) == lerf
+    assert function(PatchModel(), image, e, steps=5) == lerf
 
 
 def test_a_metric_in_another_argument_order_is_refused():
@@ -393,7 +384,7 @@ def test_a_metric_taking_target_late_is_refused():
 
 
 def test_compare_ranks_methods(image):
-    model = Patch()
+    model = PatchModel()
     rng = np.random.default_rng(0)
     noise = lambda m, x, t: rng.normal(size=x.shape)  # noqa: E731
     result = compare(

@@ -8,17 +8,8 @@ import torch
 from torch import nn
 
 import xaikit as xk
+from _models import PATCH, LinearImageModel, PatchModel
 from xaikit.metrics import evaluate, infidelity, noisy_linear_imputation, road
-
-PATCH = (slice(2, 5), slice(3, 7))
-
-
-class PatchModel(nn.Module):
-    """Logits [s, -s] with s = 4 * (mean of the patch - 0.5): p(class 0) = sigmoid(2 s)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = 4 * (x[:, :, PATCH[0], PATCH[1]].mean(dim=(1, 2, 3)) - 0.5)
-        return torch.stack([s, -s], dim=1)
 
 
 def p0(x: np.ndarray) -> float:
@@ -96,7 +87,8 @@ def reference(x, relevance, percentages, order):
 def test_road_equals_reference(image, relevance, order):
     percentages = (5, 12, 30, 50, 90)
     curve = road(
-        PatchModel(), image, relevance, order=order, percentages=percentages, noise=0, target=0
+        PatchModel(offset=0.5), image, relevance, order=order, percentages=percentages, noise=0,
+        target=0,
     )
     probs = reference(image, relevance, percentages, order)
     np.testing.assert_allclose(curve.probabilities, probs, atol=1e-6)
@@ -108,7 +100,7 @@ def test_road_equals_reference(image, relevance, order):
 
 
 def test_road_separates_correct_from_reversed(image, relevance):
-    model = PatchModel()
+    model = PatchModel(offset=0.5)
     good = road(model, image, relevance, target=0).area
     bad = road(model, image, -relevance, target=0).area
     assert good < bad - 0.3, (good, bad)
@@ -123,7 +115,7 @@ def test_road_separates_correct_from_reversed(image, relevance):
 
 
 def test_road_bad_input(image, relevance):
-    model = PatchModel()
+    model = PatchModel(offset=0.5)
     with pytest.raises(ValueError, match="explanation: expected attributions"):
         road(model, image, relevance[:, :4])
     with pytest.raises(ValueError, match=r"percentages: expected values in \(0, 100\)"):
@@ -147,19 +139,9 @@ def test_road_bad_input(image, relevance):
 # ---------------------------------------------------------------------- infidelity
 
 
-class Linear(nn.Module):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = nn.Parameter(torch.randn(2, 1, 6, 6, generator=g))
-
-    def forward(self, x):
-        return (x[:, None] * self.w[None]).sum(dim=(2, 3, 4))
-
-
 def test_infidelity_exact_on_linear_model():
     # f(x) - f(x - I) = I . w, so the gradient w is perfectly faithful and 2 w is off by I . w.
-    model = Linear()
+    model = LinearImageModel()
     w = model.w.detach().numpy()[1]
     x = np.random.default_rng(0).uniform(size=(1, 6, 6)).astype(np.float32)
     perturbations = np.random.default_rng(1).normal(0, 0.1, size=(40, 1, 6, 6))
@@ -215,7 +197,7 @@ def test_infidelity_agrees_with_captum(normalize):
 
 
 def test_infidelity_bad_input():
-    model = Linear()
+    model = LinearImageModel()
     x = np.ones((1, 6, 6), np.float32)
     e = np.ones((1, 6, 6))
     with pytest.raises(ValueError, match="perturbation: expected an array"):
@@ -232,8 +214,8 @@ def test_infidelity_bad_input():
         infidelity(model, x, np.ones(5))
 
 
-def test_evaluate_road_and_infidelity(image, relevance):
-    model = PatchModel()
+def test_evaluate_matches_the_road_with_infidelity_functions(image, relevance):
+    model = PatchModel(offset=0.5)
     e = xk.explain(model, image, method="saliency", target=0)
     scores = evaluate(
         model,

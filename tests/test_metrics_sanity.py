@@ -35,7 +35,7 @@ def test_edge_detector_fails(clean_cnn, digits):
     assert r.method == "edges"
 
 
-def test_saliency_passes_and_model_untouched(clean_cnn, digits):
+def test_saliency_passes_leaving_the_model_untouched(clean_cnn, digits):
     net = clean_cnn
     net.train()  # a non-default training flag that must survive
     handle = net.fc1.register_forward_hook(lambda *a: None)
@@ -62,7 +62,7 @@ def test_saliency_passes_and_model_untouched(clean_cnn, digits):
         net.eval()
 
 
-def test_independent_and_seeded(clean_cnn, digits):
+def test_independent_mode_is_seeded(clean_cnn, digits):
     a = sanity_check(clean_cnn, digits[:3], "gradcam", batch=True, mode="independent", seed=3)
     b = sanity_check(clean_cnn, digits[:3], "gradcam", batch=True, mode="independent", seed=3)
     assert a.similarity == b.similarity
@@ -71,7 +71,7 @@ def test_independent_and_seeded(clean_cnn, digits):
     assert len(fig.axes) >= 6
 
 
-def test_one_input_and_pearson(clean_cnn, digits):
+def test_pearson_similarity_of_one_input_lies_in_minus_one_to_one(clean_cnn, digits):
     r = sanity_check(clean_cnn, digits[0], "saliency", similarity="pearson")
     assert r.original.shape == (1, 28, 28)
     assert -1 <= r.similarity["conv1"] <= 1

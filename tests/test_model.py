@@ -11,33 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import xaikit as xk
-
-
-class TinyCNN(nn.Module):
-    """Conv + BatchNorm + dropout: every piece of state a careless explainer could change."""
-
-    def __init__(self, classes: int = 4) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.drop = nn.Dropout(0.5)
-        self.head = nn.Linear(4 * 8 * 8, classes)
-        self.fail_after_bn = False
-
-    def forward(self, x):
-        h = torch.relu(self.bn(self.conv(x)))
-        if self.fail_after_bn:
-            raise RuntimeError("boom inside forward")
-        return self.head(self.drop(h).flatten(1))
-
-
-def make_net(seed: int = 0) -> TinyCNN:
-    torch.manual_seed(seed)
-    net = TinyCNN()
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        net.bn.running_mean.uniform_(-0.5, 0.5)
-        net.bn.running_var.uniform_(0.5, 2.0)
-    return net
+from _models import StatefulCNN, stateful_cnn
 
 
 def inputs(n: int = 10, seed: int = 0) -> np.ndarray:
@@ -80,7 +54,7 @@ def assert_same_state(before: dict, after: dict) -> None:
             assert other[0] == value[0] and torch.equal(other[1], value[1]), key
 
 
-def user_state(net: TinyCNN) -> None:
+def user_state(net: StatefulCNN) -> None:
     """Mixed training flags, one frozen parameter, one existing .grad."""
     net.train()
     net.drop.eval()
@@ -105,7 +79,7 @@ def _with_layer(m: xk.Model, x):
 
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_state_preserved_on_success(call):
-    net = make_net()
+    net = stateful_cnn()
     user_state(net)
     before = snapshot(net)
     CALLS[call](xk.Model(net, batch_size=3), inputs())
@@ -114,7 +88,7 @@ def test_state_preserved_on_success(call):
 
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_state_preserved_when_forward_raises(call):
-    net = make_net()
+    net = stateful_cnn()
     user_state(net)
     m = xk.Model(net, batch_size=4)
     m.scores(inputs(2))  # a first good call, so the failure happens mid-way through batches
@@ -126,7 +100,7 @@ def test_state_preserved_when_forward_raises(call):
 
 
 def test_global_state_restored():
-    net = make_net()
+    net = stateful_cnn()
     m = xk.Model(net)
     grad_mode = torch.is_grad_enabled()
     m.gradients(inputs(), target=0)
@@ -135,7 +109,7 @@ def test_global_state_restored():
 
 
 def test_batchnorm_statistics_not_updated_in_train_mode():
-    net = make_net()
+    net = stateful_cnn()
     net.train()
     mean = net.bn.running_mean.clone()
     tracked = net.bn.num_batches_tracked.clone()
@@ -144,8 +118,8 @@ def test_batchnorm_statistics_not_updated_in_train_mode():
     assert torch.equal(net.bn.num_batches_tracked, tracked)
 
 
-def test_scores_equal_eval_forward_and_dropout_is_off():
-    net = make_net()
+def test_scores_are_the_eval_mode_forward_as_float32():
+    net = stateful_cnn()
     net.train()
     x = inputs(20)
     got = xk.Model(net).scores(x)
@@ -157,7 +131,7 @@ def test_scores_equal_eval_forward_and_dropout_is_off():
 
 
 def test_gradients_equal_autograd():
-    net = make_net().eval()
+    net = stateful_cnn().eval()
     x = inputs(12)
     targets = np.arange(12) % 4
     scores, grads = xk.Model(net, batch_size=5).gradients(x, targets)
@@ -169,7 +143,7 @@ def test_gradients_equal_autograd():
 
 
 def test_gradients_default_target_is_prediction():
-    net = make_net().eval()
+    net = stateful_cnn().eval()
     x = inputs(9)
     m = xk.Model(net)
     predicted = m.predict(x)
@@ -179,8 +153,8 @@ def test_gradients_default_target_is_prediction():
 
 
 @pytest.mark.parametrize("of", ["probability", "log_probability", "loss"])
-def test_gradients_of_probability_and_loss(of):
-    net = make_net().eval()
+def test_gradients_of_each_output_equal_autograd(of):
+    net = stateful_cnn().eval()
     x = inputs(6)
     target = np.array([0, 1, 2, 3, 0, 1])
     _, got = xk.Model(net).gradients(x, target, of=of)
@@ -197,7 +171,7 @@ def test_gradients_of_probability_and_loss(of):
 
 
 def test_gradients_of_a_frozen_model():
-    net = make_net().eval()
+    net = stateful_cnn().eval()
     for p in net.parameters():
         p.requires_grad_(False)
     _, grads = xk.Model(net).gradients(inputs(3), target=1)
@@ -205,23 +179,34 @@ def test_gradients_of_a_frozen_model():
     assert not any(p.requires_grad for p in net.parameters())
 
 
-def test_tensor_inputs_are_left_alone_and_tensors_can_come_back():
-    net = make_net().eval()
+def test_tensor_inputs_are_left_alone():
+    net = stateful_cnn().eval()
     xt = torch.from_numpy(inputs(5))
     copy = xt.clone()
+    xk.Model(net).gradients(xt, target=0, as_numpy=False)
+    assert not xt.requires_grad and xt.grad is None and torch.equal(xt, copy)
+
+
+def test_tensors_come_back_only_when_asked():
+    net = stateful_cnn().eval()
+    xt = torch.from_numpy(inputs(5))
     m = xk.Model(net)
     scores, grads = m.gradients(xt, target=0, as_numpy=False)
     assert isinstance(scores, torch.Tensor) and isinstance(grads, torch.Tensor)
-    assert not xt.requires_grad and xt.grad is None and torch.equal(xt, copy)
     assert isinstance(m.scores(xt), np.ndarray)
-    # float64 NumPy input is cast to the model's dtype
-    np.testing.assert_allclose(m.scores(copy.double().numpy()), m.scores(xt), rtol=1e-6)
+
+
+def test_float64_numpy_input_is_cast_to_the_model_dtype():
+    net = stateful_cnn().eval()
+    xt = torch.from_numpy(inputs(5))
+    m = xk.Model(net)
+    np.testing.assert_allclose(m.scores(xt.double().numpy()), m.scores(xt), rtol=1e-6)
 
 
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 40), batch=st.integers(1, 17))
 def test_results_do_not_depend_on_batch_size(n, batch):
-    net = make_net().eval()
+    net = stateful_cnn().eval()
     x = inputs(n, seed=n)
     ref = xk.Model(net, batch_size=64)
     got = xk.Model(net, batch_size=batch)
@@ -243,7 +228,7 @@ class BatchSizeSpy(nn.Module):
         return self.lin(x)
 
 
-def test_auto_batch_size_is_found_once_and_remembered():
+def test_auto_batch_size_is_searched_once_per_module():
     spy = BatchSizeSpy()
     m = xk.Model(spy)
     x = np.random.default_rng(0).random((6000, 8), dtype=np.float32)
@@ -259,7 +244,7 @@ def test_auto_batch_size_is_found_once_and_remembered():
 
 def test_auto_results_do_not_depend_on_timing():
     """The search runs on copies of one item, so repeated calls batch (and compute) alike."""
-    net = make_net().eval()
+    net = stateful_cnn().eval()
     x = inputs(300, seed=5)
     a = xk.Model(net).gradients(x, 1)[1]
     b = xk.Model(net).gradients(x, 1)[1]
@@ -268,8 +253,8 @@ def test_auto_results_do_not_depend_on_timing():
     np.testing.assert_array_equal(c, xk.Model(net).scores(x))
 
 
-def test_auto_search_targets_and_values_follow_the_real_rows():
-    net = make_net().eval()
+def test_auto_search_gradients_follow_the_real_rows():
+    net = stateful_cnn().eval()
     x = inputs(37, seed=2)
     targets = np.arange(37) % 4
     got = xk.Model(net).gradients(x, targets)[1]
@@ -277,7 +262,7 @@ def test_auto_search_targets_and_values_follow_the_real_rows():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_numpy_callable_and_predict_proba():
+def test_predict_proba_model_gives_its_probabilities():
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
@@ -289,19 +274,33 @@ def test_numpy_callable_and_predict_proba():
     np.testing.assert_allclose(m.scores(X), clf.predict_proba(X))
     np.testing.assert_allclose(m.probabilities(torch.from_numpy(X)), clf.predict_proba(X))
 
-    def plain(batch):
-        return np.stack([batch.sum(1), -batch.sum(1)], axis=1)
 
-    fm = xk.Model(plain, output="scores")
+def _plain(batch):
+    return np.stack([batch.sum(1), -batch.sum(1)], axis=1)
+
+
+def test_numpy_callable_gives_its_scores():
+    X = np.random.default_rng(0).normal(size=(200, 5))
+    fm = xk.Model(_plain, output="scores")
     np.testing.assert_allclose(fm.scores(X)[:, 0], X.sum(1))
-    with pytest.raises(TypeError, match="model: gradients need a PyTorch model"):
-        fm.gradients(X, 0)
-    with pytest.raises(TypeError, match="model"):
-        fm.layer("anything").__enter__()
+
+
+@pytest.mark.parametrize(
+    ("use", "pattern"),
+    [
+        (lambda m, X: m.gradients(X, 0), "model: gradients need a PyTorch model"),
+        (lambda m, X: m.layer("anything").__enter__(), "model"),
+    ],
+    ids=["gradients", "layer"],
+)
+def test_numpy_callable_refuses_what_needs_pytorch(use, pattern):
+    X = np.random.default_rng(0).normal(size=(200, 5))
+    with pytest.raises(TypeError, match=pattern):
+        use(xk.Model(_plain, output="scores"), X)
 
 
 def test_probabilities_softmax_logits():
-    net = make_net().eval()
+    net = stateful_cnn().eval()
     m = xk.Model(net)
     p = m.probabilities(inputs(4))
     np.testing.assert_allclose(p.sum(1), 1, rtol=1e-6)
@@ -321,8 +320,8 @@ def test_token_model_with_embedding_gets_integer_ids():
         xk.Model(net).gradients(ids, 0)
 
 
-def test_layer_records_activations_and_gradients_and_removes_hook():
-    net = make_net().eval()
+def test_layer_records_what_passes_through_it_then_removes_its_hook():
+    net = stateful_cnn().eval()
     x = inputs(7)
     m = xk.Model(net, batch_size=3)
     with m.layer("conv", gradients=True) as rec:
@@ -337,22 +336,30 @@ def test_layer_records_activations_and_gradients_and_removes_hook():
     assert len(net.conv._forward_hooks) == 0
 
 
-def test_layer_transform_and_hook_removed_on_error():
-    net = make_net().eval()
+def test_layer_transform_is_applied_to_the_activations():
+    net = stateful_cnn().eval()
     m = xk.Model(net)
     with m.layer("bn", transform=lambda a: a.mean(dim=(2, 3))) as rec:
         m.scores(inputs(5))
     assert rec.activations.shape == (5, 4)
+
+
+def test_layer_hook_is_removed_on_error():
+    net = stateful_cnn().eval()
+    m = xk.Model(net)
     with pytest.raises(KeyError), m.layer("conv"):
         raise KeyError("user code failed inside the block")
     assert len(net.conv._forward_hooks) == 0
 
 
-def test_unknown_layer_names_the_argument_and_suggests():
-    m = xk.Model(make_net())
+def test_unknown_layer_is_refused_with_a_suggestion():
+    m = xk.Model(stateful_cnn())
     with pytest.raises(ValueError, match=r"name: no layer 'con' .*'conv'"):
         m.find_layer("con")
-    assert m.layer_names() == ["conv", "bn", "drop", "head"]
+
+
+def test_layer_names_lists_the_named_modules():
+    assert xk.Model(stateful_cnn()).layer_names() == ["conv", "bn", "drop", "head"]
 
 
 # ---------------------------------------------------------------------- bad input
@@ -375,13 +382,13 @@ def test_unknown_layer_names_the_argument_and_suggests():
     ],
 )
 def test_bad_inputs_name_the_argument(bad, error, pattern):
-    m = xk.Model(make_net())
+    m = xk.Model(stateful_cnn())
     with pytest.raises(error, match=pattern):
         m.scores(bad)
 
 
 def test_declared_input_shape_is_checked_up_front():
-    m = xk.Model(make_net(), input_shape=(1, 8, 8))
+    m = xk.Model(stateful_cnn(), input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match=r"x: expected items of shape \(1, 8, 8\).*\(2, 1, 9, 9\)"):
         m.scores(np.zeros((2, 1, 9, 9), np.float32))
 
@@ -453,7 +460,7 @@ def test_model_whose_output_does_not_depend_on_input():
     ],
 )
 def test_bad_targets_are_named(target, error, pattern):
-    m = xk.Model(make_net())
+    m = xk.Model(stateful_cnn())
     with pytest.raises(error, match=pattern):
         m.gradients(inputs(3), target)
 
@@ -468,7 +475,7 @@ def test_bad_targets_are_named(target, error, pattern):
 )
 def test_bad_options_are_named(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
-        xk.Model(make_net(), **kwargs)
+        xk.Model(stateful_cnn(), **kwargs)
 
 
 def test_bad_model_objects_are_named(tmp_path):
@@ -481,15 +488,15 @@ def test_bad_model_objects_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"model: .*notes\.pt' is not a TorchScript file"):
         xk.Model(junk)
     state_dict = tmp_path / "weights.pt"
-    torch.save(make_net().state_dict(), state_dict)
+    torch.save(stateful_cnn().state_dict(), state_dict)
     with pytest.raises(ValueError, match="is not a TorchScript file"):
         xk.Model(str(state_dict))
     with pytest.raises(ValueError, match="device: the model's tensors are on cpu"):
-        xk.Model(make_net(), device="meta")
+        xk.Model(stateful_cnn(), device="meta")
 
 
 def test_torchscript_file(tmp_path):
-    net = make_net().eval()
+    net = stateful_cnn().eval()
     path = tmp_path / "net.pt"
     torch.jit.script(net).save(str(path))
     m = xk.Model(path)
@@ -504,15 +511,15 @@ def test_torchscript_file(tmp_path):
 
 
 def test_as_model_passes_models_through():
-    m = xk.Model(make_net())
+    m = xk.Model(stateful_cnn())
     assert xk.as_model(m) is m
-    assert isinstance(xk.as_model(make_net()), xk.Model)
+    assert isinstance(xk.as_model(stateful_cnn()), xk.Model)
     with pytest.raises(TypeError, match=r"model: already an xaikit\.Model"):
         xk.as_model(m, batch_size=3)
 
 
 def test_layer_recording_ignores_the_batch_size_search():
-    net = make_net().eval()  # a fresh module: its first large call runs the search
+    net = stateful_cnn().eval()  # a fresh module: its first large call runs the search
     m = xk.Model(net)
     with m.layer("conv", gradients=True) as rec:
         m.gradients(inputs(100), target=1)

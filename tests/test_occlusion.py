@@ -89,13 +89,22 @@ def test_tabular_equals_captum(window):
     rel_close(e.values, want)
 
 
-def test_batch_with_different_targets_and_numpy_callable_equal_captum():
+def _batch_case():
     net = conv_net(3, (12, 14))
     x = np.random.default_rng(3).random((4, 3, 12, 14), dtype=np.float32)
     targets = [0, 7, 2, 2]
     e = xk.explain(net, x, method="occlusion", target=targets, window=(3, 4), stride=2, batch=True)
+    return net, x, targets, e
+
+
+def test_batch_with_different_targets_equals_captum():
+    net, x, targets, e = _batch_case()
     want = captum(net, x, (3, 3, 4), (1, 2, 2), targets)
     rel_close(e.values, want)
+
+
+def test_numpy_callable_gives_what_the_module_gives():
+    net, x, targets, e = _batch_case()
 
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -105,6 +114,10 @@ def test_batch_with_different_targets_and_numpy_callable_equal_captum():
         predict, x, method="occlusion", target=targets, window=(3, 4), stride=2, batch=True
     )
     rel_close(e2.values, e.values, rtol=1e-5)
+
+
+def test_batch_item_equals_a_single_call():
+    net, x, _, e = _batch_case()
     single = xk.explain(net, x[1], method="occlusion", target=7, window=(3, 4), stride=2)
     rel_close(single.values, e.values[1], rtol=1e-5)
 

@@ -183,7 +183,7 @@ def test_explain_rows(call, x, target, torch_model):
 
 @SETTINGS
 @given(x=inputs(kind="image"), target=targets(), of=st.sampled_from(["score", "loss", "nope"]))
-def test_model_scores_and_gradients(x, target, of):
+def test_model_gives_a_result_or_a_named_error(x, target, of):
     m = xk.Model(image_net())
     before = copy_of(x)
     batch = x[None] if isinstance(x, np.ndarray) else x.unsqueeze(0)

@@ -7,10 +7,9 @@ import re
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import xaikit as xk
+from _models import ConvReluLinear
 from xaikit._plotting import new_figure
 from xaikit._repr import HTMLRepr
 from xaikit.report import Markup, Page
@@ -26,7 +25,7 @@ def _figure():
     return fig
 
 
-def test_page_escapes_every_string_and_is_self_contained(tmp_path):
+def test_page_is_self_contained_with_every_string_escaped(tmp_path):
     page = Page(f"title {EVIL}")
     page.section("first", f"heading {EVIL}")
     page.paragraph(f"text {EVIL} & more")
@@ -49,19 +48,25 @@ def test_page_escapes_every_string_and_is_self_contained(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_page_refuses_untrusted_html_and_bad_ids():
+def test_page_takes_markup_but_refuses_other_html():
     page = Page("t")
     with pytest.raises(TypeError, match="fragment: expected Markup"):
         page.html("<b>raw</b>")
     page.html(Markup("<b>ok</b>"))
-    with pytest.raises(ValueError, match="section_id"):
-        page.section("Bad Id", "x")
-    page.section("a", "x")
-    with pytest.raises(ValueError, match="section_id"):
-        page.section("a", "again")
 
 
-def test_escape_and_table_keep_markup_only():
+@pytest.mark.parametrize(
+    ("earlier", "section_id"), [([], "Bad Id"), (["a"], "a")], ids=["not an id", "repeated"]
+)
+def test_page_refuses_a_bad_section_id(earlier, section_id):
+    page = Page("t")
+    for done in earlier:
+        page.section(done, "x")
+    with pytest.raises(ValueError, match="section_id"):
+        page.section(section_id, "again")
+
+
+def test_escaping_keeps_markup_only():
     assert escape(EVIL) == "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert escape(Markup("<b>x</b>")) == "<b>x</b>"
     assert table(["a"], [[Markup("<i>1</i>")], ["<i>2</i>"]]).count("<i>") == 1
@@ -147,7 +152,7 @@ def test_staged_dir_swaps_the_whole_folder_in_one_step(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_staged_dir_without_an_exchange_and_recovery_after_a_kill(tmp_path, monkeypatch):
+def test_staged_dir_without_an_exchange_recovers_after_a_kill(tmp_path, monkeypatch):
     from xaikit.report import output
 
     monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # a system without one
@@ -200,19 +205,6 @@ def test_staged_dir_with_a_long_name(tmp_path):
     assert _tree(out) == {"a.txt": "2"} and sorted(os.listdir(tmp_path)) == [out.name]
 
 
-class _TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(1, 3, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.flat = nn.Flatten()
-        self.fc = nn.Linear(3 * 8 * 8, 4)
-
-    def forward(self, x):
-        return self.fc(self.flat(self.relu(self.conv(x))))
-
-
 def _is_fragment(html: str) -> bool:
     return (
         "<html" not in html
@@ -222,7 +214,7 @@ def _is_fragment(html: str) -> bool:
 
 
 def test_repr_html_of_results():
-    net = _TinyCNN()
+    net = ConvReluLinear(hidden=3)
     X = np.random.default_rng(0).random((24, 1, 8, 8), dtype=np.float32)
     y = np.arange(24) % 2
     e = xk.explain(net, X[0], method="saliency", target=1)
@@ -255,38 +247,60 @@ def test_repr_html_of_surrogate_escapes_feature_names():
     assert f"<td>fidelity (held out)</td><td>{s.fidelity:.3f}</td>" in html
 
 
-def test_every_section_links_back_to_the_contents_and_paper_has_its_style():
+def _two_sections():
     page = Page("t")
     page.section("first", "First")
     page.paragraph(f"a user's </section> {EVIL}")  # escaped: never taken for a section's end
     page.section("second", "Second")
-    html = page.render()
+    return page.render()
+
+
+def test_every_section_links_back_to_the_contents():
+    html = _two_sections()
     assert '<nav id="contents" aria-label="Contents">' in html
     ends = re.findall(r'<p class="back"><a href="#contents">↑ Contents</a></p></section>', html)
     assert len(ends) == 2 and html.count("</section>") == 2
     assert "&lt;/section&gt;" in html
-    style = html[html.index("<style>") : html.index("</style>")]
-    assert "@media print" in style and ".back { display: none; }" in style
     single = Page("one")
     single.section("only", "Only")
     assert "#contents" not in single.render()  # one section: no contents, no link back
 
 
-def test_repr_html_of_comparison_importance_curve_and_attack():
-    net = _TinyCNN()
-    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+def test_print_style_hides_the_links_back():
+    html = _two_sections()
+    style = html[html.index("<style>") : html.index("</style>")]
+    assert "@media print" in style and ".back { display: none; }" in style
+
+
+def _net_x():
+    return ConvReluLinear(hidden=3), np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+
+
+def test_repr_html_of_a_comparison():
+    net, x = _net_x()
     c = xk.compare(net, x, methods=["saliency", "occlusion"], metrics=["deletion"])
     html = c._repr_html_()
     assert _is_fragment(html) and "Comparison of 2 methods" in html
     assert f"<td>saliency</td><td>{c.table[0]['deletion']:.3f}</td>" in html
     assert f"Best first: deletion: {', '.join(c.rank('deletion'))}" in html
-    curve = xk.metrics.deletion(net, x, c.explanations["saliency"])
+
+
+def test_repr_html_of_a_curve():
+    net, x = _net_x()
+    curve = xk.metrics.deletion(net, x, xk.explain(net, x, method="saliency"))
     html = curve._repr_html_()
     assert _is_fragment(html) and f"<td>area</td><td>{curve.area:.3f}</td>" in html
+
+
+def test_repr_html_of_an_attack():
+    net, x = _net_x()
     attack = xk.metrics.attack_explanation(net, x, "saliency", epsilon=0.05, steps=2)
     html = attack._repr_html_()
     assert _is_fragment(html) and "Attack on the saliency map" in html
     assert f"<td>{attack.top_k_intersection:.3f}</td>" in html
+
+
+def test_repr_html_of_importance_lists_the_most_important_first():
     rows = np.random.default_rng(1).random((50, 3))
     imp = xk.permutation_importance(
         lambda b: np.stack([1 - b[:, 0], b[:, 0]], axis=1), rows, (rows[:, 0] > 0.5).astype(int),
@@ -298,7 +312,7 @@ def test_repr_html_of_comparison_importance_curve_and_attack():
 
 
 def test_repr_html_of_sanity_result():
-    net = _TinyCNN()
+    net = ConvReluLinear(hidden=3)
     X = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
     r = xk.sanity_check(net, X, "saliency", batch=True)
     html = r._repr_html_()
@@ -336,14 +350,16 @@ def test_a_subclass_renders_as_its_result_class():
     assert "<td>area</td><td>0.500</td>" in curve._repr_html_()
 
 
-def test_attack_result_and_importance_reprs_show_arrays_by_shape():
-    net = _TinyCNN()
-    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+def test_attack_result_repr_shows_arrays_by_shape():
+    net, x = _net_x()
     attack = xk.metrics.attack_explanation(net, x, "saliency", epsilon=0.05, steps=2)
     text = repr(attack)
     assert text.startswith("AttackResult(method='saliency', epsilon=0.05, k=")
     assert "x_adv=array(shape=(1, 8, 8), dtype=float32)" in text
     assert "original=array(shape=(8, 8)" in text and len(text) < 700
+
+
+def test_importance_repr_shows_arrays_by_shape():
     imp = xk.Importance(["a", "b"], np.ones((2, 5)), 0.9, "accuracy")
     assert repr(imp) == (
         "Importance(feature_names=['a', 'b'], importances=array(shape=(2, 5), dtype=float64), "

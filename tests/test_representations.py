@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import xaikit as xk
+from _models import TokenNet
 from xaikit.datasets import load_mnist, load_watermark_mnist
 from xaikit.representations import (
     Activations,
@@ -109,7 +110,7 @@ def test_out_directory_holds_plain_npy_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == ["3.npy", "6.npy"]
 
 
-def test_out_file_names_stay_inside_out_and_apart(tmp_path):
+def test_out_file_names_stay_inside_out_one_per_layer(tmp_path):
     # Layer names become file names: "a/b" wrote outside out, a 240-character name passed
     # the file system's limit, and "a/b" and "a_b" would have shared one file.
     long = "l" * 240
@@ -127,18 +128,17 @@ def test_out_file_names_stay_inside_out_and_apart(tmp_path):
     assert np.load(acts.paths[long]).shape == (6, 4)
 
 
-def test_dataset_and_dataloader_give_the_array_result_and_keep_targets():
+@pytest.mark.parametrize(
+    "wrap", [lambda ds: ds, lambda ds: DataLoader(ds, batch_size=16)], ids=["dataset", "loader"]
+)
+def test_a_dataset_or_loader_gives_the_array_result_with_its_targets(wrap):
     net, x = small_net(), images(45)
     y = np.arange(45) % 3
     want = activations(net, x, layers="6")["6"]
     ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-    from_ds = activations(net, ds, layers="6")
-    np.testing.assert_allclose(from_ds["6"], want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(from_ds.targets, y)
-    loader = DataLoader(ds, batch_size=16)
-    from_loader = activations(net, loader, layers="6")
-    np.testing.assert_allclose(from_loader["6"], want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(from_loader.targets, y)
+    got = activations(net, wrap(ds), layers="6")
+    np.testing.assert_allclose(got["6"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.targets, y)
 
 
 def test_shuffled_loader_keeps_targets_aligned_with_activations():
@@ -173,36 +173,30 @@ def test_plain_dataset_without_targets():
     np.testing.assert_allclose(acts["3"], hooked(net, x, "3"), rtol=1e-5, atol=1e-6)
 
 
-def test_pooling_mean_max_and_callable():
+@pytest.mark.parametrize(
+    ("pool", "reduce"),
+    [
+        ("mean", lambda a: a.mean(axis=(2, 3))),
+        ("max", lambda a: a.max(axis=(2, 3))),
+        (lambda t: t[:, :, 0, 0], lambda a: a[:, :, 0, 0]),
+    ],
+    ids=["mean", "max", "callable"],
+)
+def test_pooling_reduces_the_spatial_axes(pool, reduce):
     net, x = small_net(), images(20)
     full = hooked(net, x, "2")  # (N, 4, 12, 12)
-    mean = activations(net, x, layers="2", pool="mean")["2"]
-    big = activations(net, x, layers="2", pool="max")["2"]
-    corner = activations(net, x, layers="2", pool=lambda t: t[:, :, 0, 0])["2"]
-    np.testing.assert_allclose(mean, full.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(big, full.max(axis=(2, 3)), rtol=1e-6)
-    np.testing.assert_allclose(corner, full[:, :, 0, 0], rtol=1e-6)
-    # Vectors stay as they are.
+    got = activations(net, x, layers="2", pool=pool)["2"]
+    np.testing.assert_allclose(got, reduce(full), rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_leaves_vectors_as_they_are():
+    net, x = small_net(), images(20)
     flat = activations(net, x, layers="6", pool="mean")["6"]
     np.testing.assert_allclose(flat, hooked(net, x, "6"), rtol=1e-5, atol=1e-6)
 
 
-class TokenNet(nn.Module):
-    """Embedding -> per-token linear layer (N, L, D) -> mean over tokens -> 2 classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(20, 6)
-        self.mix = nn.Linear(6, 5)
-        self.head = nn.Linear(5, 2)
-
-    def forward(self, ids):
-        return self.head(torch.tanh(self.mix(self.embed(ids))).mean(dim=1))
-
-
 def test_token_model_pooled_per_sequence_or_kept_per_token():
-    net = TokenNet().eval()
+    net = TokenNet(vocab=20, dim=6, hidden=5, classes=2).eval()
     ids = np.random.default_rng(0).integers(0, 20, size=(12, 7))
     per_token = activations(net, ids, layers="mix")["mix"]
     assert per_token.shape == (12, 7, 5)
@@ -230,7 +224,7 @@ def test_a_layer_run_twice_per_forward_is_refused():
     assert no_hooks(net)
 
 
-def test_accepts_an_xk_model_and_leaves_no_trace():
+def test_an_xk_model_is_accepted_without_a_trace():
     net = small_net()
     net.train()  # the user's training flag must survive
     m = xk.Model(net)
@@ -390,7 +384,7 @@ def test_project_pca_equals_scikit_learn_on_hooked_activations(clean_cnn, mnist_
     assert no_hooks(clean_cnn)
 
 
-def test_project_layers_one_panel_per_layer_and_targets_as_labels(clean_cnn, mnist_test):
+def test_project_layers_draws_one_projection_per_layer_labelled_by_targets(clean_cnn, mnist_test):
     X, y = mnist_test[0][:300], mnist_test[1][:300]
     loader = DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=64)
     result = project_layers(clean_cnn, loader, layers=["pool1", "pool2", "relu3"])
@@ -425,7 +419,7 @@ def test_umap_missing_names_the_extra(monkeypatch):
 # ---------------------------------------------------------------------- probing
 
 
-def test_probe_accuracy_rises_with_depth_and_control_stays_at_chance(clean_cnn, mnist_test):
+def test_probe_accuracy_rises_with_depth_while_control_stays_at_chance(clean_cnn, mnist_test):
     X, y = mnist_test  # 1,000 held-out MNIST-5k digits; 750 train the probe, 250 score it
     layers = ["pool1", "pool2", "relu3"]
     r = probe(clean_cnn, X, y, layers=layers)
@@ -491,7 +485,7 @@ def test_mlp_probe(clean_cnn, mnist_test):
     assert isinstance(r.plot(), Figure)
 
 
-def test_probe_labels_can_be_strings_and_results_are_seeded():
+def test_probe_labels_may_be_a_list_of_strings():
     net, x = small_net(), images(80)
     labels = np.where(x[:, 0, :6].mean(axis=(1, 2)) > x[:, 0, 6:].mean(axis=(1, 2)), "top", "low")
     a = probe(net, x, labels, layers=["3", "6"], seed=1)
@@ -513,7 +507,7 @@ def test_reconstruction_error_rises_with_depth(clean_cnn, mnist_test):
     assert no_hooks(clean_cnn)
 
 
-def test_reconstruction_is_seeded_and_leaves_the_global_rng_alone():
+def test_reconstruction_randomness_comes_from_its_seed_only():
     net, x = small_net(), images(60)
     state = torch.random.get_rng_state()
     a = reconstruct(net, x, layers="5", epochs=2, seed=4, examples=3)

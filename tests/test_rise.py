@@ -79,27 +79,39 @@ def test_result_does_not_depend_on_the_chunk_size(monkeypatch):
     assert np.allclose(whole.values, chunked.values, rtol=1e-5, atol=1e-7)
 
 
-def test_batch_numpy_callable_and_module_agree():
+RISE_PARAMS = {"samples": 150, "seed": 5, "cell": (3, 5), "baseline": 0.2}
+
+
+def test_numpy_callable_gives_what_the_module_gives():
     x = np.random.default_rng(2).random((3, 2, 28, 28), dtype=np.float32)
-    params = {"samples": 150, "seed": 5, "cell": (3, 5), "baseline": 0.2}
-    e = xk.explain(Planted(), x, method="rise", target=[0, 1, 0], batch=True, **params)
-    e2 = xk.explain(planted_numpy, x, method="rise", target=[0, 1, 0], batch=True, **params)
+    e = xk.explain(Planted(), x, method="rise", target=[0, 1, 0], batch=True, **RISE_PARAMS)
+    e2 = xk.explain(planted_numpy, x, method="rise", target=[0, 1, 0], batch=True, **RISE_PARAMS)
     assert e.values.shape == x.shape
     assert np.allclose(e.values, e2.values, rtol=1e-5, atol=1e-6)
-    single = xk.explain(Planted(), x[1], method="rise", target=1, **params)
+
+
+def test_batch_item_equals_a_single_call():
+    x = np.random.default_rng(2).random((3, 2, 28, 28), dtype=np.float32)
+    e = xk.explain(Planted(), x, method="rise", target=[0, 1, 0], batch=True, **RISE_PARAMS)
+    single = xk.explain(Planted(), x[1], method="rise", target=1, **RISE_PARAMS)
     assert np.allclose(single.values, e.values[1], rtol=1e-6, atol=1e-7)
 
 
-def test_tabular_row_and_token_ids():
-    def model(batch):
-        s = batch[:, 3:5].sum(axis=1)
-        return np.stack([s, -s], axis=1)
+def _two_feature_model(batch):
+    s = batch[:, 3:5].sum(axis=1)
+    return np.stack([s, -s], axis=1)
 
-    e = xk.explain(model, np.ones(12, np.float32), method="rise", target=0, samples=500)
+
+def test_rise_on_a_table_row_finds_the_features_the_model_reads():
+    e = xk.explain(_two_feature_model, np.ones(12, np.float32), method="rise", target=0,
+                   samples=500)  # fmt: skip
     assert e.values.shape == (12,) and e.params["cell"] == (4,)
     assert 3 <= int(np.argmax(e.values)) <= 4
+
+
+def test_rise_refuses_token_ids():
     with pytest.raises(TypeError, match=r"^x: RISE blends"):  # ids cannot be blended
-        xk.explain(model, np.arange(12), method="rise", target=0, samples=10)
+        xk.explain(_two_feature_model, np.arange(12), method="rise", target=0, samples=10)
 
 
 @pytest.mark.parametrize(

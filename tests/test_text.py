@@ -53,7 +53,7 @@ SENTENCE = "the plot was very boring and the actors bad but the movie great"
 # ---------------------------------------------------------------------- tokenizer and bad input
 
 
-def test_tokenizer_gives_content_ids_and_their_text(tiny):
+def test_tokenizer_maps_content_ids_back_to_their_text(tiny):
     _, tok, _ = tiny
     enc = tok.encode("The movie was NOT good")
     assert enc.tokens == ["the", "movie", "was", "not", "good"]
@@ -98,16 +98,24 @@ def test_long_text_is_truncated_with_a_warning_or_refused():
         tok.encode(long, truncate=False)
 
 
-def test_explain_rejects_bad_method_removal_and_missing_tokenizer(tiny):
+@pytest.mark.parametrize(
+    ("options", "error", "pattern"),
+    [
+        ({"method": "gradcam"}, ValueError, "method: expected one of"),
+        ({"method": "lime", "removal": "blank"}, ValueError, "removal: expected one of"),
+        ({"method": "lime", "removal": "delete"}, ValueError,
+         "removal: 'delete' needs a TextModel"),
+        ({"method": "lime", "tokenizer": None}, TypeError, "tokenizer: expected a Tokenizer"),
+    ],
+    ids=["image method", "unknown removal", "delete without a TextModel", "no tokenizer"],
+)  # fmt: skip
+def test_explain_refuses_a_bad_argument_by_name(tiny, options, error, pattern):
     model, tok, _ = tiny
-    with pytest.raises(ValueError, match="method: expected one of"):
-        text.explain(model, "good", tokenizer=tok, method="gradcam")
-    with pytest.raises(ValueError, match="removal: expected one of"):
-        text.explain(model, "good", tokenizer=tok, method="lime", removal="blank")
-    with pytest.raises(ValueError, match="removal: 'delete' needs a TextModel"):
-        text.explain(model, "good", tokenizer=tok, method="lime", removal="delete")
-    with pytest.raises(TypeError, match="tokenizer: expected a Tokenizer"):
-        text.explain(model, "good", method="lime")
+    kwargs = {"tokenizer": tok, **options}
+    if kwargs["tokenizer"] is None:
+        del kwargs["tokenizer"]
+    with pytest.raises(error, match=pattern):
+        text.explain(model, "good", **kwargs)
 
 
 # ---------------------------------------------------------------------- attributions, tiny models
@@ -123,13 +131,17 @@ def test_token_lime_recovers_bag_of_words_weights(tiny):
     assert e.info["r2"] > 0.99
 
 
-def test_token_kernel_shap_and_occlusion_are_exact_on_a_linear_model(tiny):
+@pytest.mark.parametrize("method", ["kernel_shap", "occlusion"])
+def test_token_method_is_exact_on_a_linear_model(tiny, method):
     model, tok, weights = tiny
     truth = weights[tok.encode(SENTENCE).ids]  # removal by [MASK], whose weight is 0
-    shap = text.explain(model, SENTENCE, tokenizer=tok, method="kernel_shap", target=0)
-    np.testing.assert_allclose(shap.values, truth, atol=1e-5)
-    occ = text.explain(model, SENTENCE, tokenizer=tok, method="occlusion", target=0)
-    np.testing.assert_allclose(occ.values, truth, atol=1e-5)
+    e = text.explain(model, SENTENCE, tokenizer=tok, method=method, target=0)
+    np.testing.assert_allclose(e.values, truth, atol=1e-5)
+
+
+def test_token_occlusion_window_spreads_the_drop_over_the_tokens_it_covers(tiny):
+    model, tok, weights = tiny
+    truth = weights[tok.encode(SENTENCE).ids]
     # a window of 3 tokens: each token gets the mean drop of the windows that cover it
     wide = text.explain(model, SENTENCE, tokenizer=tok, method="occlusion", target=0, window=3)
     assert wide.values.shape == truth.shape and not np.allclose(wide.values, truth)
@@ -186,7 +198,7 @@ def test_deleting_a_token_is_the_text_without_it(minilm):
 
 
 @needs_extra
-def test_attention_arrays_have_the_models_shape_and_rows_summing_to_one(minilm):
+def test_attention_rows_sum_to_one_in_the_models_shape(minilm):
     a = text.attention(minilm, "The children were happy.")
     n_tokens = len(minilm.tokenizer.encode("The children were happy.")) + 2  # [CLS], [SEP]
     assert a.weights.shape == (6, 12, n_tokens, n_tokens)
@@ -258,7 +270,7 @@ def test_no_warning_leaks_from_a_clean_explanation(tiny):
         text.explain(model, "the movie was good", tokenizer=tok, method="occlusion")
 
 
-def test_tokens_and_sentences_holding_dollars_are_drawn_as_text():
+def test_text_holding_dollars_is_drawn_verbatim():
     # Tokens, sentences and group names reach tick labels, titles and legends verbatim;
     # $...$ in them crashed the draw through matplotlib's mathtext.
     from matplotlib import cbook

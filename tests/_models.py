@@ -1,0 +1,202 @@
+"""Small toy models shared by the tests, one definition each (the LRP reference nets: _lrp_models).
+
+Every factory seeds torch itself, so a test gets the same weights whichever file it is in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# ---------------------------------------------------------------- image CNNs
+
+
+class StatefulCNN(nn.Module):
+    """Conv + BatchNorm + dropout on 1x8x8 inputs: every piece of state a careless explainer
+    could change. ``fail_after_bn`` makes the forward raise half-way."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(4 * 8 * 8, classes)
+        self.fail_after_bn = False
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        if self.fail_after_bn:
+            raise RuntimeError("boom inside forward")
+        return self.head(self.drop(h).flatten(1))
+
+
+def stateful_cnn(seed: int = 0) -> StatefulCNN:
+    """A StatefulCNN in training mode with non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    net = StatefulCNN()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+class Float64BatchNormCNN(nn.Module):
+    """A small CNN (BatchNorm included) on 1x12x12 inputs, 5 classes; counts its forward calls
+    and raises after ``fail_after`` of them when that is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(6 * 6 * 6, 5)
+        self.calls = 0
+        self.fail_after: int | None = None
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("forward failed")
+        h = self.relu2(self.conv2(self.pool(self.relu1(self.bn1(self.conv1(x))))))
+        return self.fc(h.flatten(1))
+
+
+def float64_batchnorm_cnn(seed: int = 0) -> Float64BatchNormCNN:
+    """A float64 Float64BatchNormCNN in eval mode whose BatchNorm statistics are not the
+    identity, so eval and train mode differ."""
+    torch.manual_seed(seed)
+    net = Float64BatchNormCNN().double()
+    with torch.no_grad():
+        net.bn1.running_mean.uniform_(-0.2, 0.2)
+        net.bn1.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+class TwoConvNet(nn.Module):
+    """Conv-ReLU-pool-conv-ReLU-linear on Cx12x12 inputs; ``fail`` makes the forward raise
+    after the convolutions."""
+
+    def __init__(self, channels: int = 3, classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 6, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.head = nn.Linear(8 * 6 * 6, classes)
+        self.fail = False
+
+    def forward(self, x):
+        h = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
+        if self.fail:
+            raise RuntimeError("forward failed")
+        return self.head(h.flatten(1))
+
+
+def two_conv_net(seed: int = 0, channels: int = 3) -> TwoConvNet:
+    """A TwoConvNet in eval mode."""
+    torch.manual_seed(seed)
+    return TwoConvNet(channels).eval()
+
+
+class ConvReluLinear(nn.Module):
+    """One padded conv, ReLU and a linear head on 1x8x8 inputs (seeded with 0)."""
+
+    def __init__(self, hidden: int = 4, classes: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, hidden, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(hidden * 8 * 8, classes)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.relu(self.conv(x))))
+
+
+def unpadded_cnn_28(seed: int = 0) -> nn.Module:
+    """Conv-ReLU-pool-conv-linear without padding: takes 1x28x28 inputs only, 10 classes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.Flatten(),
+        nn.Linear(4 * 11 * 11, 10),
+    ).eval()  # fmt: skip
+
+
+def linear_conv_8() -> nn.Module:
+    """A padded conv and a linear head with nothing between them, 1x8x8 inputs, 3 classes."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 3)).eval()
+
+
+# ---------------------------------------------------------------- models with a known answer
+
+PATCH = (slice(2, 5), slice(3, 7))  # the only region a PatchModel looks at
+
+
+class PatchModel(nn.Module):
+    """Logits [s, -s] with s = 4 * (mean of PATCH - offset), so p(class 0) = sigmoid(2 s)."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = 4 * (x[:, :, PATCH[0], PATCH[1]].mean(dim=(1, 2, 3)) - self.offset)
+        return torch.stack([s, -s], dim=1)
+
+
+class LinearImageModel(nn.Module):
+    """Two classes, each a fixed random linear function of a 1x6x6 image (seed 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = nn.Parameter(torch.randn(2, 1, 6, 6, generator=g))
+
+    def forward(self, x):
+        return (x[:, None] * self.w[None]).sum(dim=(2, 3, 4))
+
+
+class LinearVectorModel(nn.Module):
+    """Two classes, each a fixed random linear function of 30 features (seed 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = nn.Parameter(torch.randn(2, 30, generator=g))
+
+    def forward(self, x):
+        return x @ self.w.T
+
+
+# ---------------------------------------------------------------- token models
+
+
+class TokenNet(nn.Module):
+    """Embedding -> per-token linear layer + tanh (N, L, hidden) -> mean over tokens -> head
+    (seeded with 0)."""
+
+    def __init__(self, vocab: int = 30, dim: int = 8, hidden: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, hidden)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.mix(self.embed(ids))).mean(dim=1))
+
+
+class BagOfEmbeddings(nn.Module):
+    """head(sum of the token embeddings), 2 classes: additive in the tokens. Not seeded."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(vocab, 4), nn.Linear(4, 2)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).sum(dim=1))
