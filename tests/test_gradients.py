@@ -373,11 +373,20 @@ def test_token_model_layer_saliency_gives_one_magnitude_per_token():
     assert s.values.shape == (7,) and np.all(s.values >= 0)
 
 
-def test_token_ids_without_a_layer_cannot_take_gradients():
+def test_token_ids_have_no_input_gradient():
+    net = TokenNet().eval()
+    ids = np.random.default_rng(1).integers(1, 30, size=(1, 7))
+    with pytest.raises(TypeError, match="x: gradients need floating-point inputs"):
+        xk.Model(net).gradients(ids, 1)
+
+
+def test_saliency_on_token_ids_attributes_to_the_embedding_by_itself():
     net = TokenNet().eval()
     ids = np.random.default_rng(1).integers(1, 30, size=7)
-    with pytest.raises(TypeError, match="x: gradients need floating-point inputs"):
-        xk.explain(net, ids, method="saliency", target=1)
+    (name,) = [n for n, m in net.named_modules() if isinstance(m, nn.Embedding)]
+    plain = xk.explain(net, ids, method="saliency", target=1)
+    given = xk.explain(net, ids, method="saliency", target=1, layer=name)
+    np.testing.assert_array_equal(plain.values, given.values)
 
 
 def test_loss_saliency_warns_when_the_model_is_confident():

@@ -251,12 +251,7 @@ class Model:
                 # The forward gets a copy: a model that changes its input in place then works
                 # (autograd allows it on a non-leaf) and never reaches the caller's memory.
                 out = self._forward(inp.clone(), rows)
-                if targets is None:
-                    tb = out.detach().argmax(dim=1)
-                else:
-                    _check_range_once(targets, out.shape[1], checked)
-                    tb = torch.as_tensor(targets[rows], device=out.device)
-                objective = _objective(out, tb, of=of, output=self.output)
+                objective = self._target_objective(out, targets, rows, checked, of=of)
                 if not objective.requires_grad:
                     raise ValueError(
                         "model: its output does not depend on the input through autograd (a "
@@ -338,12 +333,7 @@ class Model:
             try:
                 with torch.enable_grad():
                     out = self._forward(self._to_tensor(xb), rows)
-                    if targets is None:
-                        tb = out.detach().argmax(dim=1)
-                    else:
-                        _check_range_once(targets, out.shape[1], checked)
-                        tb = torch.as_tensor(targets[rows], device=out.device)
-                    objective = _objective(out, tb, of=of, output=self.output)
+                    objective = self._target_objective(out, targets, rows, checked, of=of)
                     (grad,) = torch.autograd.grad(objective.sum(), leaf["value"], allow_unused=True)
             finally:
                 handle.remove()
@@ -468,6 +458,15 @@ class Model:
             out = out[:, None]  # a regressor: one score per item
         self._check_output(out, len(tensor))
         return out
+
+    def _target_objective(self, out, targets, rows, checked: list, *, of: str) -> torch.Tensor:
+        """Per item, what is differentiated: ``of`` for its target (default: its argmax)."""
+        if targets is None:
+            tb = out.detach().argmax(dim=1)
+        else:
+            _check_range_once(targets, out.shape[1], checked)
+            tb = torch.as_tensor(targets[rows], device=out.device)
+        return _objective(out, tb, of=of, output=self.output)
 
     def _batch_kwargs(self, size: int, rows: np.ndarray | None) -> dict[str, Any]:
         """``forward_kwargs`` for one batch: one-row values expanded, per-item values sliced."""

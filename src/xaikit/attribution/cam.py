@@ -141,8 +141,9 @@ def gradcam(
     """Grad-CAM: feature maps weighted by their spatially averaged gradients.
 
     w_k = mean_ij dy/dA_k[i, j]; cam = ReLU(sum_k w_k A_k). ``layer`` is a module path
-    (default: the last convolution). The map, upsampled bilinearly to the input, is repeated
-    over the input's channels; the layer-resolution map is in ``info["cam"]``.
+    (default: the output of the last block, see :func:`default_cam_layer`). The map,
+    upsampled bilinearly to the input, is repeated over the input's channels; the
+    layer-resolution map is in ``info["cam"]``.
     Selvaraju et al. (2017), "Grad-CAM: visual explanations from deep networks".
     """
     return _cam(model, x, targets, layer=layer, weigh=_gradcam_weights)
