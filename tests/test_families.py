@@ -79,9 +79,9 @@ def test_grad_cam_on_a_torchvision_resnet_uses_the_last_block_output():
     assert e.params["layer"] == "layer2.1"  # after the skip addition, not conv3 inside it
 
 
-def test_grad_cam_on_a_vit_skips_the_block_after_which_only_the_class_token_counts():
+def test_grad_cam_on_a_vit_takes_the_tokens_entering_the_last_block():
     e = xk.explain(families.model("ViT"), families.inputs("image"), method="gradcam")
-    assert e.params["layer"] == "vit.layers.0"
+    assert e.params["layer"] == "vit.layers.1.layernorm_before"  # after it, only [CLS] counts
     assert e.info["cam"].shape == (4, 4)  # 32 px / patch 8, class token dropped
 
 

@@ -43,7 +43,8 @@ def default_cam_layer(model: Model, x: np.ndarray) -> str:
     spatial map ``(N, C, h, w)`` with ``h * w > 1`` or a token sequence that lays out on the
     input's patch grid. The last block to finish in one forward pass is chosen, except when
     the score does not depend on its patch tokens (a ViT classifies from the class token
-    alone after its last layer): then the block before it. A model without such blocks (a
+    alone after its last layer): then the tokens where they enter the last block, as its first
+    submodule (a ViT's first LayerNorm) gives them. A model without such blocks (a
     plain chain of layers) uses its last ``nn.Conv2d``.
     """
     module = model.module
@@ -58,7 +59,8 @@ def default_cam_layer(model: Model, x: np.ndarray) -> str:
     return known[key]
 
 
-def _last_block(model: Model, x: np.ndarray, candidates: list) -> str:
+def _finish_order(model: Model, x: np.ndarray, modules: list) -> list[tuple[str, tuple]]:
+    """``(name, output shape)`` of ``modules`` in the order their forwards finish, one item."""
     finished: list[tuple[str, tuple[int, ...]]] = []
 
     def recorder(name: str):
@@ -69,12 +71,17 @@ def _last_block(model: Model, x: np.ndarray, candidates: list) -> str:
 
         return hook
 
-    handles = [m.register_forward_hook(recorder(name)) for name, m in candidates]
+    handles = [m.register_forward_hook(recorder(name)) for name, m in modules]
     try:
         model.scores(x[:1], check=False)
     finally:
         for handle in handles:
             handle.remove()
+    return finished
+
+
+def _last_block(model: Model, x: np.ndarray, candidates: list) -> str:
+    finished = _finish_order(model, x, candidates)
     size = tuple(x.shape[2:])
     blocks = []
     for name, shape in finished:
@@ -84,11 +91,17 @@ def _last_block(model: Model, x: np.ndarray, candidates: list) -> str:
             blocks.append(name)
     if not blocks:
         return last_conv_layer(model)
-    for name in reversed(blocks[-2:]):
-        shape = dict(finished)[name]
-        if len(shape) == 4 or _patch_tokens_matter(model, x, name, shape, size):
+    last = blocks[-1]
+    shape = dict(finished)[last]
+    if len(shape) == 4 or _patch_tokens_matter(model, x, last, shape, size):
+        return last
+    # Only the class token leaves the last block: take its tokens where they enter it, as its
+    # first normalisation (or other submodule) gives them, before attention mixes them.
+    inside = [(n, m) for n, m in model.module.named_modules() if n.startswith(last + ".")]
+    for name, inner_shape in _finish_order(model, x, inside):
+        if inner_shape == shape and _patch_tokens_matter(model, x, name, shape, size):
             return name
-    return blocks[-1]
+    return blocks[-2] if len(blocks) > 1 else last
 
 
 def channels_last(shape: tuple[int, ...], size: tuple[int, ...]) -> bool:
