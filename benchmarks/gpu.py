@@ -81,8 +81,9 @@ def main() -> None:
     lines += [
         "| call | chosen batch | images/s (first call, search included) |",
         "|---|---:|---:|",
-        f"| scores | {chosen.get('scores')} | {args.search_images / scores_s:.1f} |",
-        f"| gradients | {chosen.get('gradients')} | {args.search_images / 4 / grads_s:.1f} |",
+        f"| scores | {chosen.get('scores', 'one batch')} | {args.search_images / scores_s:.1f} |",
+        f"| gradients | {chosen.get('gradients', 'one batch')} | "
+        f"{args.search_images / 4 / grads_s:.1f} |",
         "",
     ]
 
