@@ -16,6 +16,7 @@ import contextlib
 import copy
 import difflib
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaikit import batching
+from xaikit import batching, layout
 from xaikit._progress import progress_bar
 from xaikit._tables import Table, is_frame
 from xaikit._torch import (
@@ -178,12 +179,21 @@ class Model:
         if self.module is None:
             step = self._function_step
         else:
+            key = batching.call_key(x, "scores", self.device)
+            fast = layout.may_use_channels_last(self.module, x, self.forward_kwargs)
 
             def step(xb, rows):
                 with torch.inference_mode():
-                    out = self._forward(self._to_tensor(xb), rows)
+                    tensor = self._to_tensor(xb)
+                    if fast and layout.chosen_layout(self.module, key) == "channels_last":
+                        module = layout.channels_last_copy(self.module)
+                        out = self._forward(layout.as_channels_last(tensor), rows, module=module)
+                    else:
+                        out = self._forward(tensor, rows)
                 out = float_output(out)
                 return (out.cpu().numpy(),) if as_numpy else (out,)
+
+            step.channels_last = fast  # the search may try the layout for this call
 
         with self._user_state_preserved():
             (out,) = self._map_batches(x, step, kind="scores", progress=progress)
@@ -444,10 +454,12 @@ class Model:
             dtype = torch.long
         return tensor.to(device=self.device, dtype=dtype, copy=fresh)
 
-    def _forward(self, tensor: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+    def _forward(
+        self, tensor: torch.Tensor, rows: np.ndarray | None = None, *, module: nn.Module = None
+    ) -> torch.Tensor:
         kwargs = self._batch_kwargs(len(tensor), rows)
         try:
-            out = self.module(tensor, **kwargs)
+            out = (module or self.module)(tensor, **kwargs)
         except Exception as err:
             hint = None if kwargs else input_mismatch(self.module, tensor)
             if hint:
@@ -600,11 +612,37 @@ class Model:
                 memo[key], timings = batching.search_batch_size(
                     x[:1], step, device=self.device, numpy_function=self.module is None
                 )
+                if getattr(step, "channels_last", False):
+                    self._choose_layout(x[:1], step, key, memo[key])
             finally:
                 self._searching = False
             self._timings[key] = timings
         self._chosen[key] = memo[key]
         return memo[key]
+
+    def _choose_layout(self, first, step, key: tuple, size: int) -> None:
+        """Time the default and the channels-last layout at ``size``; keep the faster one
+        whose scores equal the default's (see :mod:`xaikit.layout`)."""
+        batch = np.ascontiguousarray(np.broadcast_to(first, (size, *first.shape[1:])))
+        rows = np.zeros(size, dtype=np.int64)
+        results, seconds = {}, {}
+        for name in ("contiguous", "channels_last", "contiguous", "channels_last"):
+            layout.choose(self.module, key, name)  # interleaved: one busy moment hits both
+            start = time.perf_counter()
+            (results[name],) = step(batch, rows)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds[name] = min(seconds.get(name, np.inf), time.perf_counter() - start)
+        faster = seconds["channels_last"] <= layout.GAIN * seconds["contiguous"]
+        same = layout.equal_scores(
+            _as_numpy(results["contiguous"]), _as_numpy(results["channels_last"])
+        )
+        layout.choose(self.module, key, "channels_last" if faster and same else "contiguous")
+
+    @property
+    def chosen_layouts(self) -> dict[tuple, str]:
+        """The memory layout chosen per score call key (see :mod:`xaikit.layout`)."""
+        return {} if self.module is None else layout.chosen_layouts(self.module)
 
 
 class LayerRecording:
@@ -682,6 +720,12 @@ class _Sink:
 
     def result(self):
         return tuple(self.parts)
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    return np.asarray(value)
 
 
 def _check_range_once(targets: np.ndarray, n_classes: int, checked: list) -> None:
