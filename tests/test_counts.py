@@ -26,6 +26,7 @@ from xaikit.attribution import coalitions as coalitions_module
 from xaikit.attribution import gradients as gradients_module
 from xaikit.attribution import kernel_shap as kernel_shap_module
 from xaikit.attribution import lime as lime_module
+from xaikit.attribution import lime_tabular as lime_tabular_module
 from xaikit.attribution import rise as rise_module
 from xaikit.featureviz import render as render_module
 
@@ -295,6 +296,78 @@ def test_kernel_shap_pairs_are_drawn_in_chunks(monkeypatch):
     monkeypatch.setattr(kernel_shap_module, "_CODES_PER_CHUNK", 100, raising=False)
     again = kernel_shap_module.shapley_pairs(40, 3000, np.random.default_rng(8))
     assert np.array_equal(again[0], reps) and np.array_equal(again[1], weights)
+
+
+def test_kernel_shap_normal_equations_over_chunks_equal_one_solve_on_all_rows():
+    rng = np.random.default_rng(9)
+    z = rng.random((600, 7)) < 0.5
+    y, w = 25 + rng.normal(size=600), rng.random(600)
+    whole = kernel_shap_module.constrained_wls(z, w, y, total=3.0)
+    normal = kernel_shap_module.NormalEquations(7)
+    for start in range(0, 600, 64):
+        normal.add(z[start : start + 64], w[start : start + 64], y[start : start + 64])
+    np.testing.assert_allclose(normal.solve(v0=0.0, total=3.0), whole, rtol=1e-9, atol=1e-12)
+
+
+def test_kernel_shap_surrogate_in_chunks_equals_its_kernel_matrix_times_the_weights():
+    rng = np.random.default_rng(10)
+    a, b = (np.where(rng.random((n, 9)) < 0.5, 1.0, -1.0) for n in (300, 40))
+    c, weights = rng.uniform(0.01, 0.9, 9), rng.normal(size=40)
+    whole = kernel_shap_module.product_kernel(a, b, c) @ weights
+    chunks = [
+        kernel_shap_module.product_kernel_times(a[s : s + 64], b, c, weights)
+        for s in range(0, 300, 64)
+    ]
+    np.testing.assert_allclose(np.concatenate(chunks), whole, rtol=1e-12, atol=1e-15)
+
+
+def nonlinear_table(features: int):
+    w = np.random.default_rng(11).normal(size=features)
+    return lambda rows: np.stack([np.tanh(rows @ w) + rows[:, 0] * rows[:, 1], rows @ w], axis=1)
+
+
+BACKGROUND = np.random.default_rng(12).normal(size=(50, 20))
+# method, its options, and its chunk size set small: (module, name, value)
+FULL_RUNS = {
+    "kernel_shap": (
+        "kernel_shap", {"baseline": BACKGROUND[:10]},
+        (coalitions_module, "chunk_size", lambda *args, **kwargs: 2048),
+    ),
+    "lime": ("lime", {}, (lime_module, "coalition_rows", lambda m: 2048)),
+    "tabular lime": (
+        "lime", {"sampling": "training", "baseline": BACKGROUND},
+        (lime_tabular_module, "_BLOCK_ELEMENTS", 2048 * 20),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FULL_RUNS)
+def test_a_full_run_at_50_000_samples_holds_little_more_than_at_5_000(case, monkeypatch):
+    # Issue 20: 16,000 samples once took 2.4 GB for one row. With small chunks, what grows with
+    # the samples is at most KernelSHAP's distinct coalitions (their bits, scores and weights,
+    # 48 + M bytes each); one (samples, M) float64 array would be 7.6 MiB here.
+    method, options, chunk = FULL_RUNS[case]
+    monkeypatch.setattr(*chunk)
+    f, x = nonlinear_table(20), np.random.default_rng(13).normal(size=20)
+
+    def peak(samples):
+        return peak_traced(
+            lambda: xk.explain(f, x, method=method, target=0, samples=samples, **options)
+        )
+
+    peak(5_000)  # the model's batch-size search (once per model) is not what is measured
+    assert peak(50_000) - peak(5_000) < 45_000 * (48 + 20) * 2
+
+
+@pytest.mark.parametrize("case", FULL_RUNS)
+def test_a_full_run_at_50_000_samples_stays_within_its_chunks(case):
+    # Default chunk sizes: 64 MiB of float32 inputs per chunk (float64 for a NumPy callable),
+    # KernelSHAP's surrogate fitted on at most 2048 pairs (a 32 MiB kernel matrix).
+    method, options, _ = FULL_RUNS[case]
+    f, x = nonlinear_table(20), np.random.default_rng(13).normal(size=20)
+    run = dict(method=method, target=0, **options)
+    xk.explain(f, x, samples=5_000, **run)  # the model's batch-size search, once per model
+    assert peak_traced(lambda: xk.explain(f, x, samples=50_000, **run)) < 256 * MiB
 
 
 # ---------------------------------------------------------------------- metrics and others

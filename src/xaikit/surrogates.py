@@ -12,14 +12,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.linear_model import Lasso, LogisticRegression
-from sklearn.metrics import r2_score
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
-from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, export_text
 
 from xaikit._plotting import new_figure, plain
 from xaikit._repr import HTMLRepr
@@ -34,6 +29,10 @@ from xaikit._validation import (
     describe,
 )
 from xaikit.model import as_model
+
+if TYPE_CHECKING:  # scikit-learn is imported on first use: `import xaikit` stays light
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
 KINDS = ("tree", "linear", "rules")
 # Bytes per table value held during a fit: the drawn rows and their noise (float64), the joined
@@ -68,6 +67,8 @@ class Surrogate(HTMLRepr):
         """The surrogate as readable text, with the feature names."""
         if self.kind in ("tree", "rules"):
             if self.kind == "tree":
+                from sklearn.tree import export_text
+
                 return export_text(
                     self.estimator,
                     feature_names=self.feature_names,
@@ -217,6 +218,12 @@ def surrogate(
         what=f"rows of {X.shape[1]} features (held whole for the fit)",
         fixed=_BYTES_PER_VALUE * X.size,
     )  # fmt: skip
+    from sklearn.linear_model import Lasso
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
     names = _feature_names(feature_names, X.shape[1])
     rng = np.random.default_rng(seed)
     X_fit, X_test = train_test_split(X, test_size=test_size, random_state=seed)
@@ -318,6 +325,7 @@ def fidelity_curve(
 def _l1_logistic(*, C: float, seed: int) -> LogisticRegression:
     """L1-penalised logistic regression across scikit-learn versions (1.8 renamed the knob)."""
     import sklearn
+    from sklearn.linear_model import LogisticRegression
 
     major, minor = (int(v) for v in sklearn.__version__.split(".")[:2])
     penalty = {"l1_ratio": 1.0} if (major, minor) >= (1, 8) else {"penalty": "l1"}

@@ -59,6 +59,7 @@ _ENUMERATE_MAX = 2**20  # a stratum is enumerated and subsampled below this many
 # The surrogate's kernel matrix is quadratic in the pairs it is fitted on: at most this many
 # (32 MiB); more pairs are fitted on a random subset of them and all pairs still correct it.
 _SURROGATE_PAIRS = 2048
+_KERNEL_ROWS = 256  # pairs whose surrogate value is computed at once (a 4 MiB buffer)
 _CODES_PER_CHUNK = 2**16  # coalitions built, scored and summed per chunk
 # Memory held per sampled coalition besides its m bits-as-bytes (a pair's scores and weight,
 # the complement, the deduplication of draws), for the up-front estimate.
@@ -309,10 +310,35 @@ def product_kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     ``prod sqrt(1 - c^2) sinh(sum_j atanh(c_j) a_j b_j)``; all is divided by ``prod (1 + c)``
     (the largest value of the product) so that it stays finite for many components.
     """
-    scale = np.log1p(c).sum()
-    x = (a * np.arctanh(c)) @ b.T
-    base = 0.5 * np.log1p(-(c**2)).sum() - scale
-    return (np.exp(base + x) - np.exp(base - x)) / 2 - (a * c) @ b.T * np.exp(-scale)
+    odd = _odd_part(a, b, c)
+    odd -= (a * c) @ b.T * np.exp(-np.log1p(c).sum())
+    return odd
+
+
+def product_kernel_times(a: np.ndarray, b: np.ndarray, c: np.ndarray, weights: np.ndarray):
+    """``product_kernel(a, b, c) @ weights`` with the linear terms as ``(a c) @ (b' weights)``:
+    one ``(len(a), len(b))`` buffer and a matrix-vector product (the kernel matrix is never
+    built whole; the caller passes ``a`` in chunks)."""
+    linear = (a * c) @ (b.T @ weights) * np.exp(-np.log1p(c).sum())
+    return _odd_part(a, b, c) @ weights - linear
+
+
+def _odd_part(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``(exp(base + x) - exp(base - x)) / 2`` with ``x = (a atanh(c)) b'``, in place."""
+    base = 0.5 * np.log1p(-(c**2)).sum() - np.log1p(c).sum()
+    slopes = np.arctanh(c)
+    x = (a * slopes) @ b.T
+    if slopes.sum() < 700:  # |x| <= sum(slopes): sinh stays finite, one pass instead of two
+        np.sinh(x, out=x)
+        x *= np.exp(base)
+        return x
+    plus = np.add(base, x)
+    np.exp(plus, out=plus)
+    np.subtract(base, x, out=x)
+    np.exp(x, out=x)
+    plus -= x
+    plus /= 2
+    return plus
 
 
 def product_kernel_shapley(a: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -388,13 +414,13 @@ def _adjusted(reps: np.ndarray, pair_w: np.ndarray, v: np.ndarray, rng) -> np.nd
     # the surrogate's odd part at the ends and at each representative, chunk by chunk
     if len(fitted) == n + 1:
         g = signs @ beta + kernel @ alpha
-    else:
+    else:  # O(pairs x fitted pairs x m) time, one (_KERNEL_ROWS, fitted pairs) buffer
         g = np.empty(n + 1)
-        for start in range(0, n + 1, _SURROGATE_PAIRS):
-            stop = min(n + 1, start + _SURROGATE_PAIRS)
+        for start in range(0, n + 1, _KERNEL_ROWS):
+            stop = min(n + 1, start + _KERNEL_ROWS)
             part = reps[max(0, start - 1) : stop - 1]
             chunk = np.where(_with_ends(part) if start == 0 else part, 1.0, -1.0)
-            g[start:stop] = chunk @ beta + product_kernel(chunk, signs, c) @ alpha
+            g[start:stop] = chunk @ beta + product_kernel_times(chunk, signs, c, alpha)
     surrogate = np.concatenate([[-g[0], g[0]], g[1:], -g[1:]])
     return phi_g + _paired_wls(reps, pair_w, v, surrogate)
 
@@ -411,7 +437,8 @@ def _semiparametric(kernel, ridge, X, y, *, loo: bool = True):
     which for this linear smoother is ``(B y)_i / B_ii`` with ``B = A - A X (X'AX)^-1 X'A``,
     ``A = (K + ridge I)^-1``.
     """
-    regularized = kernel + ridge * np.eye(len(kernel))
+    regularized = kernel.copy()  # kernel + ridge I, without an identity matrix
+    regularized.flat[:: len(kernel) + 1] += ridge
     if not loo:  # one factorisation, no inverse: about 3x cheaper
         solved = np.linalg.solve(regularized, np.column_stack([X, y]))
         AX, Ay = solved[:, :-1], solved[:, -1]

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 from xaikit._validation import check_finite, describe
 from xaikit.attribution.coalitions import RidgeMoments, single_threaded_blas
@@ -73,6 +72,8 @@ class TrainingStatistics:
 
     def _sample_binned(self, column, j, n, rng) -> np.ndarray:
         """A bin per sample with the training frequencies, then a truncated normal in it."""
+        from scipy.special import ndtr, ndtri  # on first use: `import xaikit` stays light
+
         index = self.bins(column, j)
         n_bins = len(self.edges[j]) + 1
         counts = np.bincount(index, minlength=n_bins).astype(np.float64)

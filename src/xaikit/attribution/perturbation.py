@@ -190,4 +190,9 @@ def _blend(base, x, keep):
     if isinstance(x, torch.Tensor):
         base = torch.as_tensor(base, dtype=x.dtype, device=x.device)
         return torch.lerp(base, x, keep)  # broadcasts
-    return keep * x + (1 - keep) * base
+    # keep * x + (1 - keep) * base with one array of the output's size, C-ordered so that the
+    # caller's reshape is a view (a broadcast product may come out in another order)
+    shape = np.broadcast_shapes(np.shape(base), np.shape(x), np.shape(keep))
+    out = np.multiply(1 - keep, base, out=np.empty(shape, np.result_type(keep, x, base)))
+    out += keep * x
+    return out

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from xaikit.audit.result import Audit, Cluster, Finding
 
@@ -412,6 +411,8 @@ def _box(
     the cells around them pay for it. Maximum-sum rectangle: Kadane's algorithm
     over the columns for every pair of rows.
     """
+    from scipy import ndimage  # on first use: `import xaikit` stays light
+
     smooth = ndimage.uniform_filter(contrast, size=3 if pool == 1 else 1, mode="constant")
     peak = smooth.max()
     if not peak > 0:
