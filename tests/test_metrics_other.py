@@ -248,7 +248,7 @@ def test_evaluate_errors(image):
         evaluate(model, image, e, metrics=["relevance_mass"])
     with pytest.raises(TypeError, match="window"):
         evaluate(model, image, e, metrics=["deletion"], window=3)
-    with pytest.raises(TypeError, match="explanation: .* need x="):
+    with pytest.raises(TypeError, match=r"explanation: .* need x="):
         evaluate(model, None, e.values)
 
 

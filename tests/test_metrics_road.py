@@ -87,7 +87,12 @@ def reference(x, relevance, percentages, order):
 def test_road_equals_reference(image, relevance, order):
     percentages = (5, 12, 30, 50, 90)
     curve = road(
-        PatchModel(offset=0.5), image, relevance, order=order, percentages=percentages, noise=0,
+        PatchModel(offset=0.5),
+        image,
+        relevance,
+        order=order,
+        percentages=percentages,
+        noise=0,
         target=0,
     )
     probs = reference(image, relevance, percentages, order)
