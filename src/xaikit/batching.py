@@ -30,6 +30,10 @@ FUNCTION_CANDIDATES = (*CPU_CANDIDATES, 4096, 16384, 65536)
 GPU_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MAX_BATCH_BYTES = 512 * 2**20  # never try a batch whose inputs alone exceed this
 SEARCH_SECONDS = 2.0  # the search stops trying larger sizes after this long
+# Each timing covers at least this long (whole batches): on a busy machine a run shorter than a
+# scheduler time slice often escapes preemption and makes small batches look fast.
+MEASURE_SECONDS = 0.02
+GROWTH_STOP = 1.5  # CPU: stop growing past this many times the best per-item time so far
 SMALL_CALL = CPU_CANDIDATES[0]  # calls of at most this many items run as one batch, no search
 
 # (call kind, item shape, dtype, device) -> size, per model object
@@ -112,30 +116,40 @@ def search_batch_size(
             return first.expand(size, *first.shape[1:]).contiguous()
         return np.ascontiguousarray(np.broadcast_to(first, (size, *first.shape[1:])))
 
+    def seconds_per_item(size: int) -> float:
+        """One timing window of whole batches of ``size`` (copies of item 0)."""
+        batch, rows = copies(size), np.zeros(size, dtype=np.int64)
+        start, done = time.perf_counter(), 0
+        while True:
+            step(batch, rows)
+            if on_gpu:
+                torch.cuda.synchronize(device)
+            done += size
+            elapsed = time.perf_counter() - start
+            if elapsed >= MEASURE_SECONDS:
+                return elapsed / done
+
     timings: dict[int, float] = {}
     began = time.perf_counter()
     step(copies(candidates[0]), np.zeros(candidates[0], dtype=np.int64))  # warm-up
+    # Growth: one window per size until clearly slower (a GPU: until memory runs out).
     for size in candidates:
         try:
-            batch, rows = copies(size), np.zeros(size, dtype=np.int64)  # copies of item 0
-            runs = []
-            for _ in range(3):  # the fastest of three: one noisy timing must not decide
-                start = time.perf_counter()
-                step(batch, rows)
-                if on_gpu:
-                    torch.cuda.synchronize(device)
-                runs.append((time.perf_counter() - start) / size)
-            timings[size] = min(runs)
+            timings[size] = seconds_per_item(size)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             break  # the previous size is the largest that fits
-        best = min(timings.values())
-        # Past the optimum on a CPU: stop once clearly slower. On a GPU keep growing while
-        # larger batches do not lose throughput. Never spend long on the search itself.
-        if timings[size] > (1.10 if on_gpu else 1.15) * best:
+        if timings[size] > (1.10 if on_gpu else GROWTH_STOP) * min(timings.values()):
             break
         if time.perf_counter() - began > SEARCH_SECONDS:
             break
+    # Two more rounds over the tried sizes, backwards then forwards, each size's best window
+    # kept: a busy spell on a shared machine then slows every size, not the ones it hit.
+    for order in (sorted(timings, reverse=True), sorted(timings)):
+        for size in order:
+            if time.perf_counter() - began > 1.5 * SEARCH_SECONDS:
+                break
+            timings[size] = min(timings[size], seconds_per_item(size))
     best = min(timings.values())
     near_best = [c for c, t in timings.items() if t <= 1.03 * best]
     # CPU: a measured 256 was 25% slower than 128 on the MNIST CNN's gradients in a later,
