@@ -97,10 +97,15 @@ _RESHAPE_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsq
 
 @dataclass
 class Graph:
-    """A model's traced forward: the fx graph and its modules by name."""
+    """A model's traced forward: the fx graph and its modules by name.
+
+    ``plans`` is for the users of the trace to keep what they derive from it (occlusion's
+    incremental plans), for as long as the trace is kept.
+    """
 
     graph: fx.Graph
     modules: dict[str, nn.Module]
+    plans: dict = field(default_factory=dict)
 
 
 @dataclass
