@@ -60,7 +60,7 @@ COPY_COST = 2.0
 # "auto" runs incrementally only when the estimate is below this share of a plain forward.
 AUTO_RATIO = 0.8
 # Bytes of the largest per-window tensor times the windows of one chunk.
-CHUNK_BYTES = 32 * 2**20
+CHUNK_BYTES = 8 * 2**20
 MAX_CHUNK = 256
 _EMPTY = 1 << 40  # an empty interval is (+_EMPTY, -_EMPTY): min/max unions ignore it
 
