@@ -7,6 +7,9 @@ rounding cannot hide a wrong region).
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -251,3 +254,14 @@ def test_named_baseline_arrays_match_what_plain_occlusion_uses():
     assert_same_map(fast, plain)
     base = make_baseline(x, "mean").values
     assert base.shape == x.shape
+
+
+def test_the_model_is_freed_after_the_call():
+    # The trace and the plan are cached per model, weakly: they must not keep it alive.
+    net = ResNetLike()
+    alive = weakref.ref(net)
+    e = xk.explain(net, image((3, 16, 16)), method="occlusion", window=4, incremental=True)
+    assert e.info["incremental"] is True
+    del net
+    gc.collect()
+    assert alive() is None

@@ -157,7 +157,10 @@ def trace(module: nn.Module, *, method: str) -> Graph:
             f"tensor values); tracing {type(module).__name__} failed: {type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}"
         ) from err
-    result = Graph(graph=graph, modules=modules)
+    # The cache is weakly keyed by the model: nothing in its value may refer to the model
+    # itself (its submodules only), or the model would never be freed.
+    submodules = {name: m for name, m in modules.items() if m is not module}
+    result = Graph(graph=graph, modules=submodules)
     _TRACES[module] = (key, result)
     return result
 

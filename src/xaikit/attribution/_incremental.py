@@ -37,6 +37,7 @@ where it would save little, occlusion runs plainly and says why in ``e.info``.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from dataclasses import dataclass, field
@@ -263,8 +264,10 @@ class Incremental:
     def _record(self, x: np.ndarray) -> dict:
         """The kept nodes' values on the unoccluded ``x`` (batch of one)."""
         x_t = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.model.device)
-        values, _ = _run_recorded(self.model.module, self.graph, x_t[None].to(self.dtype))
-        return {n: values[n] for n in self.kept}
+        values, _ = _run_recorded(
+            self.model.module, self.graph, x_t[None].to(self.dtype), keep=self.kept
+        )
+        return values
 
     def _chunk(self, flat: np.ndarray, x_t, base, maps: dict, cut_map) -> np.ndarray:
         positions = np.unravel_index(flat, self.counts)
@@ -335,7 +338,7 @@ class Incremental:
             s: self._view(s, start, info.region, None, regions, starts, maps) for s in info.sources
         }
         first = node.args[0] if node.args else None
-        copy = is_inplace(node, self.graph)
+        copy = _mutates(node, self.graph)
 
         def arg(a):
             if isinstance(a, fx.Node):
@@ -546,31 +549,49 @@ def _plan(
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the traced forward and keeps every node's value (in-place ops work on copies)."""
+    """Runs the traced forward and keeps the values of ``keep`` (every node's when None);
+    an operation that writes into its input works on a copy, so kept values stay as made."""
 
-    def __init__(self, module: nn.Module, graph: Graph) -> None:
-        super().__init__(module, garbage_collect_values=False, graph=graph.graph)
+    def __init__(self, module: nn.Module, graph: Graph, keep: set | None) -> None:
+        super().__init__(module, garbage_collect_values=keep is not None, graph=graph.graph)
         self.traced = graph
+        self.keep = keep
+        self.kept: dict = {}
 
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             if _mutates(n, self.traced) and args and isinstance(args[0], torch.Tensor):
                 args = (args[0].clone(), *args[1:])
-            return getattr(self, n.op)(n.target, args, kwargs)
+            value = getattr(self, n.op)(n.target, args, kwargs)
+        if self.keep is None or n in self.keep:
+            self.kept[n] = value
+        return value
 
 
-def _run_recorded(module: nn.Module, graph: Graph, x: torch.Tensor) -> tuple[dict, Any]:
-    recorder = _Recorder(module, graph)
+def _run_recorded(
+    module: nn.Module, graph: Graph, x: torch.Tensor, keep: set | None = None
+) -> tuple[dict, Any]:
+    """(the kept values, the output) of the traced forward on ``x``."""
+    recorder = _Recorder(module, graph, keep)
     output = recorder.run(x)
-    return recorder.env, output
+    return recorder.kept, output
 
 
 def _mutates(node: fx.Node, graph: Graph) -> bool:
+    """Whether the node writes into its first argument: an in-place module, ``inplace=True``
+    (by keyword or position), ``Tensor.add_``-style methods, ``torch.relu_``, item assignment."""
     if node.op in ("placeholder", "output", "get_attr"):
         return False
     if is_inplace(node, graph) or node.target is operator.setitem:
         return True
+    if node.op == "call_function" and callable(node.target):
+        try:
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):  # builtins without a signature, or another call shape
+            bound = None
+        if bound is not None and bound.arguments.get("inplace") is True:
+            return True
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     return node.op != "call_module" and name.endswith("_") and not name.endswith("__")
 
@@ -777,7 +798,7 @@ def _prefix_cost(locals_: dict, prefix: set, cut) -> float:
             src = locals_[info.sources[0]]
             cost += area * info.macs + src.channels * qh * qw * GATHER_COST
         else:
-            same = all(locals_[s].region == info.region for s in info.sources)
+            same = all(_same_region(locals_[s], info) for s in info.sources)
             cost += area * (POINT_COST + (0 if same else GATHER_COST * len(info.sources)))
     return cost + float(np.prod(locals_[cut].shape)) * COPY_COST
 
@@ -793,9 +814,13 @@ def _margins(locals_: dict, order: list) -> dict:
         if info.kind == "window":
             starts, size = info.query()
             fill, wanted = info.fill, [(info.sources[0], starts, size)]
-        else:
+        else:  # only sources whose region is not the node's own are read through a query
             fill = None
-            wanted = [(s, info.start, info.region) for s in info.sources]
+            wanted = [
+                (s, info.start, info.region)
+                for s in info.sources
+                if not _same_region(locals_[s], info)
+            ]
         for source, starts, size in wanted:
             src = locals_[source]
             pads = []
@@ -807,6 +832,12 @@ def _margins(locals_: dict, order: list) -> dict:
             old = margins.get((source, fill), (0, 0, 0, 0))
             margins[source, fill] = tuple(max(p, o) for p, o in zip(pads, old, strict=True))
     return margins
+
+
+def _same_region(a: _Local, b: _Local) -> bool:
+    return a.region == b.region and all(
+        np.array_equal(sa, sb) for sa, sb in zip(a.start, b.start, strict=True)
+    )
 
 
 def _suffix(module: nn.Module, graph: Graph, prefix: set, cut: fx.Node) -> fx.GraphModule:
@@ -867,7 +898,7 @@ def _no_prefix_note(graph: Graph, placeholder, locals_: dict) -> str:
             if first.op == "call_module"
             else getattr(first.target, "__name__", str(first.target))
         )
-        what = f"; the first operation on the input that is not is {_name(first)!r} ({kind})"
+        what = f" (the first operation that is not: {_name(first)!r}, {kind})"
     return (
         "no leading convolution or pooling layers through which a window's effect stays "
         f"local{what}"
