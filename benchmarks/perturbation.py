@@ -10,8 +10,8 @@ sweep. Peak memory is the largest rise of the process's resident memory while a 
 (sampled every 5 ms). Goal: every xaikit method within 1.3x of the limit on both models, and
 occlusion with incremental inference (the default, ``incremental="auto"``: only the region a
 window changes is recomputed through the leading layers) at most 0.5x of the naive (NCHW)
-limit on ResNet-18 (issue 20);
-the plain occlusion row (``incremental=False``) is the engine's own forwards.
+limit on ResNet-18 (issue 20); the plain occlusion row (``incremental=False``) is the engine's
+own forwards.
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/perturbation.py [--quick]``;
 ``--method occlusion`` runs one method's rows only (printed, docs/benchmarks.md unchanged).
