@@ -23,7 +23,8 @@ from _models import (
     image_mlp,
     strided_cnn,
 )
-from xaikit.attribution import _incremental
+from xaikit import layout
+from xaikit.attribution import _graph, _incremental
 from xaikit.baselines import make_baseline
 from xaikit.datasets.models import SmallCNN
 
@@ -104,6 +105,22 @@ def test_through_the_deepest_cut_equals_plain_occlusion(case, monkeypatch):
     factory, shape, params = CASES[case]
     fast, plain = both(factory(), image(shape), **params)
     assert_same_map(fast, plain)
+
+
+@pytest.mark.parametrize(("gain", "chosen"), [(0.0, "contiguous"), (1e9, "channels_last")])
+@pytest.mark.parametrize(
+    "case", ["strided_non_square", "resnet_in_place_relu", "functional_layers"]
+)
+def test_either_memory_layout_equals_plain_occlusion(case, gain, chosen, monkeypatch):
+    # The first batch of windows is timed in both layouts; GAIN 0 never takes channels-last,
+    # a huge GAIN always does (its scores equal the default layout's here).
+    monkeypatch.setattr(layout, "GAIN", gain)
+    factory, shape, params = CASES[case]
+    net = factory()
+    fast, plain = both(net, image(shape), **params)
+    assert_same_map(fast, plain)
+    plans = _graph.trace(net, method="occlusion").plans.values()
+    assert [p.layout for p in plans if p.usable] == [chosen]
 
 
 @pytest.mark.parametrize("case", ["strided_non_square", "resnet_in_place_relu"])

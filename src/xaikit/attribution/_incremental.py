@@ -40,6 +40,7 @@ from __future__ import annotations
 import inspect
 import math
 import operator
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from xaikit import layout
 from xaikit._torch import float_dtype, float_output, model_output, preserved_state
 from xaikit.attribution._graph import Graph, is_inplace, trace
 from xaikit.model import Model
@@ -188,6 +190,12 @@ class _Plan:
     margins: dict = field(default_factory=dict)  # (node, fill) -> (top, bottom, left, right)
     chunk: int = 1
     kept: set = field(default_factory=set)  # nodes whose values on the unoccluded input are read
+    prefix: set = field(default_factory=set)
+    # Memory layout of the windows' batches, chosen on the first call by timing both (as the
+    # Model's batch-size search does for plain score calls, xaikit.layout), and the suffix on
+    # the channels-last copy of the model with the copy it was made for.
+    layout: str | None = None
+    channels_last: tuple | None = None
 
     @property
     def usable(self) -> bool:
@@ -215,6 +223,9 @@ class Incremental:
         self.order = plan.order
         self.cut = plan.cut
         self.suffix = plan.suffix
+        self.plan = plan
+        self.modules = graph.modules  # the layers the regions run on (the copy's if channels-last)
+        self.channels_last = False
         self.margins = plan.margins
         self.chunk = plan.chunk
         self.kept = plan.kept
@@ -255,11 +266,50 @@ class Incremental:
             out = None
             for begin in range(0, total, self.chunk):
                 flat = np.arange(begin, min(begin + self.chunk, total))
-                scores = self._chunk(flat, x_t, base, maps, cut_map)
+                if self.plan.layout is None:
+                    scores = self._choose_layout(flat, x_t, base, maps, cut_map)
+                else:
+                    self._use_layout(self.plan.layout)
+                    scores = self._chunk(flat, x_t, base, maps, cut_map)
                 if out is None:
                     out = np.empty((total, scores.shape[1]), dtype=scores.dtype)
                 out[begin : begin + len(flat)] = scores
         return out
+
+    def _use_layout(self, name: str) -> None:
+        module = self.model.module
+        self.channels_last = name == "channels_last"
+        if not self.channels_last:
+            self.modules, self.suffix = self.graph.modules, self.plan.suffix
+            return
+        twin = layout.channels_last_copy(module)  # made again when the weights change
+        held = self.plan.channels_last
+        if held is None or held[0] is not twin:
+            held = (twin, _suffix(twin, self.graph, self.plan.prefix, self.cut))
+            self.plan.channels_last = held
+        self.modules = {name: m for name, m in twin.named_modules() if m is not twin}
+        self.suffix = held[1]
+
+    def _choose_layout(self, flat, x_t, base, maps, cut_map) -> np.ndarray:
+        """Time the windows' first batch in both layouts (interleaved, best of two); keep
+        channels-last when faster with scores equal to the default layout's."""
+        if not layout.may_use_channels_last(
+            self.model.module, x_t[None], self.model.forward_kwargs
+        ):
+            self.plan.layout = "contiguous"
+            self._use_layout("contiguous")
+            return self._chunk(flat, x_t, base, maps, cut_map)
+        results, seconds = {}, {}
+        for name in ("contiguous", "channels_last", "contiguous", "channels_last"):
+            self._use_layout(name)
+            start = time.perf_counter()
+            results[name] = self._chunk(flat, x_t, base, maps, cut_map)
+            seconds[name] = min(seconds.get(name, np.inf), time.perf_counter() - start)
+        faster = seconds["channels_last"] <= layout.GAIN * seconds["contiguous"]
+        same = layout.equal_scores(results["contiguous"], results["channels_last"])
+        self.plan.layout = "channels_last" if faster and same else "contiguous"
+        self._use_layout(self.plan.layout)
+        return results[self.plan.layout]
 
     def _record(self, x: np.ndarray) -> dict:
         """The kept nodes' values on the unoccluded ``x`` (batch of one)."""
@@ -286,7 +336,7 @@ class Incremental:
                 regions[node] = self._window_region(info, start, regions, starts, maps)
             else:
                 regions[node] = self._pointwise_region(info, start, regions, starts, maps)
-        features = _paste(cut_map, regions[self.cut], starts[self.cut])
+        features = _paste(cut_map, regions[self.cut], starts[self.cut], self.channels_last)
         del regions
         out = model_output(self.suffix(features))
         if isinstance(out, torch.Tensor) and out.ndim == 1 and len(out) == len(flat):
@@ -321,7 +371,7 @@ class Incremental:
         q_start = tuple(start[a] * info.stride[a] - info.pad[a] for a in range(2))
         _, q_size = info.query()
         q = self._view(source, q_start, q_size, info.fill, regions, starts, maps)
-        module = self.graph.modules[info.node.target]
+        module = self.modules[info.node.target]
         if info.op == "conv":
             return F.conv2d(
                 q, module.weight, module.bias, info.stride, 0, info.dilation, module.groups
@@ -349,7 +399,7 @@ class Incremental:
         args = tuple(arg(a) for a in node.args)
         kwargs = {k: arg(v) for k, v in node.kwargs.items()}
         if node.op == "call_module":
-            return self.graph.modules[node.target].forward(*args, **kwargs)
+            return self.modules[node.target].forward(*args, **kwargs)
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         return node.target(*args, **kwargs)
@@ -410,15 +460,22 @@ def _gather_each(region: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
     return out.view(b, qh, qw, c).permute(0, 3, 1, 2)
 
 
-def _paste(full: torch.Tensor, region: torch.Tensor, start) -> torch.Tensor:
-    """Copies of ``full`` ``(1, C, H, W)``, copy ``b`` with ``region[b]`` pasted at its start."""
+def _paste(full: torch.Tensor, region: torch.Tensor, start, channels_last: bool) -> torch.Tensor:
+    """Copies of ``full`` ``(1, C, H, W)``, copy ``b`` with ``region[b]`` pasted at its start
+    (in the channels-last layout, or the default one)."""
     b = len(region)
-    _, c, _, w = full.shape
+    _, c, h, w = full.shape
     rh, rw = region.shape[-2:]
-    out = full.expand(b, *full.shape[1:]).clone()
     rows = start[0][:, None] + torch.arange(rh, device=full.device)
     cols = start[1][:, None] + torch.arange(rw, device=full.device)
-    index = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, 1, rh * rw).expand(b, c, -1)
+    at = rows[:, :, None] * w + cols[:, None, :]  # (B, rh, rw): positions in one map
+    if channels_last:
+        out = _rows(full).repeat(b, 1)  # (B * H * W, C)
+        batch = torch.arange(b, device=full.device)[:, None, None] * (h * w)
+        out.index_copy_(0, (batch + at).reshape(-1), _rows(region).to(out.dtype))
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)
+    out = full.expand(b, *full.shape[1:]).clone()
+    index = at.reshape(b, 1, rh * rw).expand(b, c, -1)
     out.reshape(b, c, -1).scatter_(2, index, region.reshape(b, c, -1).to(out.dtype))
     return out
 
@@ -545,6 +602,7 @@ def _plan(
         margins=margins,
         chunk=_chunk_size(model, locals_, order, values, prefix, counts),
         kept={n for n, _ in margins} | {cut} | constants,
+        prefix=prefix,
     )
 
 
