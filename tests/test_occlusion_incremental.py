@@ -273,8 +273,11 @@ def test_named_baseline_arrays_match_what_plain_occlusion_uses():
     assert base.shape == x.shape
 
 
-def test_the_model_is_freed_after_the_call():
-    # The trace and the plan are cached per model, weakly: they must not keep it alive.
+@pytest.mark.parametrize("gain", [0.0, 1e9])
+def test_the_model_is_freed_after_the_call(gain, monkeypatch):
+    # The trace, the plan and the channels-last copy are kept per model, weakly: they must not
+    # keep it alive.
+    monkeypatch.setattr(layout, "GAIN", gain)
     net = ResNetLike()
     alive = weakref.ref(net)
     e = xk.explain(net, image((3, 16, 16)), method="occlusion", window=4, incremental=True)

@@ -277,6 +277,7 @@ class Incremental:
         return out
 
     def _use_layout(self, name: str) -> None:
+        """Run the regions and the suffix on the user's layers, or on their channels-last copy."""
         module = self.model.module
         self.channels_last = name == "channels_last"
         if not self.channels_last:
@@ -287,7 +288,7 @@ class Incremental:
         if held is None or held[0] is not twin:
             held = (twin, _suffix(twin, self.graph, self.plan.prefix, self.cut))
             self.plan.channels_last = held
-        self.modules = {name: m for name, m in twin.named_modules() if m is not twin}
+        self.modules = {path: m for path, m in twin.named_modules() if m is not twin}
         self.suffix = held[1]
 
     def _choose_layout(self, flat, x_t, base, maps, cut_map) -> np.ndarray:
