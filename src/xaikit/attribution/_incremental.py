@@ -521,8 +521,11 @@ def prepare(
         return None, "the model's forward takes more than one input"
     dtype = float_dtype(model.module)
     x0 = torch.as_tensor(x[0], dtype=torch.float32, device=model.device)[None].to(dtype)
-    with preserved_state(model.module), torch.inference_mode():
-        values, output = _run_recorded(model.module, graph, x0)
+    try:
+        with preserved_state(model.module), torch.inference_mode():
+            values, output = _run_recorded(model.module, graph, x0)
+    except Exception as err:  # the model's own forward worked: the trace is not faithful
+        return None, f"its traced forward fails ({type(err).__name__})"
     output = model_output(output)
     if not isinstance(output, torch.Tensor) or output.numel() != f_x[0].size:
         return None, "the traced forward does not give the model's scores"
