@@ -160,18 +160,32 @@ def test_repeated_calls_are_bit_identical():
     assert np.array_equal(first.values, again.values)
 
 
-def test_auto_is_the_default():
+def test_auto_is_the_default(monkeypatch):
+    monkeypatch.setattr(_incremental, "AUTO_MIN_COST", 0.0)  # a small model counts as large
     e = xk.explain(small_cnn(), image((1, 28, 28)), method="occlusion")
     assert e.params["incremental"] == "auto"
     assert e.info["incremental"] is True
     assert "estimated" in e.info["incremental_note"]
 
 
-def test_auto_runs_plainly_where_little_would_be_saved():
+def test_auto_runs_plainly_where_little_would_be_saved(monkeypatch):
     # A window as large as the image changes every position of every map.
+    monkeypatch.setattr(_incremental, "AUTO_MIN_COST", 0.0)
     e = xk.explain(small_cnn(), image((1, 28, 28)), method="occlusion", window=28)
     assert e.info["incremental"] is False
     assert e.info["incremental_note"].startswith("would save little here")
+
+
+def test_auto_runs_plainly_where_a_forward_is_cheap():
+    e = xk.explain(small_cnn(), image((1, 28, 28)), method="occlusion")
+    assert e.info["incremental"] is False
+    assert e.info["incremental_note"].startswith("a plain forward is cheap here")
+
+
+def test_auto_runs_incrementally_on_a_large_image():
+    x = image((3, 224, 224))
+    e = xk.explain(FunctionalCNN(), x, method="occlusion", window=32, stride=16)
+    assert e.info["incremental"] is True
 
 
 VGG = VGGLike().eval()
