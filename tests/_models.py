@@ -6,6 +6,7 @@ Every factory seeds torch itself, so a test gets the same weights whichever file
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # ---------------------------------------------------------------- image CNNs
@@ -130,6 +131,81 @@ def linear_conv_8() -> nn.Module:
     """A padded conv and a linear head with nothing between them, 1x8x8 inputs, 3 classes."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 3)).eval()
+
+
+class StridedCNN(nn.Module):
+    """Strided, dilated and grouped convolutions, BatchNorm, GELU/SiLU, a max pool with
+    ``ceil_mode`` and a padded average pool, then a linear head; 3x21x17 inputs, 4 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5, stride=2, padding=2)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.act1 = nn.GELU()
+        self.pool1 = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)  # 11x9 -> 6x5
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=2, dilation=2, groups=2)
+        self.act2 = nn.SiLU()
+        self.pool2 = nn.AvgPool2d(3, stride=1, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, (3, 1), stride=(2, 1), padding=(1, 0))  # 6x5 -> 3x5
+        self.head = nn.Linear(8 * 3 * 5, 4)
+
+    def forward(self, x):
+        x = self.pool1(self.act1(self.bn1(self.conv1(x))))
+        x = self.conv3(self.pool2(self.act2(self.conv2(x))))
+        return self.head(torch.flatten(x, 1))
+
+
+def strided_cnn(seed: int = 0) -> StridedCNN:
+    """A StridedCNN in eval mode with BatchNorm statistics away from the identity."""
+    torch.manual_seed(seed)
+    net = StridedCNN()
+    with torch.no_grad():
+        net.bn1.running_mean.uniform_(-0.3, 0.3)
+        net.bn1.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+class FunctionalCNN(nn.Module):
+    """Written with functions: per-channel normalisation by buffers, ``F.relu``, a residual
+    ``sigmoid(conv(h)) * 2 + h``, a functional max pool and global averaging; 3xHxW inputs of
+    any size, 3 classes (seeded with 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding="same")
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = F.relu(self.conv1((x - self.mean) / self.std))
+        h = torch.sigmoid(self.conv2(h)) * 2.0 + h
+        return self.head(F.max_pool2d(h, 2).mean(dim=(2, 3)))
+
+
+class ValueBranchingCNN(nn.Module):
+    """Branches on the values of a feature map, which torch.fx cannot trace; 1x8x8 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.head = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if h.mean() > 0:
+            h = -h
+        return self.head(h.flatten(1))
+
+
+def image_mlp(shape: tuple[int, int, int] = (2, 6, 7), seed: int = 0) -> nn.Module:
+    """Flatten, then linear layers: no convolution, so no window stays local."""
+    torch.manual_seed(seed)
+    size = shape[0] * shape[1] * shape[2]
+    return nn.Sequential(nn.Flatten(), nn.Linear(size, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
 
 
 # ---------------------------------------------------------------- models with a known answer

@@ -97,10 +97,15 @@ _RESHAPE_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsq
 
 @dataclass
 class Graph:
-    """A model's traced forward: the fx graph and its modules by name."""
+    """A model's traced forward: the fx graph and its modules by name.
+
+    ``plans`` is for the users of the trace to keep what they derive from it (occlusion's
+    incremental plans), for as long as the trace is kept.
+    """
 
     graph: fx.Graph
     modules: dict[str, nn.Module]
+    plans: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -152,7 +157,10 @@ def trace(module: nn.Module, *, method: str) -> Graph:
             f"tensor values); tracing {type(module).__name__} failed: {type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}"
         ) from err
-    result = Graph(graph=graph, modules=modules)
+    # The cache is weakly keyed by the model: nothing in its value may refer to the model
+    # itself (its submodules only), or the model would never be freed.
+    submodules = {name: m for name, m in modules.items() if m is not module}
+    result = Graph(graph=graph, modules=submodules)
     _TRACES[module] = (key, result)
     return result
 
