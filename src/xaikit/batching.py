@@ -34,6 +34,7 @@ SEARCH_SECONDS = 2.0  # the search stops trying larger sizes after this long
 # scheduler time slice often escapes preemption and makes small batches look fast.
 MEASURE_SECONDS = 0.02
 GROWTH_STOP = 1.5  # CPU: stop growing past this many times the best per-item time so far
+MIN_TRIED = 4  # sizes always tried (within the time budget) before growth may stop
 SMALL_CALL = CPU_CANDIDATES[0]  # calls of at most this many items run as one batch, no search
 
 # (call kind, item shape, dtype, device) -> size, per model object
@@ -139,7 +140,8 @@ def search_batch_size(
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             break  # the previous size is the largest that fits
-        if timings[size] > (1.10 if on_gpu else GROWTH_STOP) * min(timings.values()):
+        slower = timings[size] > (1.10 if on_gpu else GROWTH_STOP) * min(timings.values())
+        if slower and len(timings) >= MIN_TRIED:  # one noisy window must not end the growth
             break
         if time.perf_counter() - began > SEARCH_SECONDS:
             break
