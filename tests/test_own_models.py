@@ -334,3 +334,28 @@ def test_grad_cam_reads_channels_last_stages_as_maps():
     weights = tokens.grad.mean(dim=(1, 2))  # one per channel
     cam = torch.relu((tokens * weights[:, None, None, :]).sum(-1))[0].detach().numpy()
     np.testing.assert_allclose(e.info["cam"], cam, rtol=1e-5, atol=1e-7)
+
+
+class EditsItsMask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, ids, attention_mask):
+        attention_mask.mul_(0)  # a careless model
+        return self.head(self.embedding(ids).mean(1))
+
+
+def test_a_forward_that_edits_its_mask_leaves_the_callers_mask_alone():
+    mask = torch.ones(1, 5, dtype=torch.long)  # one row for every item: expanded per batch
+    model = xk.Model(EditsItsMask(), forward_kwargs={"attention_mask": mask})
+    model.scores(torch.randint(0, 10, (3, 5)))
+    assert int(mask.sum()) == 5
+
+
+def test_from_array_keeps_its_own_copy():
+    values, x = np.ones(4), np.arange(4.0)
+    e = xk.Explanation.from_array(values, x, prediction=np.zeros(2))
+    values[:] = 7.0
+    assert e.values.tolist() == [1.0, 1.0, 1.0, 1.0]

@@ -605,9 +605,10 @@ ADDITIVE_METHODS = frozenset(
 
 
 def _plain_array(value: Any, name: str) -> np.ndarray:
+    """A copy of ``value`` as an array: the explanation must not change with the caller's."""
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
         value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    return np.array(value, copy=True)
 
 
 # ---------------------------------------------------------------------- plotting helpers

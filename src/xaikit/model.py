@@ -496,7 +496,9 @@ class Model:
                         f"forward_kwargs: {name!r} has {len(value)} rows; expected 1 (for every "
                         f"item) or one per item of the call (a batch of {size} made from them)"
                     )
-                value = value.to(self.device)
+                # Memory of its own, as for x: a forward that edits its mask in place must
+                # not reach the caller's tensor.
+                value = value.to(self.device, copy=True)
             kwargs[name] = value
         return kwargs
 
