@@ -151,7 +151,7 @@ def test_report_on_torchscript_skips_what_cannot_run_with_a_note(scripted):
 
 @pytest.fixture(scope="module")
 def frame():
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     rng = np.random.default_rng(0)
     n = 120
     return pd.DataFrame(
@@ -359,3 +359,43 @@ def test_from_array_keeps_its_own_copy():
     e = xk.Explanation.from_array(values, x, prediction=np.zeros(2))
     values[:] = 7.0
     assert e.values.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda: xk.Model(nn.Linear(3, 2), forward_kwargs=[1]), r"forward_kwargs: expected a dict"),
+        (lambda: xk.Model(lambda b: b, forward_kwargs={"a": 1}), r"forward_kwargs: only a PyTorch"),
+        (lambda: xk.Model(nn.Linear(3, 2), table="columns"), r"table: expected an xaikit.Table"),
+    ],
+    ids=["not-a-dict", "for-a-callable", "table-not-a-table"],
+)
+def test_a_wrong_model_option_is_named(make, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        make()
+
+
+def test_forward_kwargs_with_the_wrong_number_of_rows_are_named(bert, token_batch):
+    ids, mask = token_batch
+    model = xk.Model(bert, forward_kwargs={"attention_mask": mask[:2]})
+    with pytest.raises(ValueError, match=r"forward_kwargs: 'attention_mask' has 2 rows"):
+        model.scores(ids[:1].repeat(20, 1))
+
+
+def test_a_frame_with_other_columns_is_named(pipeline, frame):
+    with pytest.raises(ValueError, match=r"x: expected the columns the model was fitted on"):
+        xk.explain(pipeline, frame.iloc[[0]].rename(columns={"age": "years"}))
+
+
+def test_an_unknown_category_is_named(frame):
+    table = xk.Table.of(frame)
+    other = frame.iloc[[0]].assign(city="Rome")
+    with pytest.raises(ValueError, match=r"x: column 'city' has 'Rome'"):
+        table.array(other, name="x")
+
+
+def test_explaining_a_frame_leaves_it_unchanged(pipeline, frame):
+    before = frame.copy()
+    xk.explain(pipeline, frame.iloc[[0]], method="kernel_shap", baseline=frame.iloc[:20],
+               samples=64, seed=0)  # fmt: skip
+    assert frame.equals(before)
