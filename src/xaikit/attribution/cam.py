@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xaikit._torch import first_tensor
 from xaikit.attribution.registry import Attribution, register
 from xaikit.attribution.tokens import token_grid, token_grid_shape
 from xaikit.model import Model
@@ -65,7 +66,7 @@ def _finish_order(model: Model, x: np.ndarray, modules: list) -> list[tuple[str,
 
     def recorder(name: str):
         def hook(_m, _i, output):
-            tensor = _first_tensor(output)
+            tensor = first_tensor(output)
             if tensor is not None:
                 finished.append((name, tuple(tensor.shape)))
 
@@ -124,14 +125,6 @@ def _is_block(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> bo
         and isinstance(parent, (nn.Sequential, nn.ModuleList))
         and next(module.children(), None) is not None
     )
-
-
-def _first_tensor(output):
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    return None
 
 
 def _patch_tokens_matter(model: Model, x: np.ndarray, name: str, shape, size) -> bool:
