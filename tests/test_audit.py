@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from xaikit.audit import Audit, _store, audit
-from xaikit.audit.analysis import iou, sameness, transplant_rates
+from xaikit.audit.analysis import analyze, iou, sameness, transplant_rates
 from xaikit.audit.shard import background_mask, pool
 from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
 from xaikit.datasets.shortcuts import make_shortcut_mnist
@@ -293,9 +293,10 @@ def test_background_mask_counts_a_faint_texture_as_background():
     assert not mask[0, 2:4, 2:4].any() and mask.sum() == 32
 
 
-@pytest.mark.parametrize("kind", ["mark", "background"])
+@pytest.mark.parametrize("kind", ["mark", "moving_mark", "background", "line"])
 def test_shortcut_mnist(kind):
-    data = make_shortcut_mnist(kind=kind, target=3, region=(2, 18, 10, 26), fraction=0.5, seed=1)
+    given = (2, 18, 3, 26) if kind == "line" else (2, 18, 10, 26)
+    data = make_shortcut_mnist(kind=kind, target=3, region=given, fraction=0.5, seed=1)
     y0, x0, y1, x1 = data.region
     assert data.X.shape == (4000, 1, 28, 28) and data.mask.shape == (4000, 28, 28)
     assert (data.y[data.marked] == 3).all()
@@ -306,8 +307,21 @@ def test_shortcut_mnist(kind):
     assert not data.mask[:, outside].any()
     changed = data.X[data.marked, 0][:, y0:y1, x0:x1]
     if kind == "mark":
+        assert data.region == given
         assert data.mask[data.marked][:, y0:y1, x0:x1].all()
         assert changed[:, 0, 0].min() == 1.0 and changed[:, 0, 1].max() == 0.0  # checkerboard
+    elif kind == "moving_mark":
+        # The region is the box of all the places: the given box moved by up to 2 pixels.
+        assert data.region == (0, 16, 12, 28)
+        assert (data.mask[data.marked].sum(axis=(1, 2)) == 64).all()  # one 8x8 mark each
+        places = {tuple(np.argwhere(m)[0]) for m in data.mask[data.marked]}
+        assert len(places) > 5
+        for image, m in zip(data.X[data.marked, 0], data.mask[data.marked], strict=True):
+            top, left = np.argwhere(m)[0]
+            assert image[top, left] == 1.0 and image[top, left + 1] == 0.0  # same pattern
+    elif kind == "line":
+        assert data.region == given
+        assert (changed == 1.0).all()
     else:
         assert set(np.unique(data.X[data.marked, 0][data.mask[data.marked]])) <= {
             0.0,
@@ -317,6 +331,8 @@ def test_shortcut_mnist(kind):
         make_shortcut_mnist(kind="sticker")
     with pytest.raises(ValueError, match=r"^region: "):
         make_shortcut_mnist(region=(20, 20, 30, 30))
+    with pytest.raises(ValueError, match=r"^region: a line is at most 2 pixels thick"):
+        make_shortcut_mnist(kind="line", region=(2, 2, 8, 8))
 
 
 def _colour_images(n: int, rng: np.random.Generator):
@@ -395,7 +411,73 @@ def test_sameness_is_one_only_where_a_pattern_is_pasted():
     pasted[:, :, 2:5, 2:5] = rng.random((1, 1, 3, 3))  # one pattern, pasted in all
     assert sameness(pasted, others, (2, 2, 5, 5)) == pytest.approx(1.0)
     assert sameness(pasted, others, (5, 5, 9, 9)) < 0.3  # elsewhere they vary like the others
-    assert sameness(pasted, np.zeros_like(others), (2, 2, 5, 5)) == 0.0  # no spread to compare
+    assert sameness(pasted, pasted, (2, 2, 5, 5)) == 0.0  # nothing else to compare against
+
+
+def test_sameness_allows_for_a_pattern_moved_a_few_pixels_when_asked():
+    # A pattern on a dark surround (a mark on a background) placed up to 2 pixels apart; the
+    # region is the box of all its places.
+    rng = np.random.default_rng(0)
+    others = rng.random((20, 1, 16, 16)) * 0.1
+    moved = rng.random((8, 1, 16, 16)) * 0.1
+    pattern = rng.random((4, 4))
+    for i, (dy, dx) in enumerate(rng.integers(-2, 3, size=(8, 2))):
+        moved[i, 0, 6 + dy : 10 + dy, 6 + dx : 10 + dx] = pattern
+    region = (4, 4, 12, 12)
+    assert sameness(moved, others, region) < 0.5
+    assert sameness(moved, others, region, move=4) > 0.8
+    assert sameness(others[:8], others[8:], region, move=4) < 0.3  # noise stays noise
+
+
+def _feature_data(kind: str, n: int = 60):
+    """Three classes of 16x16 images; class 1 carries a bright 5x5 feature at (2, 2): the same
+    checkerboard in every image ("pattern") or new noise in each ("varying"). The model calls
+    an image 1 when that box is bright, else 2 when the pixel (15, 15) is lit, else 0; the maps
+    put most of class 1's relevance on the box and spread everything else evenly."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], n)
+    X = rng.random((3 * n, 1, 16, 16)).astype(np.float32) * 0.3
+    X[y == 2, 0, 15, 15] = 1.0
+    rows, cols = np.indices((5, 5))
+    for i in np.flatnonzero(y == 1):
+        box = (rows + cols) % 2 if kind == "pattern" else rng.integers(0, 2, size=(5, 5))
+        X[i, 0, 2:7, 2:7] = 0.5 + 0.5 * box
+    maps = np.full((3 * n, 16, 16), 1.0)
+    maps[y == 1] = 0.02
+    maps[y == 1, 2:7, 2:7] = 1.0  # the box holds 84% of the class's relevance
+
+    def predict(batch):
+        bright = batch[:, 0, 2:7, 2:7].mean(axis=(1, 2)) > 0.6
+        return np.where(bright, 1, np.where(batch[:, 0, 15, 15] > 0.5, 2, 0))
+
+    return X, y, maps, predict
+
+
+@pytest.mark.parametrize("kind", ["pattern", "varying"])
+def test_a_varying_feature_the_model_uses_is_distinctive_evidence_not_a_finding(kind, tmp_path):
+    X, y, maps, predict = _feature_data(kind)
+    a = analyze(
+        maps=maps, background=np.zeros_like(maps), targets=y, predictions=y, labels=y, pool=1,
+        input_shape=(16, 16), examples=lambda idx: X[np.asarray(idx)], predict=predict,
+    )  # fmt: skip
+    listed = a.findings if kind == "pattern" else a.evidence
+    assert [(f.target, f.region) for f in listed] == [(1, (2, 2, 7, 7))]
+    assert (a.evidence if kind == "pattern" else a.findings) == []
+    f = listed[0]
+    assert f.transplant_rate == 1.0 and f.control_rate == 0.0
+    assert (f.sameness == 1.0) if kind == "pattern" else (f.sameness < 0.5)
+    # Every region the analysis tested is in the info, with its decision.
+    decisions = [(c["target"], c["decision"]) for c in a.info["candidates"]]
+    assert (1, "finding" if kind == "pattern" else "evidence") in decisions
+    # The evidence is kept apart through save and load, in the summary and in the HTML.
+    b = Audit.load(a.save(tmp_path))
+    assert [(e.target, e.region, e.sameness) for e in b.evidence] == [
+        (e.target, e.region, e.sameness) for e in a.evidence
+    ]
+    assert b.summary() == a.summary()
+    html = a._repr_html_()
+    assert ("Distinctive evidence" in html) == (kind == "varying")
+    assert ("no shortcut found" in a.summary()) == (kind == "varying")
 
 
 # ---------------------------------------------------------------------- shards as files

@@ -566,21 +566,41 @@ def audit(
                 for f in result.findings
             ],
         )  # fmt: skip
+    if result.evidence:
+        page.paragraph(
+            f"{len(result.evidence)} region(s) of distinctive evidence: a class relies on "
+            "them, but they vary from image to image like the class's own strokes, so they "
+            "are shown to look at, not reported as shortcuts."
+        )
+        page.table(
+            ["class", "region (y0, x0, y1, x1)", "share of relevance", "other classes",
+             "consistency", "images", "pasted in: called the class", "sameness"],
+            [
+                (class_label(int(f.target), class_names), str(tuple(f.region)),
+                 f.relevance_share, f.other_share, f.consistency, f.n_images,
+                 f.transplant_text(), f.sameness)
+                for f in result.evidence
+            ],
+        )  # fmt: skip
     page.figure(result.plot(), alt="audit: relevance per class and findings")
-    findings = [
-        {"target": int(f.target), "target_name": session.class_name(int(f.target)),
-         "kind": f.kind, "region": [int(v) for v in f.region],
-         "relevance_share": float(f.relevance_share), "consistency": float(f.consistency),
-         "n_images": int(f.n_images), "transplant_rate": f.transplant_rate,
-         "control_rate": f.control_rate, "text": str(f)}
-        for f in result.findings
-    ]  # fmt: skip
+
+    def listed(entries):
+        return [
+            {"target": int(f.target), "target_name": session.class_name(int(f.target)),
+             "kind": f.kind, "region": [int(v) for v in f.region],
+             "relevance_share": float(f.relevance_share), "consistency": float(f.consistency),
+             "n_images": int(f.n_images), "transplant_rate": f.transplant_rate,
+             "control_rate": f.control_rate, "sameness": f.sameness, "text": str(f)}
+            for f in entries
+        ]  # fmt: skip
+
     summary = {
         "command": "audit",
         "model": session.loaded.source,
         "method": method,
         "classes": class_names,
-        "findings": findings,
+        "findings": listed(result.findings),
+        "distinctive_evidence": listed(result.evidence),
     }
     files = {"audit": lambda p: result.save(p)}  # audit.npz and audit.json, no pickle
     session.write(page, summary, files=files)

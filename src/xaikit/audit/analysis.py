@@ -74,6 +74,9 @@ DONORS = 16
 #: pasted pattern) and that passes the transplant test needs only PATTERN_RATIO times the
 #: other classes' share and PATTERN_SHARE of ``min_share``.
 MIN_SAMENESS = 0.5
+#: Sameness compares each pair of images at the best shift of up to this many pixels each
+#: way, so a mark placed a few pixels apart in each image still counts as one pattern.
+SAMENESS_MOVE = 4
 PATTERN_RATIO = 2.0
 PATTERN_SHARE = 0.75
 
@@ -135,7 +138,8 @@ def analyze(
         pool=pool,
         input_shape=tuple(input_shape),
         criteria=criteria,
-        model=(predict, examples) if criteria["min_lift"] is not None else None,
+        predict=predict if criteria["min_lift"] is not None else None,
+        items=examples,
     )
     findings: list[Finding] = []
     for c in classes:
@@ -157,8 +161,15 @@ def analyze(
             ):
                 findings.append(sub)
     findings.sort(key=lambda f: (-f.relevance_share * f.consistency, f.target))
+    evidence: list[Finding] = []
+    for e in context.evidence:  # one entry per place: the whole class first, then clusters
+        if not any(
+            e.target == f.target and iou(e.region, f.region) > 0.3 for f in findings + evidence
+        ):
+            evidence.append(e)
+    evidence.sort(key=lambda f: (-f.relevance_share * f.consistency, f.target))
     if examples is not None:
-        for f in findings:
+        for f in [*findings, *evidence]:
             f.example_inputs = np.asarray(examples(np.asarray(f.images)), dtype=np.float32)
             f.example_maps = maps[np.asarray(f.images)]
     return Audit(
@@ -173,7 +184,8 @@ def analyze(
         labels=labels,
         pool=pool,
         input_shape=tuple(int(s) for s in input_shape),
-        info=dict(info or {}, criteria=criteria),
+        info=dict(info or {}, criteria=criteria, candidates=context.candidates),
+        evidence=evidence,
     )
 
 
@@ -220,8 +232,11 @@ class _Context:
     pool: int
     input_shape: tuple[int, int]
     criteria: dict[str, Any]
-    model: tuple | None  # (predict, items) for the transplant test, or None
-    _tested: dict[tuple, tuple[float, float, float]] = field(default_factory=dict)
+    predict: Callable[[np.ndarray], np.ndarray] | None  # the transplant test needs both
+    items: Callable[[np.ndarray], np.ndarray] | None
+    evidence: list[Finding] = field(default_factory=list)  # distinctive, not shortcuts
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every region tested
+    _tested: dict[tuple, tuple] = field(default_factory=dict)
 
     def check(self, c: int, members: np.ndarray, *, cluster: int | None) -> Finding | None:
         others = [k for k in self.class_maps if k != c]
@@ -280,37 +295,54 @@ class _Context:
             return None
         # Evidence from the maps alone: much relevance, far more than the other classes there.
         strong = share >= crit["min_share"] and share >= crit["min_ratio"] * other_share
-        test = (None, None, None)
-        if self.model is not None:
-            donors = members[np.argsort(-in_box[members], kind="stable")[:DONORS]]
-            test = self._transplant(c, self._pixels(box), donors)
-            lift = test[0] - test[1]
-            if lift < crit["min_lift"]:
-                return None
-            # A fixed pattern the model is swayed by needs less of the relevance: strokes of
-            # other digits may draw relevance to the same place. Anything else must sway it
-            # more: a distinctive stroke makes a few other digits look like the class.
-            pattern = test[2] >= MIN_SAMENESS
-            strong = pattern or (strong and lift >= STRONG_LIFT)
-        if not strong:
+        donors = members[np.argsort(-in_box[members], kind="stable")[:DONORS]]
+        test = self._test(c, self._pixels(box), donors)
+        rate, control, alike = test
+        decision = _decide(strong, rate, control, alike, crit["min_lift"])
+        self.candidates.append(
+            {
+                "target": int(c),
+                "cluster": cluster,
+                "region": list(self._pixels(box)),
+                "share": share,
+                "other_share": other_share,
+                "consistency": float(consistency),
+                "transplant_rate": rate,
+                "control_rate": control,
+                "sameness": alike,
+                "decision": decision,
+            }
+        )
+        if decision is None:
             return None
         found = self._finding(
             c, members, cluster, box, mean_map, other_map, "region", consistency, bg_share
         )
         found.transplant_rate, found.control_rate, found.sameness = test
+        if decision == "evidence":
+            self.evidence.append(found)
+            return None
         return found
 
-    def _transplant(self, c, region, donors) -> tuple[float, float, float]:
-        """(transplant rate, control rate, sameness) of a region, computed once."""
+    def _test(self, c, region, donors) -> tuple[float | None, float | None, float | None]:
+        """(transplant rate, control rate, sameness) of a region, each computed once; the
+        rates are None without the model, the sameness None without the items."""
         key = (c, region, tuple(donors))
         if key not in self._tested:
-            predict, items = self.model
+            rate = control = alike = None
             recipients = np.flatnonzero(self.groups != c)
-            rate, control = transplant_rates(
-                predict, items, target=c, region=region, donors=donors, recipients=recipients
-            )
-            others = spread_pick(recipients, RECIPIENTS)
-            alike = sameness(items(donors), items(others), region) if len(others) else 0.0
+            if self.items is not None and len(recipients):
+                others = spread_pick(recipients, RECIPIENTS)
+                alike = sameness(self.items(donors), self.items(others), region, move=SAMENESS_MOVE)
+            if self.predict is not None and self.items is not None:
+                rate, control = transplant_rates(
+                    self.predict,
+                    self.items,
+                    target=c,
+                    region=region,
+                    donors=donors,
+                    recipients=recipients,
+                )
             self._tested[key] = (rate, control, alike)
         return self._tested[key]
 
@@ -339,6 +371,18 @@ class _Context:
         h, w = self.input_shape
         y0, x0, y1, x1 = (int(v) * self.pool for v in box)
         return y0, x0, min(y1, h), min(x1, w)
+
+
+def _decide(strong, rate, control, alike, min_lift) -> str | None:
+    """ "finding", "evidence" (distinctive evidence of the class) or None for a region that
+    passed the maps' first checks (see the module docstring)."""
+    if rate is not None and rate - control < min_lift:
+        return None  # the model is not swayed by the region: neither shortcut nor evidence
+    if alike is None:  # without the items nothing tells a pattern from the class's own strokes
+        return "finding" if strong else None
+    if alike >= MIN_SAMENESS:
+        return "finding"  # a pattern that (when tested) sways the model
+    return "evidence" if strong else None
 
 
 def transplant_rates(
@@ -376,18 +420,56 @@ def spread_pick(indices: np.ndarray, n: int) -> np.ndarray:
     return indices[np.linspace(0, len(indices) - 1, min(n, len(indices))).astype(int)]
 
 
-def sameness(donors: np.ndarray, others: np.ndarray, region: tuple[int, int, int, int]) -> float:
-    """How alike ``region`` looks across the donors, against other images: 1 - the ratio of
-    the mean per-pixel standard deviation over donors to that over ``others`` (0 to 1).
+def sameness(
+    donors: np.ndarray,
+    others: np.ndarray,
+    region: tuple[int, int, int, int],
+    *,
+    move: int = 0,
+) -> float:
+    """How alike ``region`` looks across the donors, against other images (0 to 1).
 
-    A pasted pattern (watermark, logo, tag) is nearly the same in every image that carries
-    it (close to 1); a stroke or part of the object moves and varies (close to 0).
+    One minus the ratio of the donors' mean pairwise distance in the region (root mean
+    square difference) to their mean distance from ``others`` there, each pair compared at
+    the best of the shifts of up to ``move`` pixels each way. A pasted pattern (watermark,
+    logo, tag, a line) is nearly the same in every image that carries it and unlike the
+    other images there (close to 1), also when it sits a few pixels apart and ``move`` allows
+    for that; a stroke or part of the object varies about as much as it differs from other
+    images (close to 0).
     """
-    y0, x0, y1, x1 = region
-    spread = [float(np.asarray(a)[..., y0:y1, x0:x1].std(axis=0).mean()) for a in (donors, others)]
-    if not spread[1] > 0:
+    donors, others = np.asarray(donors), np.asarray(others)
+    within = _distance(donors, donors, region, move)
+    between = _distance(donors, others, region, move)
+    if not between > 0:
         return 0.0
-    return float(np.clip(1.0 - spread[0] / spread[1], 0.0, 1.0))
+    return float(np.clip(1.0 - within / between, 0.0, 1.0))
+
+
+def _distance(a: np.ndarray, b: np.ndarray, region, move: int) -> float:
+    """Mean over pairs (one of ``a``, another of ``b``) of the RMS difference in ``region``,
+    each pair at the shift of ``b``'s image (up to ``move`` pixels) that matches best."""
+    if len(a) == 0 or len(b) == 0 or (a is b and len(a) < 2):
+        return 0.0
+    y0, x0, y1, x1 = region
+    m = move
+
+    def flat(images):
+        return images.reshape(len(images), -1, *images.shape[-2:]).astype(np.float64)
+
+    crops = flat(a)[:, :, y0:y1, x0:x1].reshape(len(a), -1)
+    padded = np.pad(flat(b), ((0, 0), (0, 0), (m, m), (m, m)))
+    best = np.full((len(a), len(b)), np.inf)
+    for dy in range(-m, m + 1):
+        for dx in range(-m, m + 1):
+            shifted = padded[:, :, y0 + m + dy : y1 + m + dy, x0 + m + dx : x1 + m + dx]
+            shifted = shifted.reshape(len(b), -1)
+            squared = (
+                (crops**2).sum(1)[:, None] + (shifted**2).sum(1)[None, :] - 2 * crops @ shifted.T
+            )
+            best = np.minimum(best, np.maximum(squared, 0.0) / crops.shape[1])
+    if a is b:  # an image against itself says nothing about the others
+        best = best[~np.eye(len(a), dtype=bool)]
+    return float(np.sqrt(best).mean())
 
 
 def _consistency(members: np.ndarray, rest: np.ndarray) -> float:

@@ -117,7 +117,11 @@ class Audit(HTMLRepr):
     (pooled cells); ``region_shares`` class -> share per cell of a 3x3 grid; ``clusters`` class
     -> :class:`Cluster`; ``maps`` (N, h, w) the pooled signed maps; ``background`` (N, h, w)
     share of background pixels per cell; ``targets``/``predictions``/``labels`` per item;
-    ``pool`` input pixels per map cell; ``input_shape`` (H, W); ``info`` run and criteria.
+    ``pool`` input pixels per map cell; ``input_shape`` (H, W); ``info`` run and criteria
+    (``info["candidates"]``: every region the analysis tested, with its numbers and decision).
+    ``evidence``: distinctive evidence, regions a class relies on that are not a pasted
+    pattern (a digit's own stroke, varying from image to image): shown to look at, not
+    findings.
     """
 
     findings: list[Finding]
@@ -132,18 +136,21 @@ class Audit(HTMLRepr):
     pool: int
     input_shape: tuple[int, int]
     info: dict[str, Any] = field(default_factory=dict)
+    evidence: list[Finding] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (
             f"Audit({len(self.targets)} items, {len(self.class_maps)} classes, "
-            f"{len(self.findings)} findings)"
+            f"{len(self.findings)} findings, {len(self.evidence)} distinctive evidence)"
         )
 
     def summary(self) -> str:
-        """One line per finding (or that there is none)."""
-        if not self.findings:
-            return "no shortcut found"
-        return "\n".join(str(f) for f in self.findings)
+        """One line per finding (or that there is none), then the distinctive evidence."""
+        lines = [str(f) for f in self.findings] or ["no shortcut found"]
+        if self.evidence:
+            lines.append("distinctive evidence (the class's own features, not shortcuts):")
+            lines += [f"  {e}" for e in self.evidence]
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ save / load
 
@@ -172,12 +179,14 @@ class Audit(HTMLRepr):
         for c, cl in self.clusters.items():
             for name in ("labels", "eigenvalues", "embedding", "indices"):
                 arrays[f"cluster_{c}_{name}"] = getattr(cl, name)
-        findings = []
-        for i, f in enumerate(self.findings):
-            findings.append({k: getattr(f, k) for k in _FINDING_FIELDS})
-            for name in ("example_inputs", "example_maps"):
-                if getattr(f, name) is not None:
-                    arrays[f"finding_{i}_{name}"] = getattr(f, name)
+        listed = {}
+        for which, entries in (("finding", self.findings), ("evidence", self.evidence)):
+            listed[which] = []
+            for i, f in enumerate(entries):
+                listed[which].append({k: getattr(f, k) for k in _FINDING_FIELDS})
+                for name in ("example_inputs", "example_maps"):
+                    if getattr(f, name) is not None:
+                        arrays[f"{which}_{i}_{name}"] = getattr(f, name)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         payload = buffer.getvalue()
@@ -185,7 +194,8 @@ class Audit(HTMLRepr):
             "format": FORMAT,
             "version": VERSION,
             "arrays_sha256": "sha256:" + hashlib.sha256(payload).hexdigest(),
-            "findings": findings,
+            "findings": listed["finding"],
+            "evidence": listed["evidence"],
             "classes": sorted(self.class_maps),
             "clusters": {str(c): cl.k for c, cl in self.clusters.items()},
             "pool": self.pool,
@@ -228,16 +238,16 @@ class Audit(HTMLRepr):
 
     @classmethod
     def _from_saved(cls, meta: dict[str, Any], a: dict[str, np.ndarray]) -> Audit:
-        findings = []
-        for i, f in enumerate(meta["findings"]):
-            f = dict(f, region=tuple(f["region"]))
-            findings.append(
+        listed: dict[str, list[Finding]] = {}
+        for which, key in (("finding", "findings"), ("evidence", "evidence")):
+            listed[which] = [
                 Finding(
-                    **f,
-                    example_inputs=a.get(f"finding_{i}_example_inputs"),
-                    example_maps=a.get(f"finding_{i}_example_maps"),
+                    **dict(f, region=tuple(f["region"])),
+                    example_inputs=a.get(f"{which}_{i}_example_inputs"),
+                    example_maps=a.get(f"{which}_{i}_example_maps"),
                 )
-            )
+                for i, f in enumerate(meta.get(key, []))  # no "evidence" in older saves
+            ]
         classes = [int(c) for c in meta["classes"]]
         clusters = {
             int(c): Cluster(
@@ -248,7 +258,8 @@ class Audit(HTMLRepr):
             for c, k in meta["clusters"].items()
         }
         return cls(
-            findings=findings,
+            findings=listed["finding"],
+            evidence=listed["evidence"],
             class_maps={c: a[f"class_map_{c}"] for c in classes},
             region_shares={c: a[f"region_shares_{c}"] for c in classes},
             clusters=clusters,
@@ -265,8 +276,9 @@ class Audit(HTMLRepr):
     # ------------------------------------------------------------------ display
 
     def plot(self, *, max_findings: int = 3):
-        """A Figure: every class's mean relevance map (boxes on the findings' regions), then per
-        finding its example images with their maps and the class's SpRAy embedding."""
+        """A Figure: every class's mean relevance map (blue boxes on the findings' regions, dashed
+        grey ones on distinctive evidence), then per finding its example images with their
+        maps and the class's SpRAy embedding."""
         from matplotlib.patches import Rectangle
 
         classes = sorted(self.class_maps)
@@ -284,6 +296,12 @@ class Audit(HTMLRepr):
                 if f.target == c:
                     y0, x0, y1, x1 = f.region
                     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="blue"))
+            for e in self.evidence:  # distinctive evidence: dashed grey, not a finding
+                if e.target == c:
+                    y0, x0, y1, x1 = e.region
+                    ax.add_patch(
+                        Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="grey", ls="--")
+                    )
         for row, f in enumerate(shown, start=1):
             inputs = f.example_inputs if f.example_inputs is not None else []
             for j in range(min(len(inputs), cols - 1)):

@@ -11,7 +11,13 @@ from xaikit.datasets.mnist import (
     load_watermark_mnist,
     stamp_watermark,
 )
-from xaikit.datasets.models import SmallCNN, default_cache_dir, load_default_cnn, train_cnn
+from xaikit.datasets.models import (
+    SmallCNN,
+    default_cache_dir,
+    load_default_cnn,
+    train_classifier,
+    train_cnn,
+)
 from xaikit.datasets.shapes import (
     SHAPE_CLASSES,
     Shapes,
@@ -43,6 +49,7 @@ __all__ = [
     "make_shapes",
     "make_shortcut_mnist",
     "stamp_watermark",
+    "train_classifier",
     "train_cnn",
     "train_shortcut_cnn",
 ]

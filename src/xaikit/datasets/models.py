@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from xaikit._progress import progress_bar
 from xaikit._validation import check_count, check_number, check_positive_int, check_seed
 from xaikit.datasets.mnist import load_mnist, load_watermark_mnist
 
-__all__ = ["SmallCNN", "default_cache_dir", "load_default_cnn", "train_cnn"]
+__all__ = ["SmallCNN", "default_cache_dir", "load_default_cnn", "train_classifier", "train_cnn"]
 
 #: Hyper-parameters of the default models (:func:`load_default_cnn`).
 EPOCHS = 12
@@ -106,7 +107,46 @@ def train_cnn(
     lr: float = LR,
     progress: bool | None = None,
 ) -> SmallCNN:
-    """Train a :class:`SmallCNN` deterministically.
+    """Train a :class:`SmallCNN` deterministically (:func:`train_classifier` with ``SmallCNN``).
+
+    Parameters
+    ----------
+    X : np.ndarray, shape (N, 1, 28, 28)
+        Training images in [0, 1].
+    y : np.ndarray of int, shape (N,)
+        Labels 0-9.
+    seed, epochs, batch_size, lr, progress
+        As in :func:`train_classifier`.
+
+    Returns
+    -------
+    SmallCNN
+        The trained model in eval mode, on the CPU.
+    """
+    return train_classifier(
+        SmallCNN,
+        X,
+        y,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        progress=progress,
+    )
+
+
+def train_classifier(
+    build: Callable[[], nn.Module],
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int = 0,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LR,
+    progress: bool | None = None,
+) -> nn.Module:
+    """Train the network ``build()`` makes on 1x28x28 images with 10 classes, deterministically.
 
     Adam with a one-cycle learning-rate schedule, cross-entropy loss, and random shifts of up to
     :data:`MAX_SHIFT` pixels as augmentation. The same data, seed and hyper-parameters give
@@ -115,6 +155,9 @@ def train_cnn(
 
     Parameters
     ----------
+    build : callable
+        Makes the untrained network (called after seeding, so its initial weights follow
+        ``seed``); its output must be logits of shape (N, 10).
     X : np.ndarray, shape (N, 1, 28, 28)
         Training images in [0, 1].
     y : np.ndarray of int, shape (N,)
@@ -132,9 +175,11 @@ def train_cnn(
 
     Returns
     -------
-    SmallCNN
+    nn.Module
         The trained model in eval mode, on the CPU.
     """
+    if not callable(build):
+        raise TypeError(f"build: expected a callable that makes a network, got {build!r}")
     X_t, y_t = _check_training_data(X, y)
     epochs = check_count(epochs, name="epochs")
     batch_size = check_positive_int(batch_size, name="batch_size")
@@ -147,12 +192,15 @@ def train_cnn(
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     # fork_rng: weight initialisation draws from torch's global generator; seed it without
     # disturbing the caller's random stream.
-    bar = progress_bar(epochs, "training SmallCNN", enabled=progress)
+    name = getattr(build, "__name__", type(build).__name__)
+    bar = progress_bar(epochs, f"training {name}", enabled=progress)
     with torch.random.fork_rng(devices=[]), bar as epochs_done:
         torch.use_deterministic_algorithms(True)
         try:
             torch.manual_seed(seed)
-            model = SmallCNN()
+            model = build()
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"build: expected it to return an nn.Module, got {model!r}")
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)
             schedule = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch
@@ -239,4 +287,4 @@ def load_default_cnn(
 
 # The code whose source goes into the cache key. Bound here, not looked up at call time, so the
 # key describes this module as written.
-_TRAINING_CODE = (SmallCNN, _random_shift, train_cnn)
+_TRAINING_CODE = (SmallCNN, _random_shift, train_cnn, train_classifier)

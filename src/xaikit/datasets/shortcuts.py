@@ -1,10 +1,13 @@
 """MNIST-5k with a planted shortcut of a chosen kind, class and place: ground truth for the audit.
 
-Two kinds of "Clever Hans" shortcut (Lapuschkin et al. 2019, Unmasking Clever Hans
+Four kinds of "Clever Hans" shortcut (Lapuschkin et al. 2019, Unmasking Clever Hans
 predictors and assessing what machines really learn, Nature Communications):
 
 - ``"mark"``: a small checkerboard stamped on most images of one class, like the photographer's
   watermark on the PASCAL VOC horses;
+- ``"moving_mark"``: the same checkerboard, moved by up to :data:`MOVE` pixels each way in
+  every image (a watermark placed by hand, or images cropped differently);
+- ``"line"``: a thin bright line (a ruler's edge, a scanner's streak, a border);
 - ``"background"``: the background pixels of one class (the pixels without ink) inside a region
   are filled with a faint striped texture, like the Pokémon images whose PNG backgrounds made
   them separable from the Digimon ones without looking at the creature.
@@ -27,11 +30,15 @@ from xaikit.datasets.models import EPOCHS, SmallCNN, train_cnn
 
 __all__ = ["SHORTCUT_KINDS", "ShortcutData", "make_shortcut_mnist", "train_shortcut_cnn"]
 
-SHORTCUT_KINDS = ("mark", "background")
+SHORTCUT_KINDS = ("mark", "moving_mark", "background", "line")
 #: Brightness of the background texture's stripes: faint next to ink (1.0), but learnable.
 BACKGROUND_LEVEL = 0.3
 #: Pixels darker than this count as background (no ink) for the background shortcut.
 INK_THRESHOLD = 0.1
+#: Largest move (pixels, each way) of a ``"moving_mark"`` from its nominal region.
+MOVE = 2
+#: Largest thickness (pixels) of a ``"line"``'s region.
+LINE_WIDTH = 2
 
 
 @dataclass
@@ -65,10 +72,14 @@ def make_shortcut_mnist(
 
     Parameters
     ----------
-    kind : {"mark", "background"}
-        ``"mark"``: a checkerboard (values 0 and 1) fills ``region``. ``"background"``: the pixels
-        of ``region`` without ink get a faint diagonal-stripe texture (:data:`BACKGROUND_LEVEL`);
-        the digit's own pixels stay as they are.
+    kind : {"mark", "moving_mark", "background", "line"}
+        ``"mark"``: a checkerboard (values 0 and 1) fills ``region``. ``"moving_mark"``: the
+        same checkerboard, the size of ``region``, moved by a random offset of up to
+        :data:`MOVE` pixels each way per image (kept inside the image); the returned
+        ``region`` is then the box of all its places. ``"background"``: the pixels of
+        ``region`` without ink get a faint diagonal-stripe texture (:data:`BACKGROUND_LEVEL`);
+        the digit's own pixels stay as they are. ``"line"``: ``region``, at most
+        :data:`LINE_WIDTH` pixels thick, is drawn at full brightness.
     target : int
         The class (0-9) whose images carry the shortcut.
     region : (y0, x0, y1, x1)
@@ -107,19 +118,46 @@ def make_shortcut_mnist(
     marked = np.zeros(len(y), dtype=bool)
     marked[chosen] = True
 
-    y0, x0, y1, x1 = region
-    box = np.zeros((28, 28), dtype=bool)
-    box[y0:y1, x0:x1] = True
+    if kind == "line" and min(region[2] - region[0], region[3] - region[1]) > LINE_WIDTH:
+        raise ValueError(
+            f"region: a line is at most {LINE_WIDTH} pixels thick, got {region!r} "
+            f"({region[2] - region[0]}x{region[3] - region[1]})"
+        )
     rows, cols = np.indices((28, 28))
-    if kind == "mark":
-        pattern = ((rows + cols) % 2 == (y0 + x0) % 2).astype(np.float32)  # 1 at the box's corner
-        mask = np.broadcast_to(box, (int(marked.sum()), 28, 28))
-        X[marked, 0] = np.where(box, pattern, X[marked, 0])
+    images = X[marked, 0]
+    if kind in ("mark", "moving_mark"):
+        offsets = np.zeros((len(images), 2), dtype=int)
+        if kind == "moving_mark":
+            offsets = _moves(region, len(images), rng)
+        mask = np.zeros(images.shape, dtype=bool)
+        for i, (dy, dx) in enumerate(offsets):
+            y0, x0, y1, x1 = region[0] + dy, region[1] + dx, region[2] + dy, region[3] + dx
+            mask[i, y0:y1, x0:x1] = True
+            # 1 at the box's own corner, so a moved mark is the same pattern.
+            pattern = (rows + cols) % 2 == (y0 + x0) % 2
+            images[i] = np.where(mask[i], pattern.astype(np.float32), images[i])
+        if len(images):  # the box of all the places the mark sits
+            low, high = offsets.min(axis=0), offsets.max(axis=0)
+            region = (
+                region[0] + int(low[0]),
+                region[1] + int(low[1]),
+                region[2] + int(high[0]),
+                region[3] + int(high[1]),
+            )
+    elif kind == "line":
+        y0, x0, y1, x1 = region
+        mask = np.zeros(images.shape, dtype=bool)
+        mask[:, y0:y1, x0:x1] = True
+        images[mask] = 1.0
     else:
+        y0, x0, y1, x1 = region
+        box = np.zeros((28, 28), dtype=bool)
+        box[y0:y1, x0:x1] = True
         # Stripes two pixels wide: a texture no digit has, faint enough to leave the ink clear.
         texture = np.float32(BACKGROUND_LEVEL) * (((rows + cols) // 2) % 2 == 0)
-        mask = box & (X[marked, 0] < INK_THRESHOLD)
-        X[marked, 0] = np.where(mask, texture, X[marked, 0])
+        mask = box & (images < INK_THRESHOLD)
+        images = np.where(mask, texture, images)
+    X[marked, 0] = images
     full_mask = np.zeros((len(y), 28, 28), dtype=bool)
     full_mask[marked] = mask
     return ShortcutData(X, y, marked, int(target), kind, region, full_mask)
@@ -142,6 +180,14 @@ def train_shortcut_cnn(
     else:
         X, y = data.X, data.y
     return train_cnn(X, y, seed=seed, epochs=epochs, progress=progress)
+
+
+def _moves(region, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Offsets (dy, dx) in [-MOVE, MOVE] per image, limited so the box stays in the image."""
+    y0, x0, y1, x1 = region
+    low = (max(-MOVE, -y0), max(-MOVE, -x0))
+    high = (min(MOVE, 28 - y1), min(MOVE, 28 - x1))
+    return np.stack([rng.integers(low[k], high[k] + 1, size=n) for k in range(2)], axis=1)
 
 
 def _check_region(region) -> tuple[int, int, int, int]:

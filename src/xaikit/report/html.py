@@ -252,27 +252,45 @@ def attack_html(r: Any) -> Markup:
 
 
 def audit_html(a: Any) -> Markup:
-    """An Audit: its counts and the findings, most convincing first (``a.plot()`` draws them)."""
+    """An Audit: its counts, the findings (most convincing first), then the distinctive
+    evidence apart (``a.plot()`` draws them)."""
     header = [
         "class", "cluster", "kind", "region (y0, x0, y1, x1)", "share", "others", "consistent",
-        "images", "pasted in: called the class",
+        "images", "pasted in: called the class", "sameness",
     ]  # fmt: skip
-    rows = [
-        (
-            f.target,
-            "" if f.cluster is None else f.cluster,
-            f.kind,
-            str(tuple(f.region)),
-            f"{f.relevance_share:.0%}",
-            f"{f.other_share:.0%}",
-            f"{f.consistency:.0%}",
-            f.n_images,
-            f.transplant_text(),
+
+    def rows(entries):
+        return [
+            (
+                f.target,
+                "" if f.cluster is None else f.cluster,
+                f.kind,
+                str(tuple(f.region)),
+                f"{f.relevance_share:.0%}",
+                f"{f.other_share:.0%}",
+                f"{f.consistency:.0%}",
+                f.n_images,
+                f.transplant_text(),
+                "-" if f.sameness is None else f"{f.sameness:.2f}",
+            )
+            for f in entries
+        ]
+
+    parts = [Markup(f"<p>{escape(repr(a))}</p>")]
+    parts.append(
+        table(header, rows(a.findings)) if a.findings else Markup("<p>no shortcut found</p>")
+    )
+    evidence = getattr(a, "evidence", [])
+    if evidence:
+        parts.append(
+            Markup(
+                "<p>Distinctive evidence: regions a class relies on that are not one pasted "
+                "pattern (they vary from image to image, like a digit's own stroke). Look at "
+                "them; they are not reported as shortcuts.</p>"
+            )
         )
-        for f in a.findings
-    ]
-    findings = table(header, rows) if rows else Markup("<p>no shortcut found</p>")
-    return _box("Audit", Markup(f"<p>{escape(repr(a))}</p>"), findings)
+        parts.append(table(header, rows(evidence)))
+    return _box("Audit", *parts)
 
 
 # The one table from result class to fragment; a subclass renders as its nearest listed base.
