@@ -9,11 +9,12 @@ draws the marked class, the place and the training seed; 85% of the class's trai
 carry the shortcut. Clean models are trained on clean MNIST-5k and audited on the marked images
 of one kind (the seed picks it), so the mark is in the data and only the model differs.
 
-- found: the shortcut model's audit reports the marked class with a region that overlaps the
-  planted one (IoU >= 0.5 with the planted box, or with it grown by a pixel on each side: a
-  one-pixel line's box cannot be matched at pixel precision; for a moving mark, the box of
-  all its places or its nominal box, the middle of them); goal on held-out models >= 9/10
-  per kind;
+- found: the shortcut model's audit reports the marked class with a region at the planted
+  one: IoU >= 0.5 with the planted box, or with it grown by a pixel on each side (a one-pixel
+  line's box cannot be matched at pixel precision), or for a moving mark with its nominal box
+  (the middle of its places); or a box inside the planted one (90% of it within the grown
+  box) that covers at least a quarter of it, since a model may read only part of a texture;
+  goal on held-out models >= 9/10 per kind;
 - false alarm: a clean model with any finding, anywhere; goal on held-out models <= 1 in 10 per
   architecture. Regions reported as "distinctive evidence" are counted apart, not as findings.
 
@@ -84,6 +85,7 @@ class Case:
     kind: str  # one of KINDS, or "clean"
     seed: int
     group: str  # "design" or "held out"
+    clean_data: bool = False  # a clean model audited on clean images (else on marked ones)
 
     @property
     def data_kind(self) -> str:
@@ -105,21 +107,39 @@ def cases(which: str) -> list[Case]:
         for arch in DESIGN_ARCHITECTURES:
             for seed in DESIGN_SEEDS:
                 out += [Case(arch, kind, seed, "design") for kind in ("clean", *KINDS)]
+                out.append(Case(arch, "clean", seed, "design", clean_data=True))
     if which in ("held-out", "all"):
         for arch in ARCHITECTURES:
             out += [Case(arch, "clean", seed, "held out") for seed in HELD_OUT_CLEAN]
+            out += [
+                Case(arch, "clean", seed, "held out", clean_data=True) for seed in HELD_OUT_CLEAN
+            ]
             for seed in HELD_OUT_SHORTCUT:
                 out += [Case(arch, kind, seed, "held out") for kind in KINDS]
     return out
 
 
 def located(found, planted, nominal=None) -> bool:
-    """IoU >= 0.5 with the planted box, with it grown by one pixel each way, or (a moving
-    mark) with the mark's nominal box, the middle of its places."""
+    """The finding points at the shortcut: IoU >= 0.5 with the planted box, with it grown by
+    one pixel each way, or (a moving mark) with the mark's nominal box, the middle of its
+    places; or the found box lies (90%) inside the grown box and covers a quarter of the
+    planted one (a model may read only part of a texture or a mark)."""
     y0, x0, y1, x1 = planted
     grown = (max(y0 - 1, 0), max(x0 - 1, 0), min(y1 + 1, 28), min(x1 + 1, 28))
     boxes = [planted, grown] + ([nominal] if nominal is not None else [])
-    return max(iou(found, box) for box in boxes) >= 0.5
+    if max(iou(found, box) for box in boxes) >= 0.5:
+        return True
+    return _overlap(found, grown) >= 0.9 * _area(found) and _overlap(
+        found, planted
+    ) >= 0.25 * _area(planted)
+
+
+def _area(box) -> int:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
+def _overlap(a, b) -> int:
+    return _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
 
 
 def run_case(case: Case, train_images: int):
@@ -136,9 +156,10 @@ def run_case(case: Case, train_images: int):
     if not load_weights(model, folder / "model.pt", what="benchmark model"):
         model = train_classifier(build, X_train, y_train, seed=case.seed, epochs=epochs)
         save_weights(model, folder / "model.pt", what="benchmark model")
-    x, y = data.X[:IMAGES], data.y[:IMAGES]
+    x, y = load_mnist("train") if case.clean_data else (data.X, data.y)
+    out = folder / (f"ig{STEPS}-clean-images" if case.clean_data else f"ig{STEPS}")
     result = audit(
-        model, x, labels=y, params={"steps": STEPS}, out=folder / f"ig{STEPS}", progress=False
+        model, x[:IMAGES], labels=y[:IMAGES], params={"steps": STEPS}, out=out, progress=False
     )
     return result, data.target, data.region, region if case.data_kind == "moving_mark" else None
 
@@ -164,12 +185,17 @@ def main() -> None:
             continue
         findings = result.findings
         distinctive = getattr(result, "evidence", [])
-        evidence[(case.group, case.architecture, case.kind == "clean")] += len(distinctive)
-        if case.kind == "clean":
-            hit = None
+        for arch in (case.architecture, "all"):
+            evidence[(case.group, arch, case.kind == "clean")] += len(distinctive)
+        hit = None
+        if case.kind == "clean" and case.clean_data:
             ok = bool(findings)
-            tally[(case.group, case.architecture, "clean")][0] += ok
-            tally[(case.group, case.architecture, "clean")][1] += 1
+            _count(tally, (case.group, case.architecture, "clean"), ok)
+        elif case.kind == "clean":
+            ok = bool(findings)
+            there = any(located(f.region, region, nominal) for f in findings)
+            _count(tally, (case.group, case.architecture, "clean, marked images"), ok)
+            _count(tally, (case.group, case.architecture, "clean, at the mark"), there)
         else:
             hits = [
                 f for f in findings if f.target == target and located(f.region, region, nominal)
@@ -177,12 +203,14 @@ def main() -> None:
             hit = hits[0] if hits else None
             ok = hit is not None
             for arch in (case.architecture, "all"):
-                tally[(case.group, arch, case.kind)][0] += ok
-                tally[(case.group, arch, case.kind)][1] += 1
+                _count(tally, (case.group, arch, case.kind), ok)
         best = max((iou(f.region, region) for f in findings if f.target == target), default=0.0)
         others = [f"{f.target}:{f.region}" for f in findings if hit is None or f is not hit]
+        model = case.kind
+        if case.kind == "clean":
+            model += " (clean images)" if case.clean_data else f" ({case.data_kind} images)"
         rows.append(
-            f"| {case.group} | {case.architecture} | {case.kind} | {case.seed} | {target} | "
+            f"| {case.group} | {case.architecture} | {model} | {case.seed} | {target} | "
             f"{region} | {'yes' if ok else 'no'} | {best:.2f} | "
             f"{hit.relevance_share if hit else 0:.2f} | {hit.kind if hit else '-'} | "
             f"{', '.join(others) or '-'} | {len(distinctive)} |"
@@ -205,7 +233,8 @@ def main() -> None:
         + f". Audit: Integrated Gradients ({STEPS} Gauss-Legendre steps) on the first {IMAGES} "
         "training images with their labels; findings as in docs/audit.md. 'found / flagged': "
         "for a shortcut model, its planted shortcut found and located; for a clean model, any "
-        "finding at all. Rules chosen on the design set only; the held-out set analysed once. "
+        "finding at all (audited on clean images, and again on the marked images of one kind). "
+        "Rules chosen on the design set only; the held-out set analysed once. "
         f"Total {time.perf_counter() - began:.0f} s (models and maps from the cache when there)."
     )
     text = "\n".join(body)
@@ -216,18 +245,29 @@ def main() -> None:
         write_section("audit_reliability", f"{machine_line()}\n\n{text}\n\n{note}\n")
 
 
+def _count(tally, key, ok: bool) -> None:
+    tally[key][0] += ok
+    tally[key][1] += 1
+
+
 def _summary(tally, evidence) -> list[str]:
+    columns = {
+        "clean": "clean models with a finding, clean images (goal <= 1/10)",
+        "clean, marked images": "same, on marked images: any finding",
+        "clean, at the mark": "at the planted place",
+        **{k: f"{k} found (goal >= 9/10)" for k in KINDS},
+    }
     lines = [
-        "| set | architecture | clean models with a finding (goal <= 1/10) | "
-        + " | ".join(f"{k} found (goal >= 9/10)" for k in KINDS)
+        "| set | architecture | "
+        + " | ".join(columns.values())
         + " | distinctive evidence (shortcut / clean models) |",
-        "|---|---|---:|" + "---:|" * len(KINDS) + "---:|",
+        "|---|---|" + "---:|" * (len(columns) + 1),
     ]
     for group in ("design", "held out"):
         for arch in (*ARCHITECTURES, "all"):
             cells = []
-            for kind in ("clean", *KINDS):
-                got, n = tally.get((group, arch, kind), (0, 0))
+            for key in columns:
+                got, n = tally.get((group, arch, key), (0, 0))
                 cells.append(f"{got}/{n}" if n else "")
             if not any(cells):
                 continue

@@ -10,29 +10,38 @@ normalized to sum 1 per image, so every image weighs the same and a share is a s
   clusters, and the first two non-trivial eigenvectors as a 2-D embedding.
 - **Findings**: a class (or a SpRAy cluster of it) is reported when
 
-  * its relevance concentrates in a small box (at most ``max_area`` of the image) holding at
-    least ``min_share`` of it, at least ``min_ratio`` times the other classes' share there,
-    and the box is consistent: in at least ``min_consistency`` of its images the box holds more
-    than in 95% of the other classes' images (kind ``"region"``); or
   * a large part of its relevance (median over its images at least ``min_background``) sits
     on background pixels (see :func:`xaikit.audit.shard.background_mask`), consistently, and
     at least :data:`MIN_BACKGROUND_RATIO` times the other classes' median (kind
-    ``"background"``).
+    ``"background"``); or
+  * its relevance concentrates in a small box (at most ``max_area`` of the image) holding at
+    least :data:`PATTERN_SHARE` of ``min_share`` and :data:`PATTERN_RATIO` times the other
+    classes' share there, consistently (in at least ``min_consistency`` of its images the box
+    holds more than in 95% of the other classes' images), and the box is a **pattern**: it
+    looks alike across the group's images (:func:`sameness` >= :data:`MIN_SAMENESS`: a pasted
+    watermark, tag or line, also one that moves a few pixels), and either sways the model
+    (the transplant test below) or holds :data:`EXCLUSIVE_RATIO` times the other classes'
+    share (kind ``"region"``).
+
+  A box that is not a pattern but has strong map evidence (``min_share`` and ``min_ratio``
+  times the others) and sways the model is **distinctive evidence** of the class (a digit's
+  own stroke), kept apart in ``Audit.evidence``. Every tested box and background share is
+  listed, with its decision, in ``Audit.info["candidates"]``.
 
   The box is the rectangle that maximises the sum of (the group's mean map minus the other
-  classes' mean map) minus a fixed cost per cell (a fifth of the smoothed contrast's peak; a
-  twentieth for background relevance, which spreads thinner), scaled back to input pixels.
+  classes' mean map) minus a fixed cost per cell (:data:`REGION_CUTS` of the smoothed
+  contrast's peak, each tried; :data:`BACKGROUND_CUT` for background relevance, which
+  spreads thinner), scaled back to input pixels.
 
 - **Transplant test** (when the model is at hand, as in :func:`xaikit.audit`): a region is
   pasted from the group's images into other classes' images, and a control region (the same
   box from yet other images) into the same images. A shortcut makes the model call the pasted
   images the group's class (the watermark turned a car into a horse in Lapuschkin et al.).
-  Region findings then need ``transplant_rate - control_rate >= min_lift``. A region that
-  also looks alike across the group's images (``sameness`` >= :data:`MIN_SAMENESS`: a
-  pasted pattern, not a stroke that moves from image to image) needs less from the maps:
-  :data:`PATTERN_RATIO` times the other classes' share and :data:`PATTERN_SHARE` of
-  ``min_share``, since strokes of other classes may draw relevance to the same place. Any
-  other region needs the maps' full evidence and a lift of :data:`STRONG_LIFT`.
+  It passes when ``transplant_rate - control_rate >= min_lift``.
+
+The thresholds were chosen on the design set of ``benchmarks/audit_reliability.py`` (SmallCNN,
+a conv-conv-fc net and an MLP; four kinds of planted shortcut) and checked on held-out models
+of five architectures (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -50,33 +59,39 @@ MAX_AREA = 0.25
 MIN_SHARE = 0.2
 MIN_RATIO = 8.0
 MIN_CONSISTENCY = 0.5
-MIN_BACKGROUND = 0.15
-MIN_BACKGROUND_RATIO = 4.0
+#: Background: on the design set, planted textures 0.13-0.56 of the relevance and 2.9-10x
+#: the other classes; any other class at most 0.16 and 1.8x.
+MIN_BACKGROUND = 0.12
+MIN_BACKGROUND_RATIO = 2.5
 #: SpRAy: the eigengap is looked for among the first MAX_CLUSTERS + 1 eigenvalues.
 MAX_CLUSTERS = 8
 #: Clusters smaller than this (images) are not reported on their own.
 MIN_CLUSTER = 5
 EXAMPLES = 6
-#: Cost per cell of the region's box, as a share of the smoothed contrast's peak (background
-#: relevance spreads thinner over its texture, so it gets a lower cost: with a tenth, boxes of
-#: textures next to the digit stopped short where strokes leave little background).
-REGION_CUT = 0.2
-BACKGROUND_CUT = 0.05
+#: Costs per cell of the region's boxes, as a share of the smoothed contrast's peak, each tried
+#: (background relevance spreads thinner over its texture, so it gets a lower cost: with a
+#: tenth, boxes of textures next to the digit stopped short where strokes leave little
+#: background).
+REGION_CUTS = (0.2, 0.3, 0.4)
+BACKGROUND_CUT = 0.03
 #: Transplant test: the lift of the group's class over the control that confirms a region,
-#: the share ratio that is enough once the test confirms it, and how many images take part.
+#: and how many images take part.
 MIN_LIFT = 0.1
-#: ... and the lift a region that is not a fixed pattern needs (the demo's natural top bar of
-#: the 5s made 14% more digits 5s; the planted marks 19-98%, and they are fixed patterns).
-STRONG_LIFT = 0.25
 RECIPIENTS = 64
 DONORS = 16
-#: A region whose pixels look alike across the group's images (sameness >= MIN_SAMENESS: a
-#: pasted pattern) and that passes the transplant test needs only PATTERN_RATIO times the
-#: other classes' share and PATTERN_SHARE of ``min_share``.
+#: A region is a pattern when its pixels look alike across the group's images (sameness >=
+#: MIN_SAMENESS). Chosen on benchmarks/audit_reliability.py's design set: every planted
+#: shortcut had a box at 0.50-1.0, the classes' own strokes on clean models reached 0.46.
 MIN_SAMENESS = 0.5
+#: ... and a pattern on which the other classes put less than 1/EXCLUSIVE_RATIO of the
+#: relevance there is found even when pasting it alone does not sway the model (a line the
+#: model reads beside the digit's own strokes).
+EXCLUSIVE_RATIO = 20.0
 #: Sameness compares each pair of images at the best shift of up to this many pixels each
 #: way, so a mark placed a few pixels apart in each image still counts as one pattern.
 SAMENESS_MOVE = 4
+#: Every box needs PATTERN_SHARE of ``min_share`` and PATTERN_RATIO times the other classes'
+#: share there (other digits' strokes may draw relevance to the place of a mark).
 PATTERN_RATIO = 2.0
 PATTERN_SHARE = 0.75
 
@@ -252,57 +267,100 @@ class _Context:
         bg_rest = self.on_background[rest]
         bg_share = float(np.median(bg_members))
         bg_other = float(np.median(bg_rest)) if len(rest) else 0.0
-        if bg_share >= crit["min_background"] and bg_share >= MIN_BACKGROUND_RATIO * bg_other:
-            consistency = _consistency(bg_members, bg_rest)
-            if consistency >= crit["min_consistency"]:
-                on_bg = (self.relevance[members] * self.background[members]).mean(axis=0)
-                other_bg = np.mean(
-                    [
-                        _mean(self.relevance * self.background, (self.groups == k) & self.valid)
-                        for k in others
-                    ],
-                    axis=0,
-                )
-                box = _box(on_bg - other_bg, threshold=BACKGROUND_CUT, pool=self.pool)
-                return self._finding(
-                    c,
-                    members,
-                    cluster,
-                    box,
-                    mean_map,
-                    other_map,
-                    "background",
-                    consistency,
-                    bg_share,
-                )
+        consistency = _consistency(bg_members, bg_rest)
+        background = (
+            bg_share >= crit["min_background"]
+            and bg_share >= MIN_BACKGROUND_RATIO * bg_other
+            and consistency >= crit["min_consistency"]
+        )
+        self.candidates.append(
+            {
+                "target": int(c),
+                "cluster": cluster,
+                "kind": "background",
+                "share": bg_share,
+                "other_share": bg_other,
+                "consistency": consistency,
+                "decision": "finding" if background else None,
+            }
+        )
+        if background:
+            on_bg = (self.relevance[members] * self.background[members]).mean(axis=0)
+            other_bg = np.mean(
+                [
+                    _mean(self.relevance * self.background, (self.groups == k) & self.valid)
+                    for k in others
+                ],
+                axis=0,
+            )
+            box = _box(on_bg - other_bg, threshold=BACKGROUND_CUT, pool=self.pool)
+            return self._finding(
+                c,
+                members,
+                cluster,
+                box,
+                mean_map,
+                other_map,
+                "background",
+                consistency,
+                bg_share,
+            )
 
         # Region: a small box holding much of the relevance, consistently, unlike the others.
-        box = _box(mean_map - other_map, threshold=REGION_CUT, pool=self.pool)
-        if box is None:
-            return None
+        # A tighter box (a higher cost per cell) is tried too: a mark next to the digit's own
+        # strokes can share a box with them and only stand out alone.
+        contrast = mean_map - other_map
+        boxes = []
+        for cut in REGION_CUTS:
+            box = _box(contrast, threshold=cut, pool=self.pool)
+            if box is not None and box not in boxes:
+                boxes.append(box)
+        decided = [self._region(c, members, rest, cluster, box, mean_map, other_map, bg_share)
+                   for box in boxes]  # fmt: skip
+        for wanted in ("finding", "evidence"):
+            for decision, found in decided:
+                if decision == wanted:
+                    if decision == "evidence":
+                        self.evidence.append(found)
+                        return None
+                    return found
+        return None
+
+    def _region(self, c, members, rest, cluster, box, mean_map, other_map, bg_share):
+        """(decision, Finding) for one box: "finding", "evidence" or None (see _decide)."""
+        crit = self.criteria
         y0, x0, y1, x1 = box
         share = float(mean_map[y0:y1, x0:x1].sum())
         other_share = float(other_map[y0:y1, x0:x1].sum())
         area = self._pixels(box)
         area = (area[2] - area[0]) * (area[3] - area[1]) / np.prod(self.input_shape)
         if area > crit["max_area"] or share < PATTERN_SHARE * crit["min_share"]:
-            return None
+            return None, None
         if share < PATTERN_RATIO * other_share:
-            return None
+            return None, None
         in_box = self.relevance[:, y0:y1, x0:x1].sum(axis=(1, 2))
         consistency = _consistency(in_box[members], in_box[rest])
         if consistency < crit["min_consistency"]:
-            return None
+            return None, None
         # Evidence from the maps alone: much relevance, far more than the other classes there.
         strong = share >= crit["min_share"] and share >= crit["min_ratio"] * other_share
         donors = members[np.argsort(-in_box[members], kind="stable")[:DONORS]]
         test = self._test(c, self._pixels(box), donors)
         rate, control, alike = test
-        decision = _decide(strong, rate, control, alike, crit["min_lift"])
+        decision = _decide(
+            share=share,
+            other_share=other_share,
+            strong=strong,
+            rate=rate,
+            control=control,
+            alike=alike,
+            min_lift=crit["min_lift"],
+        )
         self.candidates.append(
             {
                 "target": int(c),
                 "cluster": cluster,
+                "kind": "region",
                 "region": list(self._pixels(box)),
                 "share": share,
                 "other_share": other_share,
@@ -314,15 +372,12 @@ class _Context:
             }
         )
         if decision is None:
-            return None
+            return None, None
         found = self._finding(
             c, members, cluster, box, mean_map, other_map, "region", consistency, bg_share
         )
         found.transplant_rate, found.control_rate, found.sameness = test
-        if decision == "evidence":
-            self.evidence.append(found)
-            return None
-        return found
+        return decision, found
 
     def _test(self, c, region, donors) -> tuple[float | None, float | None, float | None]:
         """(transplant rate, control rate, sameness) of a region, each computed once; the
@@ -373,16 +428,20 @@ class _Context:
         return y0, x0, min(y1, h), min(x1, w)
 
 
-def _decide(strong, rate, control, alike, min_lift) -> str | None:
+def _decide(
+    *, share: float, other_share: float, strong: bool, rate, control, alike, min_lift
+) -> str | None:
     """ "finding", "evidence" (distinctive evidence of the class) or None for a region that
     passed the maps' first checks (see the module docstring)."""
-    if rate is not None and rate - control < min_lift:
-        return None  # the model is not swayed by the region: neither shortcut nor evidence
+    swayed = rate is None or rate - control >= min_lift  # untested counts as swayed
     if alike is None:  # without the items nothing tells a pattern from the class's own strokes
-        return "finding" if strong else None
-    if alike >= MIN_SAMENESS:
-        return "finding"  # a pattern that (when tested) sways the model
-    return "evidence" if strong else None
+        return "finding" if strong and swayed else None
+    # A pattern: found when the model is swayed by it, or when the other classes put (almost)
+    # no relevance there, so that only this class reads it.
+    exclusive = share >= EXCLUSIVE_RATIO * other_share
+    if alike >= MIN_SAMENESS and (swayed or exclusive):
+        return "finding"
+    return "evidence" if strong and swayed else None
 
 
 def transplant_rates(
