@@ -4,10 +4,19 @@ Convolutions on CPUs (oneDNN) and on GPUs with tensor cores run faster on NHWC t
 small CNN here scored 1.2x (ResNet-18) to 2.3x (small CNN) faster with channels-last inputs
 and weights. The user's model is never converted: the fast layout runs on a copy, made once
 per model object and made again when any of its parameters or buffers changes (each tensor's
-version counter and storage say so). The batch-size search times both layouts at the chosen
-batch size and keeps channels-last only when it is faster and its scores equal the default
-layout's within float tolerance (``RTOL``, ``ATOL`` of the largest score), measured on that
-same batch. Only score calls (forward passes, as the perturbation methods make) use the copy;
+version counter and storage say so).
+
+The copy only ever scores in eval mode, so each ``BatchNorm2d`` that a ``Conv2d`` feeds alone
+is folded into that convolution's weights and replaced by ``nn.Identity`` in the copy
+(:func:`fold_batch_norms`; Ioffe & Szegedy 2015, Alg. 2, give the inference transform; Jacob et
+al. 2018 fold it the same way): one pass fewer over those feature maps, 10-15% of ResNet-18's
+forward on a CPU. Which pairs qualify is read from a ``torch.fx`` trace of the copy; a model
+that does not trace keeps its BatchNorms.
+
+The batch-size search times both layouts at the chosen batch size and keeps the copy only when
+it is faster and its scores equal the user's module's within float tolerance (``RTOL``,
+``ATOL`` of the largest score), measured on that same batch; a copy whose forward fails is not
+kept. Only score calls (forward passes, as the perturbation methods make) use the copy;
 gradients, layer recordings and any model with hooks run the user's own module.
 """
 
@@ -66,12 +75,67 @@ def channels_last_copy(module: nn.Module) -> nn.Module:
     stamp = _stamp(module)
     held = _COPIES.get(module)
     if held is None or held[0] != stamp:
-        twin = copy.deepcopy(module).to(memory_format=torch.channels_last)
+        twin = copy.deepcopy(module)
         for m in twin.modules():
             m.training = False  # scores run in eval mode, as on the user's module
+        fold_batch_norms(twin)
+        twin = twin.to(memory_format=torch.channels_last)
         held = (stamp, twin)
         _COPIES[module] = held
     return held[1]
+
+
+def fold_batch_norms(module: nn.Module) -> list[str]:
+    """Fold every eval-mode ``BatchNorm2d`` fed only by a ``Conv2d`` into it, in place.
+
+    For a copy that scores in eval mode only (never call it on a user's module). BatchNorm in
+    eval mode is the affine map ``gamma (y - mean) / sqrt(var + eps) + beta`` (Ioffe & Szegedy
+    2015, Alg. 2), so ``bn(conv(x))`` is one convolution with scaled weights and a shifted bias
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``). A pair is folded only when the trace shows
+    that the convolution's output goes to that BatchNorm and nowhere else, each module runs
+    once per forward under one name, and the forward reads neither module's tensors directly;
+    the BatchNorm becomes ``nn.Identity`` at the same path (paths stay valid). Returns the
+    folded BatchNorms' paths.
+    """
+    from torch import fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    try:  # a forward with data-dependent control flow does not trace: nothing is folded
+        graph = fx.symbolic_trace(module).graph
+    except Exception:
+        return []
+    calls: dict[int, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            key = id(module.get_submodule(node.target))
+            calls[key] = calls.get(key, 0) + 1
+    read = [n.target for n in graph.nodes if n.op == "get_attr"]
+    folded = []
+    for node in graph.nodes:
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if not isinstance(source, fx.Node) or source.op != "call_module":
+            continue
+        if len(node.args) != 1 or node.kwargs or source.kwargs or len(source.users) != 1:
+            continue
+        bn, conv = module.get_submodule(node.target), module.get_submodule(source.target)
+        # exact types: a subclass may compute something else in its forward
+        if type(bn) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d:
+            continue
+        if bn.running_mean is None or bn.running_var is None or not bn.track_running_stats:
+            continue  # batch statistics even in eval mode: not an affine map
+        if calls[id(bn)] != 1 or calls[id(conv)] != 1:
+            continue  # a shared module: folding would change its other uses
+        if any(r.startswith((f"{node.target}.", f"{source.target}.")) for r in read):
+            continue  # the forward reads the weights itself
+        _set_submodule(module, source.target, fuse_conv_bn_eval(conv, bn))
+        _set_submodule(module, node.target, nn.Identity())
+        folded.append(node.target)
+    return folded
+
+
+def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, new)
 
 
 def as_channels_last(tensor: torch.Tensor) -> torch.Tensor:

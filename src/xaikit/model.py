@@ -624,14 +624,23 @@ class Model:
 
     def _choose_layout(self, first, step, key: tuple, size: int) -> None:
         """Time the default and the channels-last layout at ``size``; keep the faster one
-        whose scores equal the default's (see :mod:`xaikit.layout`)."""
+        whose scores equal the default's (see :mod:`xaikit.layout`; a copy that fails is not
+        kept)."""
         batch = np.ascontiguousarray(np.broadcast_to(first, (size, *first.shape[1:])))
         rows = np.zeros(size, dtype=np.int64)
         results, seconds = {}, {}
         for name in ("contiguous", "channels_last", "contiguous", "channels_last"):
             layout.choose(self.module, key, name)  # interleaved: one busy moment hits both
             start = time.perf_counter()
-            (results[name],) = step(batch, rows)
+            try:
+                (results[name],) = step(batch, rows)
+            except Exception:
+                if name == "contiguous":
+                    raise  # the user's own forward: its error is the caller's
+                # The copy's (e.g. a forward that reads a folded BatchNorm's attributes): the
+                # user's module works, so it is used as it is.
+                layout.choose(self.module, key, "contiguous")
+                return
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds[name] = min(seconds.get(name, np.inf), time.perf_counter() - start)

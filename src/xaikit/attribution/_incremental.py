@@ -308,7 +308,15 @@ class Incremental:
         for name in ("contiguous", "channels_last", "contiguous", "channels_last"):
             self._use_layout(name)
             start = time.perf_counter()
-            results[name] = self._chunk(flat, x_t, base, maps, cut_map)
+            try:
+                results[name] = self._chunk(flat, x_t, base, maps, cut_map)
+            except Exception:
+                if name == "contiguous":
+                    raise
+                # the copy failed (a forward that reads a folded BatchNorm): the user's layers
+                self.plan.layout = "contiguous"
+                self._use_layout("contiguous")
+                return results["contiguous"]
             seconds[name] = min(seconds.get(name, np.inf), time.perf_counter() - start)
         faster = seconds["channels_last"] <= layout.GAIN * seconds["contiguous"]
         same = layout.equal_scores(results["contiguous"], results["channels_last"])
