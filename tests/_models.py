@@ -218,13 +218,14 @@ def conv_bn_pool_net(seed: int = 0) -> nn.Module:
 
 
 class BatchNormCNN(nn.Module):
-    """Conv-BatchNorm pairs on 3x8x8 inputs, 3 classes, with non-trivial statistics.
+    """Conv-BatchNorm pairs and a ReLU on 3x8x8 inputs, 3 classes.
 
     ``how`` says what else the forward does with them: ``"plain"`` nothing; ``"two_readers"``
     the first convolution's output also feeds a skip connection; ``"shared"`` the first
     convolution runs twice; ``"reads_weight"`` the forward reads the first BatchNorm's weight;
     ``"reads_attribute"`` it reads a BatchNorm attribute that ``nn.Identity`` does not have;
-    ``"branches"`` it branches on a feature map's values (torch.fx cannot trace it).
+    ``"relu_input_read"`` the ReLU's input is read again after it; ``"branches"`` it branches
+    on a feature map's values (torch.fx cannot trace it).
     """
 
     def __init__(self, how: str = "plain") -> None:
@@ -232,6 +233,7 @@ class BatchNormCNN(nn.Module):
         self.how = how
         self.conv1, self.bn1 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
         self.conv2, self.bn2 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
         self.head = nn.Linear(4 * 8 * 8, 3)
 
     def forward(self, x):
@@ -247,7 +249,9 @@ class BatchNormCNN(nn.Module):
             out = out[:, : self.bn1.num_features]
         if self.how == "branches" and out.mean() > 0:
             out = -out
-        return self.head(torch.relu(self.bn2(self.conv2(out))).flatten(1))
+        z = self.bn2(self.conv2(out))
+        y = self.relu(z) - z if self.how == "relu_input_read" else self.relu(z)
+        return self.head(y.flatten(1))
 
 
 def batch_norm_cnn(how: str = "plain", seed: int = 0) -> BatchNormCNN:

@@ -86,6 +86,7 @@ def test_a_model_without_convolutions_is_not_copied():
         ("two_readers", ["bn2"]),  # conv1's output also feeds the skip connection
         ("shared", ["bn2"]),  # conv1 runs twice
         ("reads_weight", ["bn2"]),  # the forward reads bn1.weight itself
+        ("relu_input_read", ["bn1", "bn2"]),
         ("branches", []),  # no fx trace: nothing is folded
     ],
 )
@@ -95,8 +96,26 @@ def test_batch_norms_fold_only_into_a_convolution_that_feeds_them_alone(how, fol
     assert all(isinstance(twin.get_submodule(path), nn.Identity) for path in folded)
 
 
-@pytest.mark.parametrize("how", ["plain", "two_readers", "shared", "reads_weight", "branches"])
-def test_the_folded_copy_scores_like_the_model(how):
+@pytest.mark.parametrize(
+    ("how", "changed"),
+    [
+        ("plain", ["relu"]),  # its input, bn2(conv2(...)), is a new tensor read only by it
+        ("relu_input_read", []),  # the forward reads the ReLU's input again after it
+        ("branches", []),
+    ],
+)
+def test_relus_run_in_place_only_on_a_fresh_input_nothing_else_reads(how, changed):
+    twin = batch_norm_cnn(how).eval()
+    layout.fold_batch_norms(twin)
+    assert layout.relus_in_place(twin) == changed
+    assert [p for p, m in twin.named_modules() if getattr(m, "inplace", False)] == changed
+
+
+HOWS = ["plain", "two_readers", "shared", "reads_weight", "relu_input_read", "branches"]
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_the_copy_scores_like_the_model(how):
     x = np.random.default_rng(0).random((20, 3, 8, 8), dtype=np.float32)
     plain = xk.Model(batch_norm_cnn(how), batch_size=16).scores(x)
     fast = forced(batch_norm_cnn(how), x, "channels_last").scores(x)

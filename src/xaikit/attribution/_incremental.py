@@ -287,7 +287,8 @@ class Incremental:
         if not self.channels_last:
             self.modules, self.suffix = self.graph.modules, self.plan.suffix
             return
-        twin = layout.channels_last_copy(module)  # made again when the weights change
+        # made again when the weights change; no in-place ReLU: regions are views of kept maps
+        twin = layout.channels_last_copy(module, in_place=False)
         held = self.plan.channels_last
         if held is None or held[0] is not twin:
             held = (twin, _suffix(twin, self.graph, self.plan.prefix, self.cut))
