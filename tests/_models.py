@@ -267,6 +267,21 @@ def batch_norm_cnn(how: str = "plain", seed: int = 0) -> BatchNormCNN:
     return net
 
 
+class InputEditingCNN(nn.Module):
+    """Halves its input in place before a convolution (a forward that edits its argument);
+    ``channels`` input channels, 8x8 images, 2 classes."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(channels, 2, 3, padding=1)
+        self.head = nn.Linear(2 * 8 * 8, 2)
+
+    def forward(self, x):
+        x.mul_(0.5)
+        return self.head(self.conv(x).flatten(1))
+
+
 # ---------------------------------------------------------------- models with a known answer
 
 PATCH = (slice(2, 5), slice(3, 7))  # the only region a PatchModel looks at

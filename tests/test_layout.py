@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import xaikit as xk
-from _models import batch_norm_cnn
+from _models import InputEditingCNN, batch_norm_cnn
 from _models import conv_bn_pool_net as conv_net
 from xaikit import layout
 
@@ -142,3 +142,11 @@ def test_a_copy_whose_forward_fails_is_not_kept():
     scores = xk.Model(net).scores(x)
     assert list(xk.Model(net).chosen_layouts.values()) == ["contiguous"]
     np.testing.assert_allclose(scores, xk.Model(net, batch_size=64).scores(x), rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])  # one channel: the change of layout copies nothing
+def test_a_forward_that_edits_its_input_leaves_the_callers_array(channels):
+    x = np.random.default_rng(0).random((20, channels, 8, 8), dtype=np.float32)
+    before = x.copy()
+    forced(InputEditingCNN(channels).eval(), x, "channels_last").scores(x)
+    np.testing.assert_array_equal(x, before)

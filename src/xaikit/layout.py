@@ -213,6 +213,19 @@ def as_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous(memory_format=torch.channels_last)
 
 
+def fresh_channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in channels-last memory of its own, with one copy at most.
+
+    With more than one channel the change of layout is itself the copy that keeps a forward
+    from reaching the caller's memory; with one channel (or a batch already channels-last)
+    nothing moves, so a copy is made.
+    """
+    out = as_channels_last(tensor)
+    if out.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+        out = out.clone(memory_format=torch.channels_last)
+    return out
+
+
 def equal_scores(a: np.ndarray, b: np.ndarray) -> bool:
     scale = float(np.abs(a).max(initial=0.0))
     return bool(np.allclose(a, b, rtol=RTOL, atol=ATOL * max(scale, 1e-12)))

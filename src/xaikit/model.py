@@ -184,12 +184,13 @@ class Model:
 
             def step(xb, rows):
                 with torch.inference_mode():
-                    tensor = self._to_tensor(xb)
                     if fast and layout.chosen_layout(self.module, key) == "channels_last":
                         module = layout.channels_last_copy(self.module)
-                        out = self._forward(layout.as_channels_last(tensor), rows, module=module)
+                        # the change of layout is the batch's copy (see _to_tensor's why)
+                        tensor = layout.fresh_channels_last(self._to_tensor(xb, fresh=False))
+                        out = self._forward(tensor, rows, module=module)
                     else:
-                        out = self._forward(tensor, rows)
+                        out = self._forward(self._to_tensor(xb), rows)
                 out = float_output(out)
                 return (out.cpu().numpy(),) if as_numpy else (out,)
 
