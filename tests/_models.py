@@ -208,6 +208,80 @@ def image_mlp(shape: tuple[int, int, int] = (2, 6, 7), seed: int = 0) -> nn.Modu
     return nn.Sequential(nn.Flatten(), nn.Linear(size, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
 
 
+def conv_bn_pool_net(seed: int = 0) -> nn.Module:
+    """Conv-BatchNorm-ReLU-pool-conv-ReLU-linear on 3x16x16 inputs, 4 classes, in eval mode."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 4),
+    ).eval()  # fmt: skip
+
+
+class BatchNormCNN(nn.Module):
+    """Conv-BatchNorm pairs and a ReLU on 3x8x8 inputs, 3 classes.
+
+    ``how`` says what else the forward does with them: ``"plain"`` nothing; ``"two_readers"``
+    the first convolution's output also feeds a skip connection; ``"shared"`` the first
+    convolution runs twice; ``"reads_weight"`` the forward reads the first BatchNorm's weight;
+    ``"reads_attribute"`` it reads a BatchNorm attribute that ``nn.Identity`` does not have;
+    ``"relu_input_read"`` the ReLU's input is read again after it; ``"branches"`` it branches
+    on a feature map's values (torch.fx cannot trace it).
+    """
+
+    def __init__(self, how: str = "plain") -> None:
+        super().__init__()
+        self.how = how
+        self.conv1, self.bn1 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        if self.how == "shared":
+            h = self.conv1(h)
+        out = self.bn1(h)
+        if self.how == "two_readers":
+            out = out + h
+        if self.how == "reads_weight":
+            out = out * self.bn1.weight.mean()
+        if self.how == "reads_attribute":
+            out = out[:, : self.bn1.num_features]
+        if self.how == "branches" and out.mean() > 0:
+            out = -out
+        z = self.bn2(self.conv2(out))
+        y = self.relu(z) - z if self.how == "relu_input_read" else self.relu(z)
+        return self.head(y.flatten(1))
+
+
+def batch_norm_cnn(how: str = "plain", seed: int = 0) -> BatchNormCNN:
+    """A BatchNormCNN in training mode whose BatchNorm statistics are not the identity."""
+    torch.manual_seed(seed)
+    net = BatchNormCNN(how)
+    with torch.no_grad():
+        for bn in (net.bn1, net.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return net
+
+
+class InputEditingCNN(nn.Module):
+    """Halves its input in place before a convolution (a forward that edits its argument);
+    ``channels`` input channels, 8x8 images, 2 classes."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(channels, 2, 3, padding=1)
+        self.head = nn.Linear(2 * 8 * 8, 2)
+
+    def forward(self, x):
+        x.mul_(0.5)
+        return self.head(self.conv(x).flatten(1))
+
+
 # ---------------------------------------------------------------- models with a known answer
 
 PATCH = (slice(2, 5), slice(3, 7))  # the only region a PatchModel looks at

@@ -14,6 +14,7 @@ from torch import nn
 
 import xaikit as xk
 from _models import BagOfEmbeddings
+from xaikit.attribution.coalitions import row_keys
 from xaikit.attribution.kernel_shap import product_kernel, product_kernel_shapley, shapley_pairs
 
 
@@ -368,3 +369,20 @@ def test_bad_samples(samples, error):
 def test_bad_parameter_is_named(params, error, name):
     with pytest.raises(error, match=name):
         xk.explain(products, np.zeros(9), method="kernel_shap", **params)
+
+
+@pytest.mark.parametrize("m", [5, 49, 64, 65, 200])  # one integer key up to 64 bits, bytes beyond
+def test_row_keys_find_the_distinct_rows_that_unique_by_rows_finds(m):
+    rng = np.random.default_rng(m)
+    z = rng.random((500, m)) < 0.5
+    z[250:] = z[rng.integers(0, 250, 250)]  # repeats
+    packed = np.packbits(z, axis=1)
+    _, first_rows, inverse_rows = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    _, first_keys, inverse_keys = np.unique(
+        row_keys(packed), return_index=True, return_inverse=True
+    )
+    np.testing.assert_array_equal(np.sort(first_keys), np.sort(first_rows))
+    # each row maps to its distinct row's first occurrence, whatever order unique lists them in
+    np.testing.assert_array_equal(
+        first_keys[inverse_keys.reshape(-1)], first_rows[inverse_rows.reshape(-1)]
+    )

@@ -1,4 +1,5 @@
-"""Channels-last scoring: a copy of the model in the faster layout, never the user's model."""
+"""Channels-last scoring: a copy of the model in the faster layout (BatchNorms folded into
+their convolutions), never the user's model."""
 
 from __future__ import annotations
 
@@ -8,15 +9,9 @@ import torch
 from torch import nn
 
 import xaikit as xk
+from _models import InputEditingCNN, batch_norm_cnn
+from _models import conv_bn_pool_net as conv_net
 from xaikit import layout
-
-
-def conv_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 4),
-    ).eval()  # fmt: skip
 
 
 @pytest.fixture
@@ -82,3 +77,76 @@ def test_a_model_without_convolutions_is_not_copied():
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     x = np.zeros((2, 3, 4, 4), np.float32)
     assert not layout.may_use_channels_last(net, x, {})
+
+
+@pytest.mark.parametrize(
+    ("how", "folded"),
+    [
+        ("plain", ["bn1", "bn2"]),
+        ("two_readers", ["bn2"]),  # conv1's output also feeds the skip connection
+        ("shared", ["bn2"]),  # conv1 runs twice
+        ("reads_weight", ["bn2"]),  # the forward reads bn1.weight itself
+        ("relu_input_read", ["bn1", "bn2"]),
+        ("branches", []),  # no fx trace: nothing is folded
+    ],
+)
+def test_batch_norms_fold_only_into_a_convolution_that_feeds_them_alone(how, folded):
+    twin = batch_norm_cnn(how).eval()
+    assert layout.fold_batch_norms(twin) == folded
+    assert all(isinstance(twin.get_submodule(path), nn.Identity) for path in folded)
+
+
+@pytest.mark.parametrize(
+    ("how", "changed"),
+    [
+        ("plain", ["relu"]),  # its input, bn2(conv2(...)), is a new tensor read only by it
+        ("relu_input_read", []),  # the forward reads the ReLU's input again after it
+        ("branches", []),
+    ],
+)
+def test_relus_run_in_place_only_on_a_fresh_input_nothing_else_reads(how, changed):
+    twin = batch_norm_cnn(how).eval()
+    layout.fold_batch_norms(twin)
+    assert layout.relus_in_place(twin) == changed
+    assert [p for p, m in twin.named_modules() if getattr(m, "inplace", False)] == changed
+
+
+HOWS = ["plain", "two_readers", "shared", "reads_weight", "relu_input_read", "branches"]
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_the_copy_scores_like_the_model(how):
+    x = np.random.default_rng(0).random((20, 3, 8, 8), dtype=np.float32)
+    plain = xk.Model(batch_norm_cnn(how), batch_size=16).scores(x)
+    fast = forced(batch_norm_cnn(how), x, "channels_last").scores(x)
+    np.testing.assert_allclose(fast, plain, rtol=layout.RTOL, atol=layout.ATOL)
+
+
+def test_folding_leaves_the_users_model_as_it_was():
+    net = batch_norm_cnn()  # in training mode
+    before = {name: t.clone() for name, t in net.state_dict().items()}
+    x = np.random.default_rng(0).random((20, 3, 8, 8), dtype=np.float32)
+    forced(net, x, "channels_last").scores(x)
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert all(m.training for m in net.modules())
+    assert isinstance(net.bn1, nn.BatchNorm2d) and isinstance(net.bn2, nn.BatchNorm2d)
+
+
+def test_a_copy_whose_forward_fails_is_not_kept():
+    # bn1.num_features is a plain int: the trace does not see it read, the fold takes bn1
+    # and the copy's forward then fails; the search keeps the user's module.
+    net = batch_norm_cnn("reads_attribute").eval()
+    x = np.random.default_rng(0).random((64, 3, 8, 8), dtype=np.float32)
+    scores = xk.Model(net).scores(x)
+    assert list(xk.Model(net).chosen_layouts.values()) == ["contiguous"]
+    np.testing.assert_allclose(scores, xk.Model(net, batch_size=64).scores(x), rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])  # one channel: the change of layout copies nothing
+def test_a_forward_that_edits_its_input_leaves_the_callers_array(channels):
+    x = np.random.default_rng(0).random((20, channels, 8, 8), dtype=np.float32)
+    before = x.copy()
+    forced(InputEditingCNN(channels).eval(), x, "channels_last").scores(x)
+    np.testing.assert_array_equal(x, before)

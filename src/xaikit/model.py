@@ -184,12 +184,13 @@ class Model:
 
             def step(xb, rows):
                 with torch.inference_mode():
-                    tensor = self._to_tensor(xb)
                     if fast and layout.chosen_layout(self.module, key) == "channels_last":
                         module = layout.channels_last_copy(self.module)
-                        out = self._forward(layout.as_channels_last(tensor), rows, module=module)
+                        # the change of layout is the batch's copy (see _to_tensor's why)
+                        tensor = layout.fresh_channels_last(self._to_tensor(xb, fresh=False))
+                        out = self._forward(tensor, rows, module=module)
                     else:
-                        out = self._forward(tensor, rows)
+                        out = self._forward(self._to_tensor(xb), rows)
                 out = float_output(out)
                 return (out.cpu().numpy(),) if as_numpy else (out,)
 
@@ -624,14 +625,23 @@ class Model:
 
     def _choose_layout(self, first, step, key: tuple, size: int) -> None:
         """Time the default and the channels-last layout at ``size``; keep the faster one
-        whose scores equal the default's (see :mod:`xaikit.layout`)."""
+        whose scores equal the default's (see :mod:`xaikit.layout`; a copy that fails is not
+        kept)."""
         batch = np.ascontiguousarray(np.broadcast_to(first, (size, *first.shape[1:])))
         rows = np.zeros(size, dtype=np.int64)
         results, seconds = {}, {}
         for name in ("contiguous", "channels_last", "contiguous", "channels_last"):
             layout.choose(self.module, key, name)  # interleaved: one busy moment hits both
             start = time.perf_counter()
-            (results[name],) = step(batch, rows)
+            try:
+                (results[name],) = step(batch, rows)
+            except Exception:
+                if name == "contiguous":
+                    raise  # the user's own forward: its error is the caller's
+                # The copy's (e.g. a forward that reads a folded BatchNorm's attributes): the
+                # user's module works, so it is used as it is.
+                layout.choose(self.module, key, "contiguous")
+                return
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds[name] = min(seconds.get(name, np.inf), time.perf_counter() - start)

@@ -287,7 +287,8 @@ class Incremental:
         if not self.channels_last:
             self.modules, self.suffix = self.graph.modules, self.plan.suffix
             return
-        twin = layout.channels_last_copy(module)  # made again when the weights change
+        # made again when the weights change; no in-place ReLU: regions are views of kept maps
+        twin = layout.channels_last_copy(module, in_place=False)
         held = self.plan.channels_last
         if held is None or held[0] is not twin:
             held = (twin, _suffix(twin, self.graph, self.plan.prefix, self.cut))
@@ -308,7 +309,15 @@ class Incremental:
         for name in ("contiguous", "channels_last", "contiguous", "channels_last"):
             self._use_layout(name)
             start = time.perf_counter()
-            results[name] = self._chunk(flat, x_t, base, maps, cut_map)
+            try:
+                results[name] = self._chunk(flat, x_t, base, maps, cut_map)
+            except Exception:
+                if name == "contiguous":
+                    raise
+                # the copy failed (a forward that reads a folded BatchNorm): the user's layers
+                self.plan.layout = "contiguous"
+                self._use_layout("contiguous")
+                return results["contiguous"]
             seconds[name] = min(seconds.get(name, np.inf), time.perf_counter() - start)
         faster = seconds["channels_last"] <= layout.GAIN * seconds["contiguous"]
         same = layout.equal_scores(results["contiguous"], results["channels_last"])

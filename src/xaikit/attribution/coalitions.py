@@ -120,8 +120,8 @@ class CoalitionGame:
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
         """``v`` for coalitions ``z (n, M)``; each distinct coalition runs once (float64)."""
-        packed = np.packbits(z, axis=1)
-        _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+        keys = row_keys(np.packbits(z, axis=1))
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         masks = z[np.sort(first)]  # distinct rows in order of first appearance
         order = np.argsort(np.argsort(first))  # position of each unique row within masks
         size = chunk_size(self.x, n_background=self.rows)
@@ -155,6 +155,23 @@ class CoalitionGame:
             )
             self.evaluations += len(chunk)
             yield chunk, scores[:, self.target].astype(np.float64)
+
+
+def row_keys(packed: np.ndarray) -> np.ndarray:
+    """One sortable key per row of packed bits ``(n, bytes)``, equal exactly for equal rows.
+
+    ``np.unique(keys)`` finds the same distinct rows, first occurrences and inverse as
+    ``np.unique(packed, axis=0)`` (only the order of the distinct values may differ), several
+    times faster: rows of up to 8 bytes (64 components) become one integer each, longer ones one
+    opaque bytes value, instead of a structured view compared field by field.
+    """
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    n, width = packed.shape
+    if width <= 8:
+        padded = np.zeros((n, 8), dtype=np.uint8)
+        padded[:, :width] = packed
+        return padded.view(np.uint64)[:, 0]
+    return packed.view(np.dtype((np.void, width)))[:, 0]
 
 
 def games_for(model, x, targets, *, components, baseline, seed) -> list[CoalitionGame]:

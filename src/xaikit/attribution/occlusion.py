@@ -37,11 +37,12 @@ from xaikit.model import Model
     "occlusion",
     needs_gradients=False,
     reference="Zeiler & Fergus 2014, Visualizing and understanding convolutional networks",
+    scores_at_input=True,  # it scores x anyway (the drops start there): explain skips its own
 )
 def occlusion(
     model: Model,
     x: np.ndarray,
-    targets: np.ndarray,
+    targets: np.ndarray | None,
     *,
     window: Any = None,
     stride: Any = None,
@@ -87,6 +88,7 @@ def occlusion(
     ]
     n_windows = int(np.prod(counts))
     f_x = model.scores(x)
+    targets = f_x.argmax(axis=1) if targets is None else targets  # None: the predicted class
     values = np.empty(x.shape, dtype=np.float32)
     bases = [make_baseline(x[i], baseline, seed=0) for i in range(len(x))]
     runner, note = _incremental.prepare(

@@ -90,12 +90,16 @@ def perturbation_score_chunks(
     comp_index = None
     if components is not None:
         comp_index = _component_index(components, x.shape)
-        comp_index = torch.as_tensor(comp_index, device=x_t.device) if on_device else comp_index
+        if on_device:  # the map itself, broadcast over the channels by the blend
+            comp_index = torch.as_tensor(np.asarray(components, dtype=np.int64), device=x_t.device)
     for chunk in masks:
         chunk = np.asarray(chunk)
         if chunk.ndim < 2 or len(chunk) == 0:
             continue
-        inputs = _masked_inputs(x_t, base_t, chunk, comp_index, background=background)
+        if on_device:
+            inputs = _masked_tensors(x_t, base_t, chunk, comp_index, background=background)
+        else:
+            inputs = _masked_inputs(x_t, base_t, chunk, comp_index, background=background)
         if integer_ids:  # token ids: a removed token takes the baseline id, never a blend
             inputs = inputs.round().long() if on_device else inputs.round().astype(x.dtype)
         # x and the baseline were checked; their blends need no second NaN scan per chunk.
@@ -157,13 +161,39 @@ def _component_index(components: np.ndarray, shape: tuple[int, ...]) -> np.ndarr
     return np.broadcast_to(components, shape).reshape(-1).astype(np.int64)
 
 
+def _masked_tensors(x, base, chunk: np.ndarray, components, *, background: bool):
+    """One chunk of masked inputs as tensors: one broadcast ``lerp`` writes them.
+
+    The keep-masks stay at the size of a component map or spatial mask ``(b, 1, H, W)``, and
+    the blend broadcasts them over the channels (and background rows): no ``(b, C, H, W)``
+    mask is built (RGB: a third of the memory traffic), and the values are those of the
+    element-wise blend, bit for bit.
+    """
+    mask = torch.as_tensor(chunk, device=x.device)
+    b = len(chunk)
+    if components is not None:
+        shape = tuple(components.shape)
+        keep = torch.index_select(mask, 1, components.reshape(-1))  # each element's component
+    else:
+        shape = chunk.shape[1:]
+        if shape != tuple(x.shape[x.ndim - len(shape) :]):
+            raise ValueError(
+                f"masks: expected masks of shape (b, "
+                f"{', '.join(map(str, x.shape[x.ndim - len(shape) :]))}), got {chunk.shape}"
+            )
+        keep = mask
+    keep = keep.reshape(b, *([1] * (x.ndim - len(shape))), *shape).to(x.dtype)
+    if background:  # (b, R, *x.shape): every mask on every background row
+        out = torch.lerp(base[None], x[None, None], keep[:, None])
+        return out.reshape(b * base.shape[0], *x.shape)
+    return torch.lerp(base, x, keep)  # base is a number or of x's shape: broadcasts
+
+
 def _masked_inputs(x, base, chunk: np.ndarray, comp_index, *, background: bool):
-    """Build one chunk of masked inputs, vectorised over the masks."""
-    is_torch = isinstance(x, torch.Tensor)
-    lib_mask = torch.as_tensor(chunk, device=x.device) if is_torch else chunk
+    """One chunk of masked inputs as arrays (a NumPy callable's), vectorised over the masks."""
     b = len(chunk)
     if comp_index is not None:
-        keep = lib_mask[:, comp_index]  # (b, prod(shape)): each element takes its component's bit
+        keep = chunk[:, comp_index]  # (b, prod(shape)): each element takes its component's bit
     else:
         spatial = chunk.shape[1:]
         lead = x.ndim - len(spatial)
@@ -172,10 +202,9 @@ def _masked_inputs(x, base, chunk: np.ndarray, comp_index, *, background: bool):
                 f"masks: expected masks of shape (b, {', '.join(map(str, x.shape[lead:]))}), "
                 f"got {chunk.shape}"
             )
-        keep = lib_mask.reshape(b, *([1] * lead), *spatial)
-        keep = keep.expand(b, *x.shape) if is_torch else np.broadcast_to(keep, (b, *x.shape))
+        keep = np.broadcast_to(chunk.reshape(b, *([1] * lead), *spatial), (b, *x.shape))
         keep = keep.reshape(b, -1)
-    keep = keep.to(x.dtype) if is_torch else keep.astype(x.dtype, copy=False)
+    keep = keep.astype(x.dtype, copy=False)
     flat_x = x.reshape(1, -1)
     if background:
         flat_base = base.reshape(1, base.shape[0], -1)  # (1, R, P)
@@ -186,12 +215,11 @@ def _masked_inputs(x, base, chunk: np.ndarray, comp_index, *, background: bool):
 
 
 def _blend(base, x, keep):
-    """base where keep is 0, x where it is 1, exactly; linear in between (RISE's soft masks)."""
-    if isinstance(x, torch.Tensor):
-        base = torch.as_tensor(base, dtype=x.dtype, device=x.device)
-        return torch.lerp(base, x, keep)  # broadcasts
-    # keep * x + (1 - keep) * base with one array of the output's size, C-ordered so that the
-    # caller's reshape is a view (a broadcast product may come out in another order)
+    """base where keep is 0, x where it is 1, exactly; linear in between (RISE's soft masks).
+
+    ``keep * x + (1 - keep) * base`` with one array of the output's size, C-ordered so that the
+    caller's reshape is a view (a broadcast product may come out in another order).
+    """
     shape = np.broadcast_shapes(np.shape(base), np.shape(x), np.shape(keep))
     out = np.multiply(1 - keep, base, out=np.empty(shape, np.result_type(keep, x, base)))
     out += keep * x

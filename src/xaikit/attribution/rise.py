@@ -85,6 +85,10 @@ def rise(
     spatial = item[-2:] if kind == "image" else item
     cell = _resolve_cell(cell, spatial)
     cell_px = [math.ceil(d / c) for d, c in zip(spatial, cell, strict=True)]
+    # per axis, torch's linear upsampling of a grid row to (cell + 1) * cell_px, as a matrix
+    interpolation = [
+        _interpolation_matrix(c, (c + 1) * px) for c, px in zip(cell, cell_px, strict=True)
+    ]
     # All grids were drawn first, then the shifts axis by axis: one generator per block, drawn
     # chunk by chunk, gives the same masks in memory of one chunk whatever ``samples`` is.
     blocks = [(samples * math.prod(cell), None)]
@@ -103,13 +107,14 @@ def rise(
                 shifts = np.stack(
                     [g.integers(0, c, b) for g, c in zip(shift_draws, cell_px, strict=True)], axis=1
                 )
-                masks = _upsample(grids, shifts, cell, cell_px, spatial)
+                masks = _upsample(grids, shifts, interpolation, spatial)
                 scores = perturbation_scores(
-                    model, x[i], [masks], baseline=base.values, background=base.background
+                    model, x[i], [masks.numpy()], baseline=base.values, background=base.background
                 )
-                # float32 product (no float64 copy of the masks), float64 running sum
-                weights = scores[:, targets[i]].astype(np.float32)
-                saliency += weights @ masks.reshape(len(masks), -1)
+                # float32 product (no float64 copy of the masks), float64 running sum; in torch,
+                # whose threads the forwards use: NumPy's BLAS threads would spin against them
+                weights = torch.from_numpy(scores[:, targets[i]].astype(np.float32))
+                saliency += (weights @ masks.reshape(len(masks), -1)).numpy()
                 bar.advance(b)
         saliency /= samples * p
         values[i] = np.broadcast_to(saliency.reshape(spatial), item)
@@ -137,23 +142,22 @@ def _resolve_cell(cell: Any, spatial: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(c) for c in cell)
 
 
-def _upsample(grids, shifts, cell, cell_px, spatial) -> np.ndarray:
+def _upsample(grids, shifts, interpolation, spatial) -> torch.Tensor:
     """Soft masks ``(b, *spatial)``: bilinear upsampling of the grids, then shifted crops.
 
     Bilinear interpolation is separable, so upsampling a grid G and cropping at (dy, dx) is
     ``U_y[dy:dy+H] @ G @ U_x[dx:dx+W].T`` with ``U`` the 1-D interpolation matrix of
-    ``F.interpolate`` (align_corners=False): two small batched products instead of building
-    the full upsampled masks and gathering crops from them.
+    ``F.interpolate`` (align_corners=False, ``interpolation``, one per axis): two small batched
+    products instead of building the full upsampled masks and gathering crops from them.
     """
     factors = []
-    for axis, (c, px, d) in enumerate(zip(cell, cell_px, spatial, strict=True)):
-        u = _interpolation_matrix(c, (c + 1) * px)  # (upsampled length, c)
+    for axis, (u, d) in enumerate(zip(interpolation, spatial, strict=True)):
         rows = torch.from_numpy(shifts[:, axis])[:, None] + torch.arange(d)[None, :]
         factors.append(u[rows])  # (b, d, c): the crop's rows of U, per mask
     grid = torch.from_numpy(grids).to(torch.float32)
-    if len(cell) == 1:
-        return torch.bmm(factors[0], grid[:, :, None])[:, :, 0].numpy()
-    return torch.bmm(torch.bmm(factors[0], grid), factors[1].transpose(1, 2)).numpy()
+    if len(spatial) == 1:
+        return torch.bmm(factors[0], grid[:, :, None])[:, :, 0]
+    return torch.bmm(torch.bmm(factors[0], grid), factors[1].transpose(1, 2))
 
 
 def _interpolation_matrix(n: int, size: int) -> torch.Tensor:
