@@ -152,6 +152,7 @@ def test_report_on_torchscript_skips_what_cannot_run_with_a_note(scripted):
 @pytest.fixture(scope="module")
 def frame():
     import pandas as pd
+
     rng = np.random.default_rng(0)
     n = 120
     return pd.DataFrame(
