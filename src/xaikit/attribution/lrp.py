@@ -325,16 +325,26 @@ def _merge(weight, bias, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z`` moved away from 0 by ``epsilon`` with its sign (0 counts as positive)."""
-    sign = (z == 0).to(z) + z.sign()
-    return z + sign * epsilon
+    """``z`` moved away from 0 by ``epsilon`` with its sign (0 counts as positive).
+
+    The same numbers as Zennit's ``z + ((z == 0) + sign(z)) * epsilon``, in three passes over
+    ``z`` instead of six.
+    """
+    eps = z.new_tensor(epsilon)
+    shift = torch.where(z >= 0, eps, -eps)
+    return shift.add_(z)
 
 
 def _ratio(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
     denominator = stabilise(z, epsilon)
     if epsilon == 0:  # LRP-0: a neuron with z = 0 has no relevance to pass on
         return torch.where(denominator == 0, 0.0, relevance / denominator)
-    return relevance / denominator
+    return torch.div(relevance, denominator, out=denominator)
+
+
+def _ratio_nonnegative(relevance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """:func:`_ratio` with Zennit's stabiliser for a ``z >= 0`` that may be overwritten."""
+    return torch.div(relevance, z.add_(STABILIZER), out=z)
 
 
 def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Tensor):
@@ -347,12 +357,7 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
     shape = x.shape
     rule = spec.rule
     if rule in ("flat", "wsquare"):
-        if rule == "flat":
-            w, b = torch.ones_like(spec.weight), None
-        else:
-            w, b = spec.weight**2, None if spec.bias is None else spec.bias**2
-        q = spec.forward(torch.ones_like(x), w, b)
-        return spec.vjp(w, _ratio(relevance, q, STABILIZER), shape)
+        return _input_rule(spec, relevance, shape)
     if rule == "zbox":
         parts = spec.parts()
         low, high = (bound.to(x.dtype).reshape(shape[1:]).expand(shape) for bound in spec.box)
@@ -377,19 +382,46 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
     return x * c if spec.first else c
 
 
-def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in):
+def _input_rule(spec: LayerSpec, relevance: torch.Tensor, shape) -> torch.Tensor:
+    """The flat and w-square rules: relevance spread by the weights (all ones, or squared).
+
+    Their denominators depend only on the input's shape (the rules' input is all ones), so
+    they are computed once per call. The flat rule's weights are the same for every output
+    neuron, so without groups it sums the output relevance over the outputs first and spreads
+    that sum through one output of ones: one thin transposed operation instead of a full one.
+    """
+    key = (spec.rule, tuple(shape[1:]), relevance.dtype, relevance.device)
+    if key not in spec.cache:
+        weight = spec.weight.to(relevance.dtype)
+        if spec.rule == "wsquare":
+            w = weight**2
+            b = None if spec.bias is None else spec.bias.to(relevance.dtype) ** 2
+        elif getattr(spec.module, "groups", 1) == 1:
+            w, b = weight.new_ones((1, *weight.shape[1:])), None
+        else:
+            w, b = torch.ones_like(weight), None
+        ones = torch.ones((1, *shape[1:]), dtype=relevance.dtype, device=relevance.device)
+        spec.cache[key] = (w, stabilise(spec.forward(ones, w, b), STABILIZER))
+    w, denominator = spec.cache[key]
+    if len(w) == 1 and len(spec.weight) > 1:  # flat, summed over the outputs
+        relevance = relevance.sum(-1 if isinstance(spec.module, nn.Linear) else 1, keepdim=True)
+    return spec.vjp(w, relevance.div_(denominator), shape)
+
+
+def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in, *, positive=False):
     """The ratio and c of one "x+ with w_pos_in, x- with w_neg_in" pass (alpha-beta, gamma).
 
-    For inputs known to be >= 0 (after a ReLU) the x- half is zero and skipped.
+    For inputs known to be >= 0 (after a ReLU) the x- half is zero and skipped. ``positive``:
+    the pass sums only contributions >= 0 (alpha's), so its stabiliser adds 1e-6 in place.
     """
     shape = x.shape
+    ratio = _ratio_nonnegative if positive else lambda r, z: _ratio(r, z, STABILIZER)
     if spec.nonnegative:
-        z = spec.forward(x, w_pos_in, b_pos_in)
-        s = _ratio(relevance, z, STABILIZER)
+        s = ratio(relevance, spec.forward(x, w_pos_in, b_pos_in))
         return s, lambda s_: spec.vjp(w_pos_in, s_, shape)
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     z = spec.forward(xp, w_pos_in, b_pos_in) + spec.forward(xn, w_neg_in, None)
-    s = _ratio(relevance, z, STABILIZER)
+    s = ratio(relevance, z)
     return s, lambda s_: torch.where(
         x > 0, spec.vjp(w_pos_in, s_, shape), spec.vjp(w_neg_in, s_, shape)
     )
@@ -397,7 +429,7 @@ def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in):
 
 def _alpha_beta(spec, x, relevance, *, alpha, beta):
     p = spec.parts()
-    s, back = _signed_pass(spec, x, relevance, p["wp"], p["bp"], p["wn"])
+    s, back = _signed_pass(spec, x, relevance, p["wp"], p["bp"], p["wn"], positive=True)
     c = back(s)
     if beta:
         s_neg, back_neg = _signed_pass(spec, x, relevance, p["wn"], p["bn"], p["wp"])
