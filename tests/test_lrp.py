@@ -38,7 +38,7 @@ sys.path.remove(str(Path(__file__).parent / "_stubs"))
 for _name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
     del sys.modules[_name]
 
-from _lrp_models import Block, ResNetLike, VGGLike, images  # noqa: E402
+from _lrp_models import Block, FirstLayer, ResNetLike, VGGLike, images  # noqa: E402
 
 ZENNIT = {
     "epsilon_plus_flat": EpsilonPlusFlat,
@@ -171,6 +171,27 @@ def test_conv1d_net_with_smooth_activations_equals_zennit(composite):
     targets = net(x).argmax(dim=1)
     theirs = zennit_relevance(net, x, targets, composite, [])
     assert relative_error(ours(net, x, targets, composite).values, theirs) < 1e-5
+
+
+FIRST_LAYERS = {
+    "linear": lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 12)),
+    "strided conv": lambda: nn.Conv2d(3, 6, 5, stride=2, padding=2),
+    "conv with groups": lambda: nn.Conv2d(3, 6, 3, padding=1, groups=3),
+    "conv padded past its kernel": lambda: nn.Conv2d(3, 6, 3, padding=3),
+    "dilated conv": lambda: nn.Conv2d(3, 6, 3, padding=2, dilation=2),
+    "circular padding": lambda: nn.Conv2d(3, 6, 3, padding=1, padding_mode="circular"),
+    "one output channel": lambda: nn.Conv2d(3, 1, 3, padding=1),
+}
+
+
+@pytest.mark.parametrize("first", list(FIRST_LAYERS))
+def test_the_flat_rule_at_each_kind_of_input_layer_equals_zennit(first):
+    net = FirstLayer(FIRST_LAYERS[first]()).double()
+    x = images(dtype=torch.float64)
+    targets = net(x).argmax(dim=1)  # the first call sizes the lazy head
+    net.eval()
+    theirs = zennit_relevance(net, x, targets, "epsilon_plus_flat", [])
+    assert relative_error(ours(net, x, targets, "epsilon_plus_flat").values, theirs) < 1e-5
 
 
 class _NoBias(nn.Module):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import inspect
 import operator
 import weakref
 from collections.abc import Callable, Iterator
@@ -413,4 +414,53 @@ def is_inplace(node: fx.Node, graph: Graph) -> bool:
     """Whether the node overwrites its input (an in-place module or ``inplace=True``)."""
     if node.op == "call_module":
         return bool(getattr(graph.modules[node.target], "inplace", False))
+    if node.op == "call_function" and "inplace" not in node.kwargs:
+        try:  # F.relu(x, True): the flag given by position
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):
+            return False
+        return bool(bound.arguments.get("inplace", False))
     return bool(node.kwargs.get("inplace", False))
+
+
+# Operations whose result may share memory with their data input.
+_ALIASING_FUNCTIONS = {
+    *_RESHAPES,
+    operator.getitem,
+    torch.permute,
+    torch.transpose,
+    torch.chunk,
+    torch.split,
+}
+_ALIASING_METHODS = {
+    *_RESHAPE_METHODS,
+    "permute",
+    "transpose",
+    "expand",
+    "view_as",
+    "reshape_as",
+    "expand_as",
+    "chunk",
+    "split",
+}
+
+
+def overwritten(node: fx.Node, graph: Graph) -> bool:
+    """Whether the forward may overwrite the node's value later (through views included)."""
+    pending, seen = [node], set()
+    while pending:
+        current = pending.pop()
+        for user in current.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.args[:1] == (current,) and is_inplace(user, graph):
+                return True
+            aliasing = (
+                (user.op == "call_module" and isinstance(graph.modules[user.target], RESHAPES))
+                or (user.op == "call_function" and user.target in _ALIASING_FUNCTIONS)
+                or (user.op == "call_method" and user.target in _ALIASING_METHODS)
+            )
+            if aliasing:
+                pending.append(user)
+    return False

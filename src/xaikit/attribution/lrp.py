@@ -403,9 +403,26 @@ def _input_rule(spec: LayerSpec, relevance: torch.Tensor, shape) -> torch.Tensor
         ones = torch.ones((1, *shape[1:]), dtype=relevance.dtype, device=relevance.device)
         spec.cache[key] = (w, stabilise(spec.forward(ones, w, b), STABILIZER))
     w, denominator = spec.cache[key]
-    if len(w) == 1 and len(spec.weight) > 1:  # flat, summed over the outputs
-        relevance = relevance.sum(-1 if isinstance(spec.module, nn.Linear) else 1, keepdim=True)
-    return spec.vjp(w, relevance.div_(denominator), shape)
+    if len(w) > 1 or len(spec.weight) == 1:
+        return spec.vjp(w, relevance.div_(denominator), shape)
+    # flat: sum over the outputs, then spread through the ones of one output
+    if isinstance(spec.module, nn.Linear):
+        return (relevance.sum(-1, keepdim=True).div_(denominator)).expand(shape)
+    s = relevance.sum(1, keepdim=True).div_(denominator)
+    module = spec.module
+    if (
+        module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+        and all(st == 1 for st in module.stride)
+    ):
+        # Stride 1: the transposed operation is a convolution with the (symmetric) ones, on
+        # one channel, which CPU backends run many times faster than a one-channel transpose.
+        sizes = zip(module.padding, module.dilation, w.shape[2:], strict=True)
+        padding = [d * (k - 1) - p for p, d, k in sizes]
+        if min(padding) >= 0:
+            conv = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
+            return conv(s, w[:1, :1], None, 1, padding, module.dilation).expand(shape)
+    return spec.vjp(w, s, shape)
 
 
 def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in, *, positive=False):
@@ -463,15 +480,17 @@ class _Rule(torch.autograd.Function):
     """Returns the layer's output unchanged; its backward applies the layer's rule."""
 
     @staticmethod
-    def forward(ctx, x, z, spec):
+    def forward(ctx, x, z, spec, copy):
         ctx.save_for_backward(x, z)
         ctx.spec = spec
-        return z.clone()  # a new tensor: in-place changes downstream must not reach z
+        # A new tensor only when the forward overwrites it later (an in-place ReLU): z must
+        # keep the layer's output for the backward.
+        return z.clone() if copy else z
 
     @staticmethod
     def backward(ctx, grad):
         x, z = ctx.saved_tensors
-        return propagate(ctx.spec, x, z, grad), None, None
+        return propagate(ctx.spec, x, z, grad), None, None, None
 
 
 class _PassThrough(torch.autograd.Function):
@@ -517,17 +536,21 @@ def relevance_actions(
     merged_into = {layer: bn for bn, layer in plan.merged.items()}
     pending: dict[Any, torch.Tensor] = {}  # a merged layer's input, until its BatchNorm runs
 
+    copy = {node: _graph.overwritten(node, graph) for node in (*plan.layers, *plan.merged)}
+
     def layer(node, args, kwargs, call):
-        out = call(args, kwargs)
+        with torch.no_grad():  # the rule is the backward: no graph for the layer itself
+            out = call(args, kwargs)
         if node in merged_into:  # the BatchNorm after it applies the rule
             pending[node] = args[0]
             return out
-        return _Rule.apply(args[0], out.detach(), specs[node])
+        return _Rule.apply(args[0], out, specs[node], copy[node])
 
     def batch_norm(node, args, kwargs, call):
-        out = call(args, kwargs)
+        with torch.no_grad():
+            out = call(args, kwargs)
         layer_node = plan.merged[node]
-        return _Rule.apply(pending.pop(layer_node), out.detach(), specs[layer_node])
+        return _Rule.apply(pending.pop(layer_node), out, specs[layer_node], copy[node])
 
     def split(_node, args, kwargs, call):
         if split_epsilon == 0:
