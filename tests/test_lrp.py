@@ -370,6 +370,66 @@ def test_the_model_is_left_as_it_was_also_after_an_error():
     assert all(p.grad is None for p in net.parameters())
 
 
+def _scale_in_place(net):
+    with torch.no_grad():
+        net.features[0].weight.mul_(1.5)
+
+
+def _new_statistics(net):
+    state = net.state_dict()
+    state["features.1.running_var"] = state["features.1.running_var"] * 2
+    net.load_state_dict(state)
+
+
+def _new_data(net):
+    net.features[4].bias.data = net.features[4].bias.data + 0.3
+
+
+def _new_eps(net):
+    net.features[1].eps = 0.1
+
+
+def _new_batch_norm(net):
+    net.features[1] = copy.deepcopy(net.features[4])
+
+
+CHANGES = {
+    "weights scaled in place": _scale_in_place,
+    "statistics loaded": _new_statistics,
+    "a bias given new data": _new_data,
+    "a BatchNorm's eps": _new_eps,
+    "a BatchNorm replaced": _new_batch_norm,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_changed_model_is_explained_with_its_new_weights(change):
+    # the merged weights are kept between calls; any change to the model makes them anew
+    # (every layer's weights count in this composite, the input layer's too)
+    composite = "epsilon_gamma_box"
+    net = VGGLike().eval()
+    x = images()
+    targets = net(x).argmax(dim=1)
+    before = ours(net, x, targets, composite).values
+    CHANGES[change](net)
+    after = ours(net, x, targets, composite).values
+    fresh = ours(copy.deepcopy(net), x, targets, composite).values
+    np.testing.assert_array_equal(after, fresh)
+    assert not np.allclose(after, before)
+
+
+def test_the_merged_weights_of_a_model_are_freed_with_it():
+    import gc
+    import weakref
+
+    net = VGGLike().eval()
+    ours(net, images(), torch.zeros(5, dtype=torch.long), "epsilon_plus_flat")
+    gone = weakref.ref(net)
+    del net
+    gc.collect()
+    assert gone() is None
+
+
 def test_lrp_is_registered_with_its_defaults():
     spec = xk.methods()["lrp"]
     assert spec["needs_gradients"]

@@ -32,6 +32,7 @@ with Zennit, CoRelAy, and ViRelAy", arXiv:2106.13200 (the composites' definition
 from __future__ import annotations
 
 import difflib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xaikit._torch import tensor_stamp
 from xaikit._validation import check_number, describe
 from xaikit.attribution import _graph
 from xaikit.attribution.registry import Attribution, register
@@ -243,20 +245,74 @@ def _box(low, high, x: np.ndarray, *, device) -> tuple[torch.Tensor, torch.Tenso
 # ---------------------------------------------------------------------- layers and rules
 
 
+_CANONICAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> {bn id: ...}
+
+
+@dataclass
+class Weights:
+    """A layer's weights as the rules see them (a BatchNorm after it merged in), and the
+    tensors the rules derive from them (positive parts, ...), computed when first needed.
+
+    Kept per layer module while the model lives and made again when any tensor they come from
+    changes (:func:`xaikit._torch.tensor_stamp`); the user's modules are never changed.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    derived: dict[Any, Any] = field(default_factory=dict)
+
+    def part(self, name: str) -> torch.Tensor | None:
+        """``wp``/``wn``: positive/negative part of the weights; ``bp``/``bn``: of the bias."""
+        if name not in self.derived:
+            tensor = self.weight if name[0] == "w" else self.bias
+            if tensor is not None:
+                tensor = tensor.clamp(min=0) if name[1] == "p" else tensor.clamp(max=0)
+            self.derived[name] = tensor
+        return self.derived[name]
+
+
+def canonical(layer: nn.Module, bn: nn.Module | None) -> Weights:
+    """The layer's :class:`Weights` with ``bn`` merged in, from the cache when unchanged."""
+    tensors = [layer.weight, layer.bias]
+    if bn is not None:
+        tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    stamp = (None if bn is None else bn.eps, tensor_stamp(tensors))
+    held = _CANONICAL.setdefault(layer, {})
+    key = None if bn is None else id(bn)
+    if key in held and held[key][0] == stamp:
+        return held[key][1]
+    weight = layer.weight.detach()
+    bias = None if layer.bias is None else layer.bias.detach()
+    if bn is not None:
+        weight, bias = _merge(weight, bias, bn)
+    held[key] = (stamp, Weights(weight, bias))
+    return held[key][1]
+
+
 @dataclass
 class LayerSpec:
     """One layer's rule and the (merged) weights it propagates with, for one call."""
 
     rule: str
     module: nn.Module
-    weight: torch.Tensor
-    bias: torch.Tensor | None
+    weights: Weights
     first: bool
     nonnegative: bool
     epsilon: float
     gamma: float
     box: tuple[torch.Tensor, torch.Tensor] | None
-    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weights.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.weights.bias
+
+    @property
+    def cache(self) -> dict[Any, Any]:
+        return self.weights.derived
 
     def forward(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
         """The layer's operation with other weights (the modified forwards of the rules)."""
@@ -284,28 +340,15 @@ class LayerSpec:
         return result
 
     def parts(self) -> dict[str, Any]:
-        """Positive and negative parts of the weights and bias (computed once per call)."""
-        if not self.cache:
-            w, b = self.weight, self.bias
-            self.cache.update(
-                wp=w.clamp(min=0),
-                wn=w.clamp(max=0),
-                bp=None if b is None else b.clamp(min=0),
-                bn=None if b is None else b.clamp(max=0),
-            )
-        return self.cache
+        """Positive and negative parts of the weights and bias (kept with the weights)."""
+        return {name: self.weights.part(name) for name in ("wp", "wn", "bp", "bn")}
 
 
 def _layer_spec(module, bn, *, rule, first, nonnegative, epsilon, gamma, box) -> LayerSpec:
-    weight = module.weight.detach()
-    bias = None if module.bias is None else module.bias.detach()
-    if bn is not None:
-        weight, bias = _merge(weight, bias, bn)
     return LayerSpec(
         rule=rule,
         module=module,
-        weight=weight,
-        bias=bias,
+        weights=canonical(module, bn),
         first=first,
         nonnegative=nonnegative,
         epsilon=epsilon,
@@ -445,11 +488,11 @@ def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in, *, positive=F
 
 
 def _alpha_beta(spec, x, relevance, *, alpha, beta):
-    p = spec.parts()
-    s, back = _signed_pass(spec, x, relevance, p["wp"], p["bp"], p["wn"], positive=True)
+    p = spec.weights.part
+    s, back = _signed_pass(spec, x, relevance, p("wp"), p("bp"), p("wn"), positive=True)
     c = back(s)
     if beta:
-        s_neg, back_neg = _signed_pass(spec, x, relevance, p["wn"], p["bn"], p["wp"])
+        s_neg, back_neg = _signed_pass(spec, x, relevance, p("wn"), p("bn"), p("wp"))
         c = alpha * c - beta * back_neg(s_neg)
     elif alpha != 1:
         c = alpha * c
@@ -458,18 +501,19 @@ def _alpha_beta(spec, x, relevance, *, alpha, beta):
 
 def _gamma(spec, x, z, relevance):
     """Generalised gamma rule: positive contributions boosted by gamma, per output sign."""
-    if "gp" not in spec.cache:
-        p = spec.parts()
+    key = ("gamma", spec.gamma)
+    if key not in spec.cache:
+        p = spec.weights.part
         w, b, g = spec.weight, spec.bias, spec.gamma
-        spec.cache.update(
-            gp=w + g * p["wp"],
-            gn=w + g * p["wn"],
-            gbp=None if b is None else b + g * p["bp"],
-            gbn=None if b is None else b + g * p["bn"],
+        spec.cache[key] = (
+            w + g * p("wp"),
+            w + g * p("wn"),
+            None if b is None else b + g * p("bp"),
+            None if b is None else b + g * p("bn"),
         )
-    c = spec.cache
-    s_pos, back_pos = _signed_pass(spec, x, relevance, c["gp"], c["gbp"], c["gn"])
-    s_neg, back_neg = _signed_pass(spec, x, relevance, c["gn"], c["gbn"], c["gp"])
+    gp, gn, gbp, gbn = spec.cache[key]
+    s_pos, back_pos = _signed_pass(spec, x, relevance, gp, gbp, gn)
+    s_neg, back_neg = _signed_pass(spec, x, relevance, gn, gbn, gp)
     return back_pos((z > 0) * s_pos) + back_neg((z < 0) * s_neg)
 
 
@@ -521,7 +565,8 @@ class _Split(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return grad * y / stabilise(y, ctx.epsilon), None
+        denominator = stabilise(y, ctx.epsilon)
+        return torch.div(grad * y, denominator, out=denominator), None
 
 
 def relevance_actions(
