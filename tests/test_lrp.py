@@ -370,6 +370,30 @@ def test_the_model_is_left_as_it_was_also_after_an_error():
     assert all(p.grad is None for p in net.parameters())
 
 
+class _InPlace(nn.Module):
+    """Convolutions and a sum whose outputs a functional ReLU overwrites."""
+
+    def __init__(self, inplace: bool):
+        super().__init__()
+        torch.manual_seed(7)
+        self.inplace = inplace
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 16 * 16, 4)
+
+    def forward(self, x):
+        a = torch.nn.functional.relu(self.conv1(x), self.inplace)
+        b = torch.nn.functional.relu(self.conv2(a) + a, self.inplace)
+        return self.fc(torch.flatten(b, 1))
+
+
+def test_outputs_overwritten_in_place_keep_their_values_for_the_rules():
+    x = images(3)
+    plain = ours(_InPlace(False).eval(), x, torch.zeros(3, dtype=torch.long), "epsilon_plus_flat")
+    inplace = ours(_InPlace(True).eval(), x, torch.zeros(3, dtype=torch.long), "epsilon_plus_flat")
+    np.testing.assert_array_equal(inplace.values, plain.values)
+
+
 def _scale_in_place(net):
     with torch.no_grad():
         net.features[0].weight.mul_(1.5)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import inspect
 import operator
 import weakref
 from collections.abc import Callable, Iterator
@@ -414,12 +413,6 @@ def is_inplace(node: fx.Node, graph: Graph) -> bool:
     """Whether the node overwrites its input (an in-place module or ``inplace=True``)."""
     if node.op == "call_module":
         return bool(getattr(graph.modules[node.target], "inplace", False))
-    if node.op == "call_function" and "inplace" not in node.kwargs:
-        try:  # F.relu(x, True): the flag given by position
-            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-        except (TypeError, ValueError):
-            return False
-        return bool(bound.arguments.get("inplace", False))
     return bool(node.kwargs.get("inplace", False))
 
 

@@ -320,22 +320,31 @@ class LayerSpec:
             return F.linear(x, weight, bias)
         return self.module._conv_forward(x, weight, bias)
 
-    def vjp(self, weight: torch.Tensor, grad: torch.Tensor, shape) -> torch.Tensor:
-        """The transpose of the layer's operation with ``weight`` applied to ``grad``."""
+    def vjp(self, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The transpose of the layer's operation with ``weight`` applied to ``grad``.
+
+        ``x`` is the layer's input: only its shape counts, but the backends want a real
+        tensor (``torch.nn.grad.conv2d_input`` passes an expanded one, which they copy whole).
+        """
         if isinstance(self.module, nn.Linear):
             return grad @ weight
         module = self.module
         if module.padding_mode == "zeros" and not isinstance(module.padding, str):
-            conv_input = (
-                torch.nn.grad.conv1d_input
-                if isinstance(module, nn.Conv1d)
-                else torch.nn.grad.conv2d_input
-            )
-            return conv_input(
-                shape, weight, grad, module.stride, module.padding, module.dilation, module.groups
-            )
+            return torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                None,
+                module.stride,
+                module.padding,
+                module.dilation,
+                False,
+                [0] * len(module.stride),
+                module.groups,
+                (True, False, False),
+            )[0]
         with torch.enable_grad():  # padding modes / "same": let autograd transpose it
-            probe = torch.zeros(shape, dtype=grad.dtype, device=grad.device, requires_grad=True)
+            probe = torch.zeros_like(x, requires_grad=True)
             (result,) = torch.autograd.grad(module._conv_forward(probe, weight, None), probe, grad)
         return result
 
@@ -400,7 +409,7 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
     shape = x.shape
     rule = spec.rule
     if rule in ("flat", "wsquare"):
-        return _input_rule(spec, relevance, shape)
+        return _input_rule(spec, relevance, x)
     if rule == "zbox":
         parts = spec.parts()
         low, high = (bound.to(x.dtype).reshape(shape[1:]).expand(shape) for bound in spec.box)
@@ -411,12 +420,12 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
         )
         s = _ratio(relevance, denominator, STABILIZER)
         return (
-            x * spec.vjp(spec.weight, s, shape)
-            - low * spec.vjp(parts["wp"], s, shape)
-            - high * spec.vjp(parts["wn"], s, shape)
+            x * spec.vjp(spec.weight, s, x)
+            - low * spec.vjp(parts["wp"], s, x)
+            - high * spec.vjp(parts["wn"], s, x)
         )
     if rule == "epsilon":
-        c = spec.vjp(spec.weight, _ratio(relevance, z, spec.epsilon), shape)
+        c = spec.vjp(spec.weight, _ratio(relevance, z, spec.epsilon), x)
     elif rule == "gamma":
         c = _gamma(spec, x, z, relevance)
     else:
@@ -425,7 +434,7 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
     return x * c if spec.first else c
 
 
-def _input_rule(spec: LayerSpec, relevance: torch.Tensor, shape) -> torch.Tensor:
+def _input_rule(spec: LayerSpec, relevance: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The flat and w-square rules: relevance spread by the weights (all ones, or squared).
 
     Their denominators depend only on the input's shape (the rules' input is all ones), so
@@ -433,7 +442,7 @@ def _input_rule(spec: LayerSpec, relevance: torch.Tensor, shape) -> torch.Tensor
     neuron, so without groups it sums the output relevance over the outputs first and spreads
     that sum through one output of ones: one thin transposed operation instead of a full one.
     """
-    key = (spec.rule, tuple(shape[1:]), relevance.dtype, relevance.device)
+    key = (spec.rule, tuple(x.shape[1:]), relevance.dtype, relevance.device)
     if key not in spec.cache:
         weight = spec.weight.to(relevance.dtype)
         if spec.rule == "wsquare":
@@ -443,14 +452,14 @@ def _input_rule(spec: LayerSpec, relevance: torch.Tensor, shape) -> torch.Tensor
             w, b = weight.new_ones((1, *weight.shape[1:])), None
         else:
             w, b = torch.ones_like(weight), None
-        ones = torch.ones((1, *shape[1:]), dtype=relevance.dtype, device=relevance.device)
+        ones = torch.ones((1, *x.shape[1:]), dtype=relevance.dtype, device=relevance.device)
         spec.cache[key] = (w, stabilise(spec.forward(ones, w, b), STABILIZER))
     w, denominator = spec.cache[key]
     if len(w) > 1 or len(spec.weight) == 1:
-        return spec.vjp(w, relevance.div_(denominator), shape)
+        return spec.vjp(w, relevance.div_(denominator), x)
     # flat: sum over the outputs, then spread through the ones of one output
     if isinstance(spec.module, nn.Linear):
-        return (relevance.sum(-1, keepdim=True).div_(denominator)).expand(shape)
+        return (relevance.sum(-1, keepdim=True).div_(denominator)).expand(x.shape)
     s = relevance.sum(1, keepdim=True).div_(denominator)
     module = spec.module
     if (
@@ -464,8 +473,8 @@ def _input_rule(spec: LayerSpec, relevance: torch.Tensor, shape) -> torch.Tensor
         padding = [d * (k - 1) - p for p, d, k in sizes]
         if min(padding) >= 0:
             conv = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
-            return conv(s, w[:1, :1], None, 1, padding, module.dilation).expand(shape)
-    return spec.vjp(w, s, shape)
+            return conv(s, w[:1, :1], None, 1, padding, module.dilation).expand(x.shape)
+    return spec.vjp(w, s, x)
 
 
 def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in, *, positive=False):
@@ -474,17 +483,14 @@ def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in, *, positive=F
     For inputs known to be >= 0 (after a ReLU) the x- half is zero and skipped. ``positive``:
     the pass sums only contributions >= 0 (alpha's), so its stabiliser adds 1e-6 in place.
     """
-    shape = x.shape
     ratio = _ratio_nonnegative if positive else lambda r, z: _ratio(r, z, STABILIZER)
     if spec.nonnegative:
         s = ratio(relevance, spec.forward(x, w_pos_in, b_pos_in))
-        return s, lambda s_: spec.vjp(w_pos_in, s_, shape)
+        return s, lambda s_: spec.vjp(w_pos_in, s_, x)
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     z = spec.forward(xp, w_pos_in, b_pos_in) + spec.forward(xn, w_neg_in, None)
     s = ratio(relevance, z)
-    return s, lambda s_: torch.where(
-        x > 0, spec.vjp(w_pos_in, s_, shape), spec.vjp(w_neg_in, s_, shape)
-    )
+    return s, lambda s_: torch.where(x > 0, spec.vjp(w_pos_in, s_, x), spec.vjp(w_neg_in, s_, x))
 
 
 def _alpha_beta(spec, x, relevance, *, alpha, beta):
@@ -557,16 +563,16 @@ class _Split(torch.autograd.Function):
     proportion to them, with a stabiliser: c of each term is c_y * y / (y + sign(y) * eps)."""
 
     @staticmethod
-    def forward(ctx, y, epsilon):
+    def forward(ctx, y, epsilon, copy):
         ctx.save_for_backward(y)
         ctx.epsilon = epsilon
-        return y.clone()
+        return y.clone() if copy else y  # as _Rule's
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
         denominator = stabilise(y, ctx.epsilon)
-        return torch.div(grad * y, denominator, out=denominator), None
+        return torch.div(grad * y, denominator, out=denominator), None, None
 
 
 def relevance_actions(
@@ -581,7 +587,7 @@ def relevance_actions(
     merged_into = {layer: bn for bn, layer in plan.merged.items()}
     pending: dict[Any, torch.Tensor] = {}  # a merged layer's input, until its BatchNorm runs
 
-    copy = {node: _graph.overwritten(node, graph) for node in (*plan.layers, *plan.merged)}
+    copy = {n: _graph.overwritten(n, graph) for n in (*plan.layers, *plan.merged, *plan.sums)}
 
     def layer(node, args, kwargs, call):
         with torch.no_grad():  # the rule is the backward: no graph for the layer itself
@@ -597,10 +603,10 @@ def relevance_actions(
         layer_node = plan.merged[node]
         return _Rule.apply(pending.pop(layer_node), out, specs[layer_node], copy[node])
 
-    def split(_node, args, kwargs, call):
+    def split(node, args, kwargs, call):
         if split_epsilon == 0:
             return call(args, kwargs)  # LRP-0: the plain gradient splits exactly
-        return _Split.apply(call(args, kwargs), split_epsilon)
+        return _Split.apply(call(args, kwargs), split_epsilon, copy[node])
 
     def pass_through(node, args, kwargs, call):
         z = args[0].clone() if _graph.is_inplace(node, graph) else args[0]
