@@ -159,7 +159,7 @@ def methods_throughput(
     names = {"limit": "one forward + backward per image, hand loop (limit)"}
     names |= {k: f"explain, {k}, one shard at a time" for k in contenders}
     rows = [
-        f"| {names[k]} | {counts[k]} | {counts[k] * t:.2f} | {1 / t:.1f} | "
+        f"| {names[k]} | {counts[k]} | {counts[k] * t:.2f} | {_rate(1 / t)} | "
         f"{t / per_image['limit']:.2f} | {IMAGENET * t / 3600:.2f} |"
         for k, t in per_image.items()
     ]
@@ -169,6 +169,10 @@ def methods_throughput(
         "lrp_vs_limit": per_image[lrp_label] / per_image["limit"],
     }
     return rows, summary
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.3g}"
 
 
 def methods_section(args, mnist_net, mnist_X: np.ndarray) -> str:
@@ -212,8 +216,8 @@ def methods_section(args, mnist_net, mnist_X: np.ndarray) -> str:
         notes.append(
             f"ResNet-50 (random weights, seed 0, eval mode; 53 BatchNorms merged into their "
             f"convolutions, 16 residual additions): {len(X)} random 224x224 images "
-            f"({args.resnet50_ig_images} for IG, whose {args.steps} passes per image cost "
-            f"minutes), batches of {big['size']}; LRP {big['lrp_vs_limit']:.2f}x the limit and "
+            f"({args.resnet50_ig_images} for IG, whose {args.steps} passes per image take "
+            f"seconds each), batches of {big['size']}; LRP {big['lrp_vs_limit']:.2f}x the limit and "
             f"{big['lrp_vs_ig']:.0f}x the images per second of IG. LRP's cost over the limit is "
             "mostly the z-plus rule's second convolution per layer (its positive weights); the "
             "BatchNorms cost it nothing in the backward pass, as they are merged."
