@@ -216,8 +216,8 @@ def methods_section(args, mnist_net, mnist_X: np.ndarray) -> str:
         notes.append(
             f"ResNet-50 (random weights, seed 0, eval mode; 53 BatchNorms merged into their "
             f"convolutions, 16 residual additions): {len(X)} random 224x224 images "
-            f"({args.resnet50_ig_images} for IG, whose {args.steps} passes per image take "
-            f"seconds each), batches of {big['size']}; LRP {big['lrp_vs_limit']:.2f}x the limit and "
+            f"({args.resnet50_ig_images} for IG: {args.steps} passes per image), batches of "
+            f"{big['size']}; LRP {big['lrp_vs_limit']:.2f}x the limit and "
             f"{big['lrp_vs_ig']:.0f}x the images per second of IG. LRP's cost over the limit is "
             "mostly the z-plus rule's second convolution per layer (its positive weights); the "
             "BatchNorms cost it nothing in the backward pass, as they are merged."
