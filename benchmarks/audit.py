@@ -14,8 +14,11 @@ noisy); the ratio is the median of the per-round ratios. The cluster estimate us
 measured time per shard and the driver's own time per shard (reading inputs, writing the
 shard): with ``w`` workers the audit cannot go faster than one shard per driver-time.
 
-``--methods``: only the explaining step, LRP and IG against one forward and one backward pass
-per image in a hand loop (section ``audit_methods``).
+``--methods``: only the explaining step, LRP, Grad-CAM and IG (``--steps``) against one
+forward and one backward pass per image in a hand loop, on the MNIST CNN (``--images``) and on
+a ResNet-50 at 224x224 with random weights (``--resnet50-images``, IG on
+``--resnet50-ig-images`` of them; ``--no-resnet50`` skips it), with the hours a 1.28-million
+image audit would take at each rate (section ``audit_methods``).
 
 Run: ``.venv/bin/python benchmarks/audit.py [--images 5000] [--rounds 2] [--methods]``.
 """
@@ -97,24 +100,30 @@ def ray_startup_seconds() -> float:
 IMAGENET = 1_281_167  # images in ImageNet-1k's training set: the scale where an audit matters
 
 
-def methods_throughput(net, X: np.ndarray, shard: int, rounds: int, steps: int) -> str:
-    """Images per second of the audit's explaining step with LRP and with IG, and their limit.
+def methods_throughput(
+    net, X: np.ndarray, *, shard: int, rounds: int, steps: int, ig_images: int
+) -> tuple[list[str], dict[str, float]]:
+    """Table rows: images per second of the audit's explaining step per method, and its limit.
 
     The limit is one forward and one backward pass per image in a hand loop (the target's
     logit differentiated, batches of the size the Model chose): what a one-pass method cannot
-    beat. Interleaved rounds; best time of each.
+    beat; IG costs ``steps`` of them per image, so it runs on the first ``ig_images`` images
+    only. Interleaved rounds; best time of each. Returns the rows and images/s per row.
     """
     import torch
 
     model = xk.Model(net)
+    lrp_label = "LRP (epsilon_plus_flat)"
+    ig_label = f"Integrated Gradients ({steps} steps)"
     contenders = {
-        "LRP (epsilon_plus_flat)": ("lrp", {}),
-        "Grad-CAM": ("gradcam", {}),
-        f"Integrated Gradients ({steps} steps)": ("integrated_gradients", {"steps": steps}),
+        lrp_label: ("lrp", {}, X),
+        "Grad-CAM": ("gradcam", {}, X),
+        ig_label: ("integrated_gradients", {"steps": steps}, X[:ig_images]),
     }
-    for method, params in contenders.values():  # warm-up: batch-size search, allocations
-        xk.explain(model, X[:64], method=method, batch=True, **params)
-    size = next(v for k, v in model.chosen_batch_sizes.items() if k[0] == "gradients")
+    for method, params, images in contenders.values():  # warm-up: batch sizes, allocations
+        xk.explain(model, images[: min(64, ig_images)], method=method, batch=True, **params)
+    sizes = [v for k, v in model.chosen_batch_sizes.items() if k[0] == "gradients"]
+    size = sizes[0] if sizes else min(len(X), 8)  # up to 8 items run as one batch
     targets = model.predict(X)
 
     def hand_loop() -> float:
@@ -126,45 +135,100 @@ def methods_throughput(net, X: np.ndarray, shard: int, rounds: int, steps: int) 
             torch.autograd.grad(picked, xb)
         return time.perf_counter() - start
 
+    def explain(method: str, params: dict, images: np.ndarray) -> float:
+        start = time.perf_counter()
+        for s in range(0, len(images), shard):
+            xk.explain(
+                model,
+                images[s : s + shard],
+                method=method,
+                target=targets[s : min(s + shard, len(images))],
+                batch=True,
+                **params,
+            )
+        return time.perf_counter() - start
+
     times: dict[str, list[float]] = {"limit": [], **{k: [] for k in contenders}}
     for _ in range(rounds):
         times["limit"].append(hand_loop())
-        for label, (method, params) in contenders.items():
-            start = time.perf_counter()
-            for s in range(0, len(X), shard):
-                xk.explain(
-                    model,
-                    X[s : s + shard],
-                    method=method,
-                    target=targets[s : s + shard],
-                    batch=True,
-                    **params,
-                )
-            times[label].append(time.perf_counter() - start)
-    best = {k: min(v) for k, v in times.items()}
-    lines = [
-        "| contender | seconds | images/s | x limit | hours for 1.28 M images |",
-        "|---|---:|---:|---:|---:|",
-        f"| one forward + backward per image, hand loop (limit) | {best['limit']:.2f} | "
-        f"{len(X) / best['limit']:.0f} | 1.00 | {IMAGENET * best['limit'] / len(X) / 3600:.2f} |",
+        for label, (method, params, images) in contenders.items():
+            times[label].append(explain(method, params, images))
+    per_image = {"limit": min(times["limit"]) / len(X)}
+    per_image |= {k: min(times[k]) / len(images) for k, (_, _, images) in contenders.items()}
+    counts = {"limit": len(X)} | {k: len(images) for k, (_, _, images) in contenders.items()}
+    names = {"limit": "one forward + backward per image, hand loop (limit)"}
+    names |= {k: f"explain, {k}, one shard at a time" for k in contenders}
+    rows = [
+        f"| {names[k]} | {counts[k]} | {counts[k] * t:.2f} | {_rate(1 / t)} | "
+        f"{t / per_image['limit']:.2f} | {IMAGENET * t / 3600:.2f} |"
+        for k, t in per_image.items()
     ]
-    for label in contenders:
-        lines.append(
-            f"| explain, {label}, one shard at a time | {best[label]:.2f} | "
-            f"{len(X) / best[label]:.0f} | {best[label] / best['limit']:.2f} | "
-            f"{IMAGENET * best[label] / len(X) / 3600:.2f} |"
+    summary = {
+        "size": size,
+        "lrp_vs_ig": per_image[ig_label] / per_image[lrp_label],
+        "lrp_vs_limit": per_image[lrp_label] / per_image["limit"],
+    }
+    return rows, summary
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.3g}"
+
+
+def methods_section(args, mnist_net, mnist_X: np.ndarray) -> str:
+    """The ``audit_methods`` section: the MNIST CNN and, unless skipped, a ResNet-50."""
+    header = [
+        "| model | contender | images | seconds | images/s | x limit | hours for 1.28 M images |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    load_before = os.getloadavg()[0]
+    rows, mnist = methods_throughput(
+        mnist_net,
+        mnist_X,
+        shard=args.shard,
+        rounds=args.rounds,
+        steps=args.steps,
+        ig_images=len(mnist_X),
+    )
+    lines = header + [f"| MNIST SmallCNN | {r[2:]}" for r in rows]
+    notes = [
+        f"MNIST: {len(mnist_X)} MNIST-5k images, default clean SmallCNN, shards of {args.shard}, "
+        f"batches of {mnist['size']}; LRP {mnist['lrp_vs_limit']:.2f}x the limit and "
+        f"{mnist['lrp_vs_ig']:.0f}x the images per second of IG ({args.steps} steps)."
+    ]
+    if not args.no_resnet50:
+        import torch
+
+        from _models import resnet50
+
+        net = resnet50(0)
+        generator = torch.Generator().manual_seed(0)
+        X = torch.rand(args.resnet50_images, 3, 224, 224, generator=generator).numpy()
+        rows, big = methods_throughput(
+            net,
+            X,
+            shard=args.shard,
+            rounds=args.rounds,
+            steps=args.steps,
+            ig_images=args.resnet50_ig_images,
         )
-    ig = next(k for k in contenders if k.startswith("Integrated"))
-    lines += [
-        "",
-        f"LRP: {best[ig] / best['LRP (epsilon_plus_flat)']:.0f}x the images per second of "
-        f"{ig}. {len(X)} MNIST-5k images, default clean SmallCNN, shards of {shard}, batches "
-        f"of {size}; best of {rounds} interleaved rounds. LRP's cost over the hand loop is "
-        "the rules' extra work (the z-plus rule's second convolution, the flat rule at the input "
-        "layer, a copy of each layer's output); Grad-CAM's backward stops at its layer, so it "
-        "costs less than the limit.",
-    ]
-    return "\n".join(lines)
+        lines += [f"| ResNet-50, 224x224 | {r[2:]}" for r in rows]
+        notes.append(
+            f"ResNet-50 (random weights, seed 0, eval mode; 53 BatchNorms merged into their "
+            f"convolutions, 16 residual additions): {len(X)} random 224x224 images "
+            f"({args.resnet50_ig_images} for IG: {args.steps} passes per image), batches of "
+            f"{big['size']}; LRP {big['lrp_vs_limit']:.2f}x the limit and "
+            f"{big['lrp_vs_ig']:.0f}x the images per second of IG. LRP's cost over the limit is "
+            "mostly the z-plus rule's second convolution per layer (its positive weights); the "
+            "BatchNorms cost it nothing in the backward pass, as they are merged."
+        )
+    notes.append(
+        f"Best of {args.rounds} interleaved rounds per model; hours are for ImageNet-1k's "
+        f"{IMAGENET:,} training images on this machine. Grad-CAM's backward stops at its "
+        "layer, so it can cost less than the limit. Load average (1 min) before "
+        f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}."
+    )
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes)
 
 
 def main() -> None:
@@ -178,7 +242,13 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         action="store_true",
-        help="only the explaining step: LRP and IG against one forward+backward per image",
+        help="only the explaining step: LRP, Grad-CAM and IG against one forward+backward per "
+        "image, on the MNIST CNN and a ResNet-50",
+    )
+    parser.add_argument("--no-resnet50", action="store_true", help="--methods: MNIST only")
+    parser.add_argument("--resnet50-images", type=int, default=8)
+    parser.add_argument(
+        "--resnet50-ig-images", type=int, default=2, help="IG's images on ResNet-50 (costly)"
     )
     args = parser.parse_args()
     model = load_default_cnn("clean")
@@ -187,9 +257,7 @@ def main() -> None:
     X = np.concatenate([X_train, X_test])[: args.images]
     y = np.concatenate([y_train, y_test])[: args.images]
     if args.methods:
-        text = f"{machine_line()}\n\n" + methods_throughput(
-            model, X, args.shard, args.rounds, args.steps
-        )
+        text = f"{machine_line()}\n\n" + methods_section(args, model, X)
         print(text)
         if not args.no_write:
             write_section("audit_methods", text)

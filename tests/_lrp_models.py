@@ -106,3 +106,17 @@ def images(n: int = 5, *, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
     """Random 3x16x16 images in [0, 1]."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, 16, 16, generator=g).to(dtype)
+
+
+class FirstLayer(nn.Module):
+    """A given input layer, a ReLU and a linear head: for the rules of the input layer."""
+
+    def __init__(self, first: nn.Module, *, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.first = first
+        self.relu = nn.ReLU()
+        self.head = nn.LazyLinear(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.relu(self.first(x)), 1))

@@ -38,7 +38,7 @@ sys.path.remove(str(Path(__file__).parent / "_stubs"))
 for _name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
     del sys.modules[_name]
 
-from _lrp_models import Block, ResNetLike, VGGLike, images  # noqa: E402
+from _lrp_models import Block, FirstLayer, ResNetLike, VGGLike, images  # noqa: E402
 
 ZENNIT = {
     "epsilon_plus_flat": EpsilonPlusFlat,
@@ -171,6 +171,27 @@ def test_conv1d_net_with_smooth_activations_equals_zennit(composite):
     targets = net(x).argmax(dim=1)
     theirs = zennit_relevance(net, x, targets, composite, [])
     assert relative_error(ours(net, x, targets, composite).values, theirs) < 1e-5
+
+
+FIRST_LAYERS = {
+    "linear": lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 12)),
+    "strided conv": lambda: nn.Conv2d(3, 6, 5, stride=2, padding=2),
+    "conv with groups": lambda: nn.Conv2d(3, 6, 3, padding=1, groups=3),
+    "conv padded past its kernel": lambda: nn.Conv2d(3, 6, 3, padding=3),
+    "dilated conv": lambda: nn.Conv2d(3, 6, 3, padding=2, dilation=2),
+    "circular padding": lambda: nn.Conv2d(3, 6, 3, padding=1, padding_mode="circular"),
+    "one output channel": lambda: nn.Conv2d(3, 1, 3, padding=1),
+}
+
+
+@pytest.mark.parametrize("first", list(FIRST_LAYERS))
+def test_the_flat_rule_at_each_kind_of_input_layer_equals_zennit(first):
+    net = FirstLayer(FIRST_LAYERS[first]()).double()
+    x = images(dtype=torch.float64)
+    targets = net(x).argmax(dim=1)  # the first call sizes the lazy head
+    net.eval()
+    theirs = zennit_relevance(net, x, targets, "epsilon_plus_flat", [])
+    assert relative_error(ours(net, x, targets, "epsilon_plus_flat").values, theirs) < 1e-5
 
 
 class _NoBias(nn.Module):
@@ -347,6 +368,90 @@ def test_the_model_is_left_as_it_was_also_after_an_error():
     assert "forward" not in net.__dict__
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
     assert all(p.grad is None for p in net.parameters())
+
+
+class _InPlace(nn.Module):
+    """Convolutions and a sum whose outputs a functional ReLU overwrites."""
+
+    def __init__(self, inplace: bool):
+        super().__init__()
+        torch.manual_seed(7)
+        self.inplace = inplace
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 16 * 16, 4)
+
+    def forward(self, x):
+        a = torch.nn.functional.relu(self.conv1(x), self.inplace)
+        b = torch.nn.functional.relu(self.conv2(a) + a, self.inplace)
+        return self.fc(torch.flatten(b, 1))
+
+
+def test_outputs_overwritten_in_place_keep_their_values_for_the_rules():
+    x = images(3)
+    plain = ours(_InPlace(False).eval(), x, torch.zeros(3, dtype=torch.long), "epsilon_plus_flat")
+    inplace = ours(_InPlace(True).eval(), x, torch.zeros(3, dtype=torch.long), "epsilon_plus_flat")
+    np.testing.assert_array_equal(inplace.values, plain.values)
+
+
+def _scale_in_place(net):
+    with torch.no_grad():
+        net.features[0].weight.mul_(1.5)
+
+
+def _new_statistics(net):
+    state = net.state_dict()
+    state["features.1.running_var"] = state["features.1.running_var"] * 2
+    net.load_state_dict(state)
+
+
+def _new_data(net):
+    net.features[4].bias.data = net.features[4].bias.data + 0.3
+
+
+def _new_eps(net):
+    net.features[1].eps = 0.1
+
+
+def _new_batch_norm(net):
+    net.features[1] = copy.deepcopy(net.features[4])
+
+
+CHANGES = {
+    "weights scaled in place": _scale_in_place,
+    "statistics loaded": _new_statistics,
+    "a bias given new data": _new_data,
+    "a BatchNorm's eps": _new_eps,
+    "a BatchNorm replaced": _new_batch_norm,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_changed_model_is_explained_with_its_new_weights(change):
+    # the merged weights are kept between calls; any change to the model makes them anew
+    # (every layer's weights count in this composite, the input layer's too)
+    composite = "epsilon_gamma_box"
+    net = VGGLike().eval()
+    x = images()
+    targets = net(x).argmax(dim=1)
+    before = ours(net, x, targets, composite).values
+    CHANGES[change](net)
+    after = ours(net, x, targets, composite).values
+    fresh = ours(copy.deepcopy(net), x, targets, composite).values
+    np.testing.assert_array_equal(after, fresh)
+    assert not np.allclose(after, before)
+
+
+def test_the_merged_weights_of_a_model_are_freed_with_it():
+    import gc
+    import weakref
+
+    net = VGGLike().eval()
+    ours(net, images(), torch.zeros(5, dtype=torch.long), "epsilon_plus_flat")
+    gone = weakref.ref(net)
+    del net
+    gc.collect()
+    assert gone() is None
 
 
 def test_lrp_is_registered_with_its_defaults():

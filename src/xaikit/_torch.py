@@ -65,6 +65,19 @@ def model_output(output: Any) -> Any:
     return output
 
 
+def tensor_stamp(tensors) -> tuple:
+    """What tells whether tensors have changed since: storage, version counter, shape, dtype.
+
+    In-place changes bump the version counter (``optimizer.step``, ``load_state_dict``,
+    ``p.mul_(2)`` under ``no_grad``) and new values through ``p.data = ...`` change the
+    storage; only an in-place change through ``p.data`` goes unseen.
+    """
+    return tuple(
+        None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
+        for t in tensors
+    )
+
+
 def is_torchscript(module: nn.Module | None) -> bool:
     """True for a scripted or traced module, which does not run Python forward hooks."""
     return isinstance(module, torch.jit.ScriptModule)

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from xaikit._torch import tensor_stamp
+
 RTOL = 1e-4
 ATOL = 1e-5  # times the largest |score| of the batch
 GAIN = 0.95  # channels-last must take at most this share of the default layout's time
@@ -232,8 +234,7 @@ def equal_scores(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _stamp(module: nn.Module) -> tuple:
-    tensors = [*module.parameters(), *module.buffers()]
-    return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+    return tensor_stamp([*module.parameters(), *module.buffers()])
 
 
 def _floating(x: Any) -> bool:

@@ -414,3 +414,46 @@ def is_inplace(node: fx.Node, graph: Graph) -> bool:
     if node.op == "call_module":
         return bool(getattr(graph.modules[node.target], "inplace", False))
     return bool(node.kwargs.get("inplace", False))
+
+
+# Operations whose result may share memory with their data input.
+_ALIASING_FUNCTIONS = {
+    *_RESHAPES,
+    operator.getitem,
+    torch.permute,
+    torch.transpose,
+    torch.chunk,
+    torch.split,
+}
+_ALIASING_METHODS = {
+    *_RESHAPE_METHODS,
+    "permute",
+    "transpose",
+    "expand",
+    "view_as",
+    "reshape_as",
+    "expand_as",
+    "chunk",
+    "split",
+}
+
+
+def overwritten(node: fx.Node, graph: Graph) -> bool:
+    """Whether the forward may overwrite the node's value later (through views included)."""
+    pending, seen = [node], set()
+    while pending:
+        current = pending.pop()
+        for user in current.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.args[:1] == (current,) and is_inplace(user, graph):
+                return True
+            aliasing = (
+                (user.op == "call_module" and isinstance(graph.modules[user.target], RESHAPES))
+                or (user.op == "call_function" and user.target in _ALIASING_FUNCTIONS)
+                or (user.op == "call_method" and user.target in _ALIASING_METHODS)
+            )
+            if aliasing:
+                pending.append(user)
+    return False

@@ -32,6 +32,7 @@ with Zennit, CoRelAy, and ViRelAy", arXiv:2106.13200 (the composites' definition
 from __future__ import annotations
 
 import difflib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xaikit._torch import tensor_stamp
 from xaikit._validation import check_number, describe
 from xaikit.attribution import _graph
 from xaikit.attribution.registry import Attribution, register
@@ -243,20 +245,74 @@ def _box(low, high, x: np.ndarray, *, device) -> tuple[torch.Tensor, torch.Tenso
 # ---------------------------------------------------------------------- layers and rules
 
 
+_CANONICAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> {bn id: ...}
+
+
+@dataclass
+class Weights:
+    """A layer's weights as the rules see them (a BatchNorm after it merged in), and the
+    tensors the rules derive from them (positive parts, ...), computed when first needed.
+
+    Kept per layer module while the model lives and made again when any tensor they come from
+    changes (:func:`xaikit._torch.tensor_stamp`); the user's modules are never changed.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    derived: dict[Any, Any] = field(default_factory=dict)
+
+    def part(self, name: str) -> torch.Tensor | None:
+        """``wp``/``wn``: positive/negative part of the weights; ``bp``/``bn``: of the bias."""
+        if name not in self.derived:
+            tensor = self.weight if name[0] == "w" else self.bias
+            if tensor is not None:
+                tensor = tensor.clamp(min=0) if name[1] == "p" else tensor.clamp(max=0)
+            self.derived[name] = tensor
+        return self.derived[name]
+
+
+def canonical(layer: nn.Module, bn: nn.Module | None) -> Weights:
+    """The layer's :class:`Weights` with ``bn`` merged in, from the cache when unchanged."""
+    tensors = [layer.weight, layer.bias]
+    if bn is not None:
+        tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    stamp = (None if bn is None else bn.eps, tensor_stamp(tensors))
+    held = _CANONICAL.setdefault(layer, {})
+    key = None if bn is None else id(bn)
+    if key in held and held[key][0] == stamp:
+        return held[key][1]
+    weight = layer.weight.detach()
+    bias = None if layer.bias is None else layer.bias.detach()
+    if bn is not None:
+        weight, bias = _merge(weight, bias, bn)
+    held[key] = (stamp, Weights(weight, bias))
+    return held[key][1]
+
+
 @dataclass
 class LayerSpec:
     """One layer's rule and the (merged) weights it propagates with, for one call."""
 
     rule: str
     module: nn.Module
-    weight: torch.Tensor
-    bias: torch.Tensor | None
+    weights: Weights
     first: bool
     nonnegative: bool
     epsilon: float
     gamma: float
     box: tuple[torch.Tensor, torch.Tensor] | None
-    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weights.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.weights.bias
+
+    @property
+    def cache(self) -> dict[Any, Any]:
+        return self.weights.derived
 
     def forward(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
         """The layer's operation with other weights (the modified forwards of the rules)."""
@@ -264,48 +320,44 @@ class LayerSpec:
             return F.linear(x, weight, bias)
         return self.module._conv_forward(x, weight, bias)
 
-    def vjp(self, weight: torch.Tensor, grad: torch.Tensor, shape) -> torch.Tensor:
-        """The transpose of the layer's operation with ``weight`` applied to ``grad``."""
+    def vjp(self, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The transpose of the layer's operation with ``weight`` applied to ``grad``.
+
+        ``x`` is the layer's input: only its shape counts, but the backends want a real
+        tensor (``torch.nn.grad.conv2d_input`` passes an expanded one, which they copy whole).
+        """
         if isinstance(self.module, nn.Linear):
             return grad @ weight
         module = self.module
         if module.padding_mode == "zeros" and not isinstance(module.padding, str):
-            conv_input = (
-                torch.nn.grad.conv1d_input
-                if isinstance(module, nn.Conv1d)
-                else torch.nn.grad.conv2d_input
-            )
-            return conv_input(
-                shape, weight, grad, module.stride, module.padding, module.dilation, module.groups
-            )
+            return torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                None,
+                module.stride,
+                module.padding,
+                module.dilation,
+                False,
+                [0] * len(module.stride),
+                module.groups,
+                (True, False, False),
+            )[0]
         with torch.enable_grad():  # padding modes / "same": let autograd transpose it
-            probe = torch.zeros(shape, dtype=grad.dtype, device=grad.device, requires_grad=True)
+            probe = torch.zeros_like(x, requires_grad=True)
             (result,) = torch.autograd.grad(module._conv_forward(probe, weight, None), probe, grad)
         return result
 
     def parts(self) -> dict[str, Any]:
-        """Positive and negative parts of the weights and bias (computed once per call)."""
-        if not self.cache:
-            w, b = self.weight, self.bias
-            self.cache.update(
-                wp=w.clamp(min=0),
-                wn=w.clamp(max=0),
-                bp=None if b is None else b.clamp(min=0),
-                bn=None if b is None else b.clamp(max=0),
-            )
-        return self.cache
+        """Positive and negative parts of the weights and bias (kept with the weights)."""
+        return {name: self.weights.part(name) for name in ("wp", "wn", "bp", "bn")}
 
 
 def _layer_spec(module, bn, *, rule, first, nonnegative, epsilon, gamma, box) -> LayerSpec:
-    weight = module.weight.detach()
-    bias = None if module.bias is None else module.bias.detach()
-    if bn is not None:
-        weight, bias = _merge(weight, bias, bn)
     return LayerSpec(
         rule=rule,
         module=module,
-        weight=weight,
-        bias=bias,
+        weights=canonical(module, bn),
         first=first,
         nonnegative=nonnegative,
         epsilon=epsilon,
@@ -325,16 +377,26 @@ def _merge(weight, bias, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z`` moved away from 0 by ``epsilon`` with its sign (0 counts as positive)."""
-    sign = (z == 0).to(z) + z.sign()
-    return z + sign * epsilon
+    """``z`` moved away from 0 by ``epsilon`` with its sign (0 counts as positive).
+
+    The same numbers as Zennit's ``z + ((z == 0) + sign(z)) * epsilon``, in three passes over
+    ``z`` instead of six.
+    """
+    eps = z.new_tensor(epsilon)
+    shift = torch.where(z >= 0, eps, -eps)
+    return shift.add_(z)
 
 
 def _ratio(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
     denominator = stabilise(z, epsilon)
     if epsilon == 0:  # LRP-0: a neuron with z = 0 has no relevance to pass on
         return torch.where(denominator == 0, 0.0, relevance / denominator)
-    return relevance / denominator
+    return torch.div(relevance, denominator, out=denominator)
+
+
+def _ratio_nonnegative(relevance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """:func:`_ratio` with Zennit's stabiliser for a ``z >= 0`` that may be overwritten."""
+    return torch.div(relevance, z.add_(STABILIZER), out=z)
 
 
 def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Tensor):
@@ -347,12 +409,7 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
     shape = x.shape
     rule = spec.rule
     if rule in ("flat", "wsquare"):
-        if rule == "flat":
-            w, b = torch.ones_like(spec.weight), None
-        else:
-            w, b = spec.weight**2, None if spec.bias is None else spec.bias**2
-        q = spec.forward(torch.ones_like(x), w, b)
-        return spec.vjp(w, _ratio(relevance, q, STABILIZER), shape)
+        return _input_rule(spec, relevance, x)
     if rule == "zbox":
         parts = spec.parts()
         low, high = (bound.to(x.dtype).reshape(shape[1:]).expand(shape) for bound in spec.box)
@@ -363,12 +420,12 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
         )
         s = _ratio(relevance, denominator, STABILIZER)
         return (
-            x * spec.vjp(spec.weight, s, shape)
-            - low * spec.vjp(parts["wp"], s, shape)
-            - high * spec.vjp(parts["wn"], s, shape)
+            x * spec.vjp(spec.weight, s, x)
+            - low * spec.vjp(parts["wp"], s, x)
+            - high * spec.vjp(parts["wn"], s, x)
         )
     if rule == "epsilon":
-        c = spec.vjp(spec.weight, _ratio(relevance, z, spec.epsilon), shape)
+        c = spec.vjp(spec.weight, _ratio(relevance, z, spec.epsilon), x)
     elif rule == "gamma":
         c = _gamma(spec, x, z, relevance)
     else:
@@ -377,30 +434,71 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
     return x * c if spec.first else c
 
 
-def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in):
+def _input_rule(spec: LayerSpec, relevance: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The flat and w-square rules: relevance spread by the weights (all ones, or squared).
+
+    Their denominators depend only on the input's shape (the rules' input is all ones), so
+    they are computed once per call. The flat rule's weights are the same for every output
+    neuron, so without groups it sums the output relevance over the outputs first and spreads
+    that sum through one output of ones: one thin transposed operation instead of a full one.
+    """
+    key = (spec.rule, tuple(x.shape[1:]), relevance.dtype, relevance.device)
+    if key not in spec.cache:
+        weight = spec.weight.to(relevance.dtype)
+        if spec.rule == "wsquare":
+            w = weight**2
+            b = None if spec.bias is None else spec.bias.to(relevance.dtype) ** 2
+        elif getattr(spec.module, "groups", 1) == 1:
+            w, b = weight.new_ones((1, *weight.shape[1:])), None
+        else:
+            w, b = torch.ones_like(weight), None
+        ones = torch.ones((1, *x.shape[1:]), dtype=relevance.dtype, device=relevance.device)
+        spec.cache[key] = (w, stabilise(spec.forward(ones, w, b), STABILIZER))
+    w, denominator = spec.cache[key]
+    if len(w) > 1 or len(spec.weight) == 1:
+        return spec.vjp(w, relevance.div_(denominator), x)
+    # flat: sum over the outputs, then spread through the ones of one output
+    if isinstance(spec.module, nn.Linear):
+        return (relevance.sum(-1, keepdim=True).div_(denominator)).expand(x.shape)
+    s = relevance.sum(1, keepdim=True).div_(denominator)
+    module = spec.module
+    if (
+        module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+        and all(st == 1 for st in module.stride)
+    ):
+        # Stride 1: the transposed operation is a convolution with the (symmetric) ones, on
+        # one channel, which CPU backends run many times faster than a one-channel transpose.
+        sizes = zip(module.padding, module.dilation, w.shape[2:], strict=True)
+        padding = [d * (k - 1) - p for p, d, k in sizes]
+        if min(padding) >= 0:
+            conv = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
+            return conv(s, w[:1, :1], None, 1, padding, module.dilation).expand(x.shape)
+    return spec.vjp(w, s, x)
+
+
+def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in, *, positive=False):
     """The ratio and c of one "x+ with w_pos_in, x- with w_neg_in" pass (alpha-beta, gamma).
 
-    For inputs known to be >= 0 (after a ReLU) the x- half is zero and skipped.
+    For inputs known to be >= 0 (after a ReLU) the x- half is zero and skipped. ``positive``:
+    the pass sums only contributions >= 0 (alpha's), so its stabiliser adds 1e-6 in place.
     """
-    shape = x.shape
+    ratio = _ratio_nonnegative if positive else lambda r, z: _ratio(r, z, STABILIZER)
     if spec.nonnegative:
-        z = spec.forward(x, w_pos_in, b_pos_in)
-        s = _ratio(relevance, z, STABILIZER)
-        return s, lambda s_: spec.vjp(w_pos_in, s_, shape)
+        s = ratio(relevance, spec.forward(x, w_pos_in, b_pos_in))
+        return s, lambda s_: spec.vjp(w_pos_in, s_, x)
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     z = spec.forward(xp, w_pos_in, b_pos_in) + spec.forward(xn, w_neg_in, None)
-    s = _ratio(relevance, z, STABILIZER)
-    return s, lambda s_: torch.where(
-        x > 0, spec.vjp(w_pos_in, s_, shape), spec.vjp(w_neg_in, s_, shape)
-    )
+    s = ratio(relevance, z)
+    return s, lambda s_: torch.where(x > 0, spec.vjp(w_pos_in, s_, x), spec.vjp(w_neg_in, s_, x))
 
 
 def _alpha_beta(spec, x, relevance, *, alpha, beta):
-    p = spec.parts()
-    s, back = _signed_pass(spec, x, relevance, p["wp"], p["bp"], p["wn"])
+    p = spec.weights.part
+    s, back = _signed_pass(spec, x, relevance, p("wp"), p("bp"), p("wn"), positive=True)
     c = back(s)
     if beta:
-        s_neg, back_neg = _signed_pass(spec, x, relevance, p["wn"], p["bn"], p["wp"])
+        s_neg, back_neg = _signed_pass(spec, x, relevance, p("wn"), p("bn"), p("wp"))
         c = alpha * c - beta * back_neg(s_neg)
     elif alpha != 1:
         c = alpha * c
@@ -409,18 +507,19 @@ def _alpha_beta(spec, x, relevance, *, alpha, beta):
 
 def _gamma(spec, x, z, relevance):
     """Generalised gamma rule: positive contributions boosted by gamma, per output sign."""
-    if "gp" not in spec.cache:
-        p = spec.parts()
+    key = ("gamma", spec.gamma)
+    if key not in spec.cache:
+        p = spec.weights.part
         w, b, g = spec.weight, spec.bias, spec.gamma
-        spec.cache.update(
-            gp=w + g * p["wp"],
-            gn=w + g * p["wn"],
-            gbp=None if b is None else b + g * p["bp"],
-            gbn=None if b is None else b + g * p["bn"],
+        spec.cache[key] = (
+            w + g * p("wp"),
+            w + g * p("wn"),
+            None if b is None else b + g * p("bp"),
+            None if b is None else b + g * p("bn"),
         )
-    c = spec.cache
-    s_pos, back_pos = _signed_pass(spec, x, relevance, c["gp"], c["gbp"], c["gn"])
-    s_neg, back_neg = _signed_pass(spec, x, relevance, c["gn"], c["gbn"], c["gp"])
+    gp, gn, gbp, gbn = spec.cache[key]
+    s_pos, back_pos = _signed_pass(spec, x, relevance, gp, gbp, gn)
+    s_neg, back_neg = _signed_pass(spec, x, relevance, gn, gbn, gp)
     return back_pos((z > 0) * s_pos) + back_neg((z < 0) * s_neg)
 
 
@@ -431,15 +530,17 @@ class _Rule(torch.autograd.Function):
     """Returns the layer's output unchanged; its backward applies the layer's rule."""
 
     @staticmethod
-    def forward(ctx, x, z, spec):
+    def forward(ctx, x, z, spec, copy):
         ctx.save_for_backward(x, z)
         ctx.spec = spec
-        return z.clone()  # a new tensor: in-place changes downstream must not reach z
+        # A new tensor only when the forward overwrites it later (an in-place ReLU): z must
+        # keep the layer's output for the backward.
+        return z.clone() if copy else z
 
     @staticmethod
     def backward(ctx, grad):
         x, z = ctx.saved_tensors
-        return propagate(ctx.spec, x, z, grad), None, None
+        return propagate(ctx.spec, x, z, grad), None, None, None
 
 
 class _PassThrough(torch.autograd.Function):
@@ -462,15 +563,16 @@ class _Split(torch.autograd.Function):
     proportion to them, with a stabiliser: c of each term is c_y * y / (y + sign(y) * eps)."""
 
     @staticmethod
-    def forward(ctx, y, epsilon):
+    def forward(ctx, y, epsilon, copy):
         ctx.save_for_backward(y)
         ctx.epsilon = epsilon
-        return y.clone()
+        return y.clone() if copy else y  # as _Rule's
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return grad * y / stabilise(y, ctx.epsilon), None
+        denominator = stabilise(y, ctx.epsilon)
+        return torch.div(grad * y, denominator, out=denominator), None, None
 
 
 def relevance_actions(
@@ -485,22 +587,26 @@ def relevance_actions(
     merged_into = {layer: bn for bn, layer in plan.merged.items()}
     pending: dict[Any, torch.Tensor] = {}  # a merged layer's input, until its BatchNorm runs
 
+    copy = {n: _graph.overwritten(n, graph) for n in (*plan.layers, *plan.merged, *plan.sums)}
+
     def layer(node, args, kwargs, call):
-        out = call(args, kwargs)
+        with torch.no_grad():  # the rule is the backward: no graph for the layer itself
+            out = call(args, kwargs)
         if node in merged_into:  # the BatchNorm after it applies the rule
             pending[node] = args[0]
             return out
-        return _Rule.apply(args[0], out.detach(), specs[node])
+        return _Rule.apply(args[0], out, specs[node], copy[node])
 
     def batch_norm(node, args, kwargs, call):
-        out = call(args, kwargs)
+        with torch.no_grad():
+            out = call(args, kwargs)
         layer_node = plan.merged[node]
-        return _Rule.apply(pending.pop(layer_node), out.detach(), specs[layer_node])
+        return _Rule.apply(pending.pop(layer_node), out, specs[layer_node], copy[node])
 
-    def split(_node, args, kwargs, call):
+    def split(node, args, kwargs, call):
         if split_epsilon == 0:
             return call(args, kwargs)  # LRP-0: the plain gradient splits exactly
-        return _Split.apply(call(args, kwargs), split_epsilon)
+        return _Split.apply(call(args, kwargs), split_epsilon, copy[node])
 
     def pass_through(node, args, kwargs, call):
         z = args[0].clone() if _graph.is_inplace(node, graph) else args[0]
