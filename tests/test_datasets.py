@@ -21,6 +21,7 @@ from xaikit.datasets import (
     load_mnist,
     load_watermark_mnist,
     stamp_watermark,
+    train_classifier,
     train_cnn,
 )
 from xaikit.datasets import models as models_module
@@ -212,6 +213,26 @@ def test_train_cnn_randomness_comes_from_its_seed_only():
     for key in first:
         assert torch.equal(first[key], again[key]), key
     assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
+def test_train_classifier_trains_any_architecture_as_train_cnn_trains_the_small_cnn():
+    X, y = load_mnist("train")
+    X, y = X[:128], y[:128]
+
+    def mlp():
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+    first = _state(train_classifier(mlp, X, y, seed=0, epochs=1))
+    again = _state(train_classifier(mlp, X, y, seed=0, epochs=1))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    small = _state(train_classifier(SmallCNN, X, y, seed=0, epochs=1))
+    same = _state(train_cnn(X, y, seed=0, epochs=1))
+    assert all(torch.equal(small[k], same[k]) for k in small)
+    for wrong in (torch.nn.Linear(784, 10), "SmallCNN"):
+        with pytest.raises(TypeError, match=r"^build: expected a callable that makes a new"):
+            train_classifier(wrong, X, y)
+    with pytest.raises(TypeError, match=r"^build: expected it to return an nn.Module"):
+        train_classifier(lambda: "not a network", X, y)
 
 
 def test_train_cnn_takes_read_only_arrays_without_a_warning():

@@ -178,8 +178,12 @@ def train_classifier(
     nn.Module
         The trained model in eval mode, on the CPU.
     """
-    if not callable(build):
-        raise TypeError(f"build: expected a callable that makes a network, got {build!r}")
+    if isinstance(build, nn.Module) or not callable(build):
+        # A network itself would be trained in place and its weights not follow ``seed``.
+        raise TypeError(
+            "build: expected a callable that makes a new network (such as the class "
+            f"SmallCNN), got {type(build).__name__}"
+        )
     X_t, y_t = _check_training_data(X, y)
     epochs = check_count(epochs, name="epochs")
     batch_size = check_positive_int(batch_size, name="batch_size")
