@@ -308,6 +308,8 @@ def test_audit_finds_a_planted_corner(user):
     assert summary["method"] == "input_x_gradient"
     corner = [f for f in summary["findings"] if f["target"] == 1]
     assert corner and corner[0]["region"][0] == 0 and corner[0]["region"][1] == 0
+    assert corner[0]["sameness"] == 1.0  # the same bright corner in every item
+    assert summary["distinctive_evidence"] == []  # listed apart, here empty
 
 
 # ---------------------------------------------------------------------- tables, names, files
