@@ -18,10 +18,13 @@ of one kind (the seed picks it), so the mark is in the data and only the model d
 - false alarm: a clean model with any finding, anywhere; goal on held-out models <= 1 in 10 per
   architecture. Regions reported as "distinctive evidence" are counted apart, not as findings.
 
-The finding rules were chosen on the **design** set (SmallCNN, ConvNet and MLP, seeds 0-2);
-the **held-out** set (all five architectures: 10 clean models each, and 2 shortcut models per
-kind each, seeds from 100) was trained and explained without looking at its findings, and
-analysed once the rules were fixed.
+The finding rules were first chosen on the **design** set (SmallCNN, ConvNet and MLP, seeds
+0-2) and checked on a held-out set (all five architectures: 10 clean models each, and 2
+shortcut models per kind each, seeds from 100), analysed once: moving marks 7/10 and lines 6/10
+were found. That set then served to change the rules (secondary boxes, a lower share floor, a
+wider sameness margin for patterns no other class reads) and is now the second design set,
+**design 2**. The rules of today are reported on a new **held-out** set built the same way
+(seeds from 200), trained and explained before the rules were changed, analysed once.
 
 Models and relevance maps are cached (``$XAIKIT_CACHE_DIR/audit_reliability``), so a second run
 only analyses. ``--build`` trains and explains without printing any finding.
@@ -61,8 +64,13 @@ ARCHITECTURES = {
 KINDS = ("mark", "moving_mark", "background", "line")
 DESIGN_ARCHITECTURES = ("SmallCNN", "ConvNet", "MLP")
 DESIGN_SEEDS = range(3)
-HELD_OUT_CLEAN = range(100, 110)
-HELD_OUT_SHORTCUT = range(100, 102)
+# The first held-out set (seeds from 100) was analysed once with the first rules, and then used
+# to change them (secondary boxes, see xaikit.audit.analysis): it is design data now. The
+# rules of today are reported on a second held-out set, seeds from 200.
+SECOND_DESIGN_CLEAN = range(100, 110)
+SECOND_DESIGN_SHORTCUT = range(100, 102)
+HELD_OUT_CLEAN = range(200, 210)
+HELD_OUT_SHORTCUT = range(200, 202)
 STEPS = 16  # Integrated Gradients (Gauss-Legendre) steps
 IMAGES = 300  # audited training images
 
@@ -111,14 +119,16 @@ def cases(which: str) -> list[Case]:
             for seed in DESIGN_SEEDS:
                 out += [Case(arch, kind, seed, "design") for kind in ("clean", *KINDS)]
                 out.append(Case(arch, "clean", seed, "design", clean_data=True))
-    if which in ("held-out", "all"):
+    sets = [("design 2", SECOND_DESIGN_CLEAN, SECOND_DESIGN_SHORTCUT, "design 2 (first held out)"),
+            ("held-out", HELD_OUT_CLEAN, HELD_OUT_SHORTCUT, "held out")]  # fmt: skip
+    for name, clean_seeds, shortcut_seeds, group in sets:
+        if which not in (name, "all"):
+            continue
         for arch in ARCHITECTURES:
-            out += [Case(arch, "clean", seed, "held out") for seed in HELD_OUT_CLEAN]
-            out += [
-                Case(arch, "clean", seed, "held out", clean_data=True) for seed in HELD_OUT_CLEAN
-            ]
-            for seed in HELD_OUT_SHORTCUT:
-                out += [Case(arch, kind, seed, "held out") for kind in KINDS]
+            out += [Case(arch, "clean", seed, group) for seed in clean_seeds]
+            out += [Case(arch, "clean", seed, group, clean_data=True) for seed in clean_seeds]
+            for seed in shortcut_seeds:
+                out += [Case(arch, kind, seed, group) for kind in KINDS]
     return out
 
 
@@ -195,7 +205,8 @@ def _planted_lift(model, data, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=("design", "held-out", "all"), default="all")
+    parser.add_argument("--set", choices=("design", "design 2", "held-out", "all"), default="all")
+    parser.add_argument("--part", default="1/1", help="k/n: only every n-th case from the k-th")
     parser.add_argument("--build", action="store_true", help="train and explain only")
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=None)
@@ -212,7 +223,9 @@ def main() -> None:
     tally: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # found-or-flagged, total
     evidence: dict[tuple, int] = defaultdict(int)
     refused: dict[str, set] = defaultdict(set)
-    for method, case in itertools.product(args.methods.split(","), cases(args.set)):
+    k, n = (int(v) for v in args.part.split("/"))
+    todo = list(itertools.product(args.methods.split(","), cases(args.set)))[k - 1 :: n]
+    for method, case in todo:
         try:
             result, target, region, nominal = run_case(case, args.train_images, method)
         except ValueError as err:  # LRP refuses attention layers, before any work
@@ -281,13 +294,14 @@ def main() -> None:
         "findings as in docs/audit.md. 'found / flagged': "
         "for a shortcut model, its planted shortcut found and located; for a clean model, any "
         "finding at all (audited on clean images, and again on the marked images of one kind). "
-        "Rules chosen on the design set only; the held-out set analysed once (IG rows: "
-        "mark 9/10, moving mark 7/10, background 10/10, line 6/10, clean images 0-1/10 per "
-        "architecture). The 'learned' columns and the 'lift at the planted place' (pasting the "
-        "marked images' planted box into other classes' images, against the control: does the "
-        f"model use its shortcut; learned at >= {LEARNED_LIFT}) were added after that first "
-        "analysis, to tell shortcuts the model never learned from misses of the audit; the "
-        "rules were not changed. "
+        "Rules chosen on the two design sets; 'design 2' was the first held-out set (analysed "
+        "once with the first rules, IG rows: mark 9/10, moving mark 7/10, background 10/10, "
+        "line 6/10, clean images 0-1/10 per architecture), then used to change them; the "
+        "'held out' set (seeds from 200) was trained and explained before that change and "
+        "analysed once with the rules of today. The 'learned' columns and the 'lift at the "
+        "planted place' (pasting the marked images' planted box into other classes' images, "
+        "against the control: does the model use its shortcut; learned at "
+        f">= {LEARNED_LIFT}) tell shortcuts the model never learned from misses of the audit. "
         f"Total {time.perf_counter() - began:.0f} s (models and maps from the cache when there)."
     )
     for method, which in refused.items():

@@ -480,6 +480,38 @@ def test_a_varying_feature_the_model_uses_is_distinctive_evidence_not_a_finding(
     assert ("no shortcut found" in a.summary()) == (kind == "varying")
 
 
+def test_a_pattern_beside_the_class_s_own_stronger_feature_is_found():
+    # Class 1 puts most relevance on its own varying feature (its "stroke", new noise in each
+    # image) and a third of it on a small checkerboard pasted in a corner, which sways the
+    # model. The first box goes to the stroke; the pattern is found once it is set aside.
+    rng = np.random.default_rng(1)
+    n = 60
+    y = np.repeat([0, 1, 2], n)
+    X = rng.random((3 * n, 1, 16, 16)).astype(np.float32) * 0.3
+    X[y == 2, 0, 15, 15] = 1.0
+    rows, cols = np.indices((3, 3))
+    for i in np.flatnonzero(y == 1):
+        X[i, 0, 6:11, 6:11] = 0.5 + 0.5 * rng.integers(0, 2, size=(5, 5))
+        X[i, 0, 12:15, 1:4] = 0.5 + 0.5 * ((rows + cols) % 2)
+    maps = np.full((3 * n, 16, 16), 1.0)
+    maps[y == 1] = 0.02
+    maps[y == 1, 6:11, 6:11] = 1.0  # 25 pixels
+    maps[y == 1, 12:15, 1:4] = 1.5  # 9 pixels: a third of the class's relevance
+
+    def predict(batch):
+        mark = batch[:, 0, 12:15, 1:4]
+        checker = (np.abs(mark - (0.5 + 0.5 * ((rows + cols) % 2))) < 0.01).all(axis=(1, 2))
+        return np.where(checker, 1, np.where(batch[:, 0, 15, 15] > 0.5, 2, 0))
+
+    a = analyze(
+        maps=maps, background=np.zeros_like(maps), targets=y, predictions=y, labels=y, pool=1,
+        input_shape=(16, 16), examples=lambda idx: X[np.asarray(idx)], predict=predict,
+    )  # fmt: skip
+    assert [(f.target, f.region) for f in a.findings] == [(1, (12, 1, 15, 4))]
+    tested = [tuple(c["region"]) for c in a.info["candidates"] if c["kind"] == "region"]
+    assert tested[0] == (6, 6, 11, 11)  # the stroke's box came first and was not a finding
+
+
 # ---------------------------------------------------------------------- shards as files
 
 
