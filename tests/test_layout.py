@@ -26,55 +26,11 @@ def forced(net: nn.Module, images: np.ndarray, how: str) -> xk.Model:
     return model
 
 
-@pytest.mark.parametrize("how", ["channels_last", "frozen"])
-@pytest.mark.parametrize("build", [conv_net, lambda: batch_norm_cnn("plain").eval()])
-def test_a_copy_scores_equal_the_default_layout(images, how, build):
-    net = build()
-    if build is not conv_net:
-        images = np.ascontiguousarray(images[:, :, :8, :8])  # the BatchNorm CNN takes 8x8
-    plain = xk.Model(net, batch_size=16).scores(images)
-    fast = forced(net, images, how).scores(images)  # 40 images: batches of 16, 16 and 8
-    np.testing.assert_allclose(fast, plain, rtol=layout.RTOL, atol=layout.ATOL)
-
-
-def test_the_frozen_copy_leaves_the_users_model_as_it_was(images):
-    net = conv_net().train()
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    forced(net, images, "frozen").scores(images)
-    assert net.training and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
-    assert not any(isinstance(m, torch.jit.ScriptModule) for m in net.modules())
-
-
-def test_changed_weights_reach_the_frozen_copy(images):
+def test_channels_last_scores_equal_the_default_layout(images):
     net = conv_net()
-    model = forced(net, images, "frozen")
-    before = model.scores(images)
-    with torch.no_grad():
-        net[-1].bias.add_(1.0)
-    np.testing.assert_allclose(model.scores(images), before + 1.0, rtol=1e-5, atol=1e-5)
-
-
-class _Branching(nn.Module):
-    """A forward that branches on its input's values: a trace would record one branch only."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-
-    def forward(self, x):
-        y = self.conv(x).mean(dim=(2, 3))
-        return y if x.mean() > 0.5 else -y
-
-
-def test_a_forward_that_branches_on_values_is_never_frozen(images):
-    net = _Branching().eval()
-    assert not layout.may_freeze(net, torch.from_numpy(images[:1]))
-    assert layout.may_freeze(conv_net(), torch.from_numpy(images[:1]))
-    assert not layout.may_freeze(conv_net().double(), torch.from_numpy(images[:1]).double())
-    dark = np.repeat(images, 8, axis=0) * 0.1  # the branch bright images do not take
-    with torch.no_grad():
-        want = net(torch.from_numpy(dark)).numpy()
-    np.testing.assert_allclose(xk.Model(net).scores(dark), want, rtol=1e-5, atol=1e-6)
+    plain = xk.Model(net, batch_size=16).scores(images)
+    fast = forced(net, images, "channels_last").scores(images)
+    np.testing.assert_allclose(fast, plain, rtol=layout.RTOL, atol=layout.ATOL)
 
 
 def test_the_users_model_keeps_its_layout(images):
@@ -111,7 +67,7 @@ def test_the_search_keeps_a_layout_whose_scores_match(images):
     many = np.concatenate([images] * 8)
     scores = model.scores(many)
     (chosen,) = model.chosen_layouts.values()
-    assert chosen in layout.LAYOUTS
+    assert chosen in ("channels_last", "contiguous")
     np.testing.assert_allclose(
         scores, xk.Model(conv_net(), batch_size=64).scores(many), rtol=1e-4, atol=1e-5
     )

@@ -14,21 +14,10 @@ forward on a CPU; and each ``nn.ReLU`` whose input is a fresh tensor read by not
 in place (:func:`relus_in_place`, about 3% more). What qualifies is read from a ``torch.fx``
 trace of the copy; a model that does not trace keeps its BatchNorms and ReLUs as they are.
 
-On a CPU a third candidate is the channels-last copy **frozen** for inference
-(:func:`frozen_copy`): traced with ``torch.jit.trace``, frozen (weights become constants) and
-passed through ``torch.jit.optimize_for_inference``, which runs the convolutions through
-oneDNN with weights packed once instead of on every call. ResNet-18 at 224 px scored 1.3x
-faster than the channels-last copy this way (1.6x the default layout; load under 1). A trace
-records one path through the forward, so this copy is only tried for float32 modules whose
-forward ``torch.fx`` can trace symbolically (no Python branch on tensor values or shapes), and
-its scores are checked on two batch sizes. ``torch.jit`` is deprecated in recent PyTorch
-releases; if it warns, the warning is kept quiet, and if it fails or goes, this copy is simply
-not kept.
-
-The batch-size search times the layouts at the chosen batch size and keeps a copy only when it
-is faster and its scores equal the user's module's within float tolerance (``RTOL``, ``ATOL``
-of the largest score), measured on that same batch; a copy whose forward (or trace) fails is
-not kept. Only score calls (forward passes, as the perturbation methods make) use the copy;
+The batch-size search times both layouts at the chosen batch size and keeps the copy only when
+it is faster and its scores equal the user's module's within float tolerance (``RTOL``,
+``ATOL`` of the largest score), measured on that same batch; a copy whose forward fails is not
+kept. Only score calls (forward passes, as the perturbation methods make) use the copy;
 gradients, layer recordings and any model with hooks run the user's own module.
 """
 
@@ -36,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import operator
-import warnings
 import weakref
 from typing import Any
 
@@ -53,10 +41,6 @@ GAIN = 0.95  # channels-last must take at most this share of the default layout'
 # module -> {in_place: (stamp, copy)}
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {key: layout}
-_FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (stamp, copy)
-_STATIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> fx traces
-#: The layouts a score call may run in (see the module docstring).
-LAYOUTS = ("contiguous", "channels_last", "frozen")
 
 
 def may_use_channels_last(module: nn.Module | None, x: Any, forward_kwargs: dict) -> bool:
@@ -77,36 +61,8 @@ def may_use_channels_last(module: nn.Module | None, x: Any, forward_kwargs: dict
     return convolution
 
 
-def may_freeze(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :func:`frozen_copy` may be tried: a float32 module on the CPU, float32 inputs,
-    and a forward ``torch.fx`` traces (one path for every input: what a trace records)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    if any(p.dtype != torch.float32 for p in module.parameters()):
-        return False
-    if module not in _STATIC:
-        _STATIC[module] = _graph(module) is not None
-    return _STATIC[module]
-
-
-def frozen_copy(module: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The channels-last copy traced on ``example``, frozen and optimised for inference, made
-    again when the module's weights change."""
-    stamp = _stamp(module)
-    held = _FROZEN.get(module)
-    if held is None or held[0] != stamp:
-        twin = channels_last_copy(module)
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings: the scores are checked instead
-            traced = torch.jit.trace(twin, example.clone(), check_trace=False, strict=False)
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        held = (stamp, frozen)
-        _FROZEN[module] = held
-    return held[1]
-
-
 def chosen_layout(module: nn.Module, key: tuple) -> str:
-    """One of :data:`LAYOUTS` (``"contiguous"`` also when not chosen yet) for a call key."""
+    """``"channels_last"`` or ``"contiguous"`` (also when not chosen yet) for a call key."""
     return _CHOSEN.get(module, {}).get(key, "contiguous")
 
 

@@ -184,15 +184,10 @@ class Model:
 
             def step(xb, rows):
                 with torch.inference_mode():
-                    chosen = layout.chosen_layout(self.module, key) if fast else "contiguous"
-                    if chosen != "contiguous":
+                    if fast and layout.chosen_layout(self.module, key) == "channels_last":
+                        module = layout.channels_last_copy(self.module)
                         # the change of layout is the batch's copy (see _to_tensor's why)
                         tensor = layout.fresh_channels_last(self._to_tensor(xb, fresh=False))
-                        module = (
-                            layout.frozen_copy(self.module, tensor)
-                            if chosen == "frozen"
-                            else layout.channels_last_copy(self.module)
-                        )
                         out = self._forward(tensor, rows, module=module)
                     else:
                         out = self._forward(self._to_tensor(xb), rows)
@@ -629,54 +624,32 @@ class Model:
         return memo[key]
 
     def _choose_layout(self, first, step, key: tuple, size: int) -> None:
-        """Time the layouts of :mod:`xaikit.layout` at ``size``; keep the fastest whose scores
-        equal the default's (a frozen copy's also on a smaller batch: a trace may have fixed
-        the batch size); a copy that fails is not kept."""
+        """Time the default and the channels-last layout at ``size``; keep the faster one
+        whose scores equal the default's (see :mod:`xaikit.layout`; a copy that fails is not
+        kept)."""
         batch = np.ascontiguousarray(np.broadcast_to(first, (size, *first.shape[1:])))
         rows = np.zeros(size, dtype=np.int64)
-        names = ["contiguous", "channels_last"]
-        if layout.may_freeze(self.module, self._to_tensor(batch[:1], fresh=False)):
-            names.append("frozen")
-        if "frozen" in names:  # untimed: the trace, then TorchScript's first, profiling run
-            layout.choose(self.module, key, "frozen")
-            try:
-                for _ in range(2):
-                    step(batch, rows)
-            except Exception:
-                names.remove("frozen")
         results, seconds = {}, {}
-        for name in names * 2:  # interleaved: one busy moment hits all
-            if name not in names:
-                continue  # its copy failed
-            layout.choose(self.module, key, name)
+        for name in ("contiguous", "channels_last", "contiguous", "channels_last"):
+            layout.choose(self.module, key, name)  # interleaved: one busy moment hits both
             start = time.perf_counter()
             try:
                 (results[name],) = step(batch, rows)
             except Exception:
                 if name == "contiguous":
                     raise  # the user's own forward: its error is the caller's
-                # The copy's (e.g. a forward that reads a folded BatchNorm's attributes, or
-                # one a trace cannot record): the user's module works, so it is used.
-                names.remove(name)
-                continue
+                # The copy's (e.g. a forward that reads a folded BatchNorm's attributes): the
+                # user's module works, so it is used as it is.
+                layout.choose(self.module, key, "contiguous")
+                return
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds[name] = min(seconds.get(name, np.inf), time.perf_counter() - start)
-        reference = _as_numpy(results["contiguous"])
-        best = "contiguous"
-        for name in names[1:]:
-            same = layout.equal_scores(reference, _as_numpy(results[name]))
-            if same and name == "frozen" and size > 1:
-                smaller = max(1, size // 2)
-                layout.choose(self.module, key, name)
-                try:
-                    (out,) = step(batch[:smaller], rows[:smaller])
-                    same = layout.equal_scores(reference[:smaller], _as_numpy(out))
-                except Exception:
-                    same = False
-            if same and seconds[name] <= layout.GAIN * seconds[best]:
-                best = name
-        layout.choose(self.module, key, best)
+        faster = seconds["channels_last"] <= layout.GAIN * seconds["contiguous"]
+        same = layout.equal_scores(
+            _as_numpy(results["contiguous"]), _as_numpy(results["channels_last"])
+        )
+        layout.choose(self.module, key, "channels_last" if faster and same else "contiguous")
 
     @property
     def chosen_layouts(self) -> dict[tuple, str]:
