@@ -740,7 +740,14 @@ def test_ctrl_c_in_a_real_process_exits_130_leaving_nothing(tmp_path):
     model = f"{tmp_path / 'slow.py'}:make"
     command = [sys.executable, "-m", "xaikit.cli", "explain", "--model", model, "--random-weights",
                str(tmp_path / "rows.npy"), "--out", str(out)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # A shell's background job (CI run with `&`) starts with SIGINT ignored, and Python keeps
+    # that; the child gets Ctrl-C's default disposition, as in a terminal.
+    def like_a_terminal() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=like_a_terminal)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (tmp_path / "started").exists() and process.poll() is None:
         assert time.monotonic() < deadline, "the model never ran"
