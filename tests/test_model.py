@@ -238,8 +238,16 @@ def test_auto_batch_size_is_searched_once_per_module():
     assert len(set(spy.sizes)) > 2  # several sizes were timed
     spy.sizes.clear()
     second = xk.Model(spy).scores(x)  # a new wrapper of the same module: no new search
-    assert set(spy.sizes[:-1]) == {chosen} and sum(spy.sizes) == len(x)
+    count = -(-len(x) // chosen)  # as few batches as the chosen size allows, of even sizes
+    assert len(spy.sizes) == count and sum(spy.sizes) == len(x)
+    assert max(spy.sizes) <= chosen and max(spy.sizes) - min(spy.sizes) <= 1
     np.testing.assert_array_equal(first, second)
+
+
+def test_batches_are_even_not_a_small_remainder():
+    spy = BatchSizeSpy()
+    xk.Model(spy, batch_size=32).scores(np.zeros((100, 8), dtype=np.float32))
+    assert spy.sizes == [25, 25, 25, 25]
 
 
 def test_auto_results_do_not_depend_on_timing():
