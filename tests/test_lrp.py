@@ -512,3 +512,13 @@ def test_audit_with_lrp_finds_no_watermark_in_the_clean_model(clean_cnn):
     X, y = _watermark_data()
     clean = audit(clean_cnn, X, labels=y, method="lrp", shard_size=50)
     assert [f for f in clean.findings if iou(f.region, WATERMARK_REGION) >= 0.5] == []
+
+
+def test_the_stabiliser_is_zennits_with_zero_counted_positive():
+    from xaikit.attribution.lrp import stabilise
+
+    z = torch.tensor([0.0, -0.0, 2.0, -3.0, 1e-9, -1e-9])
+    zennit = z + ((z == 0) + torch.sign(z)) * 0.5
+    out = stabilise(z, 0.5)
+    assert torch.equal(out, zennit)
+    assert not torch.signbit(out[:2]).any()  # -0.0 too moves up, as 0 does

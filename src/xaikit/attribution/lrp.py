@@ -13,7 +13,8 @@ nodes that need a rule get one:
   applies the layer's rule (epsilon, gamma, alpha-beta, z-plus; flat, w-square and the z-box
   rule at the layers that read the input, which return relevance itself);
 - a BatchNorm after such a layer is merged into it (Montavon et al. 2019, "canonisation"):
-  the rule sees the merged weights, computed for the call; the user's modules never change;
+  the rule sees the merged weights, computed for the call, and the forward runs them in
+  place of the pair (one operation fewer); the user's modules never change;
 - sums (residual additions) and average pooling split relevance in proportion to each term,
   with a stabiliser, as Zennit's ``Norm`` rule does;
 - SiLU and GELU pass relevance through (their backward becomes ``a / z``).
@@ -262,7 +263,15 @@ class Weights:
     derived: dict[Any, Any] = field(default_factory=dict)
 
     def part(self, name: str) -> torch.Tensor | None:
-        """``wp``/``wn``: positive/negative part of the weights; ``bp``/``bn``: of the bias."""
+        """``wp``/``wn``: positive/negative part of the weights; ``bp``/``bn``: of the bias;
+        ``bp+``: ``bp`` plus the stabiliser (a bias even for a layer without one)."""
+        if name == "bp+" and name not in self.derived:
+            # A pass that sums contributions >= 0 adds the stabiliser to all its outputs: in
+            # the bias, the convolution does it, one pass over the outputs fewer.
+            bp = self.part("bp")
+            self.derived[name] = (
+                self.weight.new_zeros(self.weight.shape[0]) if bp is None else bp
+            ) + STABILIZER
         if name not in self.derived:
             tensor = self.weight if name[0] == "w" else self.bias
             if tensor is not None:
@@ -379,12 +388,23 @@ def _merge(weight, bias, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z`` moved away from 0 by ``epsilon`` with its sign (0 counts as positive).
 
-    The same numbers as Zennit's ``z + ((z == 0) + sign(z)) * epsilon``, in three passes over
-    ``z`` instead of six.
+    The same numbers as Zennit's ``z + ((z == 0) + sign(z)) * epsilon``: ``|z| + epsilon``
+    with the sign of ``z + 0.0`` (which turns -0.0 into +0.0). A comparison and ``where`` take
+    about 2.5x as long on a CPU.
     """
-    eps = z.new_tensor(epsilon)
-    shift = torch.where(z >= 0, eps, -eps)
-    return shift.add_(z)
+    return z.abs().add_(epsilon).copysign_(z + 0.0)
+
+
+def _ratio_to_own(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``relevance / stabilise(z, epsilon)`` for a ``relevance`` that is ``z`` times something.
+
+    Where ``z`` is -0.0 the result is 0 whatever the denominator's sign, so the sign needs no
+    fix for it: one pass fewer than :func:`stabilise`.
+    """
+    if epsilon == 0:
+        return _ratio(relevance, z, 0.0)
+    denominator = z.abs().add_(epsilon).copysign_(z)
+    return torch.div(relevance, denominator, out=denominator)
 
 
 def _ratio(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -392,11 +412,6 @@ def _ratio(relevance: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Te
     if epsilon == 0:  # LRP-0: a neuron with z = 0 has no relevance to pass on
         return torch.where(denominator == 0, 0.0, relevance / denominator)
     return torch.div(relevance, denominator, out=denominator)
-
-
-def _ratio_nonnegative(relevance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """:func:`_ratio` with Zennit's stabiliser for a ``z >= 0`` that may be overwritten."""
-    return torch.div(relevance, z.add_(STABILIZER), out=z)
 
 
 def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Tensor):
@@ -425,7 +440,7 @@ def propagate(spec: LayerSpec, x: torch.Tensor, z: torch.Tensor, grad: torch.Ten
             - high * spec.vjp(parts["wn"], s, x)
         )
     if rule == "epsilon":
-        c = spec.vjp(spec.weight, _ratio(relevance, z, spec.epsilon), x)
+        c = spec.vjp(spec.weight, _ratio_to_own(relevance, z, spec.epsilon), x)
     elif rule == "gamma":
         c = _gamma(spec, x, z, relevance)
     else:
@@ -481,21 +496,27 @@ def _signed_pass(spec, x, relevance, w_pos_in, b_pos_in, w_neg_in, *, positive=F
     """The ratio and c of one "x+ with w_pos_in, x- with w_neg_in" pass (alpha-beta, gamma).
 
     For inputs known to be >= 0 (after a ReLU) the x- half is zero and skipped. ``positive``:
-    the pass sums only contributions >= 0 (alpha's), so its stabiliser adds 1e-6 in place.
+    the pass sums only contributions >= 0 (alpha's), and ``b_pos_in`` holds its stabiliser
+    (Zennit's 1e-6 added to every output, ``Weights.part("bp+")``).
     """
-    ratio = _ratio_nonnegative if positive else lambda r, z: _ratio(r, z, STABILIZER)
+
+    def back(s_):
+        if spec.nonnegative:
+            return spec.vjp(w_pos_in, s_, x)
+        return torch.where(x > 0, spec.vjp(w_pos_in, s_, x), spec.vjp(w_neg_in, s_, x))
+
     if spec.nonnegative:
-        s = ratio(relevance, spec.forward(x, w_pos_in, b_pos_in))
-        return s, lambda s_: spec.vjp(w_pos_in, s_, x)
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    z = spec.forward(xp, w_pos_in, b_pos_in) + spec.forward(xn, w_neg_in, None)
-    s = ratio(relevance, z)
-    return s, lambda s_: torch.where(x > 0, spec.vjp(w_pos_in, s_, x), spec.vjp(w_neg_in, s_, x))
+        z = spec.forward(x, w_pos_in, b_pos_in)
+    else:
+        z = spec.forward(x.clamp(min=0), w_pos_in, b_pos_in)
+        z += spec.forward(x.clamp(max=0), w_neg_in, None)
+    s = torch.div(relevance, z, out=z) if positive else _ratio(relevance, z, STABILIZER)
+    return s, back
 
 
 def _alpha_beta(spec, x, relevance, *, alpha, beta):
     p = spec.weights.part
-    s, back = _signed_pass(spec, x, relevance, p("wp"), p("bp"), p("wn"), positive=True)
+    s, back = _signed_pass(spec, x, relevance, p("wp"), p("bp+"), p("wn"), positive=True)
     c = back(s)
     if beta:
         s_neg, back_neg = _signed_pass(spec, x, relevance, p("wn"), p("bn"), p("wp"))
@@ -571,8 +592,7 @@ class _Split(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        denominator = stabilise(y, ctx.epsilon)
-        return torch.div(grad * y, denominator, out=denominator), None, None
+        return _ratio_to_own(grad * y, y, ctx.epsilon), None, None
 
 
 def relevance_actions(
@@ -591,17 +611,18 @@ def relevance_actions(
 
     def layer(node, args, kwargs, call):
         with torch.no_grad():  # the rule is the backward: no graph for the layer itself
+            if node in merged_into:
+                # The merged weights give the BatchNorm's output in one operation (only the
+                # BatchNorm reads this layer's output), which applies the rule.
+                spec = specs[node]
+                pending[node] = args[0]
+                return spec.forward(args[0], spec.weight, spec.bias)
             out = call(args, kwargs)
-        if node in merged_into:  # the BatchNorm after it applies the rule
-            pending[node] = args[0]
-            return out
         return _Rule.apply(args[0], out, specs[node], copy[node])
 
     def batch_norm(node, args, kwargs, call):
-        with torch.no_grad():
-            out = call(args, kwargs)
-        layer_node = plan.merged[node]
-        return _Rule.apply(pending.pop(layer_node), out, specs[layer_node], copy[node])
+        layer_node = plan.merged[node]  # args[0] is already its output, merged
+        return _Rule.apply(pending.pop(layer_node), args[0], specs[layer_node], copy[node])
 
     def split(node, args, kwargs, call):
         if split_epsilon == 0:
