@@ -512,6 +512,65 @@ def test_a_pattern_beside_the_class_s_own_stronger_feature_is_found():
     assert tested[0] == (6, 6, 11, 11)  # the stroke's box came first and was not a finding
 
 
+def _half_alike_data(*, fixed: float, sway: float, n: int = 60):
+    """Class 1's 5x5 box: a checkerboard on a ``fixed`` share of its cells, new noise on the
+    rest (sameness about 0.56 at 0.3, 1 at 1.0). Pasted into other images it makes the model
+    say 1 only for images whose pixel (15, 0) is below ``sway``: the lift is about ``sway``."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], n)
+    X = rng.random((3 * n, 1, 16, 16)).astype(np.float32) * 0.3
+    X[y == 2, 0, 15, 15] = 1.0
+    X[:, 0, 15, 0] = rng.random(3 * n)
+    rows, cols = np.indices((5, 5))
+    kept = rng.random((5, 5)) < fixed
+    for i in np.flatnonzero(y == 1):
+        box = np.where(kept, (rows + cols) % 2, rng.integers(0, 2, size=(5, 5)))
+        X[i, 0, 2:7, 2:7] = 0.5 + 0.5 * box
+    maps = np.full((3 * n, 16, 16), 1.0)
+    maps[y == 1] = 0.02
+    maps[y == 1, 2:7, 2:7] = 1.0
+
+    def predict(batch):
+        bright = (batch[:, 0, 2:7, 2:7].mean(axis=(1, 2)) > 0.6) & (batch[:, 0, 15, 0] < sway)
+        return np.where(bright, 1, np.where(batch[:, 0, 15, 15] > 0.5, 2, 0))
+
+    return X, y, maps, predict
+
+
+@pytest.mark.parametrize(
+    ("fixed", "sway", "found"),
+    [(0.3, 0.2, False), (0.3, 1.0, True), (1.0, 0.2, True)],
+    ids=["half-alike-weak-sway", "half-alike-strong-sway", "alike-weak-sway"],
+)
+def test_a_half_alike_box_needs_a_stronger_sway_to_be_a_finding(fixed, sway, found):
+    # Near the sameness floor a class's own strokes can look as alike as a moving mark: a
+    # lift of 0.16 that confirms a pasted pattern is not enough there (it needs 0.16 at 0.56).
+    from xaikit.audit.analysis import MIN_LIFT, needed_lift
+
+    X, y, maps, predict = _half_alike_data(fixed=fixed, sway=sway)
+    a = analyze(
+        maps=maps, background=np.zeros_like(maps), targets=y, predictions=y, labels=y, pool=1,
+        input_shape=(16, 16), examples=lambda idx: X[np.asarray(idx)], predict=predict,
+    )  # fmt: skip
+    (tested,) = [c for c in a.info["candidates"] if c["kind"] == "region"]
+    lift = tested["transplant_rate"] - tested["control_rate"]
+    assert lift >= MIN_LIFT  # the old rule's bar: every case sways the model enough for it
+    assert (lift >= needed_lift(tested["sameness"])) == found
+    assert [(f.target, f.region) for f in a.findings] == ([(1, (2, 2, 7, 7))] if found else [])
+
+
+def test_the_lift_needed_grows_as_sameness_falls():
+    from xaikit.audit import analysis as rules
+    from xaikit.audit.analysis import MIN_LIFT, needed_lift
+
+    assert needed_lift(1.0) == needed_lift(rules.EXCLUSIVE_SAMENESS) == MIN_LIFT
+    assert needed_lift(rules.MIN_SAMENESS) == pytest.approx(rules.LIFT_NEAR_STROKES * MIN_LIFT)
+    assert needed_lift(0.2) == needed_lift(rules.MIN_SAMENESS)  # below the floor: no pattern
+    values = [needed_lift(s) for s in np.linspace(0.0, 1.0, 41)]
+    assert values == sorted(values, reverse=True)
+    assert needed_lift(0.9, min_lift=0.3) == 0.3
+
+
 # ---------------------------------------------------------------------- shards as files
 
 

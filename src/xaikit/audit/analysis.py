@@ -20,8 +20,10 @@ normalized to sum 1 per image, so every image weighs the same and a share is a s
     holds more than in 95% of the other classes' images), and the box is a **pattern**: it
     looks alike across the group's images (:func:`sameness` >= :data:`MIN_SAMENESS`: a pasted
     watermark, tag or line, also one that moves a few pixels), and either sways the model
-    (the transplant test below) or holds :data:`EXCLUSIVE_RATIO` times the other classes'
-    share with a sameness of at least :data:`EXCLUSIVE_SAMENESS` (kind ``"region"``).
+    (the transplant test below; a pattern less alike than :data:`EXCLUSIVE_SAMENESS` must sway
+    it more, up to :data:`LIFT_NEAR_STROKES` times ``min_lift``: :func:`needed_lift`) or holds
+    :data:`EXCLUSIVE_RATIO` times the other classes' share with a sameness of at least
+    :data:`EXCLUSIVE_SAMENESS` (kind ``"region"``).
 
   A box that is not a pattern but has strong map evidence (``min_share`` and ``min_ratio``
   times the others) and sways the model is **distinctive evidence** of the class (a digit's
@@ -95,6 +97,13 @@ MIN_SAMENESS = 0.5
 #: class, reached a sameness of 0.57; marks and lines found this way 0.72 and more.
 EXCLUSIVE_RATIO = 20.0
 EXCLUSIVE_SAMENESS = 0.65
+#: A pattern that looks alike by a clear margin (EXCLUSIVE_SAMENESS and more) is confirmed by
+#: ``min_lift``; nearer MIN_SAMENESS, where a class's own strokes can look as alike, the lift
+#: it needs grows linearly to LIFT_NEAR_STROKES times ``min_lift``. On the first held-out set
+#: a small ViT's own strokes (a 5's top bar, a 0's side) reached a sameness of 0.53-0.54 and
+#: swayed it by 11-12 points; the planted marks found at a sameness under 0.6 swayed their
+#: models by 12-45 points.
+LIFT_NEAR_STROKES = 2.0
 #: Sameness compares each pair of images at the best shift of up to this many pixels each
 #: way, so a mark placed a few pixels apart in each image still counts as one pattern.
 SAMENESS_MOVE = 4
@@ -440,12 +449,23 @@ def _decide(
     swayed = rate is None or rate - control >= min_lift  # untested counts as swayed
     if alike is None:  # without the items nothing tells a pattern from the class's own strokes
         return "finding" if strong and swayed else None
-    # A pattern: found when the model is swayed by it, or when the other classes put (almost)
-    # no relevance there, so that only this class reads it.
+    # A pattern: found when the model is swayed by it (the more, the less alike it looks), or
+    # when the other classes put (almost) no relevance there, so that only this class reads it.
+    convinced = rate is None or rate - control >= needed_lift(alike, min_lift=min_lift)
     exclusive = share >= EXCLUSIVE_RATIO * other_share and alike >= EXCLUSIVE_SAMENESS
-    if alike >= MIN_SAMENESS and (swayed or exclusive):
+    if alike >= MIN_SAMENESS and (convinced or exclusive):
         return "finding"
     return "evidence" if strong and swayed else None
+
+
+def needed_lift(alike: float, *, min_lift: float = MIN_LIFT) -> float:
+    """The transplant lift that confirms a pattern of sameness ``alike`` as a shortcut.
+
+    ``min_lift`` from :data:`EXCLUSIVE_SAMENESS` up; below it, rising linearly to
+    :data:`LIFT_NEAR_STROKES` times ``min_lift`` at :data:`MIN_SAMENESS`.
+    """
+    doubt = (EXCLUSIVE_SAMENESS - alike) / (EXCLUSIVE_SAMENESS - MIN_SAMENESS)
+    return min_lift * (1.0 + (LIFT_NEAR_STROKES - 1.0) * min(max(doubt, 0.0), 1.0))
 
 
 def transplant_rates(
