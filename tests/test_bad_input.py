@@ -141,6 +141,15 @@ def test_single_metric_refuses_another_input():
         xk.metrics.deletion(net, x[1], e)
 
 
+@pytest.mark.parametrize("target", [2.5, True, "1"])
+def test_evaluate_refuses_a_batch_target_that_is_no_class_index(target):
+    net = linear_conv_8()
+    x = images(2)
+    values = np.ones_like(x)  # attributions from another library: the target names the class
+    with pytest.raises(TypeError, match=r"^target: expected a class index"):
+        xk.evaluate(net, x, values, batch=True, target=target)
+
+
 def test_evaluate_accepts_the_same_input_in_another_dtype():
     net = linear_conv_8()
     x = images(1)[0]

@@ -181,6 +181,16 @@ def test_probe_reads_brightness_linearly_from_the_conv_layer(user):
     assert summary["accuracy"]["conv"] == 1.0  # brightness is linear in the conv features
 
 
+def test_probe_has_no_classes_option_its_labels_are_the_user_s(user):
+    (user / "names.txt").write_text("a\nb\nc\n")
+    names = user / "names.txt"
+    result = _run("probe", *_model(user), user / "x.npy", "--labels", user / "y.txt",
+                  "--layers", "conv", "--classes", names, "--out", user / "p")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "No such option '--classes'" in result.output
+    assert not (user / "p").exists()
+
+
 def test_surrogate_of_a_pickled_stump_recovers_its_rule(user):
     from sklearn.tree import DecisionTreeClassifier
 

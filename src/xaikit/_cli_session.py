@@ -256,7 +256,9 @@ class Session:
             click.echo(f"report: {self.out / 'index.html'}")
 
 
-def session_command(*, inputs: str | None = None) -> Callable[[Callable], Callable]:
+def session_command(
+    *, inputs: str | None = None, classes: bool = True
+) -> Callable[[Callable], Callable]:
     """Give a command the shared options and a :class:`Session` built from them.
 
     Parameters
@@ -265,6 +267,9 @@ def session_command(*, inputs: str | None = None) -> Callable[[Callable], Callab
         Whether the command reads inputs: ``"images"`` adds ``INPUTS...``, ``--resize``,
         ``--mean``, ``--std`` and ``--classes``; ``"tables"`` only ``INPUTS...`` and
         ``--classes``.
+    classes : bool
+        Whether the command shows the model's classes (``--classes`` names them); a command
+        whose labels are the user's own (``probe``) has no use for the option, so it has none.
 
     The decorated function is called as ``function(session, **own_options)``. Its own options
     (declared with ``click.option`` below this decorator) are listed between the model and
@@ -274,7 +279,8 @@ def session_command(*, inputs: str | None = None) -> Callable[[Callable], Callab
         raise ValueError(f"inputs: expected one of {INPUT_KINDS}, got {inputs!r}")
     leading = list(MODEL_OPTIONS)
     if inputs is not None:
-        leading += [INPUTS, *(IMAGE_OPTIONS if inputs == "images" else ()), CLASSES]
+        leading += [INPUTS, *(IMAGE_OPTIONS if inputs == "images" else ())]
+        leading += [CLASSES] if classes else []
 
     def decorate(function: Callable) -> Callable:
         own = function.__dict__.pop("__click_params__", [])

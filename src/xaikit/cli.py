@@ -446,7 +446,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 @main.command()
-@session_command(inputs="images")
+@session_command(inputs="images", classes=False)  # its labels are the user's, not the classes
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="One label per input item: .npy, or a text file with one per line.")  # fmt: skip
 @click.option("--layers", required=True, help="Comma-separated layer paths, shallow to deep.")

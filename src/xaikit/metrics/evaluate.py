@@ -19,7 +19,7 @@ import numpy as np
 
 from xaikit._plotting import new_figure
 from xaikit._repr import HTMLRepr
-from xaikit._validation import describe
+from xaikit._validation import check_targets, describe
 from xaikit.explanation import Explanation
 
 # Each metric module registers its metrics with @metric when imported; add a new one here.
@@ -128,8 +128,8 @@ def evaluate(
             )
         values = as_array(explanation, name="explanation")
         target = options.get("target")
-        if batch and target is not None and np.ndim(target) == 0:
-            target = np.full(len(values), int(target))
+        if batch and target is not None and np.ndim(target) == 0:  # one class for every item
+            target = check_targets(target, n=len(values), n_classes=None)
         explanation = Explanation.from_array(
             values, as_array(x, name="x"), model=model, target=target, batch=batch
         )
