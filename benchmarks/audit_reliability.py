@@ -296,7 +296,8 @@ def main() -> None:
     if args.save:
         _save(args.save, rows, tally, evidence, refused, seconds)
         return
-    rows.sort(key=lambda row: (row[1] != "integrated_gradients", row[0]))
+    sets = list(dict.fromkeys(case.group for case in cases("all")))
+    rows.sort(key=lambda row: (row[1] != "integrated_gradients", _set_of(row, sets), row[0]))
     body = [
         *_summary(tally, evidence),
         "",
@@ -339,6 +340,12 @@ def main() -> None:
     print(note)
     if not args.no_write and args.set == "all":
         write_section("audit_reliability", f"{machine_line()}\n\n{text}\n\n{note}\n")
+
+
+def _set_of(row, sets: list[str]) -> int:
+    """Where a table row's set comes in ``sets`` (rows of several runs are merged)."""
+    base = row[2].split(" | ")[0].removeprefix("| ").split(",")[0]
+    return sets.index(base) if base in sets else len(sets)
 
 
 def _save(path, rows, tally, evidence, refused, seconds: float) -> None:
