@@ -45,8 +45,8 @@ normalized to sum 1 per image, so every image weighs the same and a share is a s
 
 The thresholds were chosen on the design sets of ``benchmarks/audit_reliability.py`` (first
 SmallCNN, a conv-conv-fc net and an MLP; then also models of five architectures that had
-served as a first held-out set; four kinds of planted shortcut) and checked on a second
-held-out set of five architectures (docs/benchmarks.md).
+served as the first and the second held-out set; four kinds of planted shortcut) and checked
+on a third held-out set of five architectures (docs/benchmarks.md, docs/audit.md).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ EXCLUSIVE_RATIO = 20.0
 EXCLUSIVE_SAMENESS = 0.65
 #: A pattern that looks alike by a clear margin (EXCLUSIVE_SAMENESS and more) is confirmed by
 #: ``min_lift``; nearer MIN_SAMENESS, where a class's own strokes can look as alike, the lift
-#: it needs grows linearly to LIFT_NEAR_STROKES times ``min_lift``. On the first held-out set
+#: it needs grows linearly to LIFT_NEAR_STROKES times ``min_lift``. On the second held-out set
 #: a small ViT's own strokes (a 5's top bar, a 0's side) reached a sameness of 0.53-0.54 and
 #: swayed it by 11-12 points; the planted marks found at a sameness under 0.6 swayed their
 #: models by 12-45 points.
