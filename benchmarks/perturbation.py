@@ -231,6 +231,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     rows = []
     mnist = load_default_cnn("clean")
     X, _ = load_mnist("test")
@@ -257,7 +258,9 @@ def main() -> None:
         "reuse them. "
         "Goals: xaikit within 1.3x of the limit; the perturbation methods at most 0.8x of the "
         "naive limit (they may use channels-last, xaikit.layout), and occlusion with "
-        "incremental inference (the default) at most 0.5x of the naive limit on ResNet-18."
+        "incremental inference (the default) at most 0.5x of the naive limit on ResNet-18. "
+        f"Load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} (this "
+        "run's own two threads count about 2)."
     )
     print(machine_line())
     print(body)
