@@ -67,7 +67,8 @@ class Model:
     device : str or torch.device, optional
         Where a PyTorch model runs. Default: the device of its first parameter (CPU if none).
     batch_size : int or "auto"
-        Items per forward pass. ``"auto"`` measures throughput on the first large calls
+        Items per forward pass, at most (a call's items run in even batches: 100 at 32 as four
+        of 25). ``"auto"`` measures throughput on the first large calls
         (largest batch that fits and still gains, on a GPU) and remembers the best size per
         kind of call and input shape.
     input_shape : tuple of int, optional
