@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,31 +10,24 @@ import torch
 from torch import nn
 
 import xaikit as xk
+from _stand_ins import import_zennit
 from xaikit.datasets import load_mnist
 
-# zennit imports torchvision, which does not import beside the CPU torch; it needs only two
-# class names from it, which the stand-in package on this path provides.
-sys.path.insert(0, str(Path(__file__).parent / "_stubs"))
-from zennit.attribution import Gradient
-from zennit.canonizers import (
+import_zennit()  # before zennit's own names: see _stand_ins
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.canonizers import (  # noqa: E402
     AttributeCanonizer,
     SequentialMergeBatchNorm,
 )
-from zennit.composites import (
+from zennit.composites import (  # noqa: E402
     EpsilonAlpha2Beta1,
     EpsilonAlpha2Beta1Flat,
     EpsilonGammaBox,
     EpsilonPlus,
     EpsilonPlusFlat,
 )
-from zennit.layer import Sum
-from zennit.torchvision import ResNetBasicBlockCanonizer
-
-# Take the stand-in away again: other libraries (transformers) would take it for the real
-# torchvision and fail on what it lacks. zennit keeps the two classes it imported.
-sys.path.remove(str(Path(__file__).parent / "_stubs"))
-for _name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-    del sys.modules[_name]
+from zennit.layer import Sum  # noqa: E402
+from zennit.torchvision import ResNetBasicBlockCanonizer  # noqa: E402
 
 from _lrp_models import Block, FirstLayer, ResNetLike, VGGLike, images  # noqa: E402
 

@@ -7,6 +7,7 @@ import pytest
 
 import xaikit as xk
 from _models import PATCH, PatchModel
+from _stand_ins import import_zennit
 from xaikit.metrics import deletion, insertion, pixel_flipping
 
 
@@ -152,6 +153,7 @@ def test_pixel_flipping_agrees_with_quantus(image, relevance):
     Quantus has no LeRF switch (and refuses all-negative maps): its curve for the reversed
     map ``max(a) + 0.1 - a`` is our LeRF.
     """
+    import_zennit()  # quantus imports zennit, which imports torchvision
     quantus = pytest.importorskip("quantus")
     import warnings
 

@@ -11,6 +11,7 @@ import torch
 
 import xaikit as xk
 from _models import LinearVectorModel, PatchModel
+from _stand_ins import import_zennit
 from xaikit.datasets import WATERMARK_CLASS, WATERMARK_REGION, load_watermark_mnist
 from xaikit.metrics import (
     METRICS,
@@ -62,6 +63,7 @@ def test_sparseness_agrees_with_quantus():
     a weak item in a batch with a strong one meets its +1e-7 at a much smaller scale (0.005
     apart here); item by item the two agree to 1e-6.
     """
+    import_zennit()  # quantus imports zennit, which imports torchvision
     quantus = pytest.importorskip("quantus")
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 1, 12, 12)) * rng.uniform(0, 1, size=(6, 1, 1, 1)) ** 3
@@ -158,6 +160,7 @@ def test_max_sensitivity_agrees_with_quantus_in_distribution():
     Same model, input, target, explain function, radius (0.2), norms (Frobenius), no
     normalisation, no abs. With 30 features the max over 200 draws is stable: rel. tol 10%.
     """
+    import_zennit()  # quantus imports zennit, which imports torchvision
     quantus = pytest.importorskip("quantus")
     model = LinearVectorModel()
     x = np.linspace(0.5, 1.5, 30).astype(np.float32)[None]

@@ -11,6 +11,7 @@ import torch
 from scipy.ndimage import sobel
 
 import xaikit as xk
+from _stand_ins import import_zennit
 from xaikit.datasets import load_mnist
 from xaikit.metrics import sanity_check
 
@@ -96,6 +97,7 @@ def test_agrees_with_quantus_mprt(clean_cnn, digits):
     Quantus seeds every layer's reset_parameters() with torch.manual_seed(seed + 1); ours with
     seed, so Quantus's seed=-1 is our seed=0. Tolerance 1e-6 on the per-layer means.
     """
+    import_zennit()  # quantus imports zennit, which imports torchvision
     quantus = pytest.importorskip("quantus")
     xb = digits[:4]
     yb = clean_cnn(torch.as_tensor(xb)).argmax(1).numpy()
