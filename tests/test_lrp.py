@@ -513,3 +513,25 @@ def test_the_stabiliser_is_zennits_with_zero_counted_positive():
     out = stabilise(z, 0.5)
     assert torch.equal(out, zennit)
     assert not torch.signbit(out[:2]).any()  # -0.0 too moves up, as 0 does
+
+
+class _DoublingConv(nn.Conv2d):
+    """A Conv2d subclass whose forward computes something its weights alone do not say."""
+
+    def forward(self, x):
+        return super().forward(x) * 2.0
+
+
+def test_a_layer_subclass_before_a_batch_norm_runs_its_own_forward():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        _DoublingConv(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    ).eval()
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 1, 8, 8)
+    e = xk.explain(net, x.numpy(), method="lrp", target=[0, 2], batch=True)
+    with torch.no_grad():
+        logits = net(x).numpy()
+    np.testing.assert_allclose(e.info["explained_logit"], logits[[0, 1], [0, 2]], rtol=1e-6)
+    np.testing.assert_allclose(e.prediction, logits, rtol=1e-6)
