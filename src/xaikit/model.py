@@ -594,9 +594,10 @@ class Model:
             size = n  # one small batch: nothing to tune
         else:
             size = self._tuned_batch_size(x, step, kind)
-        # Even batches: 100 items at 32 run as 4 x 25, not 32, 32, 32, 4 (a small last batch
-        # costs more per item, up to 1.7x at one item on a CPU).
-        size = -(-n // -(-n // size)) if n else size
+        if n:  # even batches: 100 items at 32 run as 4 x 25, not 32, 32, 32, 4 (a small
+            # last batch costs more per item, up to 1.7x at one item on a CPU)
+            batches = -(-n // size)
+            size = -(-n // batches)
         sink = _Sink(n)
         with progress_bar(n, kind, enabled=progress) as bar:
             for start in range(0, n, size):

@@ -265,19 +265,20 @@ class Weights:
     def part(self, name: str) -> torch.Tensor | None:
         """``wp``/``wn``: positive/negative part of the weights; ``bp``/``bn``: of the bias;
         ``bp+``: ``bp`` plus the stabiliser (a bias even for a layer without one)."""
-        if name == "bp+" and name not in self.derived:
+        if name in self.derived:
+            return self.derived[name]
+        if name == "bp+":
             # A pass that sums contributions >= 0 adds the stabiliser to all its outputs: in
             # the bias, the convolution does it, one pass over the outputs fewer.
             bp = self.part("bp")
-            self.derived[name] = (
-                self.weight.new_zeros(self.weight.shape[0]) if bp is None else bp
-            ) + STABILIZER
-        if name not in self.derived:
+            tensor = self.weight.new_zeros(self.weight.shape[0]) if bp is None else bp
+            tensor = tensor + STABILIZER
+        else:
             tensor = self.weight if name[0] == "w" else self.bias
             if tensor is not None:
                 tensor = tensor.clamp(min=0) if name[1] == "p" else tensor.clamp(max=0)
-            self.derived[name] = tensor
-        return self.derived[name]
+        self.derived[name] = tensor
+        return tensor
 
 
 def canonical(layer: nn.Module, bn: nn.Module | None) -> Weights:
