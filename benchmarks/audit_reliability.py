@@ -80,8 +80,10 @@ SECOND_DESIGN_CLEAN = range(100, 110)
 SECOND_DESIGN_SHORTCUT = range(100, 102)
 THIRD_DESIGN_CLEAN = range(200, 210)
 THIRD_DESIGN_SHORTCUT = range(200, 202)
-HELD_OUT_CLEAN = range(300, 310)
-HELD_OUT_SHORTCUT = range(300, 302)
+FOURTH_DESIGN_CLEAN = range(300, 310)
+FOURTH_DESIGN_SHORTCUT = range(300, 302)
+HELD_OUT_CLEAN = range(400, 410)
+HELD_OUT_SHORTCUT = range(400, 402)
 STEPS = 16  # Integrated Gradients (Gauss-Legendre) steps
 IMAGES = 300  # audited training images
 
@@ -132,6 +134,7 @@ def cases(which: str) -> list[Case]:
                 out.append(Case(arch, "clean", seed, "design", clean_data=True))
     sets = [("design 2", SECOND_DESIGN_CLEAN, SECOND_DESIGN_SHORTCUT, "design 2 (first held out)"),
             ("design 3", THIRD_DESIGN_CLEAN, THIRD_DESIGN_SHORTCUT, "design 3 (second held out)"),
+            ("design 4", FOURTH_DESIGN_CLEAN, FOURTH_DESIGN_SHORTCUT, "design 4 (third held out)"),
             ("held-out", HELD_OUT_CLEAN, HELD_OUT_SHORTCUT, "held out")]  # fmt: skip
     for name, clean_seeds, shortcut_seeds, group in sets:
         if which not in (name, "all"):
@@ -218,7 +221,9 @@ def _planted_lift(model, data, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--set", choices=("design", "design 2", "design 3", "held-out", "all"), default="all"
+        "--set",
+        default="all",
+        choices=("design", "design 2", "design 3", "design 4", "held-out", "all"),
     )
     parser.add_argument("--part", default="1/1", help="k/n: only every n-th case from the k-th")
     parser.add_argument("--build", action="store_true", help="train and explain only")

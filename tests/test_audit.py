@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -290,7 +292,24 @@ def test_background_mask_counts_a_faint_texture_as_background():
     x[0, 0, 0, :] = 0.3  # a faint background texture stays background
     mask = background_mask(x)
     assert mask.shape == (1, 6, 6)
-    assert not mask[0, 2:4, 2:4].any() and mask.sum() == 32
+    # The object and the ring of pixels at its edge (one pixel at this size) are not background.
+    assert not mask[0, 1:5, 1:5].any() and mask.sum() == 36 - 16
+
+
+def test_background_mask_leaves_out_an_edge_that_grows_with_the_image():
+    x = np.zeros((2, 1, 56, 56), np.float32)
+    x[0, 0, 10:40, 27] = 1.0  # a thin stroke, as a "1"
+    x[1, 0, :, :] = 0.5  # a flat image has no object: all background
+    mask = background_mask(x)
+    assert not mask[0, 8:42, 25:30].any()  # 2 pixels each way at 56 pixels
+    assert mask[0, 7, 27] and mask[0, 20, 24] and mask[0, 20, 30]
+    assert mask[0].sum() == 56 * 56 - 34 * 5 and mask[1].all()
+    # Specks all over (a cluttered image): with their edges little background would remain,
+    # so only the specks themselves are left out.
+    speckled = np.zeros((1, 1, 56, 56), np.float32)
+    speckled[0, 0, ::4, ::4] = 1.0
+    mask = background_mask(speckled)
+    np.testing.assert_array_equal(mask[0], speckled[0, 0] == 0)
 
 
 @pytest.mark.parametrize("kind", ["mark", "moving_mark", "background", "line"])
@@ -655,9 +674,40 @@ def test_a_shard_of_another_run_is_not_read_into_the_result(corner_run, tmp_path
     np.testing.assert_array_equal(again.maps, maps)
 
 
+def test_a_shard_of_an_older_background_rule_keeps_its_maps_and_gets_the_background_again(
+    corner_run, tmp_path, monkeypatch
+):
+    # A shard written before shards named their background rule (its background without the
+    # object's edge): the maps are this run's, so they are read as they are, not explained
+    # again; the background is recomputed from the items and written back.
+    from xaikit.audit import shard as shard_module
+
+    folder, maps = corner_run
+    out = _copy(folder, tmp_path)
+    path = out / "shard-00001.npz"
+    arrays = {k: v for k, v in np.load(path).items() if k != "background_rule"}
+    stale = np.full_like(arrays["background"], 0.5)
+    np.savez(path.with_suffix(""), **{**arrays, "background": stale})
+    x, y = _corner_data()
+
+    def no_explaining(*args, **kwargs):
+        raise AssertionError("the shard's maps were explained again")
+
+    # xaikit.audit is also the function xk.audit, so the module is taken from sys.modules.
+    monkeypatch.setattr(sys.modules["xaikit.audit.run"], "explain_shard", no_explaining)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = audit(_Corner(), x, labels=y, out=out, **SMALL)
+    np.testing.assert_array_equal(again.maps, maps)
+    expected = pool(background_mask(x[4:8]).astype(np.float32), 1, how="mean")
+    np.testing.assert_array_equal(again.background[4:8], expected)
+    written = np.load(path)
+    assert str(written["background_rule"]) == shard_module.BACKGROUND_RULE
+    np.testing.assert_array_equal(written["background"], expected)
+
+
 def test_leftovers_of_a_killed_run_are_removed(corner_run, tmp_path, monkeypatch):
     import subprocess
-    import sys
     import tempfile
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

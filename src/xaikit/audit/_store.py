@@ -220,7 +220,11 @@ def read_shard(
         raise ShardError(f"covers other items than {rows.start}..{rows.stop - 1}")
     if labels is not None and not np.array_equal(data["targets"], labels[rows.start : rows.stop]):
         raise ShardError("explains other classes than the labels of its items")
-    return {k: data[k] for k in SHARD_KEYS}
+    rule = data.get("background_rule")
+    arrays = {k: data[k] for k in SHARD_KEYS}
+    # Shards written before the rule was named have none; their maps are still this run's.
+    arrays["background_rule"] = str(rule) if rule is not None and rule.dtype.kind == "U" else ""
+    return arrays
 
 
 def write_bytes(path: Path, payload: bytes) -> None:

@@ -35,7 +35,7 @@ from xaikit.attribution.api import explain
 from xaikit.audit import _store
 from xaikit.audit.analysis import analyze
 from xaikit.audit.result import Audit
-from xaikit.audit.shard import explain_shard
+from xaikit.audit.shard import BACKGROUND_RULE, background_mask, explain_shard, pool
 from xaikit.batching import chosen_batch_sizes, preset_batch_sizes
 from xaikit.model import Model, as_model
 
@@ -277,16 +277,26 @@ def _usable_shards(folder: Path, job: _Job, n_shards: int) -> set[int]:
 
 
 def _gather(folder: Path, job: _Job, n_shards: int) -> dict[str, np.ndarray]:
-    """Concatenate the shards in order, each checked again (items, run, shapes, values)."""
+    """Concatenate the shards in order, each checked again (items, run, shapes, values).
+
+    A shard written under another background rule (an older xaikit) keeps its maps; its
+    background is recomputed from its items, which needs no model, and written back.
+    """
     parts = []
     for index in range(n_shards):
         try:
-            parts.append(job.read(folder, index))
+            part = job.read(folder, index)
         except _store.ShardError as err:  # changed under our feet since it was written
             raise ValueError(
                 f"out: {_store.shard_path(folder, index).name} in {str(folder)!r} changed while "
                 f"the audit ran ({err}); run it again"
             ) from err
+        if part.pop("background_rule") != BACKGROUND_RULE:
+            x, _ = job.inputs(index)
+            part["background"] = pool(background_mask(x).astype(np.float32), job.factor, how="mean")
+            arrays = {**part, "background_rule": np.array(BACKGROUND_RULE)}
+            _store.write_shard(_store.shard_path(folder, index), arrays, run=job.run)
+        parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in _store.SHARD_KEYS}
 
 

@@ -31,6 +31,7 @@ def explain_shard(
     return {
         "maps": pool(values, factor, how="sum"),
         "background": pool(background_mask(x).astype(np.float32), factor, how="mean"),
+        "background_rule": np.array(BACKGROUND_RULE),
         "targets": np.asarray(e.target, dtype=np.int64),
         "predictions": np.asarray(e.prediction).argmax(axis=1).astype(np.int64),
     }
@@ -53,8 +54,23 @@ def pool(maps: np.ndarray, factor: int, *, how: str) -> np.ndarray:
     return summed / counts.reshape(hp // factor, factor, wp // factor, factor).sum(axis=(1, 3))
 
 
+#: Pixels within this share of the image's longer side (at least one pixel) of the object
+#: count as its edge, not as background. Relevance maps spill a pixel or two around thin
+#: strokes (a small ResNet's Integrated Gradients put 15% of a "1"'s relevance in the ring
+#: of pixels next to it, against 4% for other digits), which is no shortcut.
+EDGE = 1 / 28
+#: ... where the object and its edge cover at most this share of the image (MNIST digits
+#: and their edge: 10-46%).
+MAX_NEAR = 0.6
+#: Names the background rule in every shard, so shards written under another rule get their
+#: background recomputed from the items (the maps stand) instead of mixing two rules.
+BACKGROUND_RULE = "border colour, half the largest difference, edge 1/28 up to 0.6"
+
+
 def background_mask(x: np.ndarray) -> np.ndarray:
-    """(N, H, W) True where a pixel is background: close to the colour of the image's border.
+    """(N, H, W) True where a pixel is background: close to the colour of the image's border,
+    and more than :data:`EDGE` of the image away from the object (unless the object and that
+    edge would cover more than :data:`MAX_NEAR` of the image).
 
     The object is what differs from the border by more than half of the image's largest
     difference; this suits plain or faint backgrounds (MNIST, PNG cut-outs on a
@@ -69,4 +85,26 @@ def background_mask(x: np.ndarray) -> np.ndarray:
     border = np.median(ring, axis=2)[:, :, None, None]
     deviation = np.abs(x - border).max(axis=1)
     largest = deviation.reshape(len(x), -1).max(axis=1)[:, None, None]
-    return deviation <= 0.5 * largest
+    on_object = deviation > 0.5 * largest
+    near = _grown(on_object, max(1, round(EDGE * max(x.shape[-2:]))))
+    # On a cluttered image every speck would get an edge and little background would remain:
+    # there the object alone is left out, as on images that have no edge to leave out.
+    cluttered = near.reshape(len(x), -1).mean(axis=1) > MAX_NEAR
+    near[cluttered] = on_object[cluttered]
+    return ~near
+
+
+def _grown(mask: np.ndarray, by: int) -> np.ndarray:
+    """(N, H, W) ``mask`` grown by ``by`` pixels each way (a square neighbourhood)."""
+    out = mask.copy()
+    for axis in (1, 2):  # separable: rows, then columns
+        grown = out.copy()
+        n = out.shape[axis]
+        for shift in range(1, min(by, n - 1) + 1):
+            ahead = [slice(None)] * 3
+            behind = [slice(None)] * 3
+            ahead[axis], behind[axis] = slice(shift, None), slice(None, n - shift)
+            grown[tuple(ahead)] |= out[tuple(behind)]
+            grown[tuple(behind)] |= out[tuple(ahead)]
+        out = grown
+    return out
