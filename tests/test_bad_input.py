@@ -240,6 +240,27 @@ def test_batched_single_image_suggests_batch_or_names_x():
         xk.explain(unpadded_cnn_28(), x, method="saliency")
 
 
+class _SameConv(nn.Conv2d):
+    """A Conv2d subclass, as timm's StdConv2d and Conv2dSame are."""
+
+
+@pytest.mark.parametrize(
+    ("shape", "want"),
+    [
+        ((1, 1, 8, 8), r"^x: expected one input of 3 axes .* looks like a batch of 1"),
+        ((3, 8, 8), r"expected 1 channel\(s\) for its first convolution, got 3"),
+    ],
+)
+def test_a_first_convolution_of_a_subclass_gets_the_same_input_checks(shape, want):
+    # Both checks looked the layer type up in a dict of the exact classes: a subclass raised
+    # KeyError from inside xaikit, on any input.
+    net = nn.Sequential(_SameConv(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+    assert xk.explain(net, x, method="saliency", target=0).values.shape == (1, 8, 8)
+    with pytest.raises(ValueError, match=want):
+        xk.explain(net, np.zeros(shape, np.float32), method="saliency", target=0)
+
+
 # ---------------------------------------------------------------- 10. any NumPy layout
 
 

@@ -522,16 +522,44 @@ class _DoublingConv(nn.Conv2d):
         return super().forward(x) * 2.0
 
 
-def test_a_layer_subclass_before_a_batch_norm_runs_its_own_forward():
+class _StandardisedConv(nn.Conv2d):
+    """Weight standardisation written, as it often is, in ``_conv_forward``."""
+
+    def _conv_forward(self, x, weight, bias):
+        w = (weight - weight.mean(dim=(1, 2, 3), keepdim=True)) / weight.std(
+            dim=(1, 2, 3), keepdim=True
+        )
+        return super()._conv_forward(x, w, bias)
+
+
+@pytest.mark.parametrize("layer", [_DoublingConv, _StandardisedConv])
+def test_a_layer_subclass_with_its_own_forward_is_refused_by_name(layer):
+    # The rules read the stored weights: before this refusal the relevance of such a layer
+    # silently followed weights the forward does not use.
+    net = nn.Sequential(layer(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    with pytest.raises(ValueError, match=rf"no rule for module '0' \({layer.__name__}\): it "
+                       r"subclasses nn.Conv2d with a forward of its own"):  # fmt: skip
+        xk.explain(net, np.random.rand(1, 8, 8).astype(np.float32), method="lrp", target=0)
+
+
+def test_a_layer_subclass_without_its_own_forward_is_explained_as_the_layer():
+    from torch.nn.utils import parametrizations
+
+    class Tagged(nn.Conv2d):  # only adds an attribute
+        tag = "mine"
+
     torch.manual_seed(0)
-    net = nn.Sequential(
-        _DoublingConv(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    plain = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
     ).eval()
-    net[1].running_mean.uniform_(-0.5, 0.5)
-    net[1].running_var.uniform_(0.5, 2.0)
-    x = torch.rand(2, 1, 8, 8)
-    e = xk.explain(net, x.numpy(), method="lrp", target=[0, 2], batch=True)
-    with torch.no_grad():
-        logits = net(x).numpy()
-    np.testing.assert_allclose(e.info["explained_logit"], logits[[0, 1], [0, 2]], rtol=1e-6)
-    np.testing.assert_allclose(e.prediction, logits, rtol=1e-6)
+    plain[1].running_mean.uniform_(-0.5, 0.5)
+    tagged = copy.deepcopy(plain)
+    tagged[0] = Tagged(1, 4, 3)
+    tagged[0].load_state_dict(plain[0].state_dict())
+    normed = copy.deepcopy(plain)  # weight normalisation: a parametrized Conv2d subclass
+    parametrizations.weight_norm(normed[0])
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    want = xk.explain(plain, x, method="lrp", target=[0, 2], batch=True).values
+    for net in (tagged, normed):
+        got = xk.explain(net, x, method="lrp", target=[0, 2], batch=True)
+        np.testing.assert_allclose(got.values, want, rtol=1e-5, atol=1e-7)

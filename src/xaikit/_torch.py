@@ -277,7 +277,7 @@ def _first_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None
         None,
     )
     if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)]
+        dims = len(first.kernel_size)  # by the kernel: a subclass (timm's StdConv2d) too
         if tensor.ndim != dims + 2:
             return f"expected a batch of {dims + 1}-D items (N, C, ...) for its first convolution"
         if tensor.shape[1] != first.in_channels:

@@ -203,6 +203,13 @@ def plan(graph: Graph, *, method: str) -> Plan:
 def _module_node(node, graph, sources, nonnegative, result, method) -> None:
     module = graph.modules[node.target]
     if isinstance(module, LAYERS):
+        if method == "lrp" and _own_forward(module):
+            base = next(t for t in LAYERS if isinstance(module, t)).__name__
+            raise ValueError(
+                f"model: lrp has no rule for module {node.target!r} ({type(module).__name__}): "
+                f"it subclasses nn.{base} with a forward of its own, and the rules propagate "
+                "with the weights as stored, which need not be what that forward computes"
+            )
         result.layers[node] = node.target
         if sources[0] in nonnegative:
             result.nonnegative.add(node)
@@ -231,6 +238,16 @@ def _module_node(node, graph, sources, nonnegative, result, method) -> None:
             f"model: {method} has no rule for module {node.target!r} ({type(module).__name__});"
             f" it covers {', '.join(_covered(method))}"
         )
+
+
+def _own_forward(module: nn.Module) -> bool:
+    """A subclass of a layer type that overrides its forward (weight standardisation, say);
+    one that only adds attributes or parametrizes its weight runs the layer's own forward."""
+    base = next(t for t in LAYERS if isinstance(module, t))
+    kind = type(module)
+    return kind.forward is not base.forward or (
+        hasattr(base, "_conv_forward") and kind._conv_forward is not base._conv_forward
+    )
 
 
 def _function_node(node, sources, nonnegative, result, method) -> None:

@@ -237,7 +237,7 @@ def _suggest_batch(model: Model, x: Any) -> None:
     )
     if first is None:
         return
-    item_ndim = {nn.Conv1d: 2, nn.Conv2d: 3, nn.Conv3d: 4}[type(first)]
+    item_ndim = len(first.kernel_size) + 1  # by the kernel: a subclass (timm's StdConv2d) too
     shape = tuple(np.shape(x))
     if len(shape) == item_ndim + 1:
         raise ValueError(
