@@ -706,6 +706,34 @@ def test_a_shard_of_an_older_background_rule_keeps_its_maps_and_gets_the_backgro
     np.testing.assert_array_equal(written["background"], expected)
 
 
+def test_a_resumed_run_batches_and_lays_out_its_inputs_as_the_first(tmp_path):
+    # Float results depend in their last bits on the batch size and the memory layout. A
+    # resumed attempt runs in a new process, on a new module object that has chosen nothing:
+    # it installs the first attempt's sizes and layouts from the manifest.
+    import copy
+
+    from xaikit import batching, layout
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(288, 2)
+    ).eval()
+    x = np.random.default_rng(0).random((12, 3, 8, 8), dtype=np.float32)
+    y = np.arange(12) % 2
+    key = ("gradients", (3, 8, 8), "torch.float32", "cpu")  # IG's points are tensors
+    batching.preset_batch_sizes(net, {key: 5})
+    layout.choose(net, key, "channels_last")  # as a search that found it faster would
+    first = audit(net, x, labels=y, out=tmp_path, shard_size=4, params={"steps": 4})
+    recorded = json.loads((tmp_path / "manifest.json").read_text())["batch_sizes"]
+    assert ["gradients", [3, 8, 8], "torch.float32", "cpu", 5, "channels_last"] in recorded
+    (tmp_path / "shard-00001.npz").unlink()
+    twin = copy.deepcopy(net)
+    again = audit(twin, x, labels=y, out=tmp_path, shard_size=4, params={"steps": 4})
+    assert layout.chosen_layouts(twin)[key] == "channels_last"
+    assert batching.chosen_batch_sizes(twin)[key] == 5
+    np.testing.assert_array_equal(again.maps, first.maps)
+
+
 def test_leftovers_of_a_killed_run_are_removed(corner_run, tmp_path, monkeypatch):
     import subprocess
     import tempfile

@@ -150,3 +150,48 @@ def test_a_forward_that_edits_its_input_leaves_the_callers_array(channels):
     before = x.copy()
     forced(InputEditingCNN(channels).eval(), x, "channels_last").scores(x)
     np.testing.assert_array_equal(x, before)
+
+
+def forced_gradients(net: nn.Module, images: np.ndarray, how: str) -> xk.Model:
+    """A Model whose gradient calls on ``images`` feed the layout ``how`` (no timing)."""
+    model = xk.Model(net, batch_size=16)
+    layout.choose(net, xk.batching.call_key(images, "gradients", model.device), how)
+    return model
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "lrp"])
+def test_channels_last_gradients_equal_the_default_layout(images, method):
+    net = conv_net().eval()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    plain = xk.explain(xk.Model(net, batch_size=16), images, method=method, batch=True)
+    fast = xk.explain(forced_gradients(net, images, "channels_last"), images, method=method,
+                      batch=True)  # fmt: skip
+    np.testing.assert_allclose(fast.prediction, plain.prediction, rtol=1e-5, atol=1e-6)
+    scale = np.abs(plain.values).max()
+    np.testing.assert_allclose(fast.values, plain.values, rtol=1e-4, atol=1e-5 * scale)
+    assert fast.values.flags.c_contiguous
+    for name, value in net.state_dict().items():  # the user's module: same weights, layout
+        assert torch.equal(value, state[name]) and value.is_contiguous()
+
+
+class _FlattensItsInput(nn.Module):
+    """A conv net whose forward views its input: a channels-last input cannot be viewed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 14 * 14, 2)
+
+    def forward(self, x):
+        flat = x.view(len(x), -1)
+        return self.fc(torch.relu(self.conv(flat.view(x.shape))).flatten(1))
+
+
+def test_a_gradient_layout_whose_forward_fails_is_not_kept(images):
+    torch.manual_seed(0)
+    net = _FlattensItsInput()
+    many = np.concatenate([images] * 4)
+    _, grads = xk.Model(net).gradients(many, 0)
+    assert list(layout.chosen_layouts(net).values()) == ["contiguous"]
+    _, want = xk.Model(net, batch_size=len(many)).gradients(many, 0)
+    np.testing.assert_allclose(grads, want, rtol=1e-5, atol=1e-7)

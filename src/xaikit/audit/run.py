@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from xaikit import _files
+from xaikit import _files, layout
 from xaikit._progress import progress_bar
 from xaikit._validation import check_batch, check_choice, check_positive_int, check_targets
 from xaikit.attribution.api import explain
@@ -148,7 +148,9 @@ def audit(
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH}{os.getpid()}-") as scratch:
         folder = Path(out).expanduser() if out is not None else Path(scratch)
         manifest = _store.prepare(folder, identity, {})
-        sizes = _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, params)
+        sizes, layouts = _settle_batch_sizes(
+            wrapped, source, labels, manifest, folder, method, params
+        )
         n_shards = -(-source.n // shard_size)
         map_shape = (-(-source.item_shape[-2] // factor), -(-source.item_shape[-1] // factor))
         job = _Job(source, labels, shard_size, method, params, factor)
@@ -162,7 +164,10 @@ def audit(
             else:
                 from xaikit.audit._ray import run_ray
 
-                run_ray(wrapped, job, todo, folder, bar, sizes, address=address, workers=workers)
+                run_ray(
+                    wrapped, job, todo, folder, bar, (sizes, layouts),
+                    address=address, workers=workers,
+                )  # fmt: skip
         shards = _gather(folder, job, n_shards)
         return analyze(
             maps=shards["maps"],
@@ -225,13 +230,15 @@ def _run_local(wrapped: Model, job: _Job, todo: list[int], folder: Path, bar) ->
         bar.advance(len(x))
 
 
-def _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, params) -> dict:
-    """The batch sizes every shard uses, the same in every attempt and every Ray actor.
+def _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, params) -> tuple:
+    """The batch sizes and memory layouts every shard uses, the same in every attempt and
+    every Ray actor: ``(sizes, layouts)``, each keyed by call.
 
-    Float results depend in their last bits on the batch size, so shards written by a first
-    attempt, a resumed one and Ray actors agree only if all batch alike. The first attempt
-    lets the Model search (one small explain of nine items, whose result is discarded) and
-    records the sizes in the manifest; later attempts and actors install them before work.
+    Float results depend in their last bits on the batch size and the layout, so shards
+    written by a first attempt, a resumed one and Ray actors agree only if all batch alike.
+    The first attempt lets the Model search (one small explain of nine items, whose result is
+    discarded) and records both in the manifest; later attempts and actors install them
+    before work. (Manifests of earlier versions record sizes only: the default layout.)
     """
     recorded = manifest.get("batch_sizes")
     if recorded is None:
@@ -239,13 +246,19 @@ def _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, param
             x = source.get(0, min(9, source.n))
             targets = None if labels is None else labels[: len(x)]
             explain(wrapped, x, method=method, target=targets, batch=True, **params)
-        chosen = chosen_batch_sizes(wrapped)
-        recorded = [[k[0], list(k[1]), k[2], k[3], int(v)] for k, v in chosen.items()]
+        layouts = wrapped.chosen_layouts
+        recorded = [
+            [k[0], list(k[1]), k[2], k[3], int(v), layouts.get(k, "contiguous")]
+            for k, v in chosen_batch_sizes(wrapped).items()
+        ]
         manifest = {**manifest, "batch_sizes": recorded}
         _store.write_bytes(folder / _store.MANIFEST, _json(manifest))
-    sizes = {(k, tuple(s), d, dev): v for k, s, d, dev, v in recorded}
+    sizes = {(k, tuple(s), d, dev): v for k, s, d, dev, v, *_ in recorded}
+    layouts = {(k, tuple(s), d, dev): rest[0] for k, s, d, dev, _, *rest in recorded if rest}
     preset_batch_sizes(wrapped, sizes)
-    return sizes
+    if wrapped.is_torch:
+        layout.preset(wrapped.module, layouts)
+    return sizes, layouts
 
 
 def _json(obj) -> bytes:
