@@ -674,7 +674,7 @@ def test_a_shard_of_another_run_is_not_read_into_the_result(corner_run, tmp_path
     np.testing.assert_array_equal(again.maps, maps)
 
 
-def test_a_shard_of_an_older_background_rule_keeps_its_maps_and_gets_the_background_again(
+def test_a_shard_of_an_older_background_rule_gets_its_background_again_keeping_its_maps(
     corner_run, tmp_path, monkeypatch
 ):
     # A shard written before shards named their background rule (its background without the
@@ -706,7 +706,7 @@ def test_a_shard_of_an_older_background_rule_keeps_its_maps_and_gets_the_backgro
     np.testing.assert_array_equal(written["background"], expected)
 
 
-def test_a_resumed_run_batches_and_lays_out_its_inputs_as_the_first(tmp_path):
+def test_a_resumed_run_uses_the_batch_sizes_with_the_layouts_of_the_first(tmp_path):
     # Float results depend in their last bits on the batch size and the memory layout. A
     # resumed attempt runs in a new process, on a new module object that has chosen nothing:
     # it installs the first attempt's sizes and layouts from the manifest.
