@@ -45,8 +45,8 @@ normalized to sum 1 per image, so every image weighs the same and a share is a s
 
 The thresholds were chosen on the design sets of ``benchmarks/audit_reliability.py`` (first
 SmallCNN, a conv-conv-fc net and an MLP; then also models of five architectures that had
-served as the first and the second held-out set; four kinds of planted shortcut) and checked
-on a third held-out set of five architectures (docs/benchmarks.md, docs/audit.md).
+served as the first, second and third held-out set; four kinds of planted shortcut) and
+checked on a fourth held-out set of five architectures (docs/benchmarks.md, docs/audit.md).
 """
 
 from __future__ import annotations
