@@ -19,9 +19,10 @@ it is faster and its scores equal the user's module's within float tolerance (``
 ``ATOL`` of the largest score), measured on that same batch; a copy whose forward fails is not
 kept. Only score calls (forward passes, as the perturbation methods make) use the copy.
 Gradient calls (saliency, Integrated Gradients, LRP, ...) run the user's own module, and the
-same search may feed it channels-last inputs, kept only when faster and the scores and
-gradients equal the default layout's (LRP on a ResNet-50: 9% faster on this CPU, relevance
-within 1e-5 of the largest). Layer recordings and any model with hooks use the default layout.
+same search may feed it channels-last inputs, kept only when faster and when the scores and
+gradients equal the default layout's (LRP on a ResNet-50 on this CPU: 1.13x the time of a
+plain NCHW forward and backward pass instead of 1.34-1.41x, relevance within 1e-5 of the
+largest). Layer recordings and any model with hooks use the default layout.
 """
 
 from __future__ import annotations
