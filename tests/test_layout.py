@@ -43,12 +43,16 @@ def test_the_users_model_keeps_its_layout(images):
     )
 
 
-def test_changed_weights_reach_the_copy(images):
+@pytest.mark.parametrize("through_data", [False, True])
+def test_changed_weights_reach_the_copy(images, through_data):
     net = conv_net()
     model = forced(net, images, "channels_last")
     before = model.scores(images)
-    with torch.no_grad():
-        net[-1].bias.add_(1.0)  # in place, as an optimizer step does
+    if through_data:  # no version counter moves: the sampled values tell
+        net[-1].bias.data.add_(1.0)
+    else:
+        with torch.no_grad():
+            net[-1].bias.add_(1.0)  # in place, as an optimizer step does
     after = model.scores(images)
     np.testing.assert_allclose(after, before + 1.0, rtol=1e-5, atol=1e-5)
 

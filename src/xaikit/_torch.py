@@ -65,17 +65,31 @@ def model_output(output: Any) -> Any:
     return output
 
 
+#: Values of each tensor a stamp samples, evenly spread.
+STAMP_SAMPLES = 16
+
+
 def tensor_stamp(tensors) -> tuple:
-    """What tells whether tensors have changed since: storage, version counter, shape, dtype.
+    """What tells whether tensors have changed since: storage, version counter, shape, dtype,
+    and a few of their values.
 
     In-place changes bump the version counter (``optimizer.step``, ``load_state_dict``,
     ``p.mul_(2)`` under ``no_grad``) and new values through ``p.data = ...`` change the
-    storage; only an in-place change through ``p.data`` goes unseen.
+    storage. An in-place change through ``p.data`` bumps nothing: the sampled values catch
+    the ones that change a tensor throughout (re-initialising, scaling, copying weights in);
+    a change of single values between the samples goes unseen.
     """
-    return tuple(
-        None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
-        for t in tensors
-    )
+    stamps = []
+    for t in tensors:
+        if t is None:
+            stamps.append(None)
+            continue
+        flat = t.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // STAMP_SAMPLES)][:STAMP_SAMPLES]
+        stamps.append(
+            (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device, tuple(sample.tolist()))
+        )
+    return tuple(stamps)
 
 
 def is_torchscript(module: nn.Module | None) -> bool:

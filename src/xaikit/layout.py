@@ -4,7 +4,7 @@ Convolutions on CPUs (oneDNN) and on GPUs with tensor cores run faster on NHWC t
 small CNN here scored 1.2x (ResNet-18) to 2.3x (small CNN) faster with channels-last inputs
 and weights. The user's model is never converted: the fast layout runs on a copy, made once
 per model object and made again when any of its parameters or buffers changes (each tensor's
-version counter and storage say so).
+version counter and storage say so, and a sample of its values: ``_torch.tensor_stamp``).
 
 The copy only ever scores in eval mode, so each ``BatchNorm2d`` that a ``Conv2d`` feeds alone
 is folded into that convolution's weights and replaced by ``nn.Identity`` in the copy
