@@ -159,7 +159,8 @@ def test_a_forward_that_edits_its_input_leaves_the_callers_array(channels):
 def forced_gradients(net: nn.Module, images: np.ndarray, how: str) -> xk.Model:
     """A Model whose gradient calls on ``images`` feed the layout ``how`` (no timing)."""
     model = xk.Model(net, batch_size=16)
-    layout.choose(net, xk.batching.call_key(images, "gradients", model.device), how)
+    for points in (images, torch.from_numpy(images)):  # IG's points are tensors
+        layout.choose(net, xk.batching.call_key(points, "gradients", model.device), how)
     return model
 
 
