@@ -634,6 +634,15 @@ def test_methods_json_describes_every_method():
     assert listing["integrated_gradients"]["params"]["steps"] == 50
     assert listing["saliency"]["needs_gradients"] is True
     assert listing["occlusion"]["needs_gradients"] is False
+    # Rollout needs a PyTorch model but no gradients: the listing says what it needs.
+    assert [listing[m]["needs"] for m in ("saliency", "occlusion", "attention_rollout")] == [
+        "gradients",
+        "any model",
+        "attention weights",
+    ]
+    text = _run("methods").output
+    assert any(line.startswith("attention_rollout") and "[attention weights]" in line
+               for line in text.splitlines())  # fmt: skip
 
 
 def _option_default(command: str, name: str):

@@ -268,9 +268,12 @@ def test_bad_parameters_are_named(kwargs, error, pattern):
         xk.explain(two_conv_net(), images(1)[0], target=0, **kwargs)
 
 
-def test_gradient_method_on_a_numpy_callable_says_it_needs_torch():
-    with pytest.raises(TypeError, match="model: method 'saliency' needs gradients"):
-        xk.explain(lambda b: np.ones((len(b), 2)) / 2, np.zeros(3), method="saliency")
+@pytest.mark.parametrize(
+    ("method", "needs"), [("saliency", "gradients"), ("attention_rollout", "attention weights")]
+)
+def test_a_torch_method_on_a_numpy_callable_says_what_it_needs(method, needs):
+    with pytest.raises(TypeError, match=f"model: method '{method}' needs {needs}, so a PyTorch"):
+        xk.explain(lambda b: np.ones((len(b), 2)) / 2, np.zeros(3), method=method)
 
 
 @pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "occlusion", "lime"])

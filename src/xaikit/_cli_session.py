@@ -223,8 +223,9 @@ class Session:
             if known[name]["needs_gradients"] and not self.loaded.has_gradients:
                 free = sorted(n for n, m in known.items() if not m["needs_gradients"])
                 raise ValueError(
-                    f"method: {name!r} needs gradients, which a {self.loaded.kind} model "
-                    f"({self.loaded.source}) does not give; use one of {free}"
+                    f"method: {name!r} needs {known[name]['needs']}, which a "
+                    f"{self.loaded.kind} model ({self.loaded.source}) does not give; use one of "
+                    f"{free}"
                 )
             if known[name]["needs_hooks"] and not self.hooks:
                 free = sorted(n for n, m in known.items() if not m["needs_hooks"])

@@ -138,8 +138,7 @@ def methods(as_json: bool) -> None:
         return
     for name, spec in registered().items():
         params = ", ".join(f"{k}={v!r}" for k, v in spec["params"].items())
-        grad = "gradients" if spec["needs_gradients"] else "any model"
-        click.echo(f"{name:22} [{grad}] {params}")
+        click.echo(f"{name:22} [{spec['needs']}] {params}")
 
 
 @main.command()

@@ -30,6 +30,7 @@ def methods() -> dict[str, dict[str, Any]]:
         name: {
             "params": dict(m.defaults),
             "needs_gradients": m.needs_gradients,
+            "needs": m.needs,
             "needs_hooks": m.needs_hooks,
             "reference": m.reference,
         }
@@ -86,8 +87,8 @@ def explain(
     wrapped: Model = as_model(model)
     if spec.needs_gradients and not wrapped.is_torch:
         raise TypeError(
-            f"model: method {method!r} needs gradients, so a PyTorch model; got a callable on "
-            "NumPy arrays (use occlusion, lime, kernel_shap or rise)"
+            f"model: method {method!r} needs {spec.needs}, so a PyTorch model; got a callable "
+            "on NumPy arrays (use occlusion, lime, kernel_shap or rise)"
         )
     if spec.needs_hooks and is_torchscript(wrapped.module):
         usable = sorted(n for n, m in METHODS.items() if not m.needs_hooks)

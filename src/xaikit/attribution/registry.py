@@ -44,6 +44,7 @@ class Method:
     defaults: dict[str, Any]
     scores_at_input: bool = False
     needs_hooks: bool = False
+    needs: str = "any model"  # what the method needs from the model, in words
 
 
 METHODS: dict[str, Method] = {}  # name -> Method, filled by @register
@@ -56,6 +57,7 @@ def register(
     reference: str,
     scores_at_input: bool = False,
     needs_hooks: bool = False,
+    needs: str | None = None,
 ):
     """Decorator: make ``function(model, x, targets, *, **params)`` available as ``method=name``.
 
@@ -66,6 +68,10 @@ def register(
 
     ``needs_hooks``: the method hooks or re-traces the model's Python modules (layer outputs,
     ReLU backward rules), which a TorchScript module does not allow; it is refused up front.
+
+    ``needs``: what the method needs from the model, in words, for listings and refusals;
+    "gradients" or "any model" by default. ``needs_gradients`` stays the test of "a PyTorch
+    model" (a method that needs one for another reason sets it too and says why here).
     """
 
     def decorate(function: Callable[..., Attribution]) -> Callable[..., Attribution]:
@@ -76,7 +82,14 @@ def register(
             if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
         METHODS[name] = Method(
-            name, function, needs_gradients, reference, defaults, scores_at_input, needs_hooks
+            name,
+            function,
+            needs_gradients,
+            reference,
+            defaults,
+            scores_at_input,
+            needs_hooks,
+            needs or ("gradients" if needs_gradients else "any model"),
         )
         return function
 

@@ -46,7 +46,8 @@ def rollout_matrix(weights: np.ndarray, *, residual: bool = True) -> np.ndarray:
 
 @register(
     "attention_rollout",
-    needs_gradients=True,  # a PyTorch transformer that returns its attention weights
+    needs_gradients=True,  # no gradients, but a PyTorch model: the flag's test of one
+    needs="attention weights",
     scores_at_input=True,
     reference=REFERENCE,
 )
