@@ -610,29 +610,21 @@ def relevance_actions(
 
     copy = {n: _graph.overwritten(n, graph) for n in (*plan.layers, *plan.merged, *plan.sums)}
 
-    # Layers of the plain types run merged with their BatchNorm in the forward too: one
-    # operation fewer. A subclass may compute something else in its forward: it runs as is.
-    plain = {n for n in merged_into if type(specs[n].module) in (nn.Linear, nn.Conv1d, nn.Conv2d)}
-
+    # A layer with a BatchNorm after it runs merged with it in the forward too: one operation
+    # fewer. (Its forward is the layer type's own: the plan refuses subclasses that override
+    # it, so the merged weights compute what the pair computes.)
     def layer(node, args, kwargs, call):
         with torch.no_grad():  # the rule is the backward: no graph for the layer itself
-            if node in plain:  # the BatchNorm's output (only the BatchNorm reads this one)
+            if node in merged_into:  # the BatchNorm's output (only the BatchNorm reads this one)
                 spec = specs[node]
                 pending[node] = args[0]
                 return spec.forward(args[0], spec.weight, spec.bias)
             out = call(args, kwargs)
-        if node in merged_into:  # the BatchNorm after it applies the rule
-            pending[node] = args[0]
-            return out
         return _Rule.apply(args[0], out, specs[node], copy[node])
 
     def batch_norm(node, args, kwargs, call):
-        layer_node = plan.merged[node]
-        out = args[0]  # a plain layer's output, merged already
-        if layer_node not in plain:
-            with torch.no_grad():
-                out = call(args, kwargs)
-        return _Rule.apply(pending.pop(layer_node), out, specs[layer_node], copy[node])
+        layer_node = plan.merged[node]  # args[0]: the layer's output, merged already
+        return _Rule.apply(pending.pop(layer_node), args[0], specs[layer_node], copy[node])
 
     def split(node, args, kwargs, call):
         if split_epsilon == 0:

@@ -35,7 +35,7 @@ from xaikit.attribution.api import explain
 from xaikit.audit import _store
 from xaikit.audit.analysis import analyze
 from xaikit.audit.result import Audit
-from xaikit.audit.shard import BACKGROUND_RULE, background_mask, explain_shard, pool
+from xaikit.audit.shard import BACKGROUND_RULE, explain_shard, pooled_background
 from xaikit.batching import chosen_batch_sizes, preset_batch_sizes
 from xaikit.model import Model, as_model
 
@@ -306,7 +306,7 @@ def _gather(folder: Path, job: _Job, n_shards: int) -> dict[str, np.ndarray]:
             ) from err
         if part.pop("background_rule") != BACKGROUND_RULE:
             x, _ = job.inputs(index)
-            part["background"] = pool(background_mask(x).astype(np.float32), job.factor, how="mean")
+            part["background"] = pooled_background(x, job.factor)
             arrays = {**part, "background_rule": np.array(BACKGROUND_RULE)}
             _store.write_shard(_store.shard_path(folder, index), arrays, run=job.run)
         parts.append(part)

@@ -30,7 +30,7 @@ def explain_shard(
         values = values.sum(axis=1)
     return {
         "maps": pool(values, factor, how="sum"),
-        "background": pool(background_mask(x).astype(np.float32), factor, how="mean"),
+        "background": pooled_background(x, factor),
         "background_rule": np.array(BACKGROUND_RULE),
         "targets": np.asarray(e.target, dtype=np.int64),
         "predictions": np.asarray(e.prediction).argmax(axis=1).astype(np.int64),
@@ -65,6 +65,11 @@ MAX_NEAR = 0.6
 #: Names the background rule in every shard, so shards written under another rule get their
 #: background recomputed from the items (the maps stand) instead of mixing two rules.
 BACKGROUND_RULE = "border colour, half the largest difference, edge 1/28 up to 0.6"
+
+
+def pooled_background(x: np.ndarray, factor: int) -> np.ndarray:
+    """The share of background pixels (:func:`background_mask`) per pooled cell."""
+    return pool(background_mask(x).astype(np.float32), factor, how="mean")
 
 
 def background_mask(x: np.ndarray) -> np.ndarray:
