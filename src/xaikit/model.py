@@ -182,11 +182,15 @@ class Model:
         else:
             key = batching.call_key(x, "scores", self.device)
             fast = layout.may_use_channels_last(self.module, x, self.forward_kwargs)
+            # The copy is looked up once per call: only the copy runs, so the user's weights
+            # cannot change between batches, and checking them costs ~1 ms per batch.
+            held: list[torch.nn.Module] = []
 
             def step(xb, rows):
                 with torch.inference_mode():
                     if fast and layout.chosen_layout(self.module, key) == "channels_last":
-                        module = layout.channels_last_copy(self.module)
+                        held[:] = held or [layout.channels_last_copy(self.module)]
+                        module = held[0]
                         # the change of layout is the batch's copy (see _to_tensor's why)
                         tensor = layout.fresh_channels_last(self._to_tensor(xb, fresh=False))
                         out = self._forward(tensor, rows, module=module)
