@@ -57,6 +57,32 @@ def test_changed_weights_reach_the_copy(images, through_data):
     np.testing.assert_allclose(after, before + 1.0, rtol=1e-5, atol=1e-5)
 
 
+class ScaledNet(nn.Module):
+    """conv_bn_pool_net with its scores times ``scale``, a plain attribute the forward reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.scale = conv_net(), 1.0
+
+    def forward(self, x):
+        return self.body(x) * self.scale
+
+
+@pytest.mark.parametrize("change", ["swap_activation", "plain_attribute"])
+def test_a_changed_structure_or_setting_reaches_the_copy(images, change):
+    # Neither change moves a parameter or buffer; the copy used to keep scoring the old model.
+    net = ScaledNet().eval()
+    model = forced(net, images, "channels_last")
+    model.scores(images)  # the copy is made
+    if change == "swap_activation":
+        net.body[5] = nn.Tanh()
+    else:
+        net.scale = 3.0
+    with torch.no_grad():
+        expected = net(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(model.scores(images), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_a_layer_recording_sees_the_users_module(images):
     net = conv_net()
     model = forced(net, images, "channels_last")

@@ -13,6 +13,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import xaikit as xk
@@ -252,6 +253,28 @@ def test_hook_after_the_cut_still_runs():
     unhooked = xk.explain(plain_model(net), image((1, 28, 28)), method="occlusion",
                           incremental=False)  # fmt: skip
     assert not np.allclose(unhooked.values, plain.values)  # the hook did change the scores
+
+
+class GainCNN(FunctionalCNN):
+    """FunctionalCNN with its residual's factor a plain attribute, read before the cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = 2.0
+
+    def forward(self, x):
+        h = F.relu(self.conv1((x - self.mean) / self.std))
+        h = torch.sigmoid(self.conv2(h)) * self.gain + h
+        return self.head(F.max_pool2d(h, 2).mean(dim=(2, 3)))
+
+
+def test_a_changed_attribute_reaches_the_traced_forward():
+    # A trace bakes the attribute in as a constant; the cached trace used to keep the old one.
+    net = GainCNN().eval()
+    x = image((3, 15, 11))
+    both(net, x, window=3, stride=2)  # the trace is made and cached
+    net.gain = -1.0
+    assert_same_map(*both(net, x, window=3, stride=2))
 
 
 def test_the_users_model_is_left_as_it_was():

@@ -92,6 +92,45 @@ def tensor_stamp(tensors) -> tuple:
     return tuple(stamps)
 
 
+def module_stamp(module: nn.Module) -> tuple:
+    """What tells whether a model has changed since: :func:`tensor_stamp` of its parameters
+    and buffers, and its structure: which module object sits at each path (a swapped
+    activation), each one's class and forward, and its plain settings (numbers, strings,
+    flags, tensors held as plain attributes: a changed temperature or scale that the forward
+    reads). The training flag is left out (calls set eval mode themselves). Caches of
+    anything derived from a model (a channels-last copy, a traced graph) compare it.
+    """
+    structure = tuple(
+        (name, id(m), type(m), getattr(type(m), "forward", None), _settings(m))
+        for name, m in module.named_modules(remove_duplicate=False)
+    )
+    return structure, tensor_stamp([*module.parameters(), *module.buffers()])
+
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _settings(m: nn.Module) -> tuple:
+    """A module's own attributes that can change what its forward computes."""
+    settings = []
+    for key, value in vars(m).items():
+        if key == "training":
+            continue
+        if isinstance(value, torch.Tensor):
+            settings.append((key, tensor_stamp([value])))
+        elif _plain(value):
+            settings.append((key, value))
+        elif callable(value) and not isinstance(value, nn.Module):
+            settings.append((key, id(value)))  # e.g. an instance's own forward
+    return tuple(settings)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list, frozenset)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
 def is_torchscript(module: nn.Module | None) -> bool:
     """True for a scripted or traced module, which does not run Python forward hooks."""
     return isinstance(module, torch.jit.ScriptModule)

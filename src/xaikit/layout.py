@@ -4,7 +4,8 @@ Convolutions on CPUs (oneDNN) and on GPUs with tensor cores run faster on NHWC t
 small CNN here scored 1.2x (ResNet-18) to 2.3x (small CNN) faster with channels-last inputs
 and weights. The user's model is never converted: the fast layout runs on a copy, made once
 per model object and made again when any of its parameters or buffers changes (each tensor's
-version counter and storage say so, and a sample of its values: ``_torch.tensor_stamp``).
+version counter and storage say so, and a sample of its values), or its structure or settings
+(a swapped submodule, a changed attribute the forward reads): ``_torch.module_stamp``.
 
 The copy only ever scores in eval mode, so each ``BatchNorm2d`` that a ``Conv2d`` feeds alone
 is folded into that convolution's weights and replaced by ``nn.Identity`` in the copy
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xaikit._torch import tensor_stamp
+from xaikit._torch import module_stamp
 
 RTOL = 1e-4
 ATOL = 1e-5  # times the largest |score| of the batch
@@ -93,7 +94,7 @@ def channels_last_copy(module: nn.Module, *, in_place: bool = True) -> nn.Module
     forwards. Incremental occlusion runs single layers on views of kept maps, which an in-place
     ReLU would overwrite, so it asks for ``in_place=False`` (another copy).
     """
-    stamp = _stamp(module)
+    stamp = module_stamp(module)
     copies = _COPIES.setdefault(module, {})
     held = copies.get(in_place)
     if held is None or held[0] != stamp:
@@ -242,10 +243,6 @@ def fresh_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 def equal_scores(a: np.ndarray, b: np.ndarray) -> bool:
     scale = float(np.abs(a).max(initial=0.0))
     return bool(np.allclose(a, b, rtol=RTOL, atol=ATOL * max(scale, 1e-12)))
-
-
-def _stamp(module: nn.Module) -> tuple:
-    return tensor_stamp([*module.parameters(), *module.buffers()])
 
 
 def _floating(x: Any) -> bool:

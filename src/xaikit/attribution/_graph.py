@@ -25,6 +25,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from xaikit._torch import module_stamp
+
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
@@ -145,7 +147,9 @@ def trace(module: nn.Module, *, method: str) -> Graph:
             "model cannot be read that way (pass the nn.Module itself)"
         )
     modules = dict(module.named_modules())
-    key = (type(module).forward, tuple((name, id(m), type(m)) for name, m in modules.items()))
+    # A trace bakes in the modules and the plain attributes the forward reads (a scale, a
+    # flag that picks a branch): module_stamp changes with either.
+    key = module_stamp(module)[0]
     cached = _TRACES.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
