@@ -182,6 +182,33 @@ def test_smoothgrad_is_seeded():
     assert not np.array_equal(a.values, c.values)
 
 
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("smoothgrad", {"samples": 30}),
+        ("smoothgrad", {"samples": 30, "variant": "vargrad"}),
+        ("expected_gradients", {"samples": 30}),
+    ],
+)
+def test_an_items_draws_do_not_depend_on_the_rest_of_the_batch(method, params, monkeypatch):
+    # One stream across the batch gave an item another map alone, in a batch, or reordered.
+    monkeypatch.setattr(xk.attribution.gradients, "CHUNK_BYTES", 3 * 12 * 12 * 4 * 7)  # items
+    net, x = two_conv_net(), images(3)  # span chunks of 7 points
+    if method == "expected_gradients":
+        params = {**params, "baseline": images(4) * 0.5}
+    model = xk.Model(net, batch_size=8)  # one batching for all three calls
+
+    def explain(inputs, **kwargs):
+        return xk.explain(model, inputs, method=method, target=1, seed=5, **params, **kwargs)
+
+    alone = explain(x[1]).values
+    in_batch = explain(x, batch=True).values[1]
+    reordered = explain(x[::-1], batch=True).values[1]
+    scale = np.abs(alone).max()
+    assert np.abs(in_batch - alone).max() <= 1e-6 * scale
+    assert np.abs(reordered - alone).max() <= 1e-6 * scale
+
+
 def test_expected_gradients_on_a_linear_model():
     torch.manual_seed(0)
     lin = nn.Linear(6, 2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from xaikit._validation import (
     describe,
     format_bytes,
 )
-from xaikit.attribution.perturbation import CHUNK_BYTES
+from xaikit.attribution.perturbation import CHUNK_BYTES, chunk_sizes
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model
 
@@ -73,8 +74,7 @@ def gradient_points(
         table = weights.to(device=x.device, dtype=x.dtype)
         weight_of = table.__getitem__
     sums = [torch.zeros_like(x) for _ in range(moments)]
-    per_point = max(1, x[0].numel() * x.element_size())
-    chunk = max(1, CHUNK_BYTES // per_point)
+    chunk = points_per_chunk(x)
     target_t = torch.as_tensor(targets, device=x.device)
     with progress_bar(total, "gradient points") as bar:
         for start in range(0, total, chunk):
@@ -102,6 +102,50 @@ def gradient_points(
                 acc[first : first + span] += (spread @ term).reshape(span, *x.shape[1:])
             bar.advance(len(items))
     return sums
+
+
+def points_per_chunk(x: torch.Tensor) -> int:
+    """How many points :func:`gradient_points` builds at once for items like ``x``'s."""
+    return max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+
+
+def item_noise(x: torch.Tensor, *, seed: int, samples: int) -> Callable:
+    """``noise(items, k)``: standard normal noise for point ``k`` of each item, drawn as
+    explaining that item alone draws it (one generator from ``seed``, in blocks of a chunk),
+    so an item's noise, and its map, do not depend on the other items of a batch.
+
+    Points must come as :func:`gradient_points` asks for them: item-major, ``k`` ascending.
+    """
+    chunk = points_per_chunk(x)
+    state: dict[str, Any] = {"item": None, "block": -1, "values": None, "gen": None}
+
+    def block(j: int) -> torch.Tensor:
+        while state["block"] < j:  # blocks of one item come in order: draw up to block j
+            state["block"] += 1
+            size = min(chunk, samples - state["block"] * chunk)
+            state["values"] = torch.randn(
+                (size, *x.shape[1:]), generator=state["gen"], device=x.device, dtype=x.dtype
+            )
+        return state["values"]
+
+    def noise(items: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        parts = []
+        where = 0
+        for item, count in zip(*torch.unique_consecutive(items, return_counts=True), strict=True):
+            if state["item"] != int(item):  # a new item: its own generator from the seed
+                gen = torch.Generator(device=x.device)
+                gen.manual_seed(seed)
+                state.update(item=int(item), block=-1, gen=gen)
+            ks = k[where : where + int(count)]
+            where += int(count)
+            lo, hi = int(ks[0]), int(ks[-1]) + 1
+            for j in range(lo // chunk, (hi - 1) // chunk + 1):
+                start = max(lo, j * chunk) - j * chunk
+                stop = min(hi, (j + 1) * chunk) - j * chunk
+                parts.append(block(j)[start:stop])
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    return noise
 
 
 def as_tensor(model: Model, x: np.ndarray) -> torch.Tensor:
@@ -226,15 +270,10 @@ def smoothgrad(
     xt = as_tensor(model, x)
     flat = xt.reshape(len(xt), -1)
     sigma = noise * (flat.max(dim=1).values - flat.min(dim=1).values)
-    generator = torch.Generator(device=xt.device)
-    generator.manual_seed(0 if seed is None else int(seed))
+    noise_of = item_noise(xt, seed=0 if seed is None else int(seed), samples=samples)
 
-    def make_points(items, _k):
-        # Chunks come in a fixed order and size for a given input, so one generator drawing
-        # chunk after chunk makes the result depend on the seed alone.
-        eps = torch.randn(
-            (len(items), *xt.shape[1:]), generator=generator, device=xt.device, dtype=xt.dtype
-        )
+    def make_points(items, k):
+        eps = noise_of(items, k)
         return xt[items] + sigma[items].reshape(-1, *([1] * (xt.ndim - 1))) * eps
 
     moments = 1 if variant == "smoothgrad" else 2
@@ -485,21 +524,28 @@ def expected_gradients(
             f"baseline: expected background rows of shape (R, {', '.join(map(str, xt.shape[1:]))})"
             f", got shape {tuple(background.shape)}"
         )
-    # The background rows of all samples were drawn first, then all points a: one generator
-    # per block, drawn chunk by chunk as the points stream (same draws, memory of one chunk).
+    # Sample k of every item uses the same background row and point a, drawn as explaining
+    # one item alone draws them (all rows first, then all points, chunk by chunk): an item's
+    # map does not depend on the other items of a batch.
     n_rows = len(background)
     row_draws, alpha_draws = block_generators(
         np.random.default_rng(seed),
-        [(len(xt) * samples, lambda gen, b: gen.integers(0, n_rows, b)), (len(xt) * samples, None)],
+        [(samples, lambda gen, b: gen.integers(0, n_rows, b)), (samples, None)],
+    )
+    blocks = list(chunk_sizes(samples, points_per_chunk(xt)))
+    rows_k = torch.as_tensor(
+        np.concatenate([row_draws.integers(0, n_rows, b) for b in blocks]), device=xt.device
+    )
+    alphas_k = torch.as_tensor(
+        np.concatenate([alpha_draws.random(b) for b in blocks]), dtype=xt.dtype, device=xt.device
     )
     shape = (-1, *([1] * (xt.ndim - 1)))
     drawn: dict[str, torch.Tensor] = {}
 
-    def make_points(items, _k):  # called once per chunk, in order of the flat point number
-        drawn["rows"] = torch.as_tensor(row_draws.integers(0, n_rows, len(items)), device=xt.device)
-        alphas = torch.as_tensor(alpha_draws.random(len(items)), dtype=xt.dtype, device=xt.device)
+    def make_points(items, k):
+        drawn["rows"] = rows_k[k]
         start = background[drawn["rows"]]
-        return start + alphas.reshape(shape) * (xt[items] - start)
+        return start + alphas_k[k].reshape(shape) * (xt[items] - start)
 
     def factor(items, _k):  # each sample has its own baseline, so x - x' multiplies per sample
         return xt[items] - background[drawn["rows"]]
