@@ -274,7 +274,7 @@ def test_failure_in_the_middle_leaves_no_folder(user):
 @pytest.mark.parametrize(
     ("option", "pattern"),
     [
-        (["--method", "magic"], r"methods: unknown method 'magic'"),
+        (["--method", "magic"], r"method: unknown method 'magic'"),
         (["--param", "steps"], r"param: expected key=value, got 'steps'"),
     ],
     ids=["unknown method", "param without value"],

@@ -126,6 +126,15 @@ def test_torchscript_hook_methods_are_refused_by_name(scripted):
         xk.explain(str(scripted / "net.pt"), np.zeros((1, 8, 8), np.float32), method="gradcam")
 
 
+def test_torchscript_refusals_suggest_only_what_it_can_run(scripted):
+    with pytest.raises(TypeError, match=r"use one of (\[.*\])") as caught:
+        xk.explain(str(scripted / "net.pt"), np.zeros((1, 8, 8), np.float32), method="gradcam")
+    suggested = caught.value.args[0].split("use one of ")[1]
+    assert "'saliency'" in suggested and "'occlusion'" in suggested
+    # rollout asks the forward for attention weights, which a TorchScript module does not give
+    assert "attention_rollout" not in suggested and "gradcam" not in suggested
+
+
 def test_torchscript_runs_the_hook_free_methods(scripted):
     e = xk.explain(str(scripted / "net.pt"), np.ones((1, 8, 8), np.float32), method="saliency")
     assert e.values.shape == (1, 8, 8) and np.abs(e.values).sum() > 0

@@ -212,25 +212,29 @@ class Session:
         """Whether progress bars are shown (not with ``--quiet`` or ``--json``, nor off a TTY)."""
         return progress_enabled()
 
-    def check_methods(self, methods: list[str]) -> None:
-        """Refuse an unknown method, or one that needs gradients the model does not give."""
+    def check_methods(self, methods: list[str], *, option: str = "methods") -> None:
+        """Refuse an unknown method, or one that needs gradients the model does not give.
+
+        ``option``: the command's option that named them (``method`` or ``methods``).
+        """
         from xaikit.attribution import methods as registered
+        from xaikit.attribution.registry import torchscript_methods
 
         known = registered()
         for name in methods:
             if name not in known:
-                raise ValueError(f"methods: unknown method {name!r}; known: {sorted(known)}")
+                raise ValueError(f"{option}: unknown method {name!r}; known: {sorted(known)}")
             if known[name]["needs_gradients"] and not self.loaded.has_gradients:
                 free = sorted(n for n, m in known.items() if not m["needs_gradients"])
                 raise ValueError(
-                    f"method: {name!r} needs {known[name]['needs']}, which a "
+                    f"{option}: {name!r} needs {known[name]['needs']}, which a "
                     f"{self.loaded.kind} model ({self.loaded.source}) does not give; use one of "
                     f"{free}"
                 )
             if known[name]["needs_hooks"] and not self.hooks:
-                free = sorted(n for n, m in known.items() if not m["needs_hooks"])
+                free = torchscript_methods()
                 raise ValueError(
-                    f"method: {name!r} needs forward hooks on the model's layers, which a "
+                    f"{option}: {name!r} needs forward hooks on the model's layers, which a "
                     f"TorchScript model ({self.loaded.source}) does not run; use one of {free}"
                 )
 

@@ -153,7 +153,7 @@ def explain(session: Session, *, method: str, target: int | None, param_pairs: t
     from xaikit.report.html import explanation_html
 
     data, class_names = session.data, session.class_names
-    session.check_methods([method])
+    session.check_methods([method], option="method")
     params = _params(param_pairs)
     page = Page(f"xaikit explain: {method}")
     page.section("explanations", f"{method} on {len(data)} input(s)")
@@ -546,7 +546,7 @@ def audit(
     from xaikit.report.html import class_label
 
     data, class_names = session.data, session.class_names
-    session.check_methods([method])
+    session.check_methods([method], option="method")
     y = None if labels is None else load_labels(labels, n=len(data))
     result = run_audit(
         session.model, data.x, labels=y, method=method, backend=backend, out=work,

@@ -317,7 +317,7 @@ class Model:
         if self.module is None:
             raise TypeError("model: layer gradients need a PyTorch model, not a callable")
         of = check_choice(of, name="of", choices=GRADIENT_OF)
-        module = self.find_layer(layer)
+        module = self.find_layer(layer, argument="layer")
         x = self._check_x(x)
         n = len(x)
         targets = None if target is None else check_targets(target, n=n, n_classes=self.n_classes)
@@ -409,15 +409,19 @@ class Model:
         finally:
             handle.remove()
 
-    def find_layer(self, name: str) -> nn.Module:
-        """The submodule at path ``name``; the error lists close matches when there is none."""
+    def find_layer(self, name: str, *, argument: str = "name") -> nn.Module:
+        """The submodule at path ``name``; the error lists close matches when there is none.
+
+        ``argument``: the caller's name for the path, which the error names (``layer`` for
+        ``explain(..., layer=...)``).
+        """
         if self.module is None:
             raise TypeError("model: layers exist only for PyTorch models, not for a callable")
         modules = dict(self.module.named_modules())
         if not isinstance(name, str) or name not in modules:
             close = difflib.get_close_matches(str(name), [k for k in modules if k], n=5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"name: no layer {name!r} in the model{hint}")
+            raise ValueError(f"{argument}: no layer {name!r} in the model{hint}")
         return modules[name]
 
     def layer_names(self) -> list[str]:

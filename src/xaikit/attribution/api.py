@@ -18,7 +18,7 @@ from xaikit._tables import Table, is_frame
 from xaikit._torch import embedding_layer_name, has_embedding, is_torchscript
 from xaikit._validation import check_batch, check_targets, describe
 from xaikit.attribution.defaults import DEFAULT_METHOD
-from xaikit.attribution.registry import METHODS
+from xaikit.attribution.registry import METHODS, torchscript_methods
 from xaikit.explanation import Explanation
 from xaikit.model import Model, as_model
 
@@ -91,7 +91,7 @@ def explain(
             "on NumPy arrays (use occlusion, lime, kernel_shap or rise)"
         )
     if spec.needs_hooks and is_torchscript(wrapped.module):
-        usable = sorted(n for n, m in METHODS.items() if not m.needs_hooks)
+        usable = torchscript_methods()
         raise TypeError(
             f"method: {method!r} needs forward hooks on the model's layers, which a TorchScript "
             f"module does not run; load the nn.Module itself, or use one of {usable}"

@@ -380,6 +380,7 @@ def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, lay
     base = np.array(np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape))
     # One forward pass (no backward) over input and baseline: their layer outputs, the
     # prediction, and F(x), F(x') for completeness.
+    model.find_layer(layer, argument="layer")  # a wrong path is named as the user gave it
     with model.layer(layer) as recording:
         scores = model.scores(np.concatenate([x, base]), as_numpy=False)
     both_acts = torch.cat(recording._activations)

@@ -50,6 +50,15 @@ class Method:
 METHODS: dict[str, Method] = {}  # name -> Method, filled by @register
 
 
+def torchscript_methods() -> list[str]:
+    """The methods a TorchScript module can run, for refusals to suggest: none that hooks or
+    re-traces its modules, nor attention rollout (it asks the forward for attention weights,
+    which only a Python transformer gives)."""
+    return sorted(
+        n for n, m in METHODS.items() if not m.needs_hooks and m.needs != "attention weights"
+    )
+
+
 def register(
     name: str,
     *,

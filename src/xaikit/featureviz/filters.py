@@ -153,10 +153,7 @@ def filter_activations(
     if not isinstance(layer, str):
         raise TypeError(f"layer: expected a layer path (str), got {describe(layer)}")
     x = check_batch(images, name="images", item_shape=m.input_shape)
-    try:
-        m.find_layer(layer)
-    except ValueError as err:
-        raise ValueError("layer: " + str(err).removeprefix("name: ")) from None
+    m.find_layer(layer, argument="layer")
     with m.layer(layer) as recording:
         m.scores(x)
     acts = recording.activations

@@ -480,10 +480,9 @@ def _item_seeds(seed: Any, n: int) -> list[int]:
 
 def _find_layer(m: Model, name: str, spec: _ObjectiveSpec) -> nn.Module:
     try:
-        return m.find_layer(name)
+        return m.find_layer(name, argument="layer")
     except ValueError as err:
-        message = str(err).removeprefix("name: ")
-        raise ValueError(f"layer: {message} (objective {spec.name})") from None
+        raise ValueError(f"{err} (objective {spec.name})") from None
 
 
 # ---------------------------------------------------------------------- inputs and shapes
