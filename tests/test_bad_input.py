@@ -215,6 +215,34 @@ def test_wrong_image_size_is_refused_with_the_expected_shape(side, method):
         xk.explain(unpadded_cnn_28(), x, method=method)
 
 
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "occlusion"])
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_wrong_channel_count_names_the_items_shape(method, batch):
+    # Integrated Gradients stacks the input with its baseline: the message used to show that
+    # internal batch, (2, 2, 16, 16), which the user never passed.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = np.zeros((3, 2, 16, 16) if batch else (2, 16, 16), np.float32)
+    want = r"^x: expected 3 channel\(s\) .*; the items have shape \(2, 16, 16\)$"
+    with pytest.raises(ValueError, match=want):
+        xk.explain(net, x, method=method, batch=batch)
+
+
+def test_no_size_is_invented_where_any_size_could_fit():
+    # Adaptive pooling gives the linear layer 8 features at every even side; the bisection
+    # used to land on an odd-looking side (3, 2116, 2574) and tell the user to resize to it.
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.PixelUnshuffle(2), nn.Conv2d(32, 8, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    x = np.random.default_rng(0).random((3, 37, 45), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="divisible") as caught:  # the model's own error
+        xk.explain(net, x, method="saliency")
+    assert "expects items of shape" not in str(caught.value)
+    xk.explain(net, x[:, :36, :44], method="saliency")  # an even size runs
+
+
 def test_wrong_image_size_on_the_default_cnn(clean_cnn):
     x = np.random.default_rng(0).random((1, 20, 20), dtype=np.float32)
     with pytest.raises(ValueError, match=r"^x: .*'fc1' \(Linear\) takes 1568 features, got 800"):

@@ -272,9 +272,10 @@ def _shapes(inputs: tuple) -> tuple:
 def _expected_item_shape(module: nn.Module, tensor: torch.Tensor) -> tuple[int, ...] | None:
     """The image size whose forward gives the first linear layer its feature count, if any.
 
-    The features reaching that layer grow with the side, so a bisection over square (or
-    same-aspect) sizes finds it in about a dozen forwards of one blank item, each cut at
-    the linear layer.
+    The features reaching that layer grow with the side, so doubling the side and then a
+    bisection over square (or same-aspect) sizes finds it in about a dozen forwards of one
+    blank item, each cut at the linear layer. Where they do not grow (adaptive pooling, a
+    transformer's first Linear on tokens), any size may fit, and none is named.
     """
     if tensor.ndim != 4:
         return None
@@ -308,14 +309,36 @@ def _expected_item_shape(module: nn.Module, tensor: torch.Tensor) -> tuple[int, 
             handle.remove()
         return -1
 
-    low, high = 1, 4096
+    target = first_linear.in_features
+    # Sides doubling from 8 until the features reach the count (the largest probe is at most
+    # twice the answer, not 4096 pixels through every layer); then a bisection below it.
+    ran: list[int] = []
+    low, high = 1, None
+    for side in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
+        count = features(side)
+        if count < 0:
+            if ran:
+                return None  # runs at a smaller side, fails at a larger one: no single rule
+            low = side + 1
+            continue
+        if ran and count <= ran[-1]:
+            return None  # not growing with the side (adaptive pooling, a Linear on tokens)
+        ran.append(count)
+        if count >= target:
+            high = side
+            break
+        low = side + 1
+    if high is None:
+        return None
+    if len(ran) == 1 and features(2 * high) <= ran[0]:
+        return None  # reached at the first side that runs: check the growth one side up
     while low < high:  # smallest side whose features reach the layer's count
         mid = (low + high) // 2
-        if features(mid) >= first_linear.in_features:
+        if features(mid) >= target:
             high = mid
         else:
             low = mid + 1
-    if features(low) != first_linear.in_features:
+    if features(low) != target:
         return None
     return (channels, low, max(1, round(low * aspect)))
 
@@ -336,7 +359,7 @@ def _first_layer_mismatch(module: nn.Module, tensor: torch.Tensor) -> str | None
         if tensor.shape[1] != first.in_channels:
             return (
                 f"expected {first.in_channels} channel(s) for its first convolution, got "
-                f"{tensor.shape[1]} (channel axis 1)"
+                f"{tensor.shape[1]} (the first axis of an item)"
             )
     if isinstance(first, nn.Linear) and tensor.ndim == 2 and tensor.shape[1] != first.in_features:
         return f"expected {first.in_features} features per item for its first linear layer"

@@ -479,7 +479,11 @@ class Model:
         except Exception as err:
             hint = None if kwargs else input_mismatch(self.module, tensor)
             if hint:
-                raise ValueError(f"x: {hint}; the batch has shape {tuple(tensor.shape)}") from err
+                # The item shape, not the batch's: a method's batch is its own (IG stacks
+                # the input and its baseline), which the user never passed.
+                if "items of shape" not in hint:
+                    hint += f"; the items have shape {tuple(tensor.shape[1:])}"
+                raise ValueError(f"x: {hint}") from err
             raise
         out = model_output(out)
         if isinstance(out, torch.Tensor) and out.ndim == 1 and len(out) == len(tensor):
