@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -118,6 +120,33 @@ def test_gradcam_equals_the_paper_formula():
     rel_close(e.info["cam"], cam)
     for c in range(x.shape[1]):
         rel_close(e.values[:, c], up)
+
+
+class UnusedBranch(nn.Module):
+    """Two convolutions on the input; the score reads the second through a ReLU that is off
+    everywhere, so its gradient there is zero (as a ViT's patch tokens after the last block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.used, self.unused = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        dead = F.relu(self.unused(x) - 100.0).mean(dim=(2, 3))
+        return self.fc(self.used(x).mean(dim=(2, 3)) + dead)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_a_cam_of_a_layer_the_score_does_not_read_warns(method):
+    # An all-zero map must not pass silently for "no evidence anywhere" (a ViT's last block).
+    x = images(1)[0]
+    with pytest.warns(RuntimeWarning, match=r"layer: the score does not depend on layer 'unused'"):
+        e = xk.explain(UnusedBranch().eval(), x, method=method, layer="unused")
+    assert not e.values.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xk.explain(UnusedBranch().eval(), x, method=method, layer="used")
 
 
 def test_gradcam_plus_plus_equals_the_paper_formula():

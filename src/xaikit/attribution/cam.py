@@ -12,6 +12,7 @@ on the patch grid, ``(N, D, h, w)`` (:func:`token_grid`). The default layer is f
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import numpy as np
@@ -185,6 +186,22 @@ def _gradcam_pp_weights(activations: torch.Tensor, grads: torch.Tensor) -> torch
     return (alpha * F.relu(grads)).sum(dim=(2, 3))
 
 
+def _warn_if_no_gradient(grads: torch.Tensor, layer: str) -> None:
+    """An all-zero map that says nothing must not pass for "no evidence anywhere"."""
+    flat = grads.reshape(len(grads), -1)
+    dead = ~flat.ne(0).any(dim=1)
+    if dead.any():
+        warnings.warn(
+            f"layer: the score does not depend on layer {layer!r}'s output at the positions "
+            f"of the map (zero gradient there) for {int(dead.sum())} of {len(grads)} item(s), "
+            "so their maps are all zero and show nothing; a transformer that classifies from "
+            "its class token reads the patch tokens only up to the last block: take them "
+            "where they enter it (its first LayerNorm, the default with layer=None)",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+
 def _cam(model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None, weigh):
     if np.ndim(x) != 4:
         raise ValueError(f"x: Grad-CAM needs images (C, H, W), got items of shape {x.shape[1:]}")
@@ -202,6 +219,7 @@ def _cam(model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None,
             f"layer: Grad-CAM needs a layer with (N, C, h, w) outputs or patch tokens "
             f"(N, T, D); {layer!r} gives {tuple(activations.shape)}"
         )
+    _warn_if_no_gradient(grads, layer)
     weights = weigh(activations, grads)
     cam = F.relu((weights[:, :, None, None] * activations).sum(dim=1))
     upsampled = F.interpolate(cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)
