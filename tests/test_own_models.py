@@ -409,3 +409,35 @@ def test_explaining_a_frame_leaves_it_unchanged(pipeline, frame):
     xk.explain(pipeline, frame.iloc[[0]], method="kernel_shap", baseline=frame.iloc[:20],
                samples=64, seed=0)  # fmt: skip
     assert frame.equals(before)
+
+
+# ---------------------------------------------------------------- float64 models
+
+FLOAT64_METHODS = {
+    "saliency": {}, "integrated_gradients": {"steps": 16}, "smoothgrad": {"samples": 4},
+    "gradcam": {}, "deeplift": {}, "lrp": {}, "occlusion": {"window": 4},
+    "rise": {"samples": 16}, "lime": {"samples": 32}, "kernel_shap": {"samples": 32},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", FLOAT64_METHODS)
+def test_a_float64_model_gets_float64_maps(method):
+    # IG, occlusion, Grad-CAM, DeepLIFT and RISE computed in float32 (inputs rounded first),
+    # so a float64 model's maps were float32-accurate while other methods' were not.
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3)
+    ).double().eval()  # fmt: skip
+    x = np.random.default_rng(0).random((3, 8, 8))
+    e = xk.explain(net, x, method=method, target=1, **FLOAT64_METHODS[method])
+    assert e.values.dtype == np.float64
+
+
+def test_float64_occlusion_equals_the_float64_score_drop():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).double()
+    x = np.random.default_rng(0).random((3, 8, 8))
+    e = xk.explain(net.eval(), x, method="occlusion", target=1, window=8, stride=8)
+    with torch.no_grad():
+        drop = net(torch.tensor(x[None]))[0, 1] - net(torch.zeros(1, 3, 8, 8).double())[0, 1]
+    np.testing.assert_allclose(e.values, drop.item(), rtol=1e-12)

@@ -162,6 +162,12 @@ def float_dtype(module: nn.Module | None) -> torch.dtype:
     return torch.float32
 
 
+def attribution_dtype(module: nn.Module | None) -> torch.dtype:
+    """The precision attributions are computed and returned in: float64 for a float64 model
+    (its precision kept), float32 otherwise (a half-precision model's too)."""
+    return torch.float64 if float_dtype(module) == torch.float64 else torch.float32
+
+
 def embedding_layer_name(module: nn.Module) -> str | None:
     """The path of the layer that embeds token ids: ``get_input_embeddings()`` (Hugging Face),
     else the only ``nn.Embedding``; None when there is none or several."""

@@ -51,7 +51,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaikit import layout
-from xaikit._torch import float_dtype, float_output, model_output, preserved_state
+from xaikit._torch import (
+    attribution_dtype,
+    float_dtype,
+    float_output,
+    model_output,
+    preserved_state,
+)
 from xaikit.attribution._graph import Graph, is_inplace, trace
 from xaikit.model import Model
 
@@ -235,6 +241,8 @@ class Incremental:
         self.kept = plan.kept
         self.counts = counts
         self.dtype = float_dtype(model.module)
+        # inputs and blends in float64 for a float64 model (its precision kept), else float32
+        self.input_dtype = attribution_dtype(model.module)
         device = model.device
         self.covers = [torch.as_tensor(c, device=device) for c in covers]
         self.starts = {
@@ -262,9 +270,9 @@ class Incremental:
                 maps[node, fill] = _rows(padded)  # (H * W, C): one row per position
             cut_map = values[self.cut]
             del values
-            x_t = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
+            x_t = torch.as_tensor(np.asarray(x), dtype=self.input_dtype, device=device)
             base = torch.as_tensor(
-                np.asarray(baseline, dtype=np.float64), dtype=torch.float32, device=device
+                np.asarray(baseline, dtype=np.float64), dtype=self.input_dtype, device=device
             )
             total = int(np.prod(self.counts))
             out = None
@@ -327,7 +335,7 @@ class Incremental:
 
     def _record(self, x: np.ndarray) -> dict:
         """The kept nodes' values on the unoccluded ``x`` (batch of one)."""
-        x_t = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.model.device)
+        x_t = torch.as_tensor(np.asarray(x), dtype=self.input_dtype, device=self.model.device)
         values, _ = _run_recorded(
             self.model.module, self.graph, x_t[None].to(self.dtype), keep=self.kept
         )
@@ -376,7 +384,7 @@ class Incremental:
         occluded = cover_h[:, None, :, None] & cover_w[:, None, None, :]
         if len(self.covers) == 3:  # a full-rank window also slides over the channels
             occluded = occluded & self.covers[0][pos[0]][:, :, None, None]
-        keep = (~occluded).to(torch.float32)
+        keep = (~occluded).to(self.input_dtype)
         return torch.lerp(base_crop, x_crop, keep).to(self.dtype)
 
     def _window_region(self, info: _Local, start, regions, starts, maps) -> torch.Tensor:
@@ -538,7 +546,8 @@ def prepare(
     plan = graph.plans.get(("occlusion", key))
     if plan is not None and not plan.usable:
         return None, plan.note  # decided before: no forward needed
-    x0 = torch.as_tensor(x[0], dtype=torch.float32, device=model.device)[None].to(dtype)
+    x0 = torch.as_tensor(x[0], dtype=attribution_dtype(model.module), device=model.device)
+    x0 = x0[None].to(dtype)
     try:
         with preserved_state(model.module), torch.inference_mode():
             values, output = _run_recorded(model.module, graph, x0)

@@ -208,7 +208,9 @@ def _cam(model: Model, x: np.ndarray, targets: np.ndarray, *, layer: str | None,
     layer = layer or default_cam_layer(model, x)
     # Gradients at the layer only: the backward pass stops there instead of reaching the input.
     scores, activations, grads = model.layer_gradients(x, targets, layer=layer, as_numpy=False)
-    activations, grads = activations.float(), grads.float()
+    # float32 for half-precision layers, float64 kept for a float64 model
+    dtype = torch.float64 if activations.dtype == torch.float64 else torch.float32
+    activations, grads = activations.to(dtype), grads.to(dtype)
     if activations.ndim == 3:  # transformer tokens (N, T, D): patch tokens on their grid
         activations = token_grid(activations, tuple(x.shape[2:]))
         grads = token_grid(grads, tuple(x.shape[2:]))

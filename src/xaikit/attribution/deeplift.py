@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from xaikit.attribution import _graph
+from xaikit.attribution.gradients import as_tensor
 from xaikit.attribution.perturbation import CHUNK_BYTES
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
@@ -49,7 +50,7 @@ def deeplift(
     shape, or one reference per item ``(N, *x.shape)``. Attributions sum to F(x) - F(x'); the
     gap is reported per item in ``info["completeness_gap"]``.
     """
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=model.device)
+    xt = as_tensor(model, x)
     if isinstance(baseline, torch.Tensor):
         baseline = baseline.detach().cpu().numpy()
     arr = np.asarray(baseline) if not isinstance(baseline, str) else None
@@ -61,7 +62,7 @@ def deeplift(
         )
     else:
         references = make_baseline(x[0], baseline, background=False).values[None]
-    refs = torch.as_tensor(np.asarray(references, dtype=np.float32), device=xt.device)
+    refs = torch.as_tensor(np.asarray(references), dtype=xt.dtype, device=xt.device)
     per_item = len(refs) == len(xt)
     return _rescaled(
         model, xt, targets, lambda items, _r: refs[items] if per_item else refs[[0] * len(items)], 1
@@ -85,8 +86,8 @@ def deeplift_shap(
     if baseline is None:
         raise ValueError("baseline: deeplift_shap needs background data (R, *x.shape)")
     rows = make_baseline(x[0], baseline, background=True).values
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=model.device)
-    background = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=xt.device)
+    xt = as_tensor(model, x)
+    background = torch.as_tensor(np.asarray(rows), dtype=xt.dtype, device=xt.device)
     return _rescaled(model, xt, targets, lambda _items, r: background[r], len(background))
 
 

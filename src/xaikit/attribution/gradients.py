@@ -21,6 +21,7 @@ import torch
 
 from xaikit._draws import block_generators
 from xaikit._progress import progress_bar
+from xaikit._torch import attribution_dtype
 from xaikit._validation import (
     check_choice,
     check_count,
@@ -149,8 +150,9 @@ def item_noise(x: torch.Tensor, *, seed: int, samples: int) -> Callable:
 
 
 def as_tensor(model: Model, x: np.ndarray) -> torch.Tensor:
-    """The batch as a float tensor on the model's device."""
-    return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=model.device)
+    """The batch as a float tensor on the model's device, in the model's attribution precision."""
+    dtype = attribution_dtype(model.module)
+    return torch.as_tensor(np.asarray(x), dtype=dtype, device=model.device)
 
 
 def baseline_tensor(baseline, x: torch.Tensor, *, name: str = "baseline") -> torch.Tensor:

@@ -26,7 +26,7 @@ import numpy as np
 
 from xaikit._validation import describe
 from xaikit.attribution import _incremental
-from xaikit.attribution.perturbation import chunk_size, perturbation_scores
+from xaikit.attribution.perturbation import chunk_size, perturbation_scores, values_dtype
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
 from xaikit.components import default_cell, input_kind
@@ -89,7 +89,7 @@ def occlusion(
     n_windows = int(np.prod(counts))
     f_x = model.scores(x)
     targets = f_x.argmax(axis=1) if targets is None else targets  # None: the predicted class
-    values = np.empty(x.shape, dtype=np.float32)
+    values = np.empty(x.shape, dtype=values_dtype(model))
     bases = [make_baseline(x[i], baseline, seed=0) for i in range(len(x))]
     runner, note = _incremental.prepare(
         model,

@@ -20,11 +20,18 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from xaikit._torch import attribution_dtype
 from xaikit.model import Model
 
 # Inputs built per chunk (bytes). Large enough that each chunk fills the model's best batch,
 # small enough that memory stays bounded whatever the number of masks.
 CHUNK_BYTES = 64 * 2**20
+
+
+def values_dtype(model: Model) -> type:
+    """NumPy dtype of a perturbation map: float64 for a float64 PyTorch model, else float32."""
+    float64 = model.is_torch and attribution_dtype(model.module) == torch.float64
+    return np.float64 if float64 else np.float32
 
 
 def chunk_size(x: np.ndarray, *, n_background: int = 1, budget: int = CHUNK_BYTES) -> int:
@@ -142,7 +149,7 @@ def _prepare(model: Model, x: np.ndarray, baseline, *, background: bool):
         want = f"(R, {', '.join(map(str, x.shape))})" if background else f"{x.shape} or a number"
         raise ValueError(f"baseline: expected shape {want}, got shape {base.shape}")
     if model.is_torch:
-        dtype = torch.float32
+        dtype = attribution_dtype(model.module)
         x_t = torch.as_tensor(x, dtype=dtype, device=model.device)
         base_t = torch.as_tensor(base, dtype=dtype, device=model.device)
         return x_t, base_t

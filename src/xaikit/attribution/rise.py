@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from xaikit._draws import block_generators
 from xaikit._progress import progress_bar
 from xaikit._validation import check_count, check_number, check_seed, describe
-from xaikit.attribution.perturbation import chunk_size, perturbation_scores
+from xaikit.attribution.perturbation import chunk_size, perturbation_scores, values_dtype
 from xaikit.attribution.registry import Attribution, register
 from xaikit.baselines import make_baseline
 from xaikit.components import input_kind
@@ -94,7 +94,7 @@ def rise(
     blocks = [(samples * math.prod(cell), None)]
     blocks += [(samples, lambda gen, b, c=c: gen.integers(0, c, b)) for c in cell_px]
     starts = block_generators(np.random.default_rng(seed), blocks)
-    values = np.empty(x.shape, dtype=np.float32)
+    values = np.empty(x.shape, dtype=values_dtype(model))
     for i in range(len(x)):
         grid_draws, *shift_draws = (copy.deepcopy(g) for g in starts)  # same masks per item
         base = make_baseline(x[i], baseline, seed=seed)
