@@ -187,6 +187,27 @@ def test_optimiser_raises_the_objective(objective):
     assert v.images.min() >= 0.0 and v.images.max() <= 1.0
 
 
+def _conv_bn_relu(inplace: bool) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=inplace),
+        nn.Flatten(), nn.Linear(4 * 12 * 12, 3),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+def test_an_in_place_op_after_the_layer_does_not_change_its_objective():
+    # The hook kept the layer's output itself, which the ReLU(inplace=True) then overwrote:
+    # the objective read the ReLU's output (a BatchNorm channel could never go negative).
+    kw = {"steps": 6, "lr": 0.1, "seed": 2, "input_shape": SHAPE}
+    objective = -O.channel("1", 0)  # lower the BatchNorm's channel: below 0 only before ReLU
+    in_place = visualize(_conv_bn_relu(True), objective, **kw)
+    plain = visualize(_conv_bn_relu(False), objective, **kw)
+    np.testing.assert_allclose(in_place.history, plain.history, rtol=1e-10)
+
+
 @pytest.mark.parametrize("param", ["fourier", "pixels"])
 def test_all_channels_batched_equals_one_at_a_time(param):
     net = float64_batchnorm_cnn()

@@ -532,3 +532,36 @@ def test_layer_recording_ignores_the_batch_size_search():
     with m.layer("conv", gradients=True) as rec:
         m.gradients(inputs(100), target=1)
     assert rec.activations.shape[0] == 100 and rec.gradients.shape[0] == 100
+
+
+# ------------------------------------------------- a layer followed by an in-place op
+
+
+def _bn_then_relu(inplace: bool) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=inplace),
+        nn.Flatten(), nn.Linear(4 * 8 * 8, 3),
+    )  # fmt: skip
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+def test_a_recorded_layer_keeps_its_output_when_an_in_place_op_follows():
+    # The recording held the output itself, which ReLU(inplace=True) overwrote: a BatchNorm
+    # "recorded" with no negative value (torchvision's ResNets put such a ReLU after bn1).
+    x = np.random.default_rng(0).normal(size=(6, 1, 8, 8)).astype(np.float32)
+    recorded = {}
+    for inplace in (True, False):
+        m = xk.Model(_bn_then_relu(inplace))
+        with m.layer("1", gradients=True) as rec:
+            m.gradients(x, np.zeros(6, dtype=int))
+        recorded[inplace] = rec.activations, rec.gradients
+        recorded[inplace, "acts"] = xk.activations(m, x, layers=["1"])["1"]
+        recorded[inplace, "layer"] = m.layer_gradients(x, np.zeros(6, dtype=int), layer="1")
+    assert recorded[False][0].min() < 0
+    for key in (True, (True, "acts"), (True, "layer")):
+        other = (False, *key[1:]) if isinstance(key, tuple) else False
+        for got, want in zip(recorded[key], recorded[other], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

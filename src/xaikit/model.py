@@ -346,7 +346,10 @@ class Model:
                         )
                     tensor = given.to(tensor.dtype)
                 leaf["value"] = tensor.detach().requires_grad_(True)
-                return leaf["value"] if rest is None else (leaf["value"], *rest)
+                # The forward goes on with a copy: an in-place op after the layer (a
+                # ReLU(inplace=True)) must change neither the leaf nor the values returned.
+                onward = leaf["value"].clone()
+                return onward if rest is None else (onward, *rest)
 
             try:
                 handle = module.register_forward_hook(replace)
@@ -396,7 +399,11 @@ class Model:
             if tensor is None:
                 return
             kept = tensor.detach()
-            recording._activations.append(transform(kept) if transform else kept)
+            kept = transform(kept) if transform else kept
+            if kept.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+                # an in-place op after the layer (ReLU(inplace=True)) would overwrite it
+                kept = kept.clone()
+            recording._activations.append(kept)
             if gradients and tensor.requires_grad:
                 tensor.register_hook(lambda g: recording._gradients.append(g.detach()))
 

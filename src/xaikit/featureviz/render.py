@@ -272,6 +272,10 @@ def visualize(
             # Raising inside the user's forward would be reported as the forward's failure;
             # keep what came and complain after the pass (in run).
             acts[name] = output
+            if isinstance(output, torch.Tensor):
+                # the forward goes on with a copy: an in-place op after the layer (a
+                # ReLU(inplace=True)) must not change the activation the objective reads
+                return output.clone()
 
         return hook
 
