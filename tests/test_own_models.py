@@ -243,6 +243,22 @@ def test_evaluate_takes_captum_tensors(linear_images):
     np.testing.assert_allclose(from_tensor["deletion"], from_ours["deletion"], rtol=1e-4)
 
 
+def test_evaluate_takes_one_target_per_item(linear_images):
+    # A per-item target used to reach each item's metric whole: TypeError.
+    from captum.attr import Saliency
+
+    net, x = linear_images
+    targets = np.array([1, 3])
+    attributions = Saliency(net).attribute(x, target=torch.as_tensor(targets))
+    batch = xk.evaluate(net, x, attributions, batch=True, target=targets, metrics="deletion")
+    ours = xk.explain(net, x, batch=True, method="saliency", target=targets)
+    again = xk.evaluate(net, None, ours, target=targets, metrics="deletion")
+    for i in range(2):
+        one = xk.evaluate(net, x[i], attributions[i], target=int(targets[i]), metrics="deletion")
+        assert batch["deletion"][i] == pytest.approx(one["deletion"], rel=1e-6)
+        assert again["deletion"][i] == pytest.approx(one["deletion"], rel=1e-6)
+
+
 def test_from_captum_keeps_the_target_with_the_model_scores(linear_images):
     from captum.attr import Saliency
 

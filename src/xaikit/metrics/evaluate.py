@@ -148,11 +148,16 @@ def evaluate(
             )
         masks = options.get("mask")
         per_item_mask = isinstance(masks, np.ndarray) and masks.ndim == 3 and len(masks) == len(x)
+        targets = options.get("target")
+        if targets is not None and np.ndim(targets) != 0:  # one class per item
+            targets = check_targets(targets, n=len(x), n_classes=None)
         rows = []
         for i in range(len(x)):
             opts = dict(options)
             if per_item_mask:
                 opts["mask"] = masks[i]
+            if targets is not None and np.ndim(targets) != 0:
+                opts["target"] = int(targets[i])
             rows.append(_score_one(model, x[i], explanation[i], names, opts))
         scores = {n: np.array([r[n] for r in rows]) for n in names}
     explanation.scores.update(scores)
