@@ -207,6 +207,28 @@ def test_surrogate_of_a_pickled_stump_recovers_its_rule(user):
     assert (user / "sur" / "rules.txt").read_text() == summary["rules"] + "\n"
 
 
+def test_csv_columns_reach_a_dataframe_model_by_header(user):
+    # The columns went to the model by position: a CSV with the header in another order was
+    # explained (and predicted) silently wrong; the API refuses such a frame.
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=100), "b": rng.normal(size=100)})
+    with (user / "ab.pkl").open("wb") as f:
+        pickle.dump(LogisticRegression().fit(frame, (frame.a > 0).astype(int)), f)
+    pd.DataFrame({"b": [0.0, 0.0], "a": [3.0, -3.0]}).to_csv(user / "ba.csv", index=False)
+    result = _run("explain", "--model", user / "ab.pkl", "--trust-pickle", user / "ba.csv",
+                  "--method", "occlusion", "--out", user / "o", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [item["predicted"] for item in json.loads(result.output)["items"]] == [1, 0]
+    pd.DataFrame({"b": [0.0], "c": [3.0]}).to_csv(user / "bc.csv", index=False)
+    result = _run("explain", "--model", user / "ab.pkl", "--trust-pickle", user / "bc.csv",
+                  "--out", user / "o2")  # fmt: skip
+    _assert_one_line_failure(result, r"input: the CSV's columns \['b', 'c'\] are not the col")
+    assert not (user / "o2").exists()
+
+
 def test_onnx_model_runs_gradient_free_methods_only(user):
     import warnings
 

@@ -188,7 +188,7 @@ class Session:
                 "input: text lines need a text model and tokenizer; this command explains "
                 "image, .npy and CSV inputs"
             )
-        return data
+        return _columns_as_fitted(data, getattr(self.model, "table", None))
 
     @cached_property
     def class_names(self) -> list[str] | None:
@@ -354,3 +354,26 @@ def floats(text: str | None, *, name: str) -> list[float] | None:
 def names(text: str | None) -> list[str] | None:
     """Comma-separated names, stripped; None stays None."""
     return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _columns_as_fitted(data, table):
+    """A CSV's columns in the order of the model's fitted columns, matched by header.
+
+    A model fitted on a DataFrame reads columns by position once they are arrays, so a CSV
+    whose header lists them in another order would be read silently wrong.
+    """
+    from dataclasses import replace
+
+    from xaikit.loading import LoadError
+
+    if data.kind != "table" or table is None or data.feature_names is None:
+        return data
+    have, want = list(data.feature_names), list(table.feature_names)
+    if have == want:
+        return data
+    if sorted(have) != sorted(want) or len(set(have)) != len(have):
+        raise LoadError(
+            f"input: the CSV's columns {have} are not the columns the model was fitted on {want}"
+        )
+    order = [have.index(name) for name in want]
+    return replace(data, x=data.x[:, order], feature_names=want)
