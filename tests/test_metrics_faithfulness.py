@@ -178,3 +178,20 @@ def test_pixel_flipping_agrees_with_quantus(image, relevance):
     lerf = pixel_flipping(PatchModel(), x, a, order="lerf", target=0, steps=25, baseline=base)
     np.testing.assert_allclose(morf.probabilities[1:], theirs(a), atol=1e-6)
     np.testing.assert_allclose(lerf.probabilities[1:], theirs(a.max() + 0.1 - a), atol=1e-6)
+
+
+def test_default_metrics_run_on_a_table_row():
+    # insertion's default was a blur, which a table row does not have: evaluate and compare
+    # with their default metrics failed on every tabular input.
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(60, 5))
+    clf = LogisticRegression().fit(rows, (rows[:, 0] + rows[:, 1] > 0).astype(int))
+    e = xk.explain(clf, rows[0], method="occlusion")
+    scores = xk.evaluate(clf, rows[0], e)
+    assert set(scores) == {"deletion", "insertion"}
+    zero = xk.evaluate(clf, rows[0], e, metrics="insertion", baseline=0.0)
+    assert scores["insertion"] == zero["insertion"]
+    with pytest.raises(ValueError, match="baseline: 'blur' is defined for images"):
+        xk.evaluate(clf, rows[0], e, metrics="insertion", baseline="blur")

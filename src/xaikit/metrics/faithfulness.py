@@ -129,13 +129,14 @@ def insertion(
     *,
     target: int | None = None,
     steps: int | None = None,
-    baseline: Any = "blur",
+    baseline: Any = None,
     sigma: float | None = None,
 ) -> Curve:
     """Insertion curve (Petsiuk et al. 2018): reveal the most relevant pixels first.
 
-    Starts from ``baseline`` (default a Gaussian blur of the image, as in the paper) and puts
-    back the original pixels in order of decreasing attribution. Parameters as in
+    Starts from ``baseline`` (default a Gaussian blur of the image, as in the paper; 0 for a
+    table row or text, which have no blur) and puts back the original pixels in order of
+    decreasing attribution. Parameters as in
     :func:`deletion`; ``sigma`` is the blur's standard deviation in pixels (default the image's
     smaller side / 10, a blur that removes a digit's strokes but keeps its rough mass, like
     the paper's sigma 5 in an 11-pixel window on 224x224 images removes object detail).
@@ -182,6 +183,8 @@ def _curve(model, x, explanation, name, target, steps, baseline, sigma, order) -
             f"steps: expected at most the number of pixels ({n_pixels}), got {steps}; a step "
             "must change at least one pixel"
         )
+    if baseline is None:  # insertion's default: a blur of an image, 0 for a row or text
+        baseline = "blur" if relevance.ndim == 2 else 0.0
     if name == "insertion" and isinstance(baseline, str) and baseline == "blur" and sigma is None:
         sigma = min(x.shape[-2:]) / 10 if relevance.ndim == 2 else None
     base = make_baseline(x, baseline, sigma=sigma, background=False).values
