@@ -210,6 +210,22 @@ def test_a_categorical_column_moves_between_its_categories(pipeline, frame):
     assert e.values.sum() == pytest.approx(f_row - f_background, abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["kernel_shap", "occlusion", "lime"])
+def test_a_categorical_column_needs_background_rows(pipeline, frame, method):
+    # Without them, "removed" meant the category that sorts first among the rows at hand: a
+    # row alone got exactly 0 for its city, the same row in a batch another value.
+    with pytest.raises(ValueError, match=r"baseline: column 'city' is categorical"):
+        xk.explain(pipeline, frame.iloc[[0]], method=method)
+    with pytest.raises(ValueError, match=r"baseline: column 'city' is categorical"):
+        xk.explain(pipeline, frame.iloc[0], method=method, baseline=0.0)
+    alone = xk.explain(pipeline, frame.iloc[[5]], method=method, baseline=frame.iloc[:30])
+    pair = xk.explain(
+        pipeline, frame.iloc[[5, 0]], method=method, baseline=frame.iloc[:30], batch=True,
+        target=[alone.target, alone.target],
+    )  # fmt: skip
+    np.testing.assert_allclose(pair.values[0], alone.values, rtol=1e-6, atol=1e-9)
+
+
 def test_a_regressor_predict_is_one_score_named_prediction():
     from sklearn.linear_model import LinearRegression
 

@@ -122,7 +122,10 @@ def explain(
             "attribute to the token embeddings) or occlusion, lime or kernel_shap"
         )
     if is_frame(x):  # a DataFrame row (or rows): its columns name the features
+        rows_given = is_frame(params.get("baseline"))
         x, params, wrapped = _from_table(x, params, wrapped, batch=batch)
+        if "baseline" in spec.defaults and not rows_given:
+            _refuse_categorical_removal(wrapped.table)
         if feature_names is None:
             feature_names = wrapped.table.feature_names
     elif feature_names is None and wrapped.table is not None:
@@ -184,6 +187,19 @@ def explain(
         feature_names=None if feature_names is None else [str(n) for n in feature_names],
         tokens=tokens,
     )
+
+
+def _refuse_categorical_removal(table: Table) -> None:
+    """Refuse to remove a categorical column by a number: its code would stand for whichever
+    category sorts first among the rows at hand (a row's own value when it is alone, so the
+    column got exactly 0; another one in a batch). Background rows give real values."""
+    names = [n for n, cats in zip(table.feature_names, table.categories, strict=True) if cats]
+    if names:
+        raise ValueError(
+            f"baseline: column {names[0]!r} is categorical, and a number cannot stand for its "
+            "removal; pass background rows as a DataFrame (baseline=frame.sample(50), or the "
+            "training rows), whose values replace a removed feature"
+        )
 
 
 def _from_table(x: Any, params: dict, model: Model, *, batch: bool):
