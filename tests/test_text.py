@@ -186,6 +186,21 @@ def test_integrated_gradients_on_the_embedding_layer_is_complete(minilm):
 
 
 @needs_extra
+@pytest.mark.parametrize(
+    ("method", "params"), [("occlusion", {}), ("kernel_shap", {"samples": 64})]
+)
+def test_padding_in_a_batch_is_no_component(minilm, method, params):
+    # Each -1 was a component: "removing" it put a real token there, so padding got values
+    # and the real tokens' values changed with the length of the longest row.
+    ids = minilm.encode(["The movie was not good at all.", "It was great."])
+    batch = xk.explain(minilm, ids, batch=True, method=method, target=[1, 1], **params)
+    alone = xk.explain(minilm, ids[1][ids[1] != text.DELETED], method=method, target=1, **params)
+    n = len(alone.values)
+    np.testing.assert_allclose(batch.values[1, :n], alone.values, rtol=1e-5, atol=1e-6)
+    assert not batch.values[1, n:].any()
+
+
+@needs_extra
 def test_deleting_a_token_is_the_text_without_it(minilm):
     sentence = "The dogs were not lovely."
     e = text.explain(minilm, sentence, method="occlusion", removal="delete", target=1)

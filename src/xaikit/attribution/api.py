@@ -8,6 +8,7 @@ file only says what it computes. The methods themselves register in ``registry.p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 from typing import Any
 
@@ -130,6 +131,23 @@ def explain(
             feature_names = wrapped.table.feature_names
     elif feature_names is None and wrapped.table is not None:
         feature_names = wrapped.table.feature_names
+    if batch and not spec.needs_gradients and _deleted_padding(x):
+        # Padding (-1) is taken out of a sequence by the model; as a component it would be
+        # "removed" into a real token (and change the other tokens' values): each row is
+        # explained without its padding, which gets 0.
+        items = []
+        for i in range(len(x)):
+            row = _row(x, i)
+            one = explain(
+                wrapped,
+                row[~_padding(row)],
+                method=method,
+                target=None if target is None else _target_of(target, i),
+                feature_names=feature_names,
+                **params,
+            )
+            items.append(_padded_back(one, row, tokens=None if tokens is None else tokens[i]))
+        return Explanation.stack(_same_component_count(items))
     if batch and wrapped.per_item_kwargs:
         # Perturbed copies of an item need that item's attention mask: one item at a time.
         items = [
@@ -227,6 +245,59 @@ def _from_table(x: Any, params: dict, model: Model, *, batch: bool):
     view = copy.copy(model)
     view.table = table
     return rows, params, view
+
+
+def _padding(ids: np.ndarray) -> np.ndarray:
+    """Where token ids are :data:`xaikit.text.DELETED` (-1): padding the model takes out."""
+    from xaikit.text.tokenizer import DELETED  # here: xaikit.text imports this module
+
+    return np.asarray(ids) == DELETED
+
+
+def _deleted_padding(x: Any) -> bool:
+    """Token ids ``(N, L)`` padded with :data:`xaikit.text.DELETED` (-1)."""
+    return _token_ids(x) and np.ndim(x) == 2 and bool(_padding(np.asarray(x)).any())
+
+
+def _row(x: Any, i: int) -> np.ndarray:
+    return np.asarray(x[i].cpu() if isinstance(x, torch.Tensor) else x[i])
+
+
+def _padded_back(e: Explanation, row: np.ndarray, *, tokens: Any) -> Explanation:
+    """``e`` of a row without its padding, laid out on the padded row (padding: value 0)."""
+    keep = ~_padding(row)
+    values = np.zeros(row.shape, dtype=e.values.dtype)
+    values[keep] = e.values
+    components, component_values = e.components, e.component_values
+    if components is not None and component_values is not None:
+        # the padding as one more component, of value 0
+        components = np.full(row.shape, len(component_values), dtype=np.asarray(components).dtype)
+        components[keep] = e.components
+        component_values = np.append(component_values, 0.0)
+    elif components is not None:
+        components = None  # a map over the unpadded row only
+    return dataclasses.replace(
+        e,
+        values=values,
+        x=row.copy(),
+        components=components,
+        component_values=component_values,
+        tokens=tokens,
+    )
+
+
+def _same_component_count(items: list[Explanation]) -> list[Explanation]:
+    """Items' ``component_values`` padded with 0 to the largest count, as a batch has them."""
+    counts = [len(e.component_values) for e in items if e.component_values is not None]
+    if len(counts) != len(items):
+        return items
+    width = max(counts)
+    return [
+        dataclasses.replace(
+            e, component_values=np.pad(e.component_values, (0, width - len(e.component_values)))
+        )
+        for e in items
+    ]
 
 
 def _token_ids(x: Any) -> bool:
