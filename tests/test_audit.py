@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -213,6 +214,15 @@ def test_labels_of_wrong_length(watermark_cnn, marked_data):
         audit(watermark_cnn, X, labels=y[:-1])
 
 
+def _with(net, **changes):
+    """A copy of ``net`` with attributes set (``"bn1.eps"`` on a submodule): same weights."""
+    other = copy.deepcopy(net)
+    for path, value in changes.items():
+        owner, _, name = path.rpartition(".")
+        setattr(other.get_submodule(owner) if owner else other, name, value)
+    return other
+
+
 @pytest.mark.parametrize(
     ("differs", "call"),
     [
@@ -222,8 +232,15 @@ def test_labels_of_wrong_length(watermark_cnn, marked_data):
             wm, X, labels=y, method="saliency", shard_size=SHARD, out=out)),
         ("data", lambda wm, clean, X, y, out: audit(
             wm, X[::-1], labels=y[::-1], params=PARAMS, shard_size=SHARD, out=out)),
+        # the same weights, another computation: a swapped activation, a changed setting
+        ("model_code", lambda wm, clean, X, y, out: audit(
+            _with(wm, relu3=torch.nn.Tanh()), X, labels=y, params=PARAMS, shard_size=SHARD,
+            out=out)),
+        ("model_code", lambda wm, clean, X, y, out: audit(
+            _with(wm, **{"bn1.eps": 0.5}), X, labels=y, params=PARAMS, shard_size=SHARD,
+            out=out)),
     ],
-    ids=["model", "method", "data"],
+    ids=["model", "method", "data", "swapped_activation", "changed_setting"],
 )  # fmt: skip
 def test_out_of_another_run_is_refused_naming_what_differs(
     watermark_cnn, clean_cnn, marked_data, watermark_audit, differs, call
@@ -234,6 +251,27 @@ def test_out_of_another_run_is_refused_naming_what_differs(
     with pytest.raises(ValueError, match=rf"^out: .*another run.*{differs}"):
         call(watermark_cnn, clean_cnn, X, y, out)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+
+
+def test_a_folder_from_before_model_code_still_resumes(
+    watermark_cnn, marked_data, tmp_path, monkeypatch
+):
+    # Folders written before runs named the model's code have no "model_code": a resumed run
+    # is checked as it was then, and nothing is explained again.
+    X, y, _ = marked_data
+    real = _store.prepare
+
+    def as_before(out, identity, extra):
+        return real(out, {k: v for k, v in identity.items() if k != "model_code"}, extra)
+
+    monkeypatch.setattr(_store, "prepare", as_before)
+    first = audit(watermark_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, out=tmp_path)
+    monkeypatch.setattr(_store, "prepare", real)
+    written = []
+    monkeypatch.setattr(_store, "write_shard", lambda *a, **kw: written.append(a))
+    again = audit(watermark_cnn, X, labels=y, params=PARAMS, shard_size=SHARD, out=tmp_path)
+    assert not written and again.summary() == first.summary()
+    assert "model_code" not in json.loads((tmp_path / _store.MANIFEST).read_text())["identity"]
 
 
 def test_shards_without_manifest_are_refused(watermark_cnn, marked_data, tmp_path):

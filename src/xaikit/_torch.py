@@ -118,16 +118,17 @@ def _settings(m: nn.Module) -> tuple:
             continue
         if isinstance(value, torch.Tensor):
             settings.append((key, tensor_stamp([value])))
-        elif _plain(value):
+        elif plain_setting(value):
             settings.append((key, value))
         elif callable(value) and not isinstance(value, nn.Module):
             settings.append((key, id(value)))  # e.g. an instance's own forward
     return tuple(settings)
 
 
-def _plain(value: Any) -> bool:
+def plain_setting(value: Any) -> bool:
+    """A number, string, flag, dtype or device, or a tuple/list of them."""
     if isinstance(value, (tuple, list, frozenset)):
-        return all(_plain(v) for v in value)
+        return all(plain_setting(v) for v in value)
     return isinstance(value, _PLAIN)
 
 

@@ -17,7 +17,9 @@ No pickle anywhere: shards are ``.npz`` of plain arrays, the manifest is JSON.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import re
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from xaikit import _files
+from xaikit._torch import plain_setting as _plain
 
 FORMAT = "xaikit-audit-shards"
 VERSION = 2  # 2: the manifest has a run id and every shard names it
@@ -58,6 +61,46 @@ def model_hash(module: Any) -> str:
     owner = getattr(module, "__self__", module)
     name = f"{type(owner).__module__}.{type(owner).__qualname__}"
     return "callable:" + getattr(module, "__qualname__", name)
+
+
+def model_code(module: Any) -> str | None:
+    """SHA-256 of what a model computes besides its weights (None for a callable): every
+    submodule's path and class, the source of its forward, and its plain settings (numbers,
+    strings, flags, tensors held as attributes). With the same weights, an edited forward or a
+    changed attribute (a temperature, a patch position) is another run. Stable across
+    processes, so a resumed run recognises its own.
+    """
+    if not isinstance(module, torch.nn.Module):
+        return None
+    h = hashlib.sha256()
+    for name, m in module.named_modules(remove_duplicate=False):
+        cls = type(m)
+        h.update(f"{name}:{cls.__module__}.{cls.__qualname__}:".encode())
+        h.update(_forward_source(cls).encode())
+        h.update(str(getattr(m, "code", "")).encode())  # a TorchScript module's own code
+        for key, value in sorted(vars(m).items()):
+            if key in _MODULE_INTERNALS:
+                continue
+            if isinstance(value, torch.Tensor):
+                t = value.detach().cpu().contiguous()
+                h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            elif _plain(value):
+                h.update(f"{key}={value!r};".encode())
+    return "sha256:" + h.hexdigest()
+
+
+# What every nn.Module holds (hook tables, flags that hooks or compilation flip): not settings.
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) | {"training"}
+
+
+@functools.cache
+def _forward_source(cls: type) -> str:
+    forward = getattr(cls, "forward", None)
+    try:
+        return inspect.getsource(forward)
+    except (OSError, TypeError):  # built in, or defined where no source is kept
+        return str(getattr(forward, "__qualname__", forward))
 
 
 def array_hash(arrays) -> str:
@@ -145,6 +188,9 @@ def prepare(out: Path, identity: dict[str, Any], extra: dict[str, Any]) -> dict[
         theirs = manifest["identity"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"out: {str(manifest_file)!r} is not an audit manifest ({err})") from err
+    older = {k: v for k, v in identity.items() if k != "model_code"}
+    if "model_code" not in theirs and theirs == older:
+        identity = theirs  # a folder from before runs named the model's code: as it was checked
     if manifest.get("format") != FORMAT or theirs != identity:
         differ = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
         raise ValueError(

@@ -132,6 +132,7 @@ def audit(
     factor = max(1, math.ceil(max(source.item_shape[-2:]) / map_size))
     identity = {
         "model": _store.model_hash(wrapped.module if wrapped.is_torch else wrapped.function),
+        "model_code": _store.model_code(wrapped.module),
         "method": method,
         "params": _store.json_params(params),
         "data": {
