@@ -215,3 +215,43 @@ def test_names_holding_dollars_are_drawn_as_text():
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert sorted(labels) == sorted([r"\$\undefinedmacro\$", "x", "x"])  # three bars
     assert len(fig.axes[0].patches) == 3
+
+
+# ---------------------------------------------------------- a model of one class, DataFrames
+
+
+def _always_class_1(rows: np.ndarray) -> np.ndarray:
+    scores = np.zeros((len(rows), 3))
+    scores[:, 1] = 1.0
+    return scores
+
+
+def test_a_model_of_one_class_is_named_by_that_class():
+    # scikit-learn's text of a one-leaf tree said "class: 0" whatever the class
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    named = xk.surrogate(_always_class_1, X, kind="tree", class_names=["a", "b", "c"])
+    assert named.rules() == "|--- class: b"
+    assert xk.surrogate(_always_class_1, X, kind="tree").rules() == "|--- class: 1"
+    with pytest.raises(ValueError, match=r"kind: the model predicts class 1 for every row"):
+        xk.surrogate(_always_class_1, X, kind="linear")
+
+
+def test_dataframe_columns_name_the_surrogates_and_importances_features():
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"age": rng.normal(45, 10, 120), "city": rng.choice(["Lyon", "Oslo"], 120)}
+    )
+    labels = ((frame.age > 45) ^ (frame.city == "Oslo")).astype(int)
+    prep = ColumnTransformer([("n", StandardScaler(), ["age"]), ("c", OneHotEncoder(), ["city"])])
+    pipe = make_pipeline(prep, LogisticRegression()).fit(frame, labels)
+    s = xk.surrogate(pipe, frame, max_depth=2)
+    assert s.feature_names == ["age", "city"] and "city" in s.rules()
+    assert s.fidelity > 0.9
+    ranking = xk.permutation_importance(pipe, frame, labels).ranking()
+    assert {name for name, _ in ranking} == {"age", "city"}

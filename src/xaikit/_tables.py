@@ -138,3 +138,26 @@ def _as_frame(x: Any, *, name: str) -> Any:
 
 def _numeric_dtype(dtype: Any) -> bool:
     return getattr(dtype, "kind", "O") in "fiu" and str(dtype) != "category"
+
+
+def frame_input(model: Any, frame: Any, *, name: str, others: dict | None = None):
+    """A DataFrame input as float rows, for an :class:`xaikit.Model`.
+
+    Returns ``(rows, view, others_rows)``: ``frame`` as rows ``(N, F)`` (categories as codes),
+    a copy of ``model`` that turns each batch back into a DataFrame of those columns, dtypes
+    and categories (learned from ``frame`` and the ``others``, e.g. background rows,
+    together), and the ``others`` as rows. Columns other than the fitted ones are refused.
+    """
+    import copy
+
+    others = others or {}
+    table = Table.of(frame, *others.values())
+    if model.table is not None and model.table.feature_names != table.feature_names:
+        raise ValueError(
+            f"{name}: expected the columns the model was fitted on {model.table.feature_names}, "
+            f"got {table.feature_names}"
+        )
+    view = copy.copy(model)
+    view.table = table
+    rows = table.array(frame, name=name)
+    return rows, view, {k: table.array(v, name=k) for k, v in others.items()}

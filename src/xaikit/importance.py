@@ -14,6 +14,7 @@ import numpy as np
 
 from xaikit._plotting import new_figure, plain
 from xaikit._repr import HTMLRepr, short_repr
+from xaikit._tables import frame_input, is_frame
 from xaikit._validation import (
     check_batch,
     check_count,
@@ -96,6 +97,9 @@ def permutation_importance(
     n_repeats = check_count(n_repeats, name="n_repeats")
     seed = check_seed(seed)
     m = as_model(model)
+    if is_frame(X):  # its columns name the features; the model gets DataFrames back
+        X, m, _ = frame_input(m, X, name="X")
+        feature_names = m.table.feature_names if feature_names is None else feature_names
     X = np.asarray(check_batch(X, name="X"))
     if X.ndim != 2:
         raise ValueError(f"X: expected a table (N, F), got shape {X.shape}")

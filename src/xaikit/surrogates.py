@@ -18,6 +18,7 @@ import numpy as np
 
 from xaikit._plotting import new_figure, plain
 from xaikit._repr import HTMLRepr
+from xaikit._tables import frame_input, is_frame
 from xaikit._validation import (
     check_batch,
     check_choice,
@@ -69,6 +70,11 @@ class Surrogate(HTMLRepr):
             if self.kind == "tree":
                 from sklearn.tree import export_text
 
+                if self.task == "classification" and self.estimator.tree_.node_count == 1:
+                    # the model predicts one class on X: scikit-learn's text would call it 0
+                    label = self.estimator.classes_[0]
+                    names = self._leaf_class_names()
+                    return f"|--- class: {names[0] if names else label}"
                 return export_text(
                     self.estimator,
                     feature_names=self.feature_names,
@@ -208,6 +214,11 @@ def surrogate(
     )
     seed = check_seed(seed, bits=32)  # scikit-learn's random_state
     m = as_model(model)
+    categorical = None
+    if is_frame(X):  # its columns name the features; the model gets DataFrames back
+        X, m, _ = frame_input(m, X, name="X")
+        categorical = np.array([c is not None for c in m.table.categories])
+        feature_names = m.table.feature_names if feature_names is None else feature_names
     X = np.asarray(check_batch(X, name="X"), dtype=np.float64)
     if X.ndim != 2 or len(X) < 8:
         raise ValueError(f"X: expected a table (N, F) with at least 8 rows, got shape {X.shape}")
@@ -231,6 +242,8 @@ def surrogate(
     # held-out fidelity averaged 0.959 with 0.2 std against 0.945 with 0.5 (points far off
     # the data teach the tree boundaries that held-out rows never meet).
     spread = 0.2 * X_fit.std(axis=0)
+    if categorical is not None:
+        spread[categorical] = 0.0  # a category's code stays a real category
     extra = (
         X_fit[rng.integers(0, len(X_fit), samples)]
         + rng.normal(size=(samples, X.shape[1])) * spread
@@ -246,6 +259,11 @@ def surrogate(
     y_test = scores_test.argmax(1) if task == "classification" else scores_test[:, 0]
 
     scaler = None
+    if kind == "linear" and task == "classification" and len(np.unique(y_fit)) < 2:
+        raise ValueError(
+            f"kind: the model predicts class {int(y_fit[0])} for every row of X, so a linear "
+            "surrogate has no boundary to learn; kind='tree' gives the one-leaf tree"
+        )
     if kind == "linear":
         scaler = StandardScaler().fit(X_fit)
         if task == "classification":

@@ -7,7 +7,6 @@ file only says what it computes. The methods themselves register in ``registry.p
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xaikit._tables import Table, is_frame
+from xaikit._tables import Table, frame_input, is_frame
 from xaikit._torch import embedding_layer_name, has_embedding, is_torchscript
 from xaikit._validation import check_batch, check_targets, describe
 from xaikit.attribution.defaults import DEFAULT_METHOD
@@ -221,19 +220,10 @@ def _refuse_categorical_removal(table: Table) -> None:
 
 
 def _from_table(x: Any, params: dict, model: Model, *, batch: bool):
-    """A DataFrame ``x`` (and DataFrame parameters such as ``background``) as float arrays.
-
-    The model gets a copy of the wrapper that turns each batch back into a DataFrame with the
-    same columns, dtypes and categories (learned from ``x`` and the background together).
-    """
+    """A DataFrame ``x`` (and DataFrame parameters such as ``background``) as float arrays,
+    and the model's view that gets DataFrames back (:func:`xaikit._tables.frame_input`)."""
     frames = {k: v for k, v in params.items() if is_frame(v)}
-    table = Table.of(x, *frames.values())
-    if model.table is not None and model.table.feature_names != table.feature_names:
-        raise ValueError(
-            f"x: expected the columns the model was fitted on {model.table.feature_names}, got "
-            f"{table.feature_names}"
-        )
-    rows = table.array(x, name="x")
+    rows, view, frame_rows = frame_input(model, x, name="x", others=frames)
     if not batch:
         if len(rows) != 1:
             raise ValueError(
@@ -241,10 +231,7 @@ def _from_table(x: Any, params: dict, model: Model, *, batch: bool):
                 "to explain each row)"
             )
         rows = rows[0]
-    params = {**params, **{k: table.array(v, name=k) for k, v in frames.items()}}
-    view = copy.copy(model)
-    view.table = table
-    return rows, params, view
+    return rows, {**params, **frame_rows}, view
 
 
 def _padding(ids: np.ndarray) -> np.ndarray:
