@@ -473,3 +473,12 @@ def test_float64_occlusion_equals_the_float64_score_drop():
     with torch.no_grad():
         drop = net(torch.tensor(x[None]))[0, 1] - net(torch.zeros(1, 3, 8, 8).double())[0, 1]
     np.testing.assert_allclose(e.values, drop.item(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["occlusion", "kernel_shap", "lime"])
+def test_a_numpy_callable_on_float64_rows_gets_float64_maps(method):
+    from sklearn.linear_model import LogisticRegression
+
+    rows = np.random.default_rng(0).normal(size=(50, 4))
+    clf = LogisticRegression().fit(rows, rows[:, 0] > 0)
+    assert xk.explain(clf, rows[0], method=method).values.dtype == np.float64

@@ -89,7 +89,7 @@ def occlusion(
     n_windows = int(np.prod(counts))
     f_x = model.scores(x)
     targets = f_x.argmax(axis=1) if targets is None else targets  # None: the predicted class
-    values = np.empty(x.shape, dtype=values_dtype(model))
+    values = np.empty(x.shape, dtype=values_dtype(model, x))
     bases = [make_baseline(x[i], baseline, seed=0) for i in range(len(x))]
     runner, note = _incremental.prepare(
         model,

@@ -28,9 +28,13 @@ from xaikit.model import Model
 CHUNK_BYTES = 64 * 2**20
 
 
-def values_dtype(model: Model) -> type:
-    """NumPy dtype of a perturbation map: float64 for a float64 PyTorch model, else float32."""
-    float64 = model.is_torch and attribution_dtype(model.module) == torch.float64
+def values_dtype(model: Model, x: np.ndarray) -> type:
+    """NumPy dtype of a perturbation map: float64 for a float64 PyTorch model, or for a NumPy
+    callable given float64 inputs (as LIME and KernelSHAP return), else float32."""
+    if model.is_torch:
+        float64 = attribution_dtype(model.module) == torch.float64
+    else:
+        float64 = np.asarray(x).dtype == np.float64
     return np.float64 if float64 else np.float32
 
 

@@ -94,7 +94,7 @@ def rise(
     blocks = [(samples * math.prod(cell), None)]
     blocks += [(samples, lambda gen, b, c=c: gen.integers(0, c, b)) for c in cell_px]
     starts = block_generators(np.random.default_rng(seed), blocks)
-    values = np.empty(x.shape, dtype=values_dtype(model))
+    values = np.empty(x.shape, dtype=values_dtype(model, x))
     for i in range(len(x)):
         grid_draws, *shift_draws = (copy.deepcopy(g) for g in starts)  # same masks per item
         base = make_baseline(x[i], baseline, seed=seed)
