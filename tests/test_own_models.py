@@ -482,3 +482,24 @@ def test_a_numpy_callable_on_float64_rows_gets_float64_maps(method):
     rows = np.random.default_rng(0).normal(size=(50, 4))
     clf = LogisticRegression().fit(rows, rows[:, 0] > 0)
     assert xk.explain(clf, rows[0], method=method).values.dtype == np.float64
+
+
+def test_a_callable_on_dataframes_gets_the_columns_dtypes():
+    # Every numeric column came back as float64 and a nullable boolean as object.
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "rooms": rng.integers(1, 5, 30), "n": pd.array(rng.integers(0, 3, 30), dtype="Int64"),
+        "flag": pd.array(rng.choice([True, False], 30), dtype="boolean"),
+        "v": rng.normal(size=30).astype(np.float32),
+        "kind": pd.Categorical(rng.choice(["p", "q"], 30)),
+    })  # fmt: skip
+    seen = []
+
+    def proba(rows):
+        seen.append(rows.dtypes.to_dict())
+        s = 1 / (1 + np.exp(-(rows["rooms"].to_numpy(float) - 2.5)))
+        return np.stack([1 - s, s], 1)
+
+    xk.explain(proba, frame.iloc[[0]], method="kernel_shap", baseline=frame.iloc[:10])
+    assert seen and all(dtypes == frame.dtypes.to_dict() for dtypes in seen)

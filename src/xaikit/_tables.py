@@ -114,17 +114,39 @@ class Table:
             values = array[:, j]
             cats = self.categories[j]
             if cats is None:
-                data[column] = values
+                data[column] = _numbers_as(values, self.dtypes[j])
                 continue
             codes = np.clip(np.rint(values), 0, len(cats) - 1).astype(np.int64)
             chosen = np.array(cats, dtype=object)[codes]
             if str(self.dtypes[j]) == "category":
                 data[column] = pd.Categorical(chosen, dtype=self.dtypes[j])
-            elif str(self.dtypes[j]) == "bool":
-                data[column] = chosen.astype(bool)
             else:
-                data[column] = chosen
+                data[column] = _values_as(chosen, self.dtypes[j])
         return pd.DataFrame(data, columns=list(self.columns))
+
+
+def _numbers_as(values: np.ndarray, dtype: Any) -> Any:
+    """A numeric column back in its dtype (int64, Int64, float32, ...); values that an integer
+    column cannot hold exactly (LIME's draws from training statistics) stay float64."""
+    import pandas as pd
+
+    kind = getattr(dtype, "kind", "f")
+    if kind in "iu" and not np.array_equal(values, np.rint(values)):
+        return values
+    try:
+        return pd.array(values, dtype=dtype) if kind in "iu" else values.astype(dtype)
+    except (TypeError, ValueError, OverflowError):
+        return values
+
+
+def _values_as(values: np.ndarray, dtype: Any) -> Any:
+    """Categories (objects) back in their column's dtype (bool, boolean, string, ...)."""
+    import pandas as pd
+
+    try:
+        return pd.array(values, dtype=dtype)
+    except (TypeError, ValueError):
+        return values
 
 
 def _as_frame(x: Any, *, name: str) -> Any:
