@@ -379,3 +379,32 @@ def test_robustness_keeps_the_method_samples_apart_from_its_own():
     want = xk.metrics.max_sensitivity(net, x, smoothgrad, samples=5, seed=1, explanation=e)
     assert got["max_sensitivity"] == pytest.approx(want)
     assert sum(calls) == 5  # five perturbations, not three
+
+
+class _LinearOnRows(nn.Module):
+    """Linear(4, 2) on rows (N, 4); images reach it unflattened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_a_torchscript_model_on_the_wrong_shape_says_what_failed_in_one_line():
+    # The interpreter's traceback (1,000+ characters) came out whole, naming no argument.
+    images = np.zeros((2, 1, 16, 16), np.float32)
+    with pytest.raises(ValueError) as caught:
+        xk.explain(torch.jit.script(_LinearOnRows()), images, method="occlusion", batch=True)
+    message = str(caught.value)
+    assert message.startswith("x: the TorchScript model fails on these items: RuntimeError: mat1")
+    assert "\n" not in message and "items have shape (1, 16, 16)" in message
+
+
+def test_no_image_size_is_named_for_a_linear_on_unflattened_maps():
+    # (1, 4, 4) was suggested: the Linear then gets maps, and the output is not (N, K).
+    with pytest.raises(ValueError) as caught:
+        xk.explain(_LinearOnRows(), np.zeros((1, 16, 16), np.float32), method="saliency")
+    assert "expects items of shape" not in str(caught.value)

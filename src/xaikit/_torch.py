@@ -296,7 +296,8 @@ def _expected_item_shape(module: nn.Module, tensor: torch.Tensor) -> tuple[int, 
         seen: list[int] = []
 
         def probe(_mod, inputs):
-            seen.append(int(inputs[0].shape[-1]))
+            # features of a flattened item (N, F); a Linear on maps or tokens gives no size
+            seen.append(int(inputs[0].shape[-1]) if inputs[0].ndim == 2 else -1)
             raise _ForwardStopped
 
         handle = first_linear.register_forward_pre_hook(probe)

@@ -35,6 +35,7 @@ from xaikit._torch import (
     float_output,
     has_embedding,
     input_mismatch,
+    is_torchscript,
     model_output,
     module_device,
     preserved_state,
@@ -485,6 +486,11 @@ class Model:
             out = (module or self.module)(tensor, **kwargs)
         except Exception as err:
             hint = None if kwargs else input_mismatch(self.module, tensor)
+            if hint is None and is_torchscript(self.module) and isinstance(err, RuntimeError):
+                # TorchScript reports a failed op as a long interpreter traceback: its last line
+                # says what failed
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                hint = f"the TorchScript model fails on these items: {lines[-1] if lines else err}"
             if hint:
                 # The item shape, not the batch's: a method's batch is its own (IG stacks
                 # the input and its baseline), which the user never passed.
