@@ -256,7 +256,7 @@ def test_hooks_removed_after_an_error():
         (
             lambda net, x: activations(net, x, layers=["2", "relu9"]),
             ValueError,
-            r"layers: no layer 'relu9' in the model.*Layers: 0, 1, 2, 3, 4, 5, 6, 7",
+            r"layers: no layer 'relu9' in the model.*; layers: 0, 1, 2, 3, 4, 5, 6, 7",
         ),
         (
             lambda net, x: activations(net, x, layers=[]),

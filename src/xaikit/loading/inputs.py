@@ -313,9 +313,8 @@ def _normalize(x: np.ndarray, *, mean, std) -> np.ndarray:
     c = x.shape[1]
     for name, values in (("mean", mean), ("std", std)):
         if values is not None and len(values) not in (1, c):
-            raise LoadError(
-                f"{name}: expected 1 or {c} values (one per channel), got {len(values)}"
-            )
+            expected = "1 value" if c == 1 else f"1 or {c} values (one per channel)"
+            raise LoadError(f"{name}: expected {expected}, got {len(values)}")
     if std is not None and any(float(s) <= 0 for s in std):
         raise LoadError(f"std: expected positive values, got {list(std)}")
     shape = (1, -1, 1, 1)

@@ -43,10 +43,12 @@ def resolve_layers(m: Model, layers: Any, *, name: str = "layers") -> list[str]:
             raise TypeError(f"{name}: expected layer paths (str), got {describe(layer)}")
         if layer not in known:
             close = difflib.get_close_matches(layer, existing, n=5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
             shown = ", ".join(existing[:_LISTED_NAMES])
             more = f", ... ({len(existing)} in all)" if len(existing) > _LISTED_NAMES else ""
-            raise ValueError(f"{name}: no layer {layer!r} in the model{hint} Layers: {shown}{more}")
+            raise ValueError(
+                f"{name}: no layer {layer!r} in the model{hint}; layers: {shown}{more}"
+            )
     repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
     if repeated:
         raise ValueError(f"{name}: each layer once, got {', '.join(map(repr, repeated))} twice")
