@@ -91,7 +91,8 @@ def test_sparse_linear_surrogate(table_mlp):
     )
     assert s.fidelity >= 0.9
     assert 0 < s.complexity["nonzero_weights"] < len(table.feature_names)
-    assert "score =" in s.rules() and any(n in s.rules() for n in table.feature_names)
+    assert s.rules().startswith("score for class 1 over class 0 = ")
+    assert any(n in s.rules() for n in table.feature_names)
 
 
 def test_regression_surrogate_reports_r2():
@@ -255,3 +256,17 @@ def test_dataframe_columns_name_the_surrogates_and_importances_features():
     assert s.fidelity > 0.9
     ranking = xk.permutation_importance(pipe, frame, labels).ranking()
     assert {name for name, _ in ranking} == {"age", "city"}
+
+
+def test_a_linear_surrogates_text_names_the_class_of_each_score():
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_iris(return_X_y=True)
+    three = LogisticRegression(max_iter=500).fit(X, y)
+    lines = xk.surrogate(three, X, kind="linear", class_names=["se", "ve", "vi"]).rules()
+    assert [line.split(" = ")[0] for line in lines.splitlines()] == [
+        "score for se", "score for ve", "score for vi",
+    ]  # fmt: skip
+    two = LogisticRegression().fit(X, y == 0)
+    assert xk.surrogate(two, X, kind="linear").rules().startswith("score for class 1 over class 0")

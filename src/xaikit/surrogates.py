@@ -390,14 +390,26 @@ def _linear_weights(s: Surrogate) -> np.ndarray:
 def _linear_text(s: Surrogate) -> str:
     coef = np.atleast_2d(s.estimator.coef_)
     intercept = np.atleast_1d(s.estimator.intercept_)
+    classes = list(getattr(s.estimator, "classes_", []))
+    names = s.class_names
+
+    def label(c) -> str:
+        return names[int(c)] if names and 0 <= int(c) < len(names) else f"class {c}"
+
     lines = []
-    for row, b in zip(coef, intercept, strict=True):
+    for k, (row, b) in enumerate(zip(coef, intercept, strict=True)):
         terms = [
             f"{w:+.3f} * {name}"
             for w, name in sorted(zip(row, s.feature_names, strict=True), key=lambda t: -abs(t[0]))
             if w != 0
         ]
-        lines.append(f"score = {b:+.3f} " + " ".join(terms) + "   (standardised features)")
+        if len(classes) == 2:  # one score: positive means the second class
+            what = f"score for {label(classes[1])} over {label(classes[0])}"
+        elif classes:
+            what = f"score for {label(classes[k])}"
+        else:
+            what = "prediction"
+        lines.append(f"{what} = {b:+.3f} " + " ".join(terms) + "   (standardised features)")
     return "\n".join(lines)
 
 
