@@ -331,6 +331,25 @@ def test_uncovered_operations_are_refused_by_name_before_computing():
         xk.explain(torch.jit.script(VGGLike().eval()), images(1)[0].numpy(), method="lrp")
 
 
+class _Shifted(_WithSigmoid):
+    """A constant (or a parameter) added to a hidden feature map."""
+
+    def __init__(self, shift: float | None = None) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.tensor(-0.3)) if shift is None else shift
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.count(self.conv(x))) - self.shift, 1))
+
+
+@pytest.mark.parametrize("shift", [0.3, None], ids=["constant", "parameter"])
+def test_a_shifted_feature_map_is_refused_by_name(shift):
+    # The plain gradient through h - c rescaled the relevance by h / (h - c) (Zennit passes
+    # it on unchanged): maps 100% off, sums of the wrong sign, and no error.
+    with pytest.raises(ValueError, match=r"lrp has no rule for adding a constant or parameter"):
+        xk.explain(_Shifted(shift), images(1)[0].numpy(), method="lrp")
+
+
 class _Failing(nn.Identity):
     fail = False
 

@@ -185,9 +185,13 @@ def plan(graph: Graph, *, method: str) -> Plan:
         )
     data: set[fx.Node] = set()
     nonnegative: set[fx.Node] = set()
+    # The input and what it becomes before the first layer (normalised, reshaped): a shift
+    # there is preprocessing; after a layer, LRP has no rule for it (see _function_node).
+    near_input: set[fx.Node] = set()
     for node in nodes:
         if node.op == "placeholder":
             data.add(node)
+            near_input.add(node)
             continue
         if node.op in ("output", "get_attr"):
             continue
@@ -198,7 +202,9 @@ def plan(graph: Graph, *, method: str) -> Plan:
         if node.op == "call_module":
             _module_node(node, graph, sources, nonnegative, result, method)
         else:
-            _function_node(node, sources, nonnegative, result, method)
+            _function_node(node, sources, nonnegative, result, method, near_input)
+            if all(s in near_input for s in sources):
+                near_input.add(node)
     if method == "lrp":
         result.first = _first_layers(placeholders[0], graph)
     return result
@@ -254,13 +260,22 @@ def _own_forward(module: nn.Module) -> bool:
     )
 
 
-def _function_node(node, sources, nonnegative, result, method) -> None:
+def _function_node(node, sources, nonnegative, result, method, near_input) -> None:
     target = node.target
     if target in _LINEAR_FUNCTIONS or (node.op == "call_method" and target in _LINEAR_METHODS):
+        shift = target in _SUMS and len(sources) == 1  # data plus a constant or a parameter
+        if shift and method == "lrp" and sources[0] not in near_input:
+            # In the x * gradient form the shift would rescale the relevance by h / (h - c)
+            # instead of passing it on (Zennit passes it unchanged): refused, not approximated.
+            raise ValueError(
+                f"model: lrp has no rule for adding a constant or parameter to a feature map "
+                f"after a layer (node {node.name!r}, {_name(node)!r}); fold the shift into the "
+                "layer before it (its bias), or use deeplift or integrated_gradients"
+            )
         if target in _SUMS and len(sources) == 2 and method == "lrp":
             result.sums.add(node)
         negating = target in (operator.sub, torch.sub, "sub", operator.neg, torch.neg, "neg")
-        if not negating and all(s in nonnegative for s in sources):
+        if not negating and not shift and all(s in nonnegative for s in sources):
             nonnegative.add(node)
         return
     if target in _AVG_FUNCTIONS:
