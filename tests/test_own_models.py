@@ -300,6 +300,17 @@ def test_to_shap_keeps_values_data_names_with_the_base_value():
     assert s.base_values == pytest.approx(0.0, abs=1e-8)  # f(baseline) = 0
 
 
+def test_to_shap_base_value_of_component_values_is_the_expected_value():
+    # Every pixel carries its superpixel's whole value: the pixels' sum (4x the component
+    # values' here) gave base_values -0.022 where f(background) is 0.012.
+    pytest.importorskip("shap")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    e = xk.explain(net.eval(), x, method="kernel_shap", samples=500, batch=True)
+    np.testing.assert_allclose(e.to_shap().base_values, e.info["expected_value"], atol=1e-6)
+
+
 # ---------------------------------------------------------------------- the command
 
 FACTORY = """

@@ -387,8 +387,9 @@ class Explanation(HTMLRepr):
     def to_shap(self) -> Any:
         """This explanation as a ``shap.Explanation`` (for shap's plots; shap imported now).
 
-        ``base_values`` is the explained score minus the attributions' sum for the methods whose
-        attributions add up to it (KernelSHAP, Integrated Gradients, DeepLIFT, ...), else None.
+        ``base_values`` is the explained score minus the attributions' sum (the component
+        values' sum when there are components) for the methods whose attributions add up to it
+        (KernelSHAP, Integrated Gradients, DeepLIFT, ...), else None.
         """
         import shap
 
@@ -396,8 +397,12 @@ class Explanation(HTMLRepr):
         data = np.asarray(self.x)
         base = None
         if self.method in ADDITIVE_METHODS:
-            lead = values.shape[0] if self.batch else None
-            flat = values.reshape(lead, -1) if self.batch else values.reshape(1, -1)
+            # With components (KernelSHAP on superpixels) every element carries its component's
+            # whole value: the component values are what adds up.
+            additive = values if self.component_values is None else self.component_values
+            additive = np.asarray(additive)
+            lead = additive.shape[0] if self.batch else None
+            flat = additive.reshape(lead, -1) if self.batch else additive.reshape(1, -1)
             rows = np.atleast_2d(self.prediction)
             targets = np.atleast_1d(self.target)
             explained = rows[np.arange(len(rows)), targets]
