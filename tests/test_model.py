@@ -565,3 +565,14 @@ def test_a_recorded_layer_keeps_its_output_when_an_in_place_op_follows():
         other = (False, *key[1:]) if isinstance(key, tuple) else False
         for got, want in zip(recorded[key], recorded[other], strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_float64_layer_is_recorded_in_float64():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    m = xk.Model(net)
+    x = np.random.default_rng(0).random((20, 4))
+    with m.layer("0", gradients=True) as rec:
+        m.gradients(x, target=1)
+    assert rec.activations.dtype == rec.gradients.dtype == np.float64
+    with torch.no_grad():
+        np.testing.assert_array_equal(rec.activations, net[0](torch.from_numpy(x)).numpy())

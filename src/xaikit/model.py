@@ -816,7 +816,9 @@ def _concat(batches: list[torch.Tensor], *, what: str, name: str) -> np.ndarray:
             f"name: nothing was recorded for layer {name!r} ({what}); call the model inside "
             "the block"
         )
-    return torch.cat([b.float().cpu() for b in batches]).numpy()
+    # float32 for half-precision layers, float64 kept for a float64 model
+    keep = lambda b: b if b.dtype == torch.float64 else b.float()  # noqa: E731
+    return torch.cat([keep(b).cpu() for b in batches]).numpy()
 
 
 def _check_device(device: Any) -> torch.device:
