@@ -226,3 +226,17 @@ def test_a_gradient_layout_whose_forward_fails_is_not_kept(images):
     assert list(layout.chosen_layouts(net).values()) == ["contiguous"]
     _, want = xk.Model(net, batch_size=len(many)).gradients(many, 0)
     np.testing.assert_allclose(grads, want, rtol=1e-5, atol=1e-7)
+
+
+def test_a_small_call_gives_the_same_result_before_and_after_a_search(images):
+    # A small call (one batch, no search) took the layout that a larger call's search chose:
+    # the same call gave other last bits after it.
+    net = conv_net()
+    model = xk.Model(net)
+    before = model.scores(images[:4]), model.gradients(images[:4], target=1)[1]
+    key = xk.batching.call_key(images, "scores", model.device)
+    layout.choose(net, key, "channels_last")  # as a search may choose
+    layout.choose(net, xk.batching.call_key(images, "gradients", model.device), "channels_last")
+    after = model.scores(images[:4]), model.gradients(images[:4], target=1)[1]
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -182,7 +182,9 @@ class Model:
             step = self._function_step
         else:
             key = batching.call_key(x, "scores", self.device)
-            fast = layout.may_use_channels_last(self.module, x, self.forward_kwargs)
+            fast = self._searched(x) and layout.may_use_channels_last(
+                self.module, x, self.forward_kwargs
+            )
             # The copy is looked up once per call: only the copy runs, so the user's weights
             # cannot change between batches, and checking them costs ~1 ms per batch.
             held: list[torch.nn.Module] = []
@@ -256,7 +258,9 @@ class Model:
         targets = None if target is None else check_targets(target, n=n, n_classes=self.n_classes)
         checked: list[bool] = []
         key = batching.call_key(x, "gradients", self.device)
-        fast = layout.may_use_channels_last(self.module, x, self.forward_kwargs)
+        fast = self._searched(x) and layout.may_use_channels_last(
+            self.module, x, self.forward_kwargs
+        )
 
         def step(xb, rows):
             inp = self._to_tensor(xb, fresh=False).detach()
@@ -612,6 +616,12 @@ class Model:
     def _user_state_preserved(self):
         """Eval mode for the call, every module's own training flag restored afterwards."""
         return preserved_state(self.module)
+
+    def _searched(self, x) -> bool:
+        """Whether a call on ``x`` may use the layout a search chose: not a small call that runs
+        as one batch without searching, which keeps the default layout whether or not a larger
+        call searched before it, so a repeated call is bit-identical."""
+        return self.batch_size != "auto" or len(x) > batching.SMALL_CALL
 
     def _map_batches(self, x, step, *, kind: str, progress: bool | None):
         """Apply ``step(chunk, rows)`` to consecutive chunks of ``x``; gather its outputs.
