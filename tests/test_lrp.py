@@ -135,6 +135,18 @@ def test_equal_to_zennit_on_a_resnet_like_model(composite):
     assert relative_error(ours(net, x, targets, composite).values, theirs) < 1e-5
 
 
+@pytest.mark.parametrize("composite", list(ZENNIT))
+def test_equal_to_zennit_on_an_mlp(composite):
+    # A first Linear: Zennit's EpsilonGammaBox keeps epsilon there (z-box is for a first
+    # convolution); ours applied z-box, 100% off.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 20), nn.ReLU(), nn.Linear(20, 4)).double()
+    x = torch.rand(3, 3, 4, 4, dtype=torch.float64)
+    targets = net.eval()(x).argmax(dim=1)
+    theirs = zennit_relevance(net, x, targets, composite, [])
+    assert relative_error(ours(net, x, targets, composite).values, theirs) < 1e-5
+
+
 class _Conv1dNet(nn.Module):
     def __init__(self):
         super().__init__()

@@ -90,13 +90,13 @@ def lrp(
         Which rule each linear/convolution layer uses. Named composites (Kohlbrenner et al.
         2020; as defined in Zennit): ``"epsilon_plus_flat"`` (flat at the input layer, z-plus
         for convolutions, epsilon for linear layers), ``"epsilon_gamma_box"`` (the z-box rule
-        with ``low``/``high`` at the input layer, gamma for convolutions, epsilon for linear
-        layers), ``"epsilon_alpha2_beta1"`` (alpha=2, beta=1 for convolutions, epsilon for
-        linear layers), ``"epsilon_alpha2_beta1_flat"``, ``"epsilon_plus"``, ``"epsilon"``
-        (LRP-epsilon everywhere). Or a dict from layer name (``"features.0"``) or layer type
-        (``nn.Conv2d``) to a rule name in :data:`RULES` (names win over types; layers not
-        listed use epsilon). ``"flat"``, ``"wsquare"`` and ``"zbox"`` apply only to layers that
-        read the input.
+        with ``low``/``high`` at an input convolution, gamma for convolutions, epsilon for
+        linear layers, a first linear layer too), ``"epsilon_alpha2_beta1"`` (alpha=2,
+        beta=1 for convolutions, epsilon for linear layers), ``"epsilon_alpha2_beta1_flat"``,
+        ``"epsilon_plus"``, ``"epsilon"`` (LRP-epsilon everywhere). Or a dict from layer
+        name (``"features.0"``) or layer type (``nn.Conv2d``) to a rule name in
+        :data:`RULES` (names win over types; layers not listed use epsilon). ``"flat"``,
+        ``"wsquare"`` and ``"zbox"`` apply only to layers that read the input.
     epsilon : float
         The epsilon rule's stabiliser (added to each denominator with its sign; 0 is LRP-0).
     gamma : float
@@ -157,9 +157,17 @@ def assign_rules(plan: _graph.Plan, modules: dict[str, nn.Module], composite) ->
                 f"type to rule, got {composite!r}{hint}"
             )
         conv, linear, first = COMPOSITES[composite]
+
+        def input_rule(name: str) -> str | None:
+            # Zennit's EpsilonGammaBox puts z-box on a first convolution only (a first Linear
+            # keeps epsilon); its flat composites put flat on any first layer.
+            if first == "zbox" and isinstance(modules[name], nn.Linear):
+                return None
+            return first
+
         return {
-            node: first
-            if first is not None and node in plan.first
+            node: input_rule(name)
+            if first is not None and node in plan.first and input_rule(name) is not None
             else (linear if isinstance(modules[name], nn.Linear) else conv)
             for node, name in plan.layers.items()
         }
