@@ -514,3 +514,19 @@ def test_a_callable_on_dataframes_gets_the_columns_dtypes():
 
     xk.explain(proba, frame.iloc[[0]], method="kernel_shap", baseline=frame.iloc[:10])
     assert seen and all(dtypes == frame.dtypes.to_dict() for dtypes in seen)
+
+
+@pytest.mark.parametrize("method", ["deeplift", "kernel_shap", "occlusion"])
+def test_an_item_holds_its_own_info_and_stack_gives_the_batch_back(method):
+    # e[i].info held every item's values (a (4,) completeness gap for item 2), and stacking
+    # the items gave (4, 4) arrays: stack was not the inverse of e[i] as it says.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    e = xk.explain(net.eval(), x, method=method, batch=True)
+    xk.evaluate(net, None, e, metrics="deletion")
+    for key, value in e.info.items():
+        if isinstance(value, np.ndarray) and len(value) == 4:
+            assert np.array_equal(e[2].info[key], value[2])
+    assert e[1].scores["deletion"] == e.scores["deletion"][1]
+    assert xk.Explanation.stack([e[i] for i in range(4)]) == e

@@ -289,7 +289,9 @@ class Explanation(HTMLRepr):
     def __getitem__(self, i: int | slice) -> Explanation:
         """Return item ``i`` (an int) as a single Explanation, or a slice as a batch.
 
-        ``params``, ``info`` and ``scores`` are shared by all items and are copied as they are.
+        ``info`` and ``scores`` values with one entry per item (an array or list of length N)
+        are taken at ``i``, so ``Explanation.stack([e[0], e[1], ...])`` gives ``e`` back;
+        ``params`` and the other values are shared and copied as they are.
         """
         n = len(self)
         spatial_ndim = 2 if self.kind == "image" else 1
@@ -316,8 +318,8 @@ class Explanation(HTMLRepr):
             params=dict(self.params),
             components=pick(self.components) if per_item else self.components,
             component_values=pick(self.component_values),
-            scores=dict(self.scores),
-            info=dict(self.info),
+            scores={k: _item_of(v, idx, n) for k, v in self.scores.items()},
+            info={k: _item_of(v, idx, n) for k, v in self.info.items()},
             kind=self.kind,
             feature_names=self.feature_names,
             tokens=tokens,
@@ -419,8 +421,9 @@ class Explanation(HTMLRepr):
     def stack(cls, items: list[Explanation]) -> Explanation:
         """Single-input explanations of one method as one batch (the inverse of ``e[i]``).
 
-        Per-item ``info`` values become arrays with an item axis where they stack, else lists;
-        ``params`` are the first item's.
+        Per-item ``info`` and ``scores`` values become arrays with an item axis where they
+        stack, else lists (a value all items share stays one value); ``params`` are the first
+        item's.
         """
         if not items or any(not isinstance(e, Explanation) or e.batch for e in items):
             raise TypeError("items: expected a non-empty list of single-input Explanations")
@@ -431,12 +434,15 @@ class Explanation(HTMLRepr):
         def gather(values: list) -> Any:
             if any(v is None for v in values):
                 return None
+            if all(type(v) in _SHARED for v in values) and all(v == values[0] for v in values):
+                return values[0]  # a value the batch shared (a note, a count): e[i] copied it
             arrays = [np.asarray(v) for v in values]
             if all(a.shape == arrays[0].shape and a.dtype != object for a in arrays):
                 return np.stack(arrays)
             return list(values)
 
         info_keys = [k for k in first.info if all(k in e.info for e in items)]
+        score_keys = [k for k in first.scores if all(k in e.scores for e in items)]
         return cls(
             values=np.stack([e.values for e in items]),
             x=np.stack([e.x for e in items]),
@@ -447,6 +453,7 @@ class Explanation(HTMLRepr):
             components=gather([e.components for e in items]),
             component_values=gather([e.component_values for e in items]),
             info={k: gather([e.info[k] for e in items]) for k in info_keys},
+            scores={k: gather([e.scores[k] for e in items]) for k in score_keys},
             kind=first.kind,
             feature_names=first.feature_names,
             tokens=None if first.tokens is None else [e.tokens for e in items],
@@ -814,3 +821,18 @@ def _draw_text(e: Explanation, ax: Any, v: np.ndarray, cm: Any) -> None:
     places, _ = _token_lines(tokens, width_in)
     _draw_tokens(ax, tokens, v.ravel(), cm, norm, places, width_in=width_in, height_in=height_in)
     ax.set_axis_off()
+
+
+# Types of info values a batch shares (e[i] copies them); per-item values come out of their
+# arrays as NumPy scalars or arrays.
+_SHARED = (int, float, bool, str)
+
+
+def _item_of(value: Any, idx: Any, n: int) -> Any:
+    """``value[idx]`` for a per-item value of a batch of ``n`` (array or list), else ``value``."""
+    if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == n:
+        return value[idx]
+    if isinstance(value, list) and len(value) == n:
+        return value[idx]
+    return value
+
