@@ -835,4 +835,3 @@ def _item_of(value: Any, idx: Any, n: int) -> Any:
     if isinstance(value, list) and len(value) == n:
         return value[idx]
     return value
-
