@@ -408,3 +408,21 @@ def test_no_image_size_is_named_for_a_linear_on_unflattened_maps():
     with pytest.raises(ValueError) as caught:
         xk.explain(_LinearOnRows(), np.zeros((1, 16, 16), np.float32), method="saliency")
     assert "expects items of shape" not in str(caught.value)
+
+
+def test_a_dataloader_or_a_dict_output_is_named_plainly():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net = nn.Linear(3, 2)
+    data = TensorDataset(torch.rand(10, 3), torch.zeros(10))
+    for given in (data, DataLoader(data)):  # was "an array of shape () and dtype object"
+        with pytest.raises(TypeError, match=rf"x: .*got a {type(given).__name__}; stack its"):
+            xk.Model(net).scores(given)
+
+    class KeyedOutput(nn.Module):
+        def forward(self, x):
+            return {"out": net(x)}
+
+    # was "(N, K) = (8, K)" (the search's copies, not the caller's 20) and the tensor dumped
+    with pytest.raises(ValueError, match=r"\(N, K\), got dict with keys \['out'\]; wrap"):
+        xk.Model(KeyedOutput()).scores(np.zeros((20, 3), np.float32))

@@ -20,6 +20,8 @@ def describe(value: Any) -> str:
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype} on {value.device}"
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape} and dtype {value.dtype}"
+    if isinstance(value, dict):  # its keys say more than its (possibly huge) contents
+        return f"{type(value).__name__} with keys {list(value)[:10]}"[:200]
     return f"{type(value).__name__} {value!r}"[:200]
 
 
@@ -49,6 +51,12 @@ def check_batch(x: Any, *, name: str = "x", item_shape: tuple[int, ...] | None =
     else:
         if isinstance(x, (str, bytes)) or x is None:
             raise TypeError(f"{name}: expected an array or tensor of numbers, got {describe(x)}")
+        if isinstance(x, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
+            raise TypeError(
+                f"{name}: expected an array or tensor of numbers, got a {type(x).__name__}; "
+                "stack its inputs into one array (xk.activations and xk.audit take a Dataset "
+                "or DataLoader themselves)"
+            )
         try:
             arr = np.asarray(x)
         except (TypeError, ValueError) as err:

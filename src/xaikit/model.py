@@ -593,8 +593,9 @@ class Model:
     def _check_output(self, out: Any, n: int) -> None:
         if not isinstance(out, (torch.Tensor, np.ndarray)):
             raise ValueError(
-                f"model: expected its output to be scores of shape (N, K) = ({n}, K), got "
-                f"{describe(out)}; wrap the model so it returns one tensor"
+                f"model: expected its output to be scores of shape (N, K), got "
+                f"{describe(out)}; wrap the model so it returns one tensor (or an output with "
+                "a 'logits' field)"
             )
         shape = tuple(out.shape)
         if len(shape) == 2 and shape[0] == n and shape[1] == 0:
