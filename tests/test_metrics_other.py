@@ -386,6 +386,14 @@ def test_a_metric_taking_target_late_is_refused():
     assert "late" not in METRICS
 
 
+def test_compare_of_a_batch_of_one_does_not_suggest_batch_true():
+    # explain's hint said "pass batch=True", which compare then refused as a metric option
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(72, 2))
+    with pytest.raises(ValueError, match=r"compare takes one input: pass x\[0\]") as caught:
+        compare(net.eval(), np.zeros((1, 1, 8, 8), np.float32), methods=["saliency"])
+    assert "batch=True" not in str(caught.value)
+
+
 def test_compare_ranks_methods(image):
     model = PatchModel()
     rng = np.random.default_rng(0)

@@ -264,7 +264,16 @@ def compare(
     explanations: dict[str, Explanation] = {}
     table = []
     for method, params in specs.items():
-        e = explain(model, x, method=method, target=target, **params)
+        try:
+            e = explain(model, x, method=method, target=target, **params)
+        except ValueError as err:
+            if "pass batch=True" not in str(err):
+                raise
+            # explain's hint does not apply: compare takes one input
+            raise ValueError(
+                str(err).split("; pass batch=True")[0]
+                + "; compare takes one input: pass x[0], or loop over the items"
+            ) from err
         scores = evaluate(model, x, e, metrics=names, **options)
         explanations[method] = e
         table.append({"method": method, **scores})
