@@ -228,7 +228,7 @@ def test_a_gradient_layout_whose_forward_fails_is_not_kept(images):
     np.testing.assert_allclose(grads, want, rtol=1e-5, atol=1e-7)
 
 
-def test_a_small_call_gives_the_same_result_before_and_after_a_search(images):
+def test_a_small_call_gives_the_same_result_whether_a_search_ran_or_not(images):
     # A small call (one batch, no search) took the layout that a larger call's search chose:
     # the same call gave other last bits after it.
     net = conv_net()

@@ -517,7 +517,7 @@ def test_a_callable_on_dataframes_gets_the_columns_dtypes():
 
 
 @pytest.mark.parametrize("method", ["deeplift", "kernel_shap", "occlusion"])
-def test_an_item_holds_its_own_info_and_stack_gives_the_batch_back(method):
+def test_an_item_holds_its_own_info_so_stack_gives_the_batch_back(method):
     # e[i].info held every item's values (a (4,) completeness gap for item 2), and stacking
     # the items gave (4, 4) arrays: stack was not the inverse of e[i] as it says.
     torch.manual_seed(0)

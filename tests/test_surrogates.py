@@ -237,7 +237,7 @@ def test_a_model_of_one_class_is_named_by_that_class():
         xk.surrogate(_always_class_1, X, kind="linear")
 
 
-def test_dataframe_columns_name_the_surrogates_and_importances_features():
+def test_dataframe_columns_name_the_features_of_surrogates_with_importances():
     pd = pytest.importorskip("pandas")
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression

@@ -11,6 +11,7 @@ accumulates the weighted gradients per item, so memory stays bounded by one chun
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from xaikit._validation import (
     describe,
     format_bytes,
 )
-from xaikit.attribution.perturbation import CHUNK_BYTES, chunk_sizes
+from xaikit.attribution.perturbation import CHUNK_BYTES
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model
 
@@ -110,43 +111,44 @@ def points_per_chunk(x: torch.Tensor) -> int:
     return max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
 
 
-def item_noise(x: torch.Tensor, *, seed: int, samples: int) -> Callable:
-    """``noise(items, k)``: standard normal noise for point ``k`` of each item, drawn as
-    explaining that item alone draws it (one generator from ``seed``, in blocks of a chunk),
-    so an item's noise, and its map, do not depend on the other items of a batch.
+def item_draws(*, samples: int, chunk: int, start: Callable, draw: Callable) -> Callable:
+    """``draws(items, k)``: the draws for point ``k`` of each item, as explaining that item
+    alone draws them: a fresh stream per item (``start()``), read in blocks of ``chunk`` points
+    (``draw(stream, size)``, a tuple of arrays or tensors), so an item's draws, and its map, do
+    not depend on the other items of a batch. Memory: one block.
 
     Points must come as :func:`gradient_points` asks for them: item-major, ``k`` ascending.
+    Returns one tuple, each part concatenated over the points.
     """
-    chunk = points_per_chunk(x)
-    state: dict[str, Any] = {"item": None, "block": -1, "values": None, "gen": None}
+    state: dict[str, Any] = {"item": None, "block": -1, "values": None, "stream": None}
 
-    def block(j: int) -> torch.Tensor:
+    def block(j: int) -> tuple:
         while state["block"] < j:  # blocks of one item come in order: draw up to block j
             state["block"] += 1
-            size = min(chunk, samples - state["block"] * chunk)
-            state["values"] = torch.randn(
-                (size, *x.shape[1:]), generator=state["gen"], device=x.device, dtype=x.dtype
-            )
+            state["values"] = draw(state["stream"], min(chunk, samples - state["block"] * chunk))
         return state["values"]
 
-    def noise(items: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def draws(items: torch.Tensor, k: torch.Tensor) -> tuple:
         parts = []
         where = 0
         for item, count in zip(*torch.unique_consecutive(items, return_counts=True), strict=True):
-            if state["item"] != int(item):  # a new item: its own generator from the seed
-                gen = torch.Generator(device=x.device)
-                gen.manual_seed(seed)
-                state.update(item=int(item), block=-1, gen=gen)
+            if state["item"] != int(item):  # a new item: its own stream from the start
+                state.update(item=int(item), block=-1, stream=start())
             ks = k[where : where + int(count)]
             where += int(count)
             lo, hi = int(ks[0]), int(ks[-1]) + 1
             for j in range(lo // chunk, (hi - 1) // chunk + 1):
-                start = max(lo, j * chunk) - j * chunk
-                stop = min(hi, (j + 1) * chunk) - j * chunk
-                parts.append(block(j)[start:stop])
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+                a, b = max(lo, j * chunk) - j * chunk, min(hi, (j + 1) * chunk) - j * chunk
+                parts.append(tuple(v[a:b] for v in block(j)))
+        return tuple(_concat(list(column)) for column in zip(*parts, strict=True))
 
-    return noise
+    return draws
+
+
+def _concat(values: list) -> Any:
+    if len(values) == 1:
+        return values[0]
+    return torch.cat(values) if isinstance(values[0], torch.Tensor) else np.concatenate(values)
 
 
 def as_tensor(model: Model, x: np.ndarray) -> torch.Tensor:
@@ -272,10 +274,23 @@ def smoothgrad(
     xt = as_tensor(model, x)
     flat = xt.reshape(len(xt), -1)
     sigma = noise * (flat.max(dim=1).values - flat.min(dim=1).values)
-    noise_of = item_noise(xt, seed=0 if seed is None else int(seed), samples=samples)
+
+    def generator() -> torch.Generator:
+        gen = torch.Generator(device=xt.device)
+        gen.manual_seed(0 if seed is None else int(seed))
+        return gen
+
+    noise_of = item_draws(
+        samples=samples,
+        chunk=points_per_chunk(xt),
+        start=generator,
+        draw=lambda gen, size: (
+            torch.randn((size, *xt.shape[1:]), generator=gen, device=xt.device, dtype=xt.dtype),
+        ),
+    )
 
     def make_points(items, k):
-        eps = noise_of(items, k)
+        (eps,) = noise_of(items, k)
         return xt[items] + sigma[items].reshape(-1, *([1] * (xt.ndim - 1))) * eps
 
     moments = 1 if variant == "smoothgrad" else 2
@@ -521,7 +536,7 @@ def expected_gradients(
     xt = as_tensor(model, x)
     if baseline is None:
         raise ValueError("baseline: expected_gradients needs background data (R, *x.shape)")
-    background = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=xt.device)
+    background = torch.as_tensor(np.asarray(baseline), dtype=xt.dtype, device=xt.device)
     if background.ndim != xt.ndim or tuple(background.shape[1:]) != tuple(xt.shape[1:]):
         raise ValueError(
             f"baseline: expected background rows of shape (R, {', '.join(map(str, xt.shape[1:]))})"
@@ -535,20 +550,21 @@ def expected_gradients(
         np.random.default_rng(seed),
         [(samples, lambda gen, b: gen.integers(0, n_rows, b)), (samples, None)],
     )
-    blocks = list(chunk_sizes(samples, points_per_chunk(xt)))
-    rows_k = torch.as_tensor(
-        np.concatenate([row_draws.integers(0, n_rows, b) for b in blocks]), device=xt.device
-    )
-    alphas_k = torch.as_tensor(
-        np.concatenate([alpha_draws.random(b) for b in blocks]), dtype=xt.dtype, device=xt.device
+    draws = item_draws(
+        samples=samples,
+        chunk=points_per_chunk(xt),
+        start=lambda: (copy.deepcopy(row_draws), copy.deepcopy(alpha_draws)),
+        draw=lambda gens, size: (gens[0].integers(0, n_rows, size), gens[1].random(size)),
     )
     shape = (-1, *([1] * (xt.ndim - 1)))
     drawn: dict[str, torch.Tensor] = {}
 
     def make_points(items, k):
-        drawn["rows"] = rows_k[k]
+        rows, alphas = draws(items, k)
+        drawn["rows"] = torch.as_tensor(rows, device=xt.device)
         start = background[drawn["rows"]]
-        return start + alphas_k[k].reshape(shape) * (xt[items] - start)
+        alphas = torch.as_tensor(alphas, dtype=xt.dtype, device=xt.device)
+        return start + alphas.reshape(shape) * (xt[items] - start)
 
     def factor(items, _k):  # each sample has its own baseline, so x - x' multiplies per sample
         return xt[items] - background[drawn["rows"]]
