@@ -586,3 +586,24 @@ def test_filter_activations_bad_input(kwargs, pattern):
     x = np.zeros((1, *SHAPE))
     with pytest.raises(ValueError, match=pattern):
         filter_activations(float64_batchnorm_cnn(), x, **kwargs)
+
+
+def test_a_batch_level_term_on_per_item_objectives_is_refused():
+    # channels(...) scores each item alone, where diversity is 0: the term was silently dropped
+    with pytest.raises(ValueError, match=r"objective: 10 \* diversity\('conv2'\) compares"):
+        O.channels("conv2", [0, 1]) + 10 * O.diversity("conv2")
+
+
+def test_per_item_objectives_take_the_whole_arithmetic():
+    # -, / and a number or objective on the left failed with bare TypeErrors
+    net = float64_batchnorm_cnn()
+    kw = {"steps": 3, "lr": 0.1, "seed": [4], "input_shape": SHAPE}
+    one = visualize(net, O.channel("conv2", 1), **{**kw, "seed": 4}).initial_values[0]
+    for objective, expected in [
+        (-O.channels("conv2", [1]), -one),
+        (O.channels("conv2", [1]) / 2, one / 2),
+        (1 - O.channels("conv2", [1]), 1 - one),
+    ]:
+        assert visualize(net, objective, **kw).initial_values[0] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="layer: expected a layer path such as 'conv2', got an"):
+        O.channel("", 0)

@@ -133,6 +133,9 @@ class Objective:
     checks : sequence of callables
         ``check(context)`` raising ``ValueError`` when the objective does not fit the model's
         shapes; run once before optimisation starts.
+    across_items : bool
+        Whether an item's value depends on the other items of the batch (:func:`diversity`);
+        kept through arithmetic.
 
     Examples
     --------
@@ -146,6 +149,7 @@ class Objective:
     layers: frozenset[str] = field(default_factory=frozenset)
     name: str = "objective"
     checks: tuple[Check, ...] = ()
+    across_items: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.function):
@@ -186,16 +190,19 @@ class Objective:
                 layers=a.layers | b.layers,
                 name=f"{_wrap(a.name, symbol, left=True)} {symbol} {_wrap(b.name, symbol)}",
                 checks=a.checks + b.checks,
+                across_items=a.across_items or b.across_items,
             )
         if isinstance(other, numbers.Real) and not isinstance(other, bool):
             number = float(other)
             if reverse:
                 name = f"{_fmt(number)} {symbol} {_wrap(self.name, symbol)}"
                 return Objective(
-                    lambda c: op(number, self(c)), self.layers, name, checks=self.checks
+                    lambda c: op(number, self(c)), self.layers, name, self.checks, self.across_items
                 )
             name = f"{_wrap(self.name, symbol, left=True)} {symbol} {_fmt(number)}"
-            return Objective(lambda c: op(self(c), number), self.layers, name, checks=self.checks)
+            return Objective(
+                lambda c: op(self(c), number), self.layers, name, self.checks, self.across_items
+            )
         return NotImplemented
 
     def __add__(self, other: Any) -> Objective:
@@ -223,7 +230,8 @@ class Objective:
         return self._combine(other, lambda a, b: a / b, "/")
 
     def __neg__(self) -> Objective:
-        return Objective(lambda c: -self(c), self.layers, f"-{_wrap(self.name, '*')}", self.checks)
+        name = f"-{_wrap(self.name, '*')}"
+        return Objective(lambda c: -self(c), self.layers, name, self.checks, self.across_items)
 
 
 class ObjectiveBatch:
@@ -281,6 +289,13 @@ class ObjectiveBatch:
     def _apply(self, edit: Callable[[Objective], Objective], symbol: str, other: Any):
         if not isinstance(other, (Objective, numbers.Real)) or isinstance(other, bool):
             return NotImplemented
+        if isinstance(other, Objective) and other.across_items:
+            # each item of the batch is scored alone, where such a term is 0: refused
+            raise ValueError(
+                f"objective: {other.name} compares the items of one batch, but {self.name} "
+                "optimises each item alone, where it adds nothing; for different images of "
+                "one channel use channel(layer, k) + w * diversity(layer) with batch=n"
+            )
         label = other.name if isinstance(other, Objective) else _fmt(float(other))
         previous = self._edit
         return ObjectiveBatch(
@@ -299,10 +314,30 @@ class ObjectiveBatch:
     def __sub__(self, other: Any) -> ObjectiveBatch:
         return self._apply(lambda o: o - other, "-", other)
 
+    def __rsub__(self, other: Any) -> ObjectiveBatch:
+        return (-self)._apply(lambda o: o + other, "+", other)
+
     def __mul__(self, other: Any) -> ObjectiveBatch:
         return self._apply(lambda o: o * other, "*", other)
 
     __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> ObjectiveBatch:
+        if isinstance(other, Objective):
+            return self._apply(lambda o: o / other, "/", other)
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            return self._apply(lambda o: o * (1.0 / float(other)), "/", other)
+        return NotImplemented
+
+    def __neg__(self) -> ObjectiveBatch:
+        previous = self._edit
+        return ObjectiveBatch(
+            self._make,
+            layer=self.layer,
+            indices=self.indices,
+            name=f"-({self.name})",
+            edit=lambda obj: -previous(obj),
+        )
 
     def __repr__(self) -> str:
         return self.name
@@ -460,7 +495,9 @@ def diversity(layer: str) -> Objective:
         sim = grams @ grams.T
         return -(sim.sum(dim=1) - sim.diagonal()) / b
 
-    return Objective(value, {layer}, f"diversity({layer!r})", (_has_channels(layer),))
+    return Objective(
+        value, {layer}, f"diversity({layer!r})", (_has_channels(layer),), across_items=True
+    )
 
 
 # ---------------------------------------------------------------------- output objectives
@@ -579,8 +616,10 @@ def _wrap(name: str, symbol: str, *, left: bool = False) -> str:
 
 
 def _check_layer_name(layer: Any) -> str:
-    if not isinstance(layer, str) or not layer:
+    if not isinstance(layer, str):
         raise TypeError(f"layer: expected a layer path (str), got {describe(layer)}")
+    if not layer:
+        raise ValueError("layer: expected a layer path such as 'conv2', got an empty string")
     return layer
 
 
