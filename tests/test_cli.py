@@ -135,7 +135,11 @@ def test_report_with_class_names_escapes_them(user):
     item = summary["items"][0]
     assert item["input"] == EVIL_FILE and set(item["methods"]) == {"saliency", "occlusion"}
     assert item["methods"]["saliency"]["sanity_passed"] in (True, False)
+    # --target: the summary and the page name the explained class (they named only the
+    # predicted one beside scores of another)
+    assert item["target"] == 2 and item["target_name"] == summary["classes"][2]
     html = (out / "index.html").read_text(encoding="utf-8")
+    assert (item["predicted"] == 2) != ("Every method explains class 2" in html)
     assert "<script" not in html and "<img src=x" not in html
     assert "2 (&lt;script&gt;alert(1)&lt;/script&gt;)" in html  # the class name, as text
     assert "&lt;img src=x onerror=alert(1)&gt;.png" in html  # the file name, as text

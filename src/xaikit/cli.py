@@ -331,6 +331,14 @@ def report(
     for i, (name, x) in enumerate(zip(data.names, data.x, strict=True)):
         page.section(f"input-{i + 1}", f"Input {i + 1}: {name}")
         predicted = add_prediction(page, model, x, name=name, class_names=class_names)
+        explained = predicted if target is None else int(target)
+        if explained != predicted:  # the scores below are for this class, not the predicted one
+            label = session.class_name(explained)
+            page.paragraph(
+                f"Every method explains class {explained}"
+                + (f" ({label})" if label else "")
+                + ", as --target asks; the scores are its probability."
+            )
         results = scorecard(
             model, x, methods=specs, target=target, sanity=sanity,
             feature_names=data.feature_names, progress=session.progress,
@@ -342,6 +350,8 @@ def report(
                 "input": name,
                 "predicted": predicted,
                 "predicted_name": session.class_name(predicted),
+                "target": explained,
+                "target_name": session.class_name(explained),
                 "methods": {
                     r.method: {
                         "deletion": r.deletion,
