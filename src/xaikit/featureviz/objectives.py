@@ -297,12 +297,16 @@ class ObjectiveBatch:
                 "one channel use channel(layer, k) + w * diversity(layer) with batch=n"
             )
         label = other.name if isinstance(other, Objective) else _fmt(float(other))
+        return self._then(edit, name=f"{self.name} {symbol} {label}")
+
+    def _then(self, edit: Callable[[Objective], Objective], *, name: str) -> ObjectiveBatch:
+        """This batch with ``edit`` applied to every item's objective after its own edits."""
         previous = self._edit
         return ObjectiveBatch(
             self._make,
             layer=self.layer,
             indices=self.indices,
-            name=f"{self.name} {symbol} {label}",
+            name=name,
             edit=lambda obj: edit(previous(obj)),
         )
 
@@ -330,14 +334,7 @@ class ObjectiveBatch:
         return NotImplemented
 
     def __neg__(self) -> ObjectiveBatch:
-        previous = self._edit
-        return ObjectiveBatch(
-            self._make,
-            layer=self.layer,
-            indices=self.indices,
-            name=f"-({self.name})",
-            edit=lambda obj: -previous(obj),
-        )
+        return self._then(lambda obj: -obj, name=f"-({self.name})")
 
     def __repr__(self) -> str:
         return self.name
