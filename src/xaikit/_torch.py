@@ -111,24 +111,37 @@ _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.
 
 
 def _settings(m: nn.Module) -> tuple:
-    """A module's own attributes that can change what its forward computes."""
-    settings = []
-    for key, value in vars(m).items():
-        if key == "training":
-            continue
-        if isinstance(value, torch.Tensor):
-            settings.append((key, tensor_stamp([value])))
-        elif plain_setting(value):
-            settings.append((key, value))
-        elif callable(value) and not isinstance(value, nn.Module):
-            settings.append((key, id(value)))  # e.g. an instance's own forward
-    return tuple(settings)
+    settings = [
+        (key, tensor_stamp([value]) if isinstance(value, torch.Tensor) else value)
+        for key, value in module_settings(m)
+    ]
+    callables = [  # e.g. an instance's own forward
+        (key, id(value))
+        for key, value in vars(m).items()
+        if callable(value) and not isinstance(value, nn.Module) and key not in _MODULE_INTERNALS
+    ]
+    return tuple(settings + callables)
 
 
-def plain_setting(value: Any) -> bool:
-    """A number, string, flag, dtype or device, or a tuple/list of them."""
+# What every nn.Module holds (hook tables, flags that hooks or compilation flip): not settings.
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"training"}
+
+
+def module_settings(m: nn.Module) -> list[tuple[str, Any]]:
+    """A module's own attributes that can change what its forward computes, sorted by name:
+    plain values (numbers, strings, flags, dtypes, devices, tuples of them) and tensors held
+    as plain attributes; not nn.Module's own bookkeeping."""
+    return [
+        (key, value)
+        for key, value in sorted(vars(m).items())
+        if key not in _MODULE_INTERNALS
+        and (isinstance(value, torch.Tensor) or _plain_setting(value))
+    ]
+
+
+def _plain_setting(value: Any) -> bool:
     if isinstance(value, (tuple, list, frozenset)):
-        return all(plain_setting(v) for v in value)
+        return all(_plain_setting(v) for v in value)
     return isinstance(value, _PLAIN)
 
 
@@ -167,6 +180,11 @@ def attribution_dtype(module: nn.Module | None) -> torch.dtype:
     """The precision attributions are computed and returned in: float64 for a float64 model
     (its precision kept), float32 otherwise (a half-precision model's too)."""
     return torch.float64 if float_dtype(module) == torch.float64 else torch.float32
+
+
+def attribution_tensor(x: Any, module: nn.Module | None, device: Any) -> torch.Tensor:
+    """A batch as a tensor on ``device``, in ``module``'s attribution precision."""
+    return torch.as_tensor(x, dtype=attribution_dtype(module), device=device)
 
 
 def embedding_layer_name(module: nn.Module) -> str | None:

@@ -182,7 +182,7 @@ class Model:
             step = self._function_step
         else:
             key = batching.call_key(x, "scores", self.device)
-            fast = self._searched(x) and layout.may_use_channels_last(
+            fast = self._may_relayout(x) and layout.may_use_channels_last(
                 self.module, x, self.forward_kwargs
             )
             # The copy is looked up once per call: only the copy runs, so the user's weights
@@ -258,7 +258,7 @@ class Model:
         targets = None if target is None else check_targets(target, n=n, n_classes=self.n_classes)
         checked: list[bool] = []
         key = batching.call_key(x, "gradients", self.device)
-        fast = self._searched(x) and layout.may_use_channels_last(
+        fast = self._may_relayout(x) and layout.may_use_channels_last(
             self.module, x, self.forward_kwargs
         )
 
@@ -618,7 +618,7 @@ class Model:
         """Eval mode for the call, every module's own training flag restored afterwards."""
         return preserved_state(self.module)
 
-    def _searched(self, x) -> bool:
+    def _may_relayout(self, x) -> bool:
         """Whether a call on ``x`` may use the layout a search chose: not a small call that runs
         as one batch without searching, which keeps the default layout whether or not a larger
         call searched before it, so a repeated call is bit-identical."""

@@ -163,7 +163,7 @@ def explain(
         ]
         return Explanation.stack(items)
     if not batch:
-        _suggest_batch(wrapped, x)
+        suggest_batch(wrapped, x)
     xb = _as_batch(x, batch=batch)
     if not batch and (np.ndim(target) != 0 or isinstance(target, (str, bytes))):
         raise TypeError(
@@ -298,10 +298,15 @@ def _target_of(target: Any, i: int) -> Any:
     return target if np.ndim(target) == 0 else np.asarray(target)[i]
 
 
-def _suggest_batch(model: Model, x: Any) -> None:
+def suggest_batch(
+    model: Model,
+    x: Any,
+    *,
+    remedy: str = "pass batch=True to explain every item (or x[0] for the first)",
+) -> None:
     """One input with a batch axis, e.g. ``X[:1]`` of shape ``(1, C, H, W)`` for a model whose
-    first convolution takes ``(C, H, W)`` items: say ``batch=True`` instead of failing later on
-    a ``(1, 1, C, H, W)`` batch."""
+    first convolution takes ``(C, H, W)`` items: say what to do (``remedy``) instead of failing
+    later on a ``(1, 1, C, H, W)`` batch."""
     from torch import nn
 
     if model.module is None or isinstance(x, (str, bytes)):
@@ -317,8 +322,7 @@ def _suggest_batch(model: Model, x: Any) -> None:
     if len(shape) == item_ndim + 1:
         raise ValueError(
             f"x: expected one input of {item_ndim} axes (C, ...) for the model's first "
-            f"convolution, got shape {shape}, which looks like a batch of {shape[0]}; pass "
-            f"batch=True to explain every item (or x[0] for the first)"
+            f"convolution, got shape {shape}, which looks like a batch of {shape[0]}; {remedy}"
         )
 
 

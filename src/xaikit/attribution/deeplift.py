@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xaikit._torch import attribution_dtype
+from xaikit._torch import attribution_tensor
 from xaikit.attribution import _graph
 from xaikit.attribution.perturbation import CHUNK_BYTES
 from xaikit.attribution.registry import Attribution, register
@@ -50,7 +50,7 @@ def deeplift(
     shape, or one reference per item ``(N, *x.shape)``. Attributions sum to F(x) - F(x'); the
     gap is reported per item in ``info["completeness_gap"]``.
     """
-    xt = _input(model, x)
+    xt = attribution_tensor(np.asarray(x), model.module, model.device)
     if isinstance(baseline, torch.Tensor):
         baseline = baseline.detach().cpu().numpy()
     arr = np.asarray(baseline) if not isinstance(baseline, str) else None
@@ -86,7 +86,7 @@ def deeplift_shap(
     if baseline is None:
         raise ValueError("baseline: deeplift_shap needs background data (R, *x.shape)")
     rows = make_baseline(x[0], baseline, background=True).values
-    xt = _input(model, x)
+    xt = attribution_tensor(np.asarray(x), model.module, model.device)
     background = torch.as_tensor(np.asarray(rows), dtype=xt.dtype, device=xt.device)
     return _rescaled(model, xt, targets, lambda _items, r: background[r], len(background))
 
@@ -199,9 +199,3 @@ def rescale_actions(plan: _graph.Plan, graph: _graph.Graph) -> dict:
         return _Rescale.apply(x, call(args, kwargs).detach(), f, node in plan.max_pools)
 
     return dict.fromkeys([*plan.elementwise, *plan.max_pools], rescale)
-
-
-def _input(model: Model, x: np.ndarray) -> torch.Tensor:
-    """The batch as a tensor on the model's device, in its attribution precision."""
-    dtype = attribution_dtype(model.module)
-    return torch.as_tensor(np.asarray(x), dtype=dtype, device=model.device)

@@ -22,7 +22,7 @@ import torch
 
 from xaikit._draws import block_generators
 from xaikit._progress import progress_bar
-from xaikit._torch import attribution_dtype
+from xaikit._torch import attribution_tensor
 from xaikit._validation import (
     check_choice,
     check_count,
@@ -153,8 +153,7 @@ def _concat(values: list) -> Any:
 
 def as_tensor(model: Model, x: np.ndarray) -> torch.Tensor:
     """The batch as a float tensor on the model's device, in the model's attribution precision."""
-    dtype = attribution_dtype(model.module)
-    return torch.as_tensor(np.asarray(x), dtype=dtype, device=model.device)
+    return attribution_tensor(np.asarray(x), model.module, model.device)
 
 
 def baseline_tensor(baseline, x: torch.Tensor, *, name: str = "baseline") -> torch.Tensor:

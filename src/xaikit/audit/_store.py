@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from xaikit import _files
-from xaikit._torch import plain_setting as _plain
+from xaikit._torch import module_settings
 
 FORMAT = "xaikit-audit-shards"
 VERSION = 2  # 2: the manifest has a run id and every shard names it
@@ -53,9 +53,7 @@ def model_hash(module: Any) -> str:
     if isinstance(module, torch.nn.Module):
         h.update(f"{type(module).__module__}.{type(module).__qualname__}".encode())
         for name, tensor in module.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            _hash_tensor(h, name, tensor)
         return "sha256:" + h.hexdigest()
     # A callable on NumPy batches has no weights to hash: its qualified name is the best we have.
     owner = getattr(module, "__self__", module)
@@ -78,20 +76,19 @@ def model_code(module: Any) -> str | None:
         h.update(f"{name}:{cls.__module__}.{cls.__qualname__}:".encode())
         h.update(_forward_source(cls).encode())
         h.update(str(getattr(m, "code", "")).encode())  # a TorchScript module's own code
-        for key, value in sorted(vars(m).items()):
-            if key in _MODULE_INTERNALS:
-                continue
+        for key, value in module_settings(m):
             if isinstance(value, torch.Tensor):
-                t = value.detach().cpu().contiguous()
-                h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            elif _plain(value):
+                _hash_tensor(h, key, value)
+            else:
                 h.update(f"{key}={value!r};".encode())
     return "sha256:" + h.hexdigest()
 
 
-# What every nn.Module holds (hook tables, flags that hooks or compilation flip): not settings.
-_MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) | {"training"}
+def _hash_tensor(h, name: str, tensor: torch.Tensor) -> None:
+    """Add a tensor's name, dtype, shape and bytes to the hash ``h``."""
+    t = tensor.detach().cpu().contiguous()
+    h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 @functools.cache

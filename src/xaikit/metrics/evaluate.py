@@ -151,12 +151,14 @@ def evaluate(
         targets = options.get("target")
         if targets is not None and np.ndim(targets) != 0:  # one class per item
             targets = check_targets(targets, n=len(x), n_classes=None)
+        else:
+            targets = None  # one class for every item (or each item's own): options as given
         rows = []
         for i in range(len(x)):
             opts = dict(options)
             if per_item_mask:
                 opts["mask"] = masks[i]
-            if targets is not None and np.ndim(targets) != 0:
+            if targets is not None:
                 opts["target"] = int(targets[i])
             rows.append(_score_one(model, x[i], explanation[i], names, opts))
         scores = {n: np.array([r[n] for r in rows]) for n in names}
@@ -247,6 +249,7 @@ def compare(
         ``.table`` (rows per method), ``.rank(metric)``, ``.explanations``, ``.plot()``.
     """
     from xaikit.attribution import explain
+    from xaikit.attribution.api import suggest_batch
     from xaikit.attribution.defaults import default_methods, fast_params
     from xaikit.components import input_kind
     from xaikit.model import as_model
@@ -263,17 +266,10 @@ def compare(
         raise ValueError("methods: expected at least one method name")
     explanations: dict[str, Explanation] = {}
     table = []
+    # explain's own hint would say batch=True, which compare does not take
+    suggest_batch(model, x, remedy="compare takes one input: pass x[0], or loop over the items")
     for method, params in specs.items():
-        try:
-            e = explain(model, x, method=method, target=target, **params)
-        except ValueError as err:
-            if "pass batch=True" not in str(err):
-                raise
-            # explain's hint does not apply: compare takes one input
-            raise ValueError(
-                str(err).split("; pass batch=True")[0]
-                + "; compare takes one input: pass x[0], or loop over the items"
-            ) from err
+        e = explain(model, x, method=method, target=target, **params)
         scores = evaluate(model, x, e, metrics=names, **options)
         explanations[method] = e
         table.append({"method": method, **scores})
