@@ -270,9 +270,14 @@ class Incremental:
                 maps[node, fill] = _rows(padded)  # (H * W, C): one row per position
             cut_map = values[self.cut]
             del values
-            x_t = torch.as_tensor(np.asarray(x), dtype=self.input_dtype, device=device)
-            base = torch.as_tensor(
-                np.asarray(baseline, dtype=np.float64), dtype=self.input_dtype, device=device
+            # channels-last once per item: every chunk gathers its windows' crops from rows
+            x_t = _channels_last(
+                torch.as_tensor(np.asarray(x), dtype=self.input_dtype, device=device)
+            )
+            base = _channels_last(
+                torch.as_tensor(
+                    np.asarray(baseline, dtype=np.float64), dtype=self.input_dtype, device=device
+                )
             )
             total = int(np.prod(self.counts))
             out = None
@@ -458,8 +463,16 @@ class Incremental:
 
 
 def _rows(maps: torch.Tensor) -> torch.Tensor:
-    """Maps ``(B, C, H, W)`` as rows ``(B * H * W, C)`` (a view for channels-last maps)."""
-    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+    """Maps ``(B, C, H, W)`` as contiguous rows ``(B * H * W, C)`` (a view for channels-last
+    maps, else a copy: gathering rows from a strided view took 4-40x longer)."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).contiguous()
+
+
+def _channels_last(image: torch.Tensor) -> torch.Tensor:
+    """An image ``(C, H, W)`` with its channels innermost in memory (a scalar as it is)."""
+    if image.ndim != 3:
+        return image
+    return image[None].contiguous(memory_format=torch.channels_last)[0]
 
 
 def _gather(rows_map: torch.Tensor, width: int, rows: torch.Tensor, cols: torch.Tensor):
