@@ -282,6 +282,27 @@ class InputEditingCNN(nn.Module):
         return self.head(self.conv(x).flatten(1))
 
 
+class AliasedUpdateCNN(nn.Module):
+    """``skip = h; h += y`` and ``skip`` read later: an in-place update that another name still
+    holding the tensor sees, which torch.fx reads as a new tensor ``h + y``. 3-channel images
+    of any size (pooled to 2x2), 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv0, self.conv1 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        h = self.conv0(x)
+        skip = h
+        h += self.conv1(x) - 0.2
+        h = self.act(h)
+        return self.head(self.pool(h + skip).flatten(1))
+
+
 # ---------------------------------------------------------------- models with a known answer
 
 PATCH = (slice(2, 5), slice(3, 7))  # the only region a PatchModel looks at

@@ -318,8 +318,10 @@ def test_single_input_gives_unbatched_explanation():
         ({"method": "salency"}, ValueError, r"method: .*did you mean 'saliency'"),
         ({"method": "integrated_gradients", "baseline": np.zeros(4)}, ValueError, "baseline:"),
         ({"method": "expected_gradients"}, ValueError, "baseline: expected_gradients needs"),
+        ({"method": "integrated_gradients", "steps": "auto", "rule": "riemann_trapezoid"},
+         ValueError, r"rule: steps=\"auto\" doubles Gauss-Legendre steps"),
     ],
-)
+)  # fmt: skip
 def test_bad_parameters_are_named(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         xk.explain(two_conv_net(), images(1)[0], target=0, **kwargs)
@@ -460,3 +462,33 @@ def test_loss_saliency_warns_when_the_model_is_confident():
     assert e.values.max() < 1e-6
     score = xk.explain(lin, x, method="saliency", target=0)
     assert score.values[0] == pytest.approx(60.0)
+
+
+def test_a_baseline_tensor_that_requires_grad_is_taken_as_its_values():
+    net, x = two_conv_net(), images(1)[0]
+    base = torch.full((3, 12, 12), 0.25, requires_grad=True)
+    got = xk.explain(net, x, method="integrated_gradients", target=0, baseline=base)
+    want = xk.explain(net, x, method="integrated_gradients", target=0, baseline=0.25)
+    np.testing.assert_array_equal(got.values, want.values)
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "integrated_gradients"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_give_float32_maps(method, dtype):
+    net = two_conv_net().to(dtype)
+    e = xk.explain(net, images(1)[0], method=method, target=0)
+    assert e.values.dtype == np.float32 and np.isfinite(e.values).all()
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("input_x_gradient", {}), ("integrated_gradients", {"steps": "auto"})],
+)
+def test_a_float64_model_keeps_float64_in_every_step(method, params):
+    net = two_conv_net().double()
+    x = images(1)[0].astype(np.float64) + 1e-9  # not representable in float32
+    e = xk.explain(net, x, method=method, target=0, **params)
+    assert e.values.dtype == np.float64
+    if method == "input_x_gradient":
+        _, grads = xk.Model(net).gradients(x[None], target=0)
+        np.testing.assert_array_equal(e.values, x * grads[0])

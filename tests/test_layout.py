@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import xaikit as xk
-from _models import InputEditingCNN, batch_norm_cnn
+from _models import AliasedUpdateCNN, InputEditingCNN, batch_norm_cnn
 from _models import conv_bn_pool_net as conv_net
 from xaikit import layout
 
@@ -240,3 +240,59 @@ def test_a_small_call_gives_the_same_result_whether_a_search_ran_or_not(images):
     after = model.scores(images[:4]), model.gradients(images[:4], target=1)[1]
     for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_relu_after_an_update_another_name_holds_stays_out_of_place():
+    # fx reads `skip = h; h += y` as a new tensor h + y; an in-place ReLU there would also
+    # overwrite skip, which the forward reads afterwards
+    net = AliasedUpdateCNN().eval()
+    assert layout.relus_in_place(layout.channels_last_copy(net, in_place=False)) == []
+    x = np.random.default_rng(0).normal(size=(20, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = forced(net, x, "channels_last").scores(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+class ScaledCNN(nn.Module):
+    """Reads a setting held as a plain attribute: ``scale`` multiplies the logits."""
+
+    def __init__(self, scale) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.scale = scale
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        scale = self.scale["value"] if isinstance(self.scale, dict) else self.scale
+        return self.head(self.conv(x).flatten(1)) * torch.as_tensor(scale).float().sum()
+
+
+def _set_scale_in_place(net):
+    net.scale[:] = 3.0
+
+
+def _set_dict_scale(net):
+    net.scale["value"] = 3.0
+
+
+@pytest.mark.parametrize(
+    ("scale", "change"),
+    [
+        (np.float32(1.0), lambda net: setattr(net, "scale", np.float32(3.0))),
+        (np.ones(2, np.float32), _set_scale_in_place),
+        (np.ones(2, np.float32), lambda net: setattr(net, "scale", np.full(2, 3.0))),
+        ({"value": 1.0}, _set_dict_scale),
+    ],
+    ids=["numpy scalar", "array edited in place", "array replaced", "dict entry"],
+)
+def test_the_copy_is_made_again_when_a_numpy_or_dict_setting_changes(scale, change):
+    net = ScaledCNN(scale).eval()
+    x = np.random.default_rng(0).random((20, 3, 8, 8), dtype=np.float32)
+    model = forced(net, x, "channels_last")
+    model.scores(x)
+    change(net)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.scores(x), want, rtol=1e-4, atol=1e-5)

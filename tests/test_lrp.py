@@ -30,6 +30,7 @@ from zennit.layer import Sum  # noqa: E402
 from zennit.torchvision import ResNetBasicBlockCanonizer  # noqa: E402
 
 from _lrp_models import Block, FirstLayer, ResNetLike, VGGLike, images  # noqa: E402
+from _models import AliasedUpdateCNN  # noqa: E402
 
 ZENNIT = {
     "epsilon_plus_flat": EpsilonPlusFlat,
@@ -599,3 +600,10 @@ def test_a_layer_subclass_without_its_own_forward_is_explained_as_the_layer():
     for net in (tagged, normed):
         got = xk.explain(net, x, method="lrp", target=[0, 2], batch=True)
         np.testing.assert_allclose(got.values, want, rtol=1e-5, atol=1e-7)
+
+
+def test_an_update_the_trace_cannot_see_is_refused():
+    # `skip = h; h += y`: the rerun trace would give skip without the update
+    x = images(1)[0].numpy()
+    with pytest.raises(ValueError, match=r"model: lrp runs the forward .* updated in place"):
+        xk.explain(AliasedUpdateCNN().eval(), x, method="lrp")

@@ -576,3 +576,56 @@ def test_a_float64_layer_is_recorded_in_float64():
     assert rec.activations.dtype == rec.gradients.dtype == np.float64
     with torch.no_grad():
         np.testing.assert_array_equal(rec.activations, net[0](torch.from_numpy(x)).numpy())
+
+
+class _SharedReLUBlock(nn.Module):
+    """One ReLU module used twice per forward, as torchvision's BasicBlock does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x):
+        h = self.relu(self.conv1(x))
+        return self.head(self.relu(self.conv2(h) + h).flatten(1))
+
+
+def test_a_layer_that_runs_twice_per_forward_is_refused():
+    # Its last call used to win silently (Grad-CAM of the second activation only), and a
+    # recording held two maps per item
+    net = _SharedReLUBlock().eval()
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^layer: 'relu' runs more than once in one forward"):
+        xk.explain(net, x[0], method="gradcam", layer="relu", target=0)
+    m = xk.Model(net)
+    with pytest.raises(ValueError, match=r"^name: 'relu' runs more than once"), m.layer("relu"):
+        m.scores(x)
+    assert not net.relu._forward_hooks and not net._forward_pre_hooks
+    with m.layer("conv2") as rec:  # a layer that runs once is recorded as before
+        m.scores(x)
+    assert rec.activations.shape == (4, 2, 8, 8)
+
+
+class _SequenceFirst(nn.Module):
+    """A layer whose output puts the sequence first, as nn.MultiheadAttention by default."""
+
+    def forward(self, x):
+        return x.flatten(2).permute(2, 0, 1)  # (H * W, N, C)
+
+
+def test_a_layer_without_one_row_per_item_is_refused_by_name():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), _SequenceFirst(), nn.Flatten(0, 1))
+    net = nn.Sequential(net, nn.Unflatten(0, (64, -1)), _Last()).eval()
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^layer: '0.1' gives an output of shape \(64, 3, 2\)"):
+        xk.explain(net, x, method="gradcam", layer="0.1", target=0, batch=True)
+
+
+class _Last(nn.Module):
+    """(H * W, N, C) back to (N, K) scores: the mean over positions."""
+
+    def forward(self, x):
+        return x.mean(0)

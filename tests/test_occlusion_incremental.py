@@ -19,6 +19,7 @@ from torch import nn
 import xaikit as xk
 from _lrp_models import ResNetLike, VGGLike
 from _models import (
+    AliasedUpdateCNN,
     FunctionalCNN,
     ValueBranchingCNN,
     image_mlp,
@@ -322,3 +323,14 @@ def test_the_model_is_freed_after_the_call(gain, monkeypatch):
     del net
     gc.collect()
     assert alive() is None
+
+
+def test_a_hidden_in_place_update_falls_back_to_plain_occlusion():
+    # `skip = h; h += y`: the trace's skip misses the update the real forward gives it, which
+    # shows only where the update is not zero: the windows' baseline of 5 makes it so
+    net = AliasedUpdateCNN().eval()
+    x = image((3, 8, 8))
+    fast, plain = both(net, x, window=(3, 3), stride=(1, 1), baseline=5.0)
+    assert fast.info["incremental"] is False
+    assert "in place (a += b)" in fast.info["incremental_note"]
+    np.testing.assert_allclose(fast.values, plain.values, rtol=1e-6)

@@ -9,9 +9,11 @@ layer and, where the layers show it, the input shape the model expects.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,10 +131,12 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"training"}
 
 def module_settings(m: nn.Module) -> list[tuple[str, Any]]:
     """A module's own attributes that can change what its forward computes, sorted by name:
-    plain values (numbers, strings, flags, dtypes, devices, tuples of them) and tensors held
-    as plain attributes; not nn.Module's own bookkeeping."""
+    plain values (numbers, strings, flags, dtypes, devices, NumPy scalars and arrays, tuples,
+    lists and dicts of them) and tensors held as plain attributes; not nn.Module's own
+    bookkeeping. Tensors come as they are; NumPy values and what holds them as comparable
+    stand-ins (:func:`_comparable`: an array's content digest), others as they are."""
     return [
-        (key, value)
+        (key, value if isinstance(value, torch.Tensor) else _comparable(value))
         for key, value in sorted(vars(m).items())
         if key not in _MODULE_INTERNALS
         and (isinstance(value, torch.Tensor) or _plain_setting(value))
@@ -142,7 +146,39 @@ def module_settings(m: nn.Module) -> list[tuple[str, Any]]:
 def _plain_setting(value: Any) -> bool:
     if isinstance(value, (tuple, list, frozenset)):
         return all(_plain_setting(v) for v in value)
-    return isinstance(value, _PLAIN)
+    if isinstance(value, dict):
+        return all(_plain_setting(k) and _plain_setting(v) for k, v in value.items())
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "biufc"
+    return isinstance(value, (*_PLAIN, np.generic))
+
+
+# Arrays up to this size are compared by a digest of all their bytes; larger ones (rare as
+# settings) by their identity, shape and a sample of values, as tensor_stamp does.
+DIGEST_BYTES = 16 * 2**20
+
+
+def _comparable(value: Any) -> Any:
+    """A stand-in for a setting that compares equal exactly when the setting's value does,
+    with a full, stable repr (the audit hashes it): plain values as they are."""
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        if data.nbytes <= DIGEST_BYTES:
+            content = hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
+        else:
+            flat = data.reshape(-1)
+            content = (id(value), tuple(flat[:: max(1, flat.size // STAMP_SAMPLES)].tolist()))
+        return ("ndarray", str(data.dtype), data.shape, content)
+    if isinstance(value, np.generic):
+        return ("numpy", str(value.dtype), value.item())
+    if isinstance(value, dict):
+        return ("dict", tuple((repr(k), _comparable(v)) for k, v in value.items()))
+    if isinstance(value, (tuple, list)):
+        items = [_comparable(v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value  # plain all through: as before (audit folders keep their hashes)
+        return (type(value).__name__, tuple(items))
+    return value
 
 
 def is_torchscript(module: nn.Module | None) -> bool:

@@ -208,7 +208,13 @@ def _only_input(node):
 def _fresh(module: nn.Module, node) -> bool:
     """Whether ``node``'s value is a new tensor of its own (no view, no shared input)."""
     if node.op == "call_function":
-        return node.target in (operator.add, torch.add) and not node.kwargs
+        # fx reads ``a += b`` as ``a + b``: the real sum may be ``a`` itself, fresh only when
+        # nothing reads ``a`` afterwards
+        return (
+            node.target in (operator.add, torch.add)
+            and not node.kwargs
+            and not _read_after(node.args[0], node)
+        )
     if node.op != "call_module":
         return False
     layer = module.get_submodule(node.target)
@@ -216,6 +222,16 @@ def _fresh(module: nn.Module, node) -> bool:
         source = _only_input(node)
         return source is not None and len(source.users) == 1 and _fresh(module, source)
     return type(layer) in (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+
+
+def _read_after(value, node) -> bool:
+    """Whether the fx node ``value`` is read by a node after ``node`` in the forward."""
+    later = node.next
+    while later.op != "root":  # the graph's sentinel ends the list
+        if value in later.all_input_nodes:
+            return True
+        later = later.next
+    return False
 
 
 def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:

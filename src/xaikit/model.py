@@ -155,6 +155,9 @@ class Model:
         self._timings: dict[tuple, dict[int, float]] = {}
         self._chosen: dict[tuple, int] = {}
         self._searching = False
+        # Rows that must share a batch come in groups of this many (DeepLIFT's item and
+        # reference rows are pairs): every batch's size is a multiple of it.
+        self._rows_per_group = 1
 
     # ------------------------------------------------------------------ public calls
 
@@ -288,7 +291,8 @@ class Model:
                     "model: its output does not depend on the input (a .detach() inside forward?)"
                 )
             out = float_output(out.detach())
-            grad = grad.contiguous()  # the input's layout, whichever ran
+            # the input's layout, whichever ran; half precision as float32, as the scores
+            grad = float_output(grad.contiguous())
             if as_numpy:
                 return out.cpu().numpy(), grad.cpu().numpy()
             return out, grad
@@ -334,12 +338,21 @@ class Model:
             leaf = {}
 
             def replace(_module, _inputs, output):
+                if "value" in leaf:
+                    raise ValueError(_runs_twice(layer))
                 rest = None
                 if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
                     output, rest = output[0], output[1:]  # a transformer layer's (hidden, ...)
                 if not isinstance(output, torch.Tensor):
                     raise ValueError(
                         f"layer: {layer!r} must return one tensor, got {describe(output)}"
+                    )
+                if output.ndim == 0 or len(output) != len(xb):
+                    raise ValueError(
+                        f"layer: {layer!r} gives an output of shape {tuple(output.shape)} for "
+                        f"{len(xb)} items, not one row per item (windows of a Swin block, a "
+                        "sequence-first layer?); pick a layer whose output starts with the "
+                        "batch axis"
                     )
                 tensor = output
                 if values is not None:
@@ -369,7 +382,7 @@ class Model:
                 handle.remove()
             if grad is None:
                 raise ValueError(f"layer: the output does not depend on layer {layer!r}")
-            result = (float_output(out.detach()), leaf["value"].detach(), grad)
+            result = tuple(float_output(r) for r in (out.detach(), leaf["value"].detach(), grad))
             return tuple(r.cpu().numpy() for r in result) if as_numpy else result
 
         with self._user_state_preserved():
@@ -397,9 +410,17 @@ class Model:
         module = self.find_layer(name)
         recording = LayerRecording(name)
 
+        calls = [0]  # the layer's calls in the current forward
+
+        def start(_module, _inputs):
+            calls[0] = 0
+
         def hook(_module, _inputs, output):
             if self._searching:  # the batch-size search's timing runs are not the user's data
                 return
+            calls[0] += 1
+            if calls[0] > 1:
+                raise ValueError(_runs_twice(name, "name"))
             tensor = first_tensor(output)
             if tensor is None:
                 return
@@ -416,10 +437,15 @@ class Model:
             handle = module.register_forward_hook(hook)
         except RuntimeError as err:  # TorchScript modules refuse hooks added after scripting
             raise TypeError(f"name: layer {name!r} does not accept hooks ({err})") from err
+        handles = [handle]
+        # counts the layer's calls per forward (not on a TorchScript model, which refuses it)
+        with contextlib.suppress(RuntimeError):
+            handles.append(self.module.register_forward_pre_hook(start))
         try:
             yield recording
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
 
     def find_layer(self, name: str, *, argument: str = "name") -> nn.Module:
         """The submodule at path ``name``; the error lists close matches when there is none.
@@ -640,6 +666,8 @@ class Model:
             # last batch costs more per item, up to 1.7x at one item on a CPU)
             batches = -(-n // size)
             size = -(-n // batches)
+            group = self._rows_per_group
+            size = max(group, size // group * group)
         sink = _Sink(n)
         with progress_bar(n, kind, enabled=progress) as bar:
             for start in range(0, n, size):
@@ -786,6 +814,14 @@ def _as_numpy(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().float().cpu().numpy()
     return np.asarray(value)
+
+
+def _runs_twice(layer: str, argument: str = "layer") -> str:
+    return (
+        f"{argument}: {layer!r} runs more than once in one forward (one module used in several "
+        "places, like a ReLU shared by a block's two activations), so its output is not one "
+        "map per item; pick a layer that runs once (e.g. the convolution or block before it)"
+    )
 
 
 def _check_range_once(targets: np.ndarray, n_classes: int, checked: list) -> None:

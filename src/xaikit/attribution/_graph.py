@@ -108,6 +108,7 @@ class Graph:
     graph: fx.Graph
     modules: dict[str, nn.Module]
     plans: dict = field(default_factory=dict)
+    hidden_updates: list[str] | None = None  # found by hidden_updates(), once per trace
 
 
 @dataclass
@@ -167,6 +168,85 @@ def trace(module: nn.Module, *, method: str) -> Graph:
     result = Graph(graph=graph, modules=submodules)
     _TRACES[module] = (key, result)
     return result
+
+
+# Python's augmented assignments (``a += b``) on fx proxies trace as ``a + b``: a new tensor in
+# the graph, an update of ``a`` in the real forward. Their in-place names when they run.
+_AUGMENTED = {
+    operator.add: "add_",
+    operator.sub: "sub_",
+    operator.mul: "mul_",
+    operator.truediv: "div_",
+    operator.floordiv: "floor_divide_",
+    operator.pow: "pow_",
+    operator.matmul: "matmul_",
+}
+
+
+def hidden_updates(graph: Graph, run: Callable[[], Any]) -> list[str]:
+    """Nodes where the trace and the real forward may compute different things: a sum or
+    product whose first operand is read again after it, when the real forward (``run()``)
+    makes in-place updates that the trace does not show (``skip = h; h += y`` adds ``y`` to
+    ``skip`` too, the trace does not). Empty when the trace is faithful in this respect; the
+    answer is kept with the trace (``run`` is called at most once per trace).
+    """
+    if graph.hidden_updates is not None:
+        return graph.hidden_updates
+    nodes = list(graph.graph.nodes)
+    position = {n: i for i, n in enumerate(nodes)}
+    suspects = [
+        n
+        for n in nodes
+        if n.op == "call_function"
+        and n.target in _AUGMENTED
+        and n.args
+        and isinstance(n.args[0], fx.Node)
+        and any(position[u] > position[n] for u in n.args[0].users)
+    ]
+    found: list[str] = []
+    if suspects:
+        names = set(_AUGMENTED.values())
+        shown = sum(1 for n in nodes if _callee_name(n) in names)  # x.add_(y) traces as it is
+        with _InPlaceCounter(names) as counter:
+            run()
+        if counter.count > shown:
+            found = [n.name for n in suspects]
+    graph.hidden_updates = found
+    return found
+
+
+def _callee_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", "")
+    return ""
+
+
+class _InPlaceCounter(torch.overrides.TorchFunctionMode):
+    """Counts the in-place arithmetic calls (``add_``, ``mul_``, ...) made inside the block."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__()
+        self.names = names
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.names:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def refuse_hidden_updates(graph: Graph, run: Callable[[], Any], *, method: str) -> None:
+    """Refuse, by node, a forward whose trace is not what it computes (:func:`hidden_updates`)."""
+    found = hidden_updates(graph, run)
+    if found:
+        raise ValueError(
+            f"model: {method} runs the forward as torch.fx reads it, which differs here from "
+            f"what it computes: a tensor is updated in place (a += b) while another name still "
+            f"holds it (at {', '.join(found[:3])}), and torch.fx reads the update as a new "
+            "tensor; if the other name is not meant to see it, write a = a + b"
+        )
 
 
 def plan(graph: Graph, *, method: str) -> Plan:

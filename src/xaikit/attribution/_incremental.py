@@ -58,7 +58,7 @@ from xaikit._torch import (
     model_output,
     preserved_state,
 )
-from xaikit.attribution._graph import Graph, is_inplace, trace
+from xaikit.attribution._graph import Graph, hidden_updates, is_inplace, trace
 from xaikit.model import Model
 
 # Cost units for the choice of the cut: one multiply-add is 1; touching one element in a
@@ -571,6 +571,11 @@ def prepare(
         return None, "the traced forward does not give the model's scores"
     got = float_output(output).reshape(-1).cpu().numpy().astype(np.float64)
     want = f_x[0].astype(np.float64)
+    if hidden_updates(graph, lambda: model.scores(x[:1], check=False)):
+        return None, (
+            "the forward updates a tensor in place (a += b) while another name still holds "
+            "it, which the torch.fx trace reads as a new tensor"
+        )
     if np.abs(got - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
         return None, "the traced forward does not give the model's scores"
     if plan is None:

@@ -10,8 +10,9 @@ Each item runs through the model next to its reference, as two adjacent rows of 
 hooks on the nonlinear modules, removed when the call ends, replace their backward with the
 secant computed from the pair. Max pooling uses the rule Captum uses (the difference of the
 pooled outputs sent to both rows' maxima), so results equal Captum's ``DeepLift``. The
-forward is read with torch.fx first (:mod:`xaikit.attribution._graph`): a nonlinearity that is
-a function call rather than a module (``F.relu``) cannot be given the rule and is refused.
+forward is read with torch.fx first (:mod:`xaikit.attribution._graph`), so nonlinearities
+called as functions (``F.relu``, ``torch.sigmoid``) get the rule too; a nonlinearity the graph
+has no rule for is refused by name before anything is computed.
 
 References: Shrikumar, Greenside & Kundaje (2017), "Learning important features through
 propagating activation differences", ICML, arXiv:1704.02685; Lundberg & Lee (2017), "A unified
@@ -19,6 +20,8 @@ approach to interpreting model predictions", NeurIPS (DeepSHAP: DeepLIFT over ba
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -98,6 +101,9 @@ def _rescaled(model: Model, xt: torch.Tensor, targets, reference, n_refs: int) -
     """
     graph = _graph.trace(model.module, method="deeplift")
     plan = _graph.plan(graph, method="deeplift")  # refuses what has no rule, before computing
+    _graph.refuse_hidden_updates(
+        graph, lambda: model.scores(xt[:1], check=False), method="deeplift"
+    )
     model = _even_batches(model)
     n = len(xt)
     total = n * n_refs
@@ -131,17 +137,11 @@ def _rescaled(model: Model, xt: torch.Tensor, targets, reference, n_refs: int) -
 
 
 def _even_batches(model: Model) -> Model:
-    """The model, batched in an even number of rows so that no pair is split."""
-    size = model.batch_size
-    if size == "auto" or size % 2 == 0:
-        return model  # every size the search tries is even, and so is a single batch of pairs
-    return Model(
-        model.module,
-        output=model.output,
-        device=model.device,
-        batch_size=max(2, size - 1),
-        input_shape=model.input_shape,
-    )
+    """The model, batched so that no (item, reference) pair of rows is split: every batch an
+    even number of rows (also when 10 rows at 8 would run as 2 x 5)."""
+    paired = copy.copy(model)  # the same module, batch-size memo and settings
+    paired._rows_per_group = 2
+    return paired
 
 
 # ---------------------------------------------------------------------- the rescale rule

@@ -158,16 +158,18 @@ def as_tensor(model: Model, x: np.ndarray) -> torch.Tensor:
 
 def baseline_tensor(baseline, x: torch.Tensor, *, name: str = "baseline") -> torch.Tensor:
     """A number or an array of one item's shape (or of the batch's) as a tensor like ``x``."""
+    if isinstance(baseline, torch.Tensor):
+        baseline = baseline.detach().cpu()  # one that requires grad has no NumPy view
     try:
         if isinstance(baseline, (bool, np.bool_)) or np.asarray(baseline).dtype == bool:
             raise TypeError("a bool is not a value")
-        values = np.asarray(baseline, dtype=np.float32)
+        values = np.asarray(baseline, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"{name}: expected a number or an array of the input's shape {tuple(x.shape[1:])}, "
             f"got {describe(baseline)}"
         ) from err
-    base = torch.as_tensor(values, device=x.device)
+    base = torch.as_tensor(values, dtype=x.dtype, device=x.device)
     if base.ndim == 0:
         return torch.full_like(x, float(base))
     if tuple(base.shape) == tuple(x.shape[1:]):
@@ -233,7 +235,7 @@ def input_x_gradient(
         scores, activations, grads = model.layer_gradients(x, targets, layer=layer)
         return Attribution(values=per_position(activations * grads, x, layer=layer), scores=scores)
     scores, grads = model.gradients(x, targets)
-    return Attribution(values=np.asarray(x, dtype=np.float32) * grads, scores=scores)
+    return Attribution(values=np.asarray(x, dtype=grads.dtype) * grads, scores=scores)
 
 
 def per_position(values: np.ndarray, x: np.ndarray, *, layer: str) -> np.ndarray:
@@ -336,6 +338,11 @@ def integrated_gradients(
     rule = check_choice(rule, name="rule", choices=RULES)
     tolerance = check_number(tolerance, name="tolerance", low=0)
     auto = isinstance(steps, str) and steps == "auto"
+    if auto and rule != "gausslegendre":
+        raise ValueError(
+            f'rule: steps="auto" doubles Gauss-Legendre steps; for rule={rule!r} give a '
+            "number of steps"
+        )
     if not auto:
         steps = check_path_steps(steps, rule=rule)
     if layer is not None:
@@ -435,13 +442,15 @@ def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, lay
 def _auto_steps(attribute, xt, difference, tolerance):
     """Double Gauss-Legendre steps per item until its completeness gap is small enough."""
     n = len(xt)
-    values = np.zeros(tuple(xt.shape), dtype=np.float32)
+    values = None  # in the attributions' dtype (float64 for a float64 model)
     used = np.zeros(n, dtype=np.int64)
     pending = np.arange(n)
     steps = 8
     while len(pending):
         which = torch.as_tensor(pending, device=xt.device)
         part = attribute(steps, which, "gausslegendre").cpu().numpy()
+        if values is None:
+            values = np.zeros(tuple(xt.shape), dtype=part.dtype)
         gap = np.abs(part.reshape(len(part), -1).sum(axis=1) - difference[pending])
         done = (gap <= np.maximum(tolerance * np.abs(difference[pending]), 1e-6)) | (steps >= 1024)
         values[pending[done]] = part[done]

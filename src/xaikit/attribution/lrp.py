@@ -114,6 +114,7 @@ def lrp(
     gamma = check_number(gamma, name="gamma", low=0)
     graph = _graph.trace(model.module, method="lrp")
     plan = _graph.plan(graph, method="lrp")  # refuses what has no rule, before computing
+    _graph.refuse_hidden_updates(graph, lambda: model.scores(x[:1], check=False), method="lrp")
     rules = assign_rules(plan, graph.modules, composite)
     box = _box(low, high, x, device=model.device) if "zbox" in rules.values() else None
     layer_bn = {layer: bn for bn, layer in plan.merged.items()}

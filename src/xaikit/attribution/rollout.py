@@ -71,6 +71,8 @@ def attention_rollout(
         )
     size = tuple(x.shape[2:])
     module = model.module
+    if getattr(getattr(module, "config", None), "window_size", None) is not None:
+        raise ValueError(_windowed(module, "its config has a window_size"))
     dtype = next((p.dtype for p in module.parameters() if p.dtype.is_floating_point), None)
     maps, extras, scores = [], [], []
     with preserved_state(module), torch.inference_mode():
@@ -125,9 +127,13 @@ def _attentions(out, n: int, module) -> np.ndarray:
         )
     shapes = {tuple(a.shape) for a in attentions}
     if any(len(s) != 4 or s[0] != n or s[-1] != s[-2] for s in shapes) or len(shapes) != 1:
-        raise ValueError(
-            f"model: {type(module).__name__}'s attention is not one global token-to-token "
-            f"matrix per layer (shapes {sorted(shapes)[:2]}: windowed attention, as in Swin?); "
-            "rollout needs global attention"
-        )
+        raise ValueError(_windowed(module, f"attention shapes {sorted(shapes)[:2]}"))
     return torch.stack([a.float() for a in attentions]).cpu().numpy()
+
+
+def _windowed(module, evidence: str) -> str:
+    return (
+        f"model: {type(module).__name__}'s attention is not one global token-to-token matrix "
+        f"per layer ({evidence}: windowed attention, as in Swin?); rollout needs global "
+        "attention (ViT, DeiT); use gradcam or integrated_gradients for this model"
+    )
