@@ -307,8 +307,20 @@ def test_a_ray_address_without_a_port_is_refused(watermark_cnn, marked_data):
         (ValueError, r"^address: only for backend='ray'", None, {"address": "127.0.0.1:6379"}),
         (ValueError, r"^data: expected images", np.zeros((4, 5), np.float32), {}),
         (TypeError, r"^shard_size: ", None, {"shard_size": 2.5}),
+        (
+            ValueError,
+            r"^data: items of shape \(1, 32, 32\) do not fit the model",
+            np.zeros((4, 1, 32, 32), np.float32),
+            {},
+        ),
     ],
-    ids=["backend", "address without ray", "data not images", "shard_size not int"],
+    ids=[
+        "backend",
+        "address without ray",
+        "data not images",
+        "shard_size not int",
+        "images of another size",
+    ],
 )
 def test_a_bad_argument_is_refused_by_name(watermark_cnn, marked_data, error, match, data, options):
     X, _, _ = marked_data
@@ -565,7 +577,7 @@ def test_a_pattern_beside_the_class_s_own_stronger_feature_is_found():
         input_shape=(16, 16), examples=lambda idx: X[np.asarray(idx)], predict=predict,
     )  # fmt: skip
     assert [(f.target, f.region) for f in a.findings] == [(1, (12, 1, 15, 4))]
-    tested = [tuple(c["region"]) for c in a.info["candidates"] if c["kind"] == "region"]
+    tested = [tuple(c["region"]) for c in a.info["candidates"] if c.get("rejected") == "test"]
     assert tested[0] == (6, 6, 11, 11)  # the stroke's box came first and was not a finding
 
 
@@ -609,7 +621,7 @@ def test_a_half_alike_box_needs_a_stronger_sway_to_be_a_finding(fixed, sway, fou
         maps=maps, background=np.zeros_like(maps), targets=y, predictions=y, labels=y, pool=1,
         input_shape=(16, 16), examples=lambda idx: X[np.asarray(idx)], predict=predict,
     )  # fmt: skip
-    (tested,) = [c for c in a.info["candidates"] if c["kind"] == "region"]
+    (tested,) = [c for c in a.info["candidates"] if "transplant_rate" in c]
     lift = tested["transplant_rate"] - tested["control_rate"]
     assert lift >= MIN_LIFT  # the old rule's bar: every case sways the model enough for it
     assert (lift >= needed_lift(tested["sameness"])) == found
@@ -823,3 +835,92 @@ def test_a_saved_audit_whose_files_come_from_two_saves_is_refused(corner_run, tm
         Audit.load(tmp_path)
     second.save(tmp_path)
     assert Audit.load(tmp_path).info["method"] == "saliency"
+
+
+def test_a_class_of_fewer_than_five_images_is_not_checked():
+    # One image is consistent with itself and alike to itself everywhere: its box would pass
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 20 + [1] * 20 + [2])
+    X = rng.random((41, 1, 16, 16)).astype(np.float32)
+    maps = rng.random((41, 16, 16)) * 0.1
+    maps[40, 0:4, 0:4] = 5.0
+    a = analyze(
+        maps=maps, background=np.zeros_like(maps), targets=y, predictions=y, labels=y, pool=1,
+        input_shape=(16, 16), examples=lambda idx: X[np.asarray(idx)],
+    )  # fmt: skip
+    assert a.findings == [] and a.evidence == []
+    (skipped,) = [c for c in a.info["candidates"] if c["target"] == 2]
+    assert skipped["rejected"] == "too few images" and skipped["images"] == 1
+
+
+def test_a_background_finding_gives_the_shares_on_the_background():
+    # Class 1 spreads its relevance evenly, 3/4 of it on the background ring; class 0 keeps
+    # it on the object. The box is the whole image: its share would say 100% for both.
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    background = np.ones((40, 16, 16))
+    background[:, 4:12, 4:12] = 0.0
+    maps = np.zeros((40, 16, 16))
+    maps[y == 1] = 1.0 + 0.1 * rng.random(((y == 1).sum(), 16, 16))
+    maps[y == 0, 4:12, 4:12] = 1.0
+    a = analyze(
+        maps=maps, background=background, targets=y, predictions=y, labels=y, pool=1,
+        input_shape=(16, 16),
+    )  # fmt: skip
+    (found,) = a.findings
+    assert found.kind == "background" and found.target == 1
+    assert found.relevance_share == pytest.approx(0.75, abs=0.01)
+    assert found.other_share == 0.0
+    assert "75% of the relevance on the background (other classes 0%)" in str(found)
+
+
+def test_the_candidates_list_boxes_the_maps_alone_ruled_out():
+    _, y = _corner_data()
+    maps = np.zeros((12, 8, 8))
+    maps[:, :, :] = 1.0  # every class spreads evenly: no box stands out from the others
+    maps[y == 1, :2, :2] += 0.5
+    a = analyze(
+        maps=maps, background=np.zeros_like(maps), targets=y, predictions=y, labels=y, pool=1,
+        input_shape=(8, 8),
+    )  # fmt: skip
+    ruled_out = [c for c in a.info["candidates"] if c["kind"] == "region"]
+    assert ruled_out and all(c["decision"] is None for c in ruled_out)
+    assert {c["rejected"] for c in ruled_out} <= {"area", "share", "ratio", "consistency"}
+
+
+class _OneChannelCorner(torch.nn.Module):
+    """_Corner behind a one-channel convolution that passes its input on unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1, bias=False)
+        torch.nn.init.ones_(self.conv.weight)
+        self.corner = _Corner()
+
+    def forward(self, x):
+        return self.corner(self.conv(x))
+
+
+def test_images_without_a_channel_axis_are_audited_as_one_channel_images(tmp_path):
+    x, y = _corner_data()
+    flat = audit(_OneChannelCorner(), x[:, 0], labels=y, **SMALL)
+    shaped = audit(_OneChannelCorner(), x, labels=y, **SMALL)
+    np.testing.assert_array_equal(flat.maps, shaped.maps)
+    assert _key(flat.findings) == _key(shaped.findings)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("identity", None, r"^out: .*manifest.json' is not an audit manifest \(its identity"),
+        ("batch_sizes", "x", r"^out: the batch sizes in .*manifest.json' are not readable"),
+    ],
+)
+def test_a_hand_edited_manifest_is_refused_naming_out(corner_run, tmp_path, field, value, match):
+    folder = _copy(corner_run[0], tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest[field] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    x, y = _corner_data()
+    with pytest.raises(ValueError, match=match):
+        audit(_Corner(), x, labels=y, out=folder, **SMALL)

@@ -530,3 +530,16 @@ def test_names_holding_dollars_are_drawn_as_text():
     fig = batch(method=ODD).plot()
     fig.canvas.draw()
     _is_literal([fig._suptitle])
+
+
+def test_a_tensor_parameter_is_saved_as_its_values(tmp_path):
+    # It was stored as its repr text (cut short), and the loaded baseline was unusable
+    import torch
+
+    baseline = torch.full((1, 4, 4), 0.5, requires_grad=True)
+    e = Explanation(values=np.ones((1, 4, 4)), x=np.zeros((1, 4, 4)), target=0,
+                    prediction=np.array([1.0, 0.0]), method="integrated_gradients",
+                    params={"baseline": baseline})  # fmt: skip
+    e.save(tmp_path / "e.npz")
+    loaded = Explanation.load(tmp_path / "e.npz")
+    np.testing.assert_array_equal(loaded.params["baseline"], np.full((1, 4, 4), 0.5))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import xaikit as xk
 from xaikit.loading import (
     LoadError,
     load_class_names,
@@ -184,7 +185,8 @@ def test_pickle_needs_trust(tmp_path):
     with pytest.raises(LoadError, match=r"^model: .* is a pickle.*--trust-pickle"):
         load_model(tmp_path / "clf.pkl")
     loaded = load_model(tmp_path / "clf.pkl", trust_pickle=True)
-    assert loaded.kind == "sklearn" and loaded.output == "probabilities"
+    assert loaded.kind == "sklearn" and loaded.output is None  # xk.Model decides
+    assert xk.Model(loaded.model, output=loaded.output).output == "probabilities"
     np.testing.assert_array_equal(loaded.model.predict_proba(rows), clf.predict_proba(rows))
     with (tmp_path / "list.pkl").open("wb") as f:
         pickle.dump([1, 2], f)
@@ -554,3 +556,142 @@ def test_a_factory_module_has_the_same_name_in_every_process(net_file):
     digest = hashlib.sha256(str(net_file.resolve()).encode()).hexdigest()[:16]
     load_model(f"{net_file}:make")
     assert f"_xaikit_user_{digest}" in sys.modules
+
+
+# ---------------------------------------------------------------------- found by review
+
+
+def test_a_pickled_module_is_loaded_as_a_torch_model(tmp_path):
+    # It was taken for a scikit-learn model returning probabilities: its logits were shown
+    # as probabilities, and the gradient methods were refused.
+    net = _reference()
+    with (tmp_path / "net.pkl").open("wb") as f:
+        pickle.dump(net, f)
+    loaded = load_model(tmp_path / "net.pkl", trust_pickle=True)
+    assert (loaded.kind, loaded.output, loaded.has_gradients) == ("torch", "logits", True)
+    np.testing.assert_allclose(_scores(loaded.model), _scores(net))
+
+
+def test_a_module_saved_whole_with_torch_save_needs_trust(tmp_path):
+    # "is not a model file", even with --trust-pickle: now named, and loaded when trusted.
+    net = _reference()
+    torch.save(net, tmp_path / "whole.pt")
+    with pytest.raises(LoadError, match=r"^model: .*whole.pt' is a whole torch module saved "):
+        load_model(tmp_path / "whole.pt")
+    loaded = load_model(tmp_path / "whole.pt", trust_pickle=True)
+    assert (loaded.kind, loaded.output, loaded.input_channels) == ("torch", "logits", 1)
+    np.testing.assert_allclose(_scores(loaded.model), _scores(net))
+
+
+def test_a_directory_as_model_is_called_a_directory(tmp_path):
+    (tmp_path / "net.pt").mkdir()
+    with pytest.raises(LoadError, match=r"^model: .*net.pt' is a directory"):
+        load_model(tmp_path / "net.pt")
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_tells_the_channels_of_its_first_convolution(tmp_path, how):
+    # Images were read without it: a grey image for an RGB TorchScript model came out with
+    # one channel, and the model failed.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).eval()
+    saved = (
+        torch.jit.script(net) if how == "script" else torch.jit.trace(net, torch.zeros(1, 3, 8, 8))
+    )
+    saved.save(str(tmp_path / "rgb.pt"))
+    assert load_model(tmp_path / "rgb.pt").input_channels == 3
+
+
+def test_onnx_tells_the_channels_of_its_declared_input(tmp_path):
+    export_onnx(_reference(), tmp_path / "net.onnx", dynamic=True)
+    assert load_model(tmp_path / "net.onnx").input_channels == 1
+
+
+def test_onnx_refuses_items_its_declared_input_rules_out(tmp_path):
+    # The raw "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions ..." came out.
+    export_onnx(_reference(), tmp_path / "net.onnx", dynamic=True)
+    model = load_model(tmp_path / "net.onnx").model
+    with pytest.raises(ValueError, match=r"takes inputs of shape \(n, 1, 8, 8\), not items of "):
+        model(np.zeros((2, 3, 8, 8), np.float32))
+
+
+def test_an_onnx_runtime_failure_is_one_short_line(tmp_path, monkeypatch):
+    export_onnx(_reference(), tmp_path / "net.onnx", dynamic=True)
+    model = load_model(tmp_path / "net.onnx").model
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code")
+
+    monkeypatch.setattr(model.session, "run", fail)
+    with pytest.raises(ValueError, match=r"failed to run on it: Non-zero status code$"):
+        model(X)
+
+
+def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    # Phone photos were read as stored, sideways, not as every viewer shows them.
+    a = np.zeros((6, 10), np.uint8)
+    a[:, :2] = 255  # a bar down the left side, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view", as phones write
+    Image.fromarray(a).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    x = load_inputs([tmp_path / "photo.jpg"], channels=1).x[0, 0]
+    assert x.shape == (10, 6)  # upright: the bar runs along the top
+    assert x[:2].mean() > 0.9 and x[2:].mean() < 0.1
+
+
+def test_a_directory_as_input_is_called_a_directory(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(LoadError, match=r"^input: .*photos' is a directory; give the files"):
+        load_inputs([tmp_path / "photos"])
+
+
+@pytest.mark.parametrize(
+    ("file", "options", "pattern"),
+    [
+        ("x.npy", {"resize": (4, 4)}, r"^resize: applies to image files; .npy arrays are read"),
+        ("t.csv", {"mean": [1.0]}, r"^mean: --mean and --std normalise the channels of images"),
+        ("t.csv", {"std": [2.0]}, r"^std: --mean and --std .*; CSV rows have no channels"),
+        ("rows.npy", {"mean": [1.0]}, r"^mean: .*\.npy arrays of items of shape \(3,\) have no"),
+    ],
+    ids=["resize on npy", "mean on csv", "std on csv", "mean on rows npy"],
+)
+def test_an_option_that_does_not_apply_is_refused(tmp_path, file, options, pattern):
+    # They were ignored: the inputs reached the model as they were, without a word.
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "rows.npy", np.ones((2, 3), np.float32))
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(LoadError, match=pattern):
+        load_inputs([tmp_path / file], **options)
+
+
+def test_csv_files_are_each_put_in_the_fitted_column_order(tmp_path):
+    # Files whose headers list the columns in other orders were joined by position.
+    (tmp_path / "abc.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "cab.csv").write_text("c,a,b\n30,10,20\n")
+    data = load_inputs([tmp_path / "abc.csv", tmp_path / "cab.csv"], columns=["b", "c", "a"])
+    np.testing.assert_array_equal(data.x, [[2, 3, 1], [20, 30, 10]])
+    assert data.feature_names == ["b", "c", "a"]
+
+
+def test_csv_headers_in_other_orders_are_refused_without_fitted_columns(tmp_path):
+    (tmp_path / "abc.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "cab.csv").write_text("c,a,b\n30,10,20\n")
+    with pytest.raises(LoadError, match=r"^input: .*abc.csv' and .*cab.csv' have different"):
+        load_inputs([tmp_path / "abc.csv", tmp_path / "cab.csv"])
+
+
+@pytest.mark.parametrize("columns", [None, ["a", "b", "c"]], ids=["no columns", "fitted"])
+def test_a_csv_without_header_beside_one_with_a_header_is_refused(tmp_path, columns):
+    (tmp_path / "bare.csv").write_text("1,2,3\n")
+    (tmp_path / "cab.csv").write_text("c,a,b\n30,10,20\n")
+    with pytest.raises(LoadError, match=r"^input: .*bare.csv' has no header row but .*cab.csv'"):
+        load_inputs([tmp_path / "bare.csv", tmp_path / "cab.csv"], columns=columns)
+
+
+def test_a_header_of_numbers_naming_the_fitted_columns_is_a_header(tmp_path):
+    # Years as column names were read as a first data row.
+    (tmp_path / "years.csv").write_text("2021,2019,2020\n0.1,0.2,0.3\n")
+    data = load_inputs([tmp_path / "years.csv"], columns=["2019", "2020", "2021"])
+    np.testing.assert_allclose(data.x, [[0.2, 0.3, 0.1]])
+    assert data.feature_names == ["2019", "2020", "2021"]
+    assert len(load_inputs([tmp_path / "years.csv"])) == 2  # without the model's names: data

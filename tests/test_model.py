@@ -629,3 +629,42 @@ class _Last(nn.Module):
 
     def forward(self, x):
         return x.mean(0)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "svc_in_a_pipeline"])
+def test_a_classifier_without_predict_proba_is_scored_by_its_decision_function(kind):
+    # Its predict gives class labels, which were explained as if they were scores
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    clf = RidgeClassifier() if kind == "ridge" else make_pipeline(StandardScaler(), SVC())
+    clf.fit(X, y)
+    m = xk.Model(clf)
+    np.testing.assert_allclose(m.scores(X[:5]), clf.decision_function(X[:5]), rtol=1e-6)
+    assert m.output == "scores"
+
+
+def test_probabilities_outside_zero_to_one_are_refused():
+    net = nn.Sequential(nn.Linear(4, 3)).eval()
+    torch.nn.init.constant_(net[0].bias, 5.0)
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"^model: output='probabilities', but it returned"):
+        xk.Model(net, output="probabilities").scores(x)
+    softmaxed = nn.Sequential(net, nn.Softmax(dim=1)).eval()
+    assert xk.Model(softmaxed, output="probabilities").scores(x).shape == (2, 3)
+
+
+def test_a_callables_raw_scores_are_not_taken_as_probabilities():
+    m = xk.Model(lambda b: np.c_[b.sum(axis=1), -b.sum(axis=1)])
+    x = np.full((2, 3), 2.0)
+    assert m.output == "probabilities"  # until an output says otherwise
+    scores = m.scores(x)
+    assert m.output == "scores"
+    np.testing.assert_allclose(m.probabilities(x).sum(axis=1), 1.0)
+    np.testing.assert_allclose(m.probabilities(x)[:, 0], 1 / (1 + np.exp(-12.0)))
+    assert scores[0, 0] == 6.0

@@ -308,7 +308,16 @@ def test_to_shap_base_value_of_component_values_is_the_expected_value():
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
     e = xk.explain(net.eval(), x, method="kernel_shap", samples=500, batch=True)
-    np.testing.assert_allclose(e.to_shap().base_values, e.info["expected_value"], atol=1e-6)
+    s = e.to_shap()
+    np.testing.assert_allclose(s.base_values, e.info["expected_value"], atol=1e-6)
+    # shap's rule: base value plus the values' sum is the score (each component's value is
+    # spread over its pixels, which carried it whole: counted 4 times each)
+    explained = e.prediction[np.arange(2), e.target]
+    np.testing.assert_allclose(s.base_values + s.values.sum(axis=(1, 2, 3)), explained, atol=1e-5)
+    for i in range(2):
+        ids = e.components[i] if e.components.ndim == 3 else e.components
+        per_component = np.bincount(ids.ravel(), weights=s.values[i, 0].ravel())
+        np.testing.assert_allclose(per_component, e.component_values[i], atol=1e-7)
 
 
 # ---------------------------------------------------------------------- the command

@@ -67,6 +67,16 @@ def _audit() -> tuple[bytes, bytes]:
         return (Path(folder) / "audit.npz").read_bytes(), (Path(folder) / "audit.json").read_bytes()
 
 
+def _rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the EXIF orientation a phone writes: damaged, it must still be named
+    buffer = io.BytesIO()
+    Image.fromarray((np.arange(48, dtype=np.uint8) * 5).reshape(4, 4, 3)).save(
+        buffer, format="JPEG", exif=exif
+    )
+    return buffer.getvalue()
+
+
 GOOD = {
     "explanation.npz": _explanation(),
     "batch.npy": _npy(),
@@ -75,6 +85,7 @@ GOOD = {
     "float.tif": _image("F", "TIFF"),
     "cmyk.tif": _image("CMYK", "TIFF"),
     "photo.jpg": _image("RGB", "JPEG"),
+    "rotated.jpg": _rotated_jpeg(),
     "table.csv": b"a,b,c\n1,2,3\n4,5.5,6\n",
     "labels.txt": b"0\n1\n",
 }

@@ -37,6 +37,7 @@ __all__ = [
     "Session",
     "floats",
     "guarded",
+    "integers",
     "names",
     "session_command",
 ]
@@ -176,19 +177,39 @@ class Session:
         """The inputs as one batch (:class:`xaikit.loading.Inputs`); text lines are refused."""
         from xaikit.loading import LoadError, load_inputs
 
+        channels = self.loaded.input_channels
+        table = getattr(self.model, "table", None)  # a model fitted on a DataFrame has one
         data = load_inputs(
             list(self.inputs),
             resize=tuple(self.resize) if self.resize else None,
             mean=floats(self.mean, name="mean"),
             std=floats(self.std, name="std"),
-            channels=self.loaded.input_channels,
+            channels=channels,
+            columns=None if table is None else table.feature_names,
         )
         if data.kind == "text":
             raise LoadError(
                 "input: text lines need a text model and tokenizer; this command explains "
                 "image, .npy and CSV inputs"
             )
-        return _columns_as_fitted(data, getattr(self.model, "table", None))
+        if channels is not None and data.x.ndim != 4:
+            self._check_flat_items(data, channels)
+        return data
+
+    def _check_flat_items(self, data, channels: int) -> None:
+        """Refuse, naming the files, items without an image's axes that a model whose first
+        layer is a convolution fails on (one that reshapes flat rows itself is fine)."""
+        from xaikit.loading import LoadError
+
+        try:
+            self.model.scores(data.x[:1])
+        except Exception as err:
+            files = ", ".join(repr(str(p)) for p in self.inputs)
+            raise LoadError(
+                f"input: {files} holds items of shape {data.x.shape[1:]}, which the model (its "
+                f"first layer a convolution of {channels} channels) does not take: "
+                f"{one_line(err)[:200]}"
+            ) from err
 
     @cached_property
     def class_names(self) -> list[str] | None:
@@ -351,29 +372,19 @@ def floats(text: str | None, *, name: str) -> list[float] | None:
         raise ValueError(f"{name}: expected comma-separated numbers, got {text!r}") from None
 
 
+def integers(text: str | None, *, name: str) -> list[int] | None:
+    """Comma-separated whole numbers (``"1,28,28"``); None stays None; an error names ``name``.
+
+    ``1.7`` is refused, not cut to 1: a count or an index is a whole number or a mistake.
+    """
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated whole numbers, got {text!r}") from None
+
+
 def names(text: str | None) -> list[str] | None:
     """Comma-separated names, stripped; None stays None."""
     return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _columns_as_fitted(data, table):
-    """A CSV's columns in the order of the model's fitted columns, matched by header.
-
-    A model fitted on a DataFrame reads columns by position once they are arrays, so a CSV
-    whose header lists them in another order would be read silently wrong.
-    """
-    from dataclasses import replace
-
-    from xaikit.loading import LoadError
-
-    if data.kind != "table" or table is None or data.feature_names is None:
-        return data
-    have, want = list(data.feature_names), list(table.feature_names)
-    if have == want:
-        return data
-    if sorted(have) != sorted(want) or len(set(have)) != len(have):
-        raise LoadError(
-            f"input: the CSV's columns {have} are not the columns the model was fitted on {want}"
-        )
-    order = [have.index(name) for name in want]
-    return replace(data, x=data.x[:, order], feature_names=want)

@@ -248,18 +248,24 @@ def temp_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[BinaryIO]:
+def atomic_write(
+    path: str | os.PathLike, *, mode: int | None = None, name: str = "path"
+) -> Iterator[BinaryIO]:
     """Write ``path`` whole or not at all: the one way xaikit writes a file.
 
     Yields a binary handle on a temporary file beside ``path`` (:func:`temp_path`); when the
     block ends without error the data is flushed and fsynced, and the file renamed over
     ``path`` (``os.replace``: atomic on one file system), so a reader, or a run after a kill or
     a power cut, sees the old file or the new one, never half of one. On error the temporary
-    file is removed. ``mode`` sets the permissions (default: ``0o666`` less the umask).
+    file is removed. ``mode`` sets the permissions (default: ``0o666`` less the umask). A folder
+    that cannot be written is an OSError naming ``name`` and ``path``, not the temporary file.
     """
     path = Path(path)
     tmp = temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise cannot_write(err, name=name, path=path) from err
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -267,10 +273,21 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterato
             os.fsync(handle.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # e.g. path is a folder
+            raise cannot_write(err, name=name, path=path) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def cannot_write(err: OSError, *, name: str, path: Any) -> OSError:
+    """``err`` as an OSError of its kind whose message names the argument and the path it was
+    about (the temporary or staging name in ``err`` means nothing to the user)."""
+    new = type(err)(f"{name}: cannot write {str(path)!r} ({err.strerror or one_line(err)})")
+    new.errno = err.errno
+    return new
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import click
 import numpy as np
 
-from xaikit._cli_session import INTERRUPTED, Session, floats, guarded, names, session_command
+from xaikit._cli_session import INTERRUPTED, Session, guarded, integers, names, session_command
 from xaikit._version import __version__
 from xaikit.attribution.defaults import DEFAULT_METHOD
 from xaikit.featureviz.render import DEFAULT_STEPS
@@ -409,9 +409,9 @@ def visualize(
     loaded, model = session.loaded, session.model
     if not loaded.has_gradients:
         raise ValueError(f"model: feature visualisation needs gradients; {loaded.kind} gives none")
-    shape = tuple(int(v) for v in floats(input_shape, name="input_shape")) if input_shape else None
+    shape = tuple(integers(input_shape, name="input_shape")) if input_shape else None
     if layer is not None:
-        chosen = [int(c) for c in floats(channels, name="channels")] if channels else None
+        chosen = integers(channels, name="channels") if channels else None
         objective = objectives.channels(layer, chosen)
         what = f"filters of {layer}"
     else:
@@ -421,7 +421,7 @@ def visualize(
                 raise ValueError("target: 'all' needs --input-shape to count the classes")
             classes = list(range(k))
         else:
-            classes = [int(c) for c in floats(targets, name="target")]
+            classes = integers(targets, name="target")
         penalty = 0.0 if raw else tv
         objective = [objectives.logit(c) - penalty * objectives.total_variation() for c in classes]
         what = f"classes {classes}"

@@ -48,6 +48,9 @@ def _json_safe(obj: Any, *, key: str, arrays: dict[str, np.ndarray], notes: list
         return obj
     if isinstance(obj, np.generic):
         return obj.item()
+    if type(obj).__module__.startswith("torch") and hasattr(obj, "detach"):
+        tensor = obj.detach().cpu()  # a tensor (a baseline passed as one): its values
+        obj = (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             return _json_safe(obj.tolist(), key=key, arrays=arrays, notes=notes)
@@ -391,11 +394,16 @@ class Explanation(HTMLRepr):
 
         ``base_values`` is the explained score minus the attributions' sum (the component
         values' sum when there are components) for the methods whose attributions add up to it
-        (KernelSHAP, Integrated Gradients, DeepLIFT, ...), else None.
+        (KernelSHAP, Integrated Gradients, DeepLIFT, ...), else None. With components (LIME or
+        KernelSHAP on superpixels) each component's value is spread evenly over its elements,
+        so that shap's rule holds: base value plus the sum of ``values`` is the score (here
+        every element carries its component's whole value, which would count it many times).
         """
         import shap
 
         values = np.asarray(self.values)
+        if self.component_values is not None:
+            values = self._spread_component_values()
         data = np.asarray(self.x)
         base = None
         if self.method in ADDITIVE_METHODS:
@@ -416,6 +424,24 @@ class Explanation(HTMLRepr):
             data=data,
             feature_names=self.feature_names,
         )
+
+    def _spread_component_values(self) -> np.ndarray:
+        """Values of the shape of ``values``: each component's value divided evenly among its
+        elements (all channels of its pixels for images)."""
+        values = np.asarray(self.values)
+        item_shape = values.shape[1:] if self.batch else values.shape
+        spatial = item_shape[-2:] if self.kind == "image" else item_shape
+        per_position = int(np.prod(item_shape)) // int(np.prod(spatial))  # channels
+        values_cv = np.atleast_2d(np.asarray(self.component_values, dtype=np.float64))
+        maps = np.asarray(self.components)
+        out = np.empty((len(values_cv), *item_shape), dtype=np.float64)
+        for i, cv in enumerate(values_cv):
+            ids = maps[i] if maps.ndim > len(spatial) else maps
+            counts = np.bincount(ids.ravel(), minlength=len(cv))[: len(cv)] * per_position
+            density = np.divide(cv, counts, out=np.zeros_like(cv), where=counts > 0)
+            out[i] = np.broadcast_to(density[ids], item_shape)
+        out = out.astype(values.dtype if values.dtype.kind == "f" else np.float64)
+        return out if self.batch else out[0]
 
     @classmethod
     def stack(cls, items: list[Explanation]) -> Explanation:

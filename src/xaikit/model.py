@@ -51,6 +51,7 @@ from xaikit._validation import (
 
 OUTPUTS = ("logits", "probabilities", "log_probabilities", "scores")
 GRADIENT_OF = ("score", "probability", "log_probability", "loss")
+PROBABILITY_SLACK = 1e-4  # float rounding of a softmax or a calibrated model's output
 
 
 class Model:
@@ -119,6 +120,11 @@ class Model:
             default_output = "logits"
         elif hasattr(model, "predict_proba") and callable(model.predict_proba):
             self.function = model.predict_proba
+        elif _margin_classifier(model):
+            # A classifier without probabilities (SVC, RidgeClassifier): its decision function
+            # scores the classes; its predict gives labels, not scores
+            self.function = model.decision_function
+            default_output = "scores"
         elif hasattr(model, "predict") and callable(model.predict) and not callable(model):
             self.function = model.predict  # a regressor: its predictions are the scores
             default_output = "scores"
@@ -138,6 +144,7 @@ class Model:
             raise TypeError(f"table: expected an xaikit.Table, got {describe(table)}")
         self.table = table if table is not None else Table.fitted_on(model)
         self.output = check_choice(output or default_output, name="output", choices=OUTPUTS)
+        self._output_given = output is not None
         if batch_size != "auto":
             batch_size = check_positive_int(batch_size, name="batch_size")
         self.batch_size = batch_size
@@ -638,7 +645,19 @@ class Model:
             raise ValueError(
                 f"model: returned {shape[1]} scores per input, earlier calls gave {self.n_classes}"
             )
-        check_finite(out.detach() if isinstance(out, torch.Tensor) else out, name="model output")
+        values = out.detach() if isinstance(out, torch.Tensor) else out
+        check_finite(values, name="model output")
+        if self.output == "probabilities":
+            low, high = float(values.min()), float(values.max())
+            outside = low < -PROBABILITY_SLACK or high > 1 + PROBABILITY_SLACK
+            if outside and not self._output_given:
+                self.output = "scores"  # a callable's raw scores: not taken as probabilities
+            elif outside:
+                raise ValueError(
+                    f"model: output='probabilities', but it returned values from {low:.4g} to "
+                    f"{high:.4g}, outside [0, 1]; for raw scores pass output='logits' (softmax "
+                    "is taken where probabilities are needed) or output='scores'"
+                )
 
     def _user_state_preserved(self):
         """Eval mode for the call, every module's own training flag restored afterwards."""
@@ -814,6 +833,14 @@ def _as_numpy(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().float().cpu().numpy()
     return np.asarray(value)
+
+
+def _margin_classifier(model: Any) -> bool:
+    """A fitted classifier with a decision function and no predict_proba (scikit-learn)."""
+    try:
+        return callable(getattr(model, "decision_function", None)) and hasattr(model, "classes_")
+    except Exception:  # a property that raises on an unfitted estimator
+        return False
 
 
 def _runs_twice(layer: str, argument: str = "layer") -> str:

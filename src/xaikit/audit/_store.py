@@ -183,6 +183,8 @@ def prepare(out: Path, identity: dict[str, Any], extra: dict[str, Any]) -> dict[
     try:
         manifest = json.loads(_files.read_text(manifest_file, name="out"))
         theirs = manifest["identity"]
+        if not isinstance(theirs, dict):
+            raise TypeError(f"its identity is {type(theirs).__name__}, not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"out: {str(manifest_file)!r} is not an audit manifest ({err})") from err
     older = {k: v for k, v in identity.items() if k != "model_code"}

@@ -73,7 +73,7 @@ MIN_BACKGROUND = 0.04
 MIN_BACKGROUND_RATIO = 2.5
 #: SpRAy: the eigengap is looked for among the first MAX_CLUSTERS + 1 eigenvalues.
 MAX_CLUSTERS = 8
-#: Clusters smaller than this (images) are not reported on their own.
+#: Classes and clusters smaller than this (images) are not checked for findings.
 MIN_CLUSTER = 5
 EXAMPLES = 6
 #: Costs per cell of the region's boxes, as a share of the smoothed contrast's peak, each tried
@@ -180,6 +180,14 @@ def analyze(
     findings: list[Finding] = []
     for c in classes:
         members = np.flatnonzero((groups == c) & valid)
+        if len(members) < MIN_CLUSTER:
+            # A class of a few images cannot be told from its own strokes: one image is
+            # "consistent" with itself and "alike" to itself everywhere
+            context.candidates.append(
+                {"target": int(c), "cluster": None, "kind": "class", "images": len(members),
+                 "decision": None, "rejected": "too few images"}
+            )  # fmt: skip
+            continue
         found = context.check(c, members, cluster=None)
         if found is not None:
             findings.append(found)
@@ -315,17 +323,11 @@ class _Context:
                 axis=0,
             )
             box = _box(on_bg - other_bg, threshold=BACKGROUND_CUT, pool=self.pool)
+            # the shares on the background, not in the box (which may be the whole image)
             return self._finding(
-                c,
-                members,
-                cluster,
-                box,
-                mean_map,
-                other_map,
-                "background",
-                consistency,
-                bg_share,
-            )
+                c, members, cluster, box, kind="background", share=bg_share,
+                other_share=bg_other, consistency=consistency, bg_share=bg_share,
+            )  # fmt: skip
 
         # Region: a small box holding much of the relevance, consistently, unlike the others.
         # A tighter box (a higher cost per cell) is tried too: a mark next to the digit's own
@@ -350,13 +352,26 @@ class _Context:
         other_share = float(other_map[y0:y1, x0:x1].sum())
         area = self._pixels(box)
         area = (area[2] - area[0]) * (area[3] - area[1]) / np.prod(self.input_shape)
-        if area > crit["max_area"] or share < PATTERN_SHARE * crit["min_share"]:
-            return None, None
-        if share < PATTERN_RATIO * other_share:
-            return None, None
         in_box = self.relevance[:, y0:y1, x0:x1].sum(axis=(1, 2))
         consistency = _consistency(in_box[members], in_box[rest])
-        if consistency < crit["min_consistency"]:
+        candidate = {
+            "target": int(c),
+            "cluster": cluster,
+            "kind": "region",
+            "region": list(self._pixels(box)),
+            "share": share,
+            "other_share": other_share,
+            "consistency": float(consistency),
+        }
+        rejected = (
+            "area" if area > crit["max_area"]
+            else "share" if share < PATTERN_SHARE * crit["min_share"]
+            else "ratio" if share < PATTERN_RATIO * other_share
+            else "consistency" if consistency < crit["min_consistency"]
+            else None
+        )  # fmt: skip
+        if rejected is not None:  # the maps alone rule it out: no transplant test
+            self.candidates.append({**candidate, "decision": None, "rejected": rejected})
             return None, None
         # Evidence from the maps alone: much relevance, far more than the other classes there.
         strong = share >= crit["min_share"] and share >= crit["min_ratio"] * other_share
@@ -374,24 +389,20 @@ class _Context:
         )
         self.candidates.append(
             {
-                "target": int(c),
-                "cluster": cluster,
-                "kind": "region",
-                "region": list(self._pixels(box)),
-                "share": share,
-                "other_share": other_share,
-                "consistency": float(consistency),
+                **candidate,
                 "transplant_rate": rate,
                 "control_rate": control,
                 "sameness": alike,
                 "decision": decision,
+                "rejected": None if decision is not None else "test",
             }
         )
         if decision is None:
             return None, None
         found = self._finding(
-            c, members, cluster, box, mean_map, other_map, "region", consistency, bg_share
-        )
+            c, members, cluster, box, kind="region", share=share, other_share=other_share,
+            consistency=consistency, bg_share=bg_share,
+        )  # fmt: skip
         found.transplant_rate, found.control_rate, found.sameness = test
         return decision, found
 
@@ -418,7 +429,7 @@ class _Context:
         return self._tested[key]
 
     def _finding(
-        self, c, members, cluster, box, mean_map, other_map, kind, consistency, bg_share
+        self, c, members, cluster, box, *, kind, share, other_share, consistency, bg_share
     ) -> Finding | None:
         if box is None:
             return None
@@ -428,8 +439,8 @@ class _Context:
         return Finding(
             target=int(c),
             region=self._pixels(box),
-            relevance_share=float(mean_map[y0:y1, x0:x1].sum()),
-            other_share=float(other_map[y0:y1, x0:x1].sum()),
+            relevance_share=float(share),
+            other_share=float(other_share),
             consistency=float(consistency),
             n_images=len(members),
             images=[int(i) for i in top],

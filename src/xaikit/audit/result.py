@@ -43,7 +43,9 @@ class Finding:
     """A suspected shortcut: class ``target`` (or its SpRAy ``cluster``) relies on ``region``.
 
     ``region`` (y0, x0, y1, x1) in input pixels, exclusive ends; ``relevance_share`` the mean
-    share of the group's relevance in it, ``other_share`` the other classes' share there;
+    share of the group's relevance in it, ``other_share`` the other classes' share there (for
+    a background finding: the median shares on background pixels, the group's and the other
+    classes');
     ``consistency`` the share of the group's images whose own share there exceeds that of 95%
     of the other classes' images; ``n_images`` the group's size; ``images`` indices of example
     items (most relevance in the region first), with ``example_inputs`` and ``example_maps``.

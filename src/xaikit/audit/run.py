@@ -122,12 +122,21 @@ def audit(
         raise TypeError(f"method: expected a method name (str), got {type(method).__name__}")
     wrapped = as_model(model)
     source = _Source(data)
+    if len(source.item_shape) == 2 and _first_convolution_channels(wrapped) == 1:
+        source.channel_axis = True  # (H, W) items for a one-channel CNN: (1, H, W)
+        source.item_shape = (1, *source.item_shape)
     if labels is None:
         labels = source.labels
     if labels is not None:
         labels = check_targets(labels, n=source.n, n_classes=None, name="labels")
-        if wrapped.n_classes is None:  # one item's forward tells K: check before any shard
+    if wrapped.n_classes is None:  # one item's forward tells K and checks the items' shape
+        try:
             wrapped.scores(source.get(0, 1))
+        except ValueError as err:  # the items are the audit's data: say so
+            if str(err).startswith("x: "):
+                raise ValueError(f"data: {str(err)[3:]}") from err
+            raise
+    if labels is not None:
         labels = check_targets(labels, n=source.n, n_classes=wrapped.n_classes, name="labels")
     factor = max(1, math.ceil(max(source.item_shape[-2:]) / map_size))
     identity = {
@@ -254,8 +263,14 @@ def _settle_batch_sizes(wrapped, source, labels, manifest, folder, method, param
         ]
         manifest = {**manifest, "batch_sizes": recorded}
         _store.write_bytes(folder / _store.MANIFEST, _json(manifest))
-    sizes = {(k, tuple(s), d, dev): v for k, s, d, dev, v, *_ in recorded}
-    layouts = {(k, tuple(s), d, dev): rest[0] for k, s, d, dev, _, *rest in recorded if rest}
+    try:
+        sizes = {(k, tuple(s), d, dev): int(v) for k, s, d, dev, v, *_ in recorded}
+        layouts = {(k, tuple(s), d, dev): rest[0] for k, s, d, dev, _, *rest in recorded if rest}
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"out: the batch sizes in {str(folder / _store.MANIFEST)!r} are not readable "
+            f"({err}); restore the manifest or choose another folder"
+        ) from err
     preset_batch_sizes(wrapped, sizes)
     if wrapped.is_torch:
         layout.preset(wrapped.module, layouts)
@@ -344,6 +359,7 @@ class _Source:
                 )
             data = data.dataset
         self.labels = None
+        self.channel_axis = False  # items get a channel axis on their way out
         if isinstance(data, Dataset):
             self.dataset = data
             self.array = None
@@ -396,10 +412,21 @@ class _Source:
 
     def get(self, start: int, stop: int) -> np.ndarray:
         if self.array is not None:
-            return self.array[start:stop]
-        return self._items(range(start, stop))[0]
+            return self._shaped(self.array[start:stop])
+        return self._shaped(self._items(range(start, stop))[0])
 
     def get_items(self, idx) -> np.ndarray:
         if self.array is not None:
-            return self.array[np.asarray(idx, dtype=np.int64)]
-        return self._items(idx)[0]
+            return self._shaped(self.array[np.asarray(idx, dtype=np.int64)])
+        return self._shaped(self._items(idx)[0])
+
+    def _shaped(self, x: np.ndarray) -> np.ndarray:
+        return x[:, None] if self.channel_axis else x
+
+
+def _first_convolution_channels(model) -> int | None:
+    """The input channels of a torch model's first 2-D convolution (None without one)."""
+    if not model.is_torch:
+        return None
+    first = next((m for m in model.module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return None if first is None else first.in_channels

@@ -2,9 +2,11 @@
 
 Image files (PNG, JPEG, anything Pillow reads; Pillow ships with matplotlib), ``.npy`` arrays
 (a batch with a leading item axis), CSV rows (a header row of names is recognised) and text
-files (one input per line). Images are resized, scaled to [0, 1] by their bit depth (8-bit
-modes by 255, 16-bit by 65535; float images must already lie in [0, 1] and are kept as they
-are) and normalised per channel; a mode that cannot be scaled so is refused.
+files (one input per line). Images are turned upright by their EXIF orientation (as viewers
+show a phone photo), resized, scaled to [0, 1] by their bit depth (8-bit modes by 255, 16-bit
+by 65535; float images must already lie in [0, 1] and are kept as they are) and normalised per
+channel; a mode that cannot be scaled so is refused. CSV columns are matched by each file's
+header to the columns a model was fitted on, when it names them.
 
 Files are checked against their declared sizes before they are read (image header
 dimensions, ``.npy`` headers): see :mod:`xaikit._files` for the limits and the environment
@@ -77,6 +79,7 @@ def load_inputs(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     channels: int | None = None,
+    columns: Sequence[str] | None = None,
 ) -> Inputs:
     """Read input files into one batch.
 
@@ -89,9 +92,14 @@ def load_inputs(
         Resize images to this size (bilinear); without it all images must share one size.
     mean, std : sequence of float, optional
         Per-channel normalisation ``(x - mean) / std`` after scaling to [0, 1] (one value, or
-        one per channel); applied to images and ``.npy`` arrays with a channel axis.
+        one per channel); for image files and ``(N, C, H, W)`` ``.npy`` arrays only (refused
+        for other inputs, as ``resize`` is for anything but image files).
     channels : {1, 3}, optional
         Read images as gray (1) or RGB (3); default gray when every image is gray, else RGB.
+    columns : sequence of str, optional
+        The columns a table model was fitted on (``feature_names_in_``): each CSV's columns
+        are put in this order by its own header, and a first row listing these names (in any
+        order) is a header even when the names look like numbers ("2019").
 
     Raises
     ------
@@ -104,12 +112,16 @@ def load_inputs(
     if not paths:
         raise LoadError("input: expected at least one input file")
     for p in paths:
+        if p.is_dir():
+            raise LoadError(f"input: {str(p)!r} is a directory; give the files in it")
         if not p.is_file():
             raise LoadError(f"input: no file {str(p)!r}")
     kinds = {_input_kind(p) for p in paths}
     if len(kinds) > 1:
         raise LoadError(f"input: mixed kinds of files {sorted(kinds)}; give one kind at a time")
     kind = kinds.pop()
+    if resize is not None and kind != "image":  # refused, not ignored: the user asked for it
+        raise LoadError(f"resize: applies to image files; {_KIND_WORDS[kind]} are read as they are")
     if resize is not None:
         if len(resize) != 2 or any(int(s) < 1 for s in resize):
             raise LoadError(f"resize: expected (height, width) >= 1, got {tuple(resize)}")
@@ -127,22 +139,15 @@ def load_inputs(
             f"{p.name}[{i}]" for p, a in zip(paths, arrays, strict=True) for i in range(len(a))
         ]
         x = np.concatenate(arrays).astype(np.float32, copy=False)
-        if x.ndim == 4 and (mean is not None or std is not None):
+        if mean is not None or std is not None:
+            if x.ndim != 4:
+                _refuse_normalization(mean, f".npy arrays of items of shape {x.shape[1:]}")
             x = _normalize(x, mean=mean, std=std)
         return Inputs(x, names, "array")
+    if mean is not None or std is not None:
+        _refuse_normalization(mean, _KIND_WORDS[kind])
     if kind == "table":
-        tables = [_read_csv(p) for p in paths]
-        headers = {tuple(h) if h else None for h, _ in tables}
-        widths = {rows.shape[1] for _, rows in tables}
-        if len(widths) > 1:
-            raise LoadError(f"input: CSV files have different numbers of columns {sorted(widths)}")
-        header = next(iter(headers)) if len(headers) == 1 else None
-        names = [
-            f"{p.name}:row {i + 1}" for p, (_, rows) in zip(paths, tables, strict=True)
-            for i in range(len(rows))
-        ]  # fmt: skip
-        x = np.concatenate([rows for _, rows in tables]).astype(np.float32)
-        return Inputs(x, names, "table", feature_names=list(header) if header else None)
+        return _read_tables(paths, columns=None if columns is None else [str(c) for c in columns])
     lines = []
     names = []
     for p in paths:
@@ -153,6 +158,17 @@ def load_inputs(
     if not lines:
         raise LoadError(f"input: no text lines in {[str(p) for p in paths]}")
     return Inputs(None, names, "text", lines=lines)
+
+
+_KIND_WORDS = {"array": ".npy arrays", "table": "CSV rows", "text": "text lines"}
+
+
+def _refuse_normalization(mean, what: str) -> None:
+    option = "mean" if mean is not None else "std"
+    raise LoadError(
+        f"{option}: --mean and --std normalise the channels of images (image files or "
+        f"(N, C, H, W) .npy arrays); {what} have no channels and are read as they are"
+    )
 
 
 def _input_kind(path: Path) -> str:
@@ -214,7 +230,7 @@ def _open_image(path: Path):
             with Image.open(path) as img:
                 checked(_files.check_image_size, *img.size, name="input", path=path)
                 img.load()  # decode now: a truncated file fails here, not later
-                return img.copy(), _integer_bits(img)
+                return _upright(img, path), _integer_bits(img)
     except Image.DecompressionBombError as err:
         raise LoadError(
             f"input: {str(path)!r} is too large to decode ({one_line(err, with_type=True)}); "
@@ -229,6 +245,19 @@ def _open_image(path: Path):
         ) from err
     finally:
         Image.MAX_IMAGE_PIXELS = pillows
+
+
+def _upright(img, path: Path):
+    """The image as viewers show it: a phone photo's EXIF orientation applied."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)  # a copy, also when there is nothing to turn
+    except Exception as err:  # Pillow's EXIF parser raises many kinds on damaged tags
+        raise LoadError(
+            f"input: {str(path)!r} has EXIF orientation data that cannot be read "
+            f"({one_line(err, with_type=True)})"
+        ) from err
 
 
 def _image_array(img, path: Path, *, bits: int | None, channels: int, resize) -> np.ndarray:
@@ -339,14 +368,67 @@ def _read_npy(path: Path) -> np.ndarray:
     return a
 
 
-def _read_csv(path: Path) -> tuple[list[str] | None, np.ndarray]:
+def _read_tables(paths: list[Path], *, columns: list[str] | None) -> Inputs:
+    """CSV files as one batch; each file's columns matched by its own header."""
+    tables = [_read_csv(p, columns=columns) for p in paths]
+    headed = [(p, h) for p, (h, _) in zip(paths, tables, strict=True) if h is not None]
+    bare = [p for p, (h, _) in zip(paths, tables, strict=True) if h is None]
+    if headed and bare:  # the bare file's columns have no names to be matched by
+        raise LoadError(
+            f"input: {str(bare[0])!r} has no header row but {str(headed[0][0])!r} has one, so "
+            "their columns cannot be matched by name; give every CSV a header, or none"
+        )
+    parts = []
+    for p, (header, rows) in zip(paths, tables, strict=True):
+        if columns is None:
+            if header is not None and header != headed[0][1]:
+                raise LoadError(
+                    f"input: {str(headed[0][0])!r} and {str(p)!r} have different headers "
+                    f"({headed[0][1]} and {header}); the model has no column names to match "
+                    "them by, so give every CSV the same columns in the same order"
+                )
+        elif header is not None:
+            rows = _as_fitted(rows, header, columns, p)
+        elif rows.shape[1] != len(columns):
+            raise LoadError(
+                f"input: {str(p)!r} has {rows.shape[1]} columns; the model was fitted on "
+                f"{len(columns)} ({columns})"
+            )
+        parts.append(rows)
+    widths = {rows.shape[1] for rows in parts}
+    if len(widths) > 1:
+        raise LoadError(f"input: CSV files have different numbers of columns {sorted(widths)}")
+    names = [
+        f"{p.name}:row {i + 1}" for p, rows in zip(paths, parts, strict=True)
+        for i in range(len(rows))
+    ]  # fmt: skip
+    x = np.concatenate(parts).astype(np.float32)
+    if not headed:
+        return Inputs(x, names, "table")
+    return Inputs(x, names, "table", feature_names=list(columns or headed[0][1]))
+
+
+def _as_fitted(rows: np.ndarray, header: list[str], columns: list[str], path: Path):
+    """A file's columns in the order the model was fitted on, found by its header."""
+    if len(set(header)) != len(header) or sorted(header) != sorted(columns):
+        raise LoadError(
+            f"input: {str(path)!r} has the columns {header}, not the columns the model was "
+            f"fitted on {columns}"
+        )
+    return rows[:, [header.index(name) for name in columns]]
+
+
+def _read_csv(path: Path, *, columns: list[str] | None) -> tuple[list[str] | None, np.ndarray]:
     rows = list(csv.reader(_read_text(path, what="input").splitlines()))
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise LoadError(f"input: {str(path)!r} has no rows")
     header = None
-    if not all(_is_number(c) for c in rows[0]):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    first = [c.strip() for c in rows[0]]
+    # Names that look like numbers ("2019") are a header when they are the model's columns.
+    fitted = columns is not None and sorted(first) == sorted(columns)
+    if fitted or not all(_is_number(c) for c in first):
+        header, rows = first, rows[1:]
     if not rows:
         raise LoadError(f"input: {str(path)!r} has a header but no data rows")
     width = len(header) if header else len(rows[0])

@@ -7,7 +7,9 @@
 - An ONNX file (``.onnx``), run with onnxruntime (the ``onnx`` extra): no gradients, so only
   the perturbation methods (occlusion, RISE, LIME, KernelSHAP).
 - A pickled scikit-learn model (``.pkl``, ``.pickle``, ``.joblib``), only with
-  ``trust_pickle=True``: unpickling runs whatever code the file's author put in it.
+  ``trust_pickle=True``: unpickling runs whatever code the file's author put in it. A pickled
+  ``nn.Module`` (pickled, or saved whole with ``torch.save(model)``) is loaded the same way, as
+  a PyTorch model returning logits.
 
 Torch files are checked against their declared sizes (zip members) before they are read, see
 :mod:`xaikit._files`. Every failure is a :class:`~xaikit.loading.LoadError` naming ``model``
@@ -20,6 +22,7 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -50,14 +53,16 @@ class LoadedModel:
     kind : {"torch", "torchscript", "onnx", "sklearn"}
     source : str
         The ``--model`` argument, for messages and the report.
-    output : str
-        What the model returns (``"logits"`` or ``"probabilities"``), for :class:`xaikit.Model`.
+    output : str or None
+        What the model returns (``"logits"`` or ``"probabilities"``), for :class:`xaikit.Model`;
+        None lets it decide (a scikit-learn model: ``predict_proba`` gives probabilities, a
+        ``decision_function`` raw scores).
     """
 
     model: Any
     kind: str
     source: str
-    output: str = "logits"
+    output: str | None = "logits"
 
     @property
     def has_gradients(self) -> bool:
@@ -66,12 +71,23 @@ class LoadedModel:
 
     @property
     def input_channels(self) -> int | None:
-        """Channels the first 2-D convolution expects (to read images in the right mode)."""
+        """Channels of the images the model takes (to read images in the right mode): its first
+        2-D convolution's, or the C of an ONNX model's declared (N, C, H, W) input; else None."""
+        if isinstance(self.model, OnnxModel):
+            shape = self.model.input_shape
+            ok = len(shape) == 4 and isinstance(shape[1], int) and shape[1] > 0
+            return shape[1] if ok else None
         if not isinstance(self.model, nn.Module):
             return None
         for module in self.model.modules():
             if isinstance(module, nn.Conv2d):
                 return int(module.in_channels)
+            if getattr(module, "original_name", None) == "Conv2d":  # inside TorchScript
+                if hasattr(module, "in_channels"):  # scripted: the attributes are kept
+                    return int(module.in_channels)
+                weight = getattr(module, "weight", None)  # traced: (out, in / groups, kh, kw)
+                if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+                    return int(weight.shape[1])
         return None
 
 
@@ -94,10 +110,11 @@ def load_model(
     weights : path, optional
         A ``.safetensors`` file or a torch state dict, for ``file.py:factory`` only.
     trust_pickle : bool
-        Allow loading a pickled scikit-learn model (pickles can run code when loaded).
+        Allow loading a pickled scikit-learn model or torch module (pickles can run code when
+        loaded).
     output : {"logits", "probabilities", ...}, optional
         What the model returns; default ``"logits"`` for PyTorch and ONNX models,
-        ``"probabilities"`` for scikit-learn's ``predict_proba``.
+        xaikit.Model's choice for scikit-learn models (probabilities from ``predict_proba``).
     random_weights : bool
         Accept a factory whose network comes out with random weights and no ``weights`` file
         (a sanity check on an untrained network). Without it such a factory is refused: it
@@ -120,6 +137,8 @@ def load_model(
             f"model: {text!r} names a Python file without a factory; write {text}:make_model "
             "(a function or nn.Module class that builds the network)"
         )
+    if path.is_dir():
+        raise LoadError(f"model: {file!r} is a directory, not a model file")
     if not path.is_file():
         raise LoadError(f"model: no file {file!r}")
     if weights is not None and not factory:
@@ -141,10 +160,15 @@ def load_model(
     elif suffix == ".onnx":
         loaded = LoadedModel(OnnxModel(path), "onnx", text)
     elif suffix in PICKLE_SUFFIXES:
-        loaded = LoadedModel(_from_pickle(path, trust=trust_pickle), "sklearn", text)
-        loaded.output = "probabilities"
+        obj = _from_pickle(path, trust=trust_pickle)
+        if isinstance(obj, nn.Module):  # a pickled network returns what it returns: logits
+            loaded = LoadedModel(obj.eval(), "torch", text)
+        else:
+            loaded = LoadedModel(obj, "sklearn", text, output=None)
     else:
-        loaded = LoadedModel(_from_torchscript(path), "torchscript", text)
+        module = _from_torchscript(path, trust_pickle=trust_pickle)
+        kind = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
+        loaded = LoadedModel(module, kind, text)
     if output is not None:
         loaded.output = output
     if device is not None:
@@ -282,7 +306,8 @@ def _state_dict(state: Any, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _from_torchscript(path: Path) -> nn.Module:
+def _from_torchscript(path: Path, *, trust_pickle: bool = False) -> nn.Module:
+    """A TorchScript file or, with ``trust_pickle``, a whole module saved by ``torch.save``."""
     checked(_files.check_zip, path, name="model")
     try:
         with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users have files
@@ -302,10 +327,53 @@ def _from_torchscript(path: Path) -> nn.Module:
             f"model: {str(path)!r} holds weights (a state dict), not a model; pass the "
             f"architecture as --model file.py:factory and this file as --weights"
         ) from cause
+    if state is None and _pickled_module(path):
+        if trust_pickle:
+            return _torch_pickle(path)
+        raise LoadError(
+            f"model: {str(path)!r} is a whole torch module saved with torch.save(model), a "
+            "pickle, which runs any code it holds when loaded; pass --trust-pickle only if you "
+            "trust whoever made it (its class must be importable), or save it as TorchScript "
+            "(torch.jit.script(model).save(...)) or its state dict for --model file.py:factory "
+            "--weights"
+        ) from cause
     raise LoadError(
         f"model: {str(path)!r} is not a model file: expected file.py:factory, a TorchScript file, "
         "an ONNX file (.onnx) or a pickled scikit-learn model (.pkl, with --trust-pickle)"
     ) from cause
+
+
+def _pickled_module(path: Path) -> bool:
+    """Whether a torch.save zip pickles a torch module, read from its opcodes (nothing run)."""
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            if name is None:
+                return False
+            data = archive.read(name)  # its size was checked with the rest of the zip
+        strings = {arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)}
+    except Exception:  # not a zip, or a damaged pickle: not something we can name
+        return False
+    # Every module pickles its __dict__, whose keys name its parameters and submodules.
+    return {"_parameters", "_modules"} <= strings
+
+
+def _torch_pickle(path: Path) -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=False)  # the user trusts it
+    except Exception as err:
+        raise LoadError(
+            f"model: {str(path)!r} is a pickled torch module that cannot be loaded "
+            f"({one_line(err, with_type=True)[:200]}); its class must be importable here"
+        ) from err
+    if not isinstance(obj, nn.Module):
+        raise LoadError(f"model: {str(path)!r} holds a {type(obj).__name__}, not a torch module")
+    return obj
 
 
 def _from_pickle(path: Path, *, trust: bool) -> Any:
@@ -370,6 +438,7 @@ class OnnxModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=self.dtype)
+        self._check_items(x)
         if self.fixed_batch is None:
             return self._run(x)
         size, outs = self.fixed_batch, []
@@ -381,8 +450,30 @@ class OnnxModel:
             outs.append(self._run(chunk)[:n])
         return np.concatenate(outs)
 
+    # Its errors name no argument: xk.Model, which calls it, puts "x: the model refused a batch
+    # of shape ...:" before them.
+    def _check_items(self, x: np.ndarray) -> None:
+        """Refuse items whose shape the model's declared input rules out, naming both."""
+        if not self.input_shape:
+            return
+        want = self.input_shape[1:]
+        if len(want) != x.ndim - 1 or any(
+            isinstance(w, int) and w > 0 and w != h for w, h in zip(want, x.shape[1:], strict=True)
+        ):
+            declared = ", ".join(str(d) if d else "?" for d in self.input_shape)
+            raise ValueError(
+                f"the ONNX model {self.path!r} takes inputs of shape ({declared}), not items of "
+                f"shape {x.shape[1:]}"
+            )
+
     def _run(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: x})[0]
+        try:
+            out = self.session.run(None, {self.input_name: x})[0]
+        except Exception as err:  # onnxruntime's own kinds, with a "[ONNXRuntimeError] : 2 :"
+            reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", one_line(err))
+            raise ValueError(
+                f"the ONNX model {self.path!r} failed to run on it: {reason[:200]}"
+            ) from err
         return np.asarray(out, dtype=np.float32)
 
     def __repr__(self) -> str:

@@ -73,10 +73,13 @@ def staged_dir(out: str | os.PathLike, *, name: str = "out") -> Iterator[Path]:
         out = Path(os.path.realpath(out))
     out = Path(os.path.abspath(out))
     _check_not_cwd(out, name=name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    recover(out)
-    prefix = f"{_stem(out)}{os.getpid()}-"
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix, suffix=".staging"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        recover(out)
+        prefix = f"{_stem(out)}{os.getpid()}-"
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix, suffix=".staging"))
+    except OSError as err:  # it would name the hidden staging folder, unknown to the user
+        raise _files.cannot_write(err, name=name, path=out) from err
     try:
         yield stage
         if out.is_dir():
