@@ -298,7 +298,7 @@ class AliasedUpdateCNN(nn.Module):
     def forward(self, x):
         h = self.conv0(x)
         skip = h
-        h += self.conv1(x) - 0.2
+        h += self.conv1(x)
         h = self.act(h)
         return self.head(self.pool(h + skip).flatten(1))
 

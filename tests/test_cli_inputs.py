@@ -287,3 +287,21 @@ def test_saving_an_explanation_where_it_cannot_be_written_names_the_path(tmp_pat
     ):
         e.save(tmp_path / "e.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_classifier_labelled_one_to_three_names_its_classes_by_its_labels(tmp_path):
+    # Class numbers are positions in classes_: without names, "predicted 0" meant label 1
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(120, 3))
+    clf = LogisticRegression().fit(rows, rows.argmax(axis=1) + 1)  # labels 1, 2, 3
+    with (tmp_path / "clf.pkl").open("wb") as f:
+        pickle.dump(clf, f)
+    (tmp_path / "rows.csv").write_text("0,5,0\n")
+    result = _run("explain", "--model", tmp_path / "clf.pkl", "--trust-pickle",
+                  tmp_path / "rows.csv", "--out", tmp_path / "o", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (item,) = json.loads(result.output)["items"]
+    assert item["predicted"] == 1 and item["predicted_name"] == "2" == str(clf.predict(
+        np.array([[0.0, 5.0, 0.0]]))[0])  # fmt: skip

@@ -240,3 +240,12 @@ def test_token_ids_with_a_numpy_callable():
     e = xk.explain(count_sevens, np.array([3, 7, 1, 7, 2]), method="occlusion", target=0)
     assert e.kind == "text" and e.params["window"] == (1,)
     assert e.values.tolist() == [0, 1, 0, 1, 0]
+
+
+def test_a_baseline_of_the_batchs_shape_warns_that_it_is_background_rows():
+    # Captum takes (N, ...) baselines one per item; here they are rows every item shares
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    x = np.random.default_rng(0).random((2, 1, 6, 6), dtype=np.float32)
+    with pytest.warns(UserWarning, match=r"^baseline: an array of the batch's shape"):
+        xk.explain(net.eval(), x, method="occlusion", baseline=np.zeros_like(x), batch=True)

@@ -8,6 +8,7 @@ rounding cannot hide a wrong region).
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 
 import numpy as np
@@ -333,4 +334,48 @@ def test_a_hidden_in_place_update_falls_back_to_plain_occlusion():
     fast, plain = both(net, x, window=(3, 3), stride=(1, 1), baseline=5.0)
     assert fast.info["incremental"] is False
     assert "in place (a += b)" in fast.info["incremental_note"]
+    np.testing.assert_allclose(fast.values, plain.values, rtol=1e-6)
+
+
+class _ReadsShape(nn.Module):
+    """Reads the input's shape (for a reshape): the input reaches the output beside the layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        n = x.shape[0]
+        return self.head(F.relu(self.conv(x)).reshape(n, -1))
+
+
+class _EditsThenReads(nn.Module):
+    """Halves a feature map in place and reads it afterwards (the result of mul_ unused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h.mul_(0.5)
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize(
+    ("net", "note"),
+    [
+        (_ReadsShape, r"^the forward reads the input's shape \(x.shape or x.size\(\)\)"),
+        (_EditsThenReads, r"^the forward changes a tensor in place \('mul_'\)"),
+    ],
+)
+def test_the_note_names_what_keeps_occlusion_plain(net, note):
+    x = image((3, 8, 8))
+    fast, plain = both(net().eval(), x, window=(3, 3), stride=(1, 1))
+    assert fast.info["incremental"] is False
+    assert re.match(note, fast.info["incremental_note"]), fast.info["incremental_note"]
     np.testing.assert_allclose(fast.values, plain.values, rtol=1e-6)

@@ -213,11 +213,16 @@ class Session:
 
     @cached_property
     def class_names(self) -> list[str] | None:
-        """The ``--classes`` names, as many as the model has classes (None without it)."""
+        """The ``--classes`` names, as many as the model has classes; without the file, a
+        scikit-learn classifier's own labels (``classes_``, when they are not 0..K-1: the
+        class at position 0 of [1, 2, 3] is "1"); else None."""
         from xaikit.loading import load_class_names
 
         if self.classes_file is None:
-            return None
+            labels = getattr(self.loaded.model, "classes_", None)
+            if labels is None or list(labels) == list(range(len(labels))):
+                return None
+            return [str(label) for label in labels]
         k = self.model.scores(self.data.x[:1]).shape[1]
         return load_class_names(self.classes_file, n_classes=k)
 

@@ -58,7 +58,7 @@ from xaikit._torch import (
     model_output,
     preserved_state,
 )
-from xaikit.attribution._graph import Graph, hidden_updates, is_inplace, trace
+from xaikit.attribution._graph import Graph, _is_shape, hidden_updates, is_inplace, trace
 from xaikit.model import Model
 
 # Cost units for the choice of the cut: one multiply-add is 1; touching one element in a
@@ -577,6 +577,12 @@ def prepare(
             "it, which the torch.fx trace reads as a new tensor"
         )
     if np.abs(got - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
+        edited = _edited_then_read(graph)
+        if edited is not None:  # recorded values are kept as made: an edit is not seen later
+            return None, (
+                f"the forward changes a tensor in place ({edited!r}) and reads it afterwards, "
+                "which the recorded maps cannot follow"
+            )
         return None, "the traced forward does not give the model's scores"
     if plan is None:
         plan = _plan(model, graph, values, placeholders[0], window, stride, counts, mode)
@@ -695,6 +701,17 @@ def _mutates(node: fx.Node, graph: Graph) -> bool:
             return True
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     return node.op != "call_module" and name.endswith("_") and not name.endswith("__")
+
+
+def _edited_then_read(graph: Graph) -> str | None:
+    """The first node that writes into its input while a later node reads that input."""
+    nodes = list(graph.graph.nodes)
+    for i, node in enumerate(nodes):
+        if not _mutates(node, graph) or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        if any(node.args[0] in later.all_input_nodes for later in nodes[i + 1 :]):
+            return _name(node)
+    return None
 
 
 def _local_nodes(graph: Graph, values: dict, placeholder: fx.Node) -> dict[fx.Node, _Local]:
@@ -993,6 +1010,12 @@ def _no_prefix_note(graph: Graph, placeholder, locals_: dict) -> str:
         None,
     )
     what = ""
+    if first is not None and _is_shape(first):
+        # a shape read leaves the input beside every layer: no layer has all paths through it
+        return (
+            "the forward reads the input's shape (x.shape or x.size()), so no layer lies on "
+            "every path from the input: incremental inference cannot split the network"
+        )
     if first is not None:
         kind = (
             type(graph.modules[first.target]).__name__

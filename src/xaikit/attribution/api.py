@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -165,6 +166,7 @@ def explain(
     if not batch:
         suggest_batch(wrapped, x)
     xb = _as_batch(x, batch=batch)
+    _warn_if_per_item_baseline(params.get("baseline"), xb, batch=batch)
     if not batch and (np.ndim(target) != 0 or isinstance(target, (str, bytes))):
         raise TypeError(
             f"target: expected one class index (int) for one input, got {describe(target)}"
@@ -296,6 +298,19 @@ def _token_ids(x: Any) -> bool:
 
 def _target_of(target: Any, i: int) -> Any:
     return target if np.ndim(target) == 0 else np.asarray(target)[i]
+
+
+def _warn_if_per_item_baseline(baseline: Any, xb: Any, *, batch: bool) -> None:
+    """An array of the batch's shape reads as background rows (R = N), not one baseline per
+    item as Captum takes it: say so, since every item is then explained against all rows."""
+    shape = getattr(baseline, "shape", None)
+    if batch and shape is not None and len(xb) > 1 and tuple(shape) == tuple(np.shape(xb)):
+        warnings.warn(
+            f"baseline: an array of the batch's shape {tuple(shape)} is taken as {len(xb)} "
+            "background rows, used alike for every item (not one baseline per item); for "
+            "per-item baselines explain the items one at a time",
+            stacklevel=3,
+        )
 
 
 def suggest_batch(
