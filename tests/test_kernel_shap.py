@@ -386,3 +386,14 @@ def test_row_keys_find_the_distinct_rows_that_unique_by_rows_finds(m):
     np.testing.assert_array_equal(
         first_keys[inverse_keys.reshape(-1)], first_rows[inverse_rows.reshape(-1)]
     )
+
+
+@pytest.mark.parametrize("method", ["kernel_shap", "lime"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maps_come_in_the_inputs_precision_as_every_method_s(method, dtype):
+    # float64 maps came back for float32 inputs (docs/models.md: float32 unless float64)
+    weights = np.array([1.0, -2.0, 0.5])
+    x = np.array([1.0, 2.0, 3.0], dtype=dtype)
+    e = xk.explain(lambda b: np.c_[b @ weights, -(b @ weights)], x, method=method,
+                   baseline=0.0, samples=64)  # fmt: skip
+    assert e.values.dtype == dtype

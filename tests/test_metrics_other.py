@@ -415,3 +415,26 @@ def test_compare_ranks_methods(image):
     assert "| saliency |" in str(result)
     assert len(result.plot().axes) >= 2
     del noise
+
+
+def test_compare_of_a_torchscript_model_runs_only_the_methods_that_apply(tmp_path):
+    # It tried Grad-CAM, which needs hooks a TorchScript module does not run, and failed
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 2)).eval()  # fmt: skip
+    scripted = torch.jit.script(net)
+    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+    result = compare(scripted, x, metrics=["deletion"])
+    assert "gradcam" not in result.explanations and "saliency" in result.explanations
+
+
+def test_evaluate_takes_a_map_without_channels_as_the_metrics_do():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(),
+                              torch.nn.Linear(18, 2)).eval()  # fmt: skip
+    x = np.random.default_rng(0).random((3, 5, 5)).astype(np.float32)
+    heat = np.random.default_rng(1).random((5, 5))
+    got = xk.evaluate(net, x, heat, metrics="deletion")["deletion"]
+    assert got == pytest.approx(xk.metrics.deletion(net, x, heat).area)
+    with pytest.raises(ValueError, match=r"^explanation: expected attributions of the shape"):
+        xk.evaluate(net, x, np.zeros((4, 4)), metrics="deletion")

@@ -668,3 +668,19 @@ def test_a_callables_raw_scores_are_not_taken_as_probabilities():
     np.testing.assert_allclose(m.probabilities(x).sum(axis=1), 1.0)
     np.testing.assert_allclose(m.probabilities(x)[:, 0], 1 / (1 + np.exp(-12.0)))
     assert scores[0, 0] == 6.0
+
+
+@pytest.mark.parametrize(
+    ("shape", "error", "match"),
+    [("a", TypeError, r"^input_shape: expected one item's shape as whole numbers"),
+     ((1, 2.5), TypeError, r"^input_shape: expected one item's shape"),
+     ((-3,), ValueError, r"^input_shape: expected sizes >= 1")],
+)  # fmt: skip
+def test_a_bad_input_shape_is_named(shape, error, match):
+    with pytest.raises(error, match=match):
+        xk.Model(nn.Linear(3, 2), input_shape=shape)
+
+
+def test_batch_must_be_true_or_false():
+    with pytest.raises(TypeError, match=r"^batch: expected True or False, got str 'yes'"):
+        xk.explain(nn.Linear(3, 2), np.zeros((2, 3), np.float32), batch="yes")

@@ -148,7 +148,7 @@ class Model:
         if batch_size != "auto":
             batch_size = check_positive_int(batch_size, name="batch_size")
         self.batch_size = batch_size
-        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.input_shape = None if input_shape is None else _check_input_shape(input_shape)
         self.device = _check_device(device) if device is not None else module_device(self.module)
         held_on = module_device(self.module)
         if self.module is not None and held_on.type != self.device.type:
@@ -402,6 +402,7 @@ class Model:
         *,
         gradients: bool = False,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        argument: str = "name",
     ) -> Iterator[LayerRecording]:
         """Record one layer's outputs (and their gradients) during the calls inside the block.
 
@@ -412,9 +413,10 @@ class Model:
         ``name`` is a path from ``named_modules()`` (e.g. ``"features.3"``). ``transform`` is
         applied to each batch of activations before it is kept (e.g. spatial pooling), so a
         large data set need not be held at full size. The hook is removed when the block
-        ends, also on error.
+        ends, also on error. ``argument``: the caller's name for the path, which errors name
+        (``layers`` for ``xk.activations``).
         """
-        module = self.find_layer(name)
+        module = self.find_layer(name, argument=argument)
         recording = LayerRecording(name)
 
         calls = [0]  # the layer's calls in the current forward
@@ -427,7 +429,7 @@ class Model:
                 return
             calls[0] += 1
             if calls[0] > 1:
-                raise ValueError(_runs_twice(name, "name"))
+                raise ValueError(_runs_twice(name, argument))
             tensor = first_tensor(output)
             if tensor is None:
                 return
@@ -443,7 +445,7 @@ class Model:
         try:
             handle = module.register_forward_hook(hook)
         except RuntimeError as err:  # TorchScript modules refuse hooks added after scripting
-            raise TypeError(f"name: layer {name!r} does not accept hooks ({err})") from err
+            raise TypeError(f"{argument}: layer {name!r} does not accept hooks ({err})") from err
         handles = [handle]
         # counts the layer's calls per forward (not on a TorchScript model, which refuses it)
         with contextlib.suppress(RuntimeError):
@@ -833,6 +835,22 @@ def _as_numpy(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().float().cpu().numpy()
     return np.asarray(value)
+
+
+def _check_input_shape(shape: Any) -> tuple[int, ...]:
+    """One item's shape: a sequence of positive whole numbers."""
+    try:
+        sizes = list(shape)
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in sizes):
+            raise TypeError
+    except TypeError:
+        raise TypeError(
+            f"input_shape: expected one item's shape as whole numbers, e.g. (1, 28, 28), got "
+            f"{describe(shape)}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"input_shape: expected sizes >= 1, got {tuple(sizes)}")
+    return tuple(int(s) for s in sizes)
 
 
 def _margin_classifier(model: Any) -> bool:

@@ -74,6 +74,8 @@ def explain(
         ``values`` of the shape of ``x``; with ``batch=True`` every array has the item axis.
     """
     _load_methods()
+    if not isinstance(batch, (bool, np.bool_)):  # a truthy string or 1 read as True
+        raise TypeError(f"batch: expected True or False, got {describe(batch)}")
     spec = METHODS.get(method) if isinstance(method, str) else None
     if spec is None:
         close = difflib.get_close_matches(str(method), list(METHODS), n=3)

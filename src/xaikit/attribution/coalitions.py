@@ -236,10 +236,13 @@ def component_mean(x: np.ndarray, components: np.ndarray) -> np.ndarray:
     return means[:, flat].reshape(x.shape)
 
 
-def assemble(x: np.ndarray, fits: list[tuple[CoalitionGame, np.ndarray]], info) -> Attribution:
-    """Paint each item's component values over its map; pad ``component_values`` to max M."""
+def assemble(
+    x: np.ndarray, fits: list[tuple[CoalitionGame, np.ndarray]], info, *, dtype: type
+) -> Attribution:
+    """Paint each item's component values over its map (maps in ``dtype``, as every map of
+    this model: perturbation.values_dtype); pad ``component_values`` (float64) to max M."""
     width = max(g.m for g, _ in fits)
-    values = np.zeros(x.shape, dtype=np.float64)
+    values = np.zeros(x.shape, dtype=dtype)
     table = np.zeros((len(fits), width))
     for i, (game, coef) in enumerate(fits):
         values[i] = np.broadcast_to(coef[game.map], x.shape[1:])

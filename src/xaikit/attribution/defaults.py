@@ -47,8 +47,10 @@ def default_methods(
 ) -> dict[str, dict[str, Any]]:
     """The methods compare and report run by default, with fast parameters.
 
-    Images get every method; rows (tabular data) the ones that make sense per feature (no
-    Grad-CAM, Guided Backprop or RISE's image masks). Without gradients (a callable, ONNX,
+    Images get the ten of :data:`IMAGE_METHODS` (not every registered method: no LRP, DeepLIFT,
+    Grad-CAM++, or the methods that need background data or attention weights); rows (tabular
+    data) the ones that make sense per feature (no Grad-CAM, Guided Backprop or RISE's image
+    masks). Without gradients (a callable, ONNX,
     scikit-learn), only the perturbation methods; without hooks (TorchScript), no method that
     hooks or re-traces the model's layers.
     """

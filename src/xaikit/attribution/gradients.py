@@ -398,13 +398,16 @@ def integrated_gradients(
 def _layer_integrated_gradients(model, x, targets, *, baseline, steps, rule, layer):
     """IG in a layer's output space: the path runs from the baseline's to the input's output."""
     if steps == "auto":
-        raise ValueError('steps: "auto" is not available with layer=; give a number of steps')
+        raise ValueError(
+            'steps: "auto" is not available for Integrated Gradients at a layer (layer=, or a '
+            "token model, explained at its embedding layer); give a number of steps"
+        )
     n = len(x)
     base = np.array(np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape))
     # One forward pass (no backward) over input and baseline: their layer outputs, the
     # prediction, and F(x), F(x') for completeness.
     model.find_layer(layer, argument="layer")  # a wrong path is named as the user gave it
-    with model.layer(layer) as recording:
+    with model.layer(layer, argument="layer") as recording:
         scores = model.scores(np.concatenate([x, base]), as_numpy=False)
     both_acts = torch.cat(recording._activations)
     if targets is None:

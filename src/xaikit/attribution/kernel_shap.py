@@ -49,7 +49,7 @@ from xaikit.attribution.coalitions import (
     row_keys,
     single_threaded_blas,
 )
-from xaikit.attribution.perturbation import chunk_sizes
+from xaikit.attribution.perturbation import chunk_sizes, values_dtype
 from xaikit.attribution.registry import Attribution, register
 from xaikit.model import Model
 
@@ -160,7 +160,7 @@ def kernel_shap(
         "exact": exact,
         "explained_output": model.output,
     }
-    return assemble(x, fits, info)
+    return assemble(x, fits, info, dtype=values_dtype(model, x))
 
 
 def _exact(game) -> tuple[float, float, np.ndarray]:

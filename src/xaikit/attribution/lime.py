@@ -27,6 +27,7 @@ from xaikit.attribution.coalitions import (
     games_for,
     single_threaded_blas,
 )
+from xaikit.attribution.perturbation import values_dtype
 from xaikit.attribution.registry import Attribution, register
 from xaikit.components import input_kind
 from xaikit.model import Model
@@ -160,7 +161,7 @@ def lime(
     info["local_prediction"] = np.array([f[2]["intercept"] + f[1].sum() for f in fits])
     info["evaluations"] = np.array([f[0].evaluations for f in fits])
     info["explained_output"] = model.output
-    return assemble(x, [(g, c) for g, c, _ in fits], info)
+    return assemble(x, [(g, c) for g, c, _ in fits], info, dtype=values_dtype(model, x))
 
 
 def _lime_from_training(model, x, targets, *, baseline, discretize, categorical, **fit):
@@ -191,7 +192,8 @@ def _lime_from_training(model, x, targets, *, baseline, discretize, categorical,
     components = np.broadcast_to(np.arange(x.shape[1]), x.shape).copy()
     info = {**result, "evaluations": np.full(len(x), fit["samples"])}
     info["explained_output"] = model.output
-    return Attribution(values=coef.copy(), components=components, component_values=coef, info=info)
+    values = coef.astype(values_dtype(model, x))  # a copy
+    return Attribution(values=values, components=components, component_values=coef, info=info)
 
 
 def lime_coalitions(m: int, samples: int, rng: np.random.Generator) -> np.ndarray:

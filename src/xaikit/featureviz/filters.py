@@ -154,7 +154,7 @@ def filter_activations(
         raise TypeError(f"layer: expected a layer path (str), got {describe(layer)}")
     x = check_batch(images, name="images", item_shape=m.input_shape)
     m.find_layer(layer, argument="layer")
-    with m.layer(layer) as recording:
+    with m.layer(layer, argument="layer") as recording:
         m.scores(x)
     acts = recording.activations
     if acts.ndim < 2:

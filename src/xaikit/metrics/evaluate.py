@@ -130,9 +130,19 @@ def evaluate(
         target = options.get("target")
         if batch and target is not None and np.ndim(target) == 0:  # one class for every item
             target = check_targets(target, n=len(values), n_classes=None)
-        explanation = Explanation.from_array(
-            values, as_array(x, name="x"), model=model, target=target, batch=batch
-        )
+        x = as_array(x, name="x")
+        values = np.asarray(values)
+        channels = x.ndim == values.ndim + 1 and x.ndim >= 3
+        if channels and values.shape == x.shape[:-3] + x.shape[-2:]:
+            # a (H, W) map of a (C, H, W) image, as the metrics take it: spread over the
+            # channels so that their sum, which the image metrics score, is the map
+            values = np.repeat(np.expand_dims(values / x.shape[-3], -3), x.shape[-3], axis=-3)
+        if values.shape != x.shape:
+            raise ValueError(
+                f"explanation: expected attributions of the shape of x {x.shape} (or without "
+                f"its channel axis), got {values.shape}"
+            )
+        explanation = Explanation.from_array(values, x, model=model, target=target, batch=batch)
     if x is None:
         x = explanation.x
     else:
@@ -248,6 +258,7 @@ def compare(
     Comparison
         ``.table`` (rows per method), ``.rank(metric)``, ``.explanations``, ``.plot()``.
     """
+    from xaikit._torch import is_torchscript
     from xaikit.attribution import explain
     from xaikit.attribution.api import suggest_batch
     from xaikit.attribution.defaults import default_methods, fast_params
@@ -257,7 +268,11 @@ def compare(
     names = _check_metrics(metrics, options)
     model = as_model(model)  # one adapter for every method: the batch size is found once
     if methods is None:
-        specs = default_methods(image=input_kind(x) == "image", gradients=model.is_torch)
+        specs = default_methods(
+            image=input_kind(x) == "image",
+            gradients=model.is_torch,
+            hooks=not is_torchscript(model.module),  # TorchScript runs no Python hooks
+        )
     elif isinstance(methods, dict):
         specs = dict(methods)
     else:

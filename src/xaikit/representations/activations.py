@@ -216,7 +216,10 @@ def capture(
             contextlib.ExitStack() as stack,
             progress_bar(source.n or 0, "activations", enabled=progress) as bar,
         ):
-            recordings = [stack.enter_context(m.layer(name, transform=transform)) for name in names]
+            recordings = [
+                stack.enter_context(m.layer(name, transform=transform, argument="layers"))
+                for name in names
+            ]
             for x, target in source.chunks(lambda: size[0]):
                 rows = _forward(m, x, recordings)
                 if keep_inputs:
