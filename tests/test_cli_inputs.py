@@ -95,6 +95,17 @@ def test_a_csv_without_header_beside_one_with_a_header_is_refused(frame_model):
     assert not (folder / "o").exists()
 
 
+def _explained_rows(folder, clf, csv_text: str) -> list[dict]:
+    """``xaikit explain --json`` of the CSV rows on the pickled classifier: its items."""
+    with (folder / "clf.pkl").open("wb") as f:
+        pickle.dump(clf, f)
+    (folder / "rows.csv").write_text(csv_text)
+    result = _run("explain", "--model", folder / "clf.pkl", "--trust-pickle",
+                  folder / "rows.csv", "--out", folder / "o", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["items"]
+
+
 def test_a_csv_header_of_years_is_read_as_the_fitted_columns(tmp_path):
     # Names that look like numbers made the header a data row (and the rows went by position).
     import pandas as pd
@@ -103,15 +114,9 @@ def test_a_csv_header_of_years_is_read_as_the_fitted_columns(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(100, 3)), columns=["2019", "2020", "2021"])
     clf = LogisticRegression().fit(frame, (frame["2019"] > 0).astype(int))
-    with (tmp_path / "years.pkl").open("wb") as f:
-        pickle.dump(clf, f)
-    (tmp_path / "years.csv").write_text("2021,2019,2020\n0,3,0\n0,-3,0\n")
-    result = _run("explain", "--model", tmp_path / "years.pkl", "--trust-pickle",
-                  tmp_path / "years.csv", "--out", tmp_path / "o", "--json")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    items = json.loads(result.output)["items"]
+    items = _explained_rows(tmp_path, clf, "2021,2019,2020\n0,3,0\n0,-3,0\n")
     assert [(i["input"], i["predicted"]) for i in items] == [
-        ("years.csv:row 1", 1), ("years.csv:row 2", 0),
+        ("rows.csv:row 1", 1), ("rows.csv:row 2", 0),
     ]  # fmt: skip
 
 
@@ -296,12 +301,6 @@ def test_a_classifier_labelled_one_to_three_names_its_classes_by_its_labels(tmp_
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(120, 3))
     clf = LogisticRegression().fit(rows, rows.argmax(axis=1) + 1)  # labels 1, 2, 3
-    with (tmp_path / "clf.pkl").open("wb") as f:
-        pickle.dump(clf, f)
-    (tmp_path / "rows.csv").write_text("0,5,0\n")
-    result = _run("explain", "--model", tmp_path / "clf.pkl", "--trust-pickle",
-                  tmp_path / "rows.csv", "--out", tmp_path / "o", "--json")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    (item,) = json.loads(result.output)["items"]
+    (item,) = _explained_rows(tmp_path, clf, "0,5,0\n")
     assert item["predicted"] == 1 and item["predicted_name"] == "2" == str(clf.predict(
         np.array([[0.0, 5.0, 0.0]]))[0])  # fmt: skip

@@ -337,45 +337,36 @@ def test_a_hidden_in_place_update_falls_back_to_plain_occlusion():
     np.testing.assert_allclose(fast.values, plain.values, rtol=1e-6)
 
 
-class _ReadsShape(nn.Module):
-    """Reads the input's shape (for a reshape): the input reaches the output beside the layers."""
+class _ConvHead(nn.Module):
+    """A convolution and a linear head whose forward either reads the input's shape (for a
+    reshape: the input then reaches the output beside the layers) or halves the feature map
+    in place and reads it afterwards (the result of mul_ unused)."""
 
-    def __init__(self) -> None:
+    def __init__(self, how: str) -> None:
         super().__init__()
         torch.manual_seed(0)
+        self.how = how
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.head = nn.Linear(4 * 8 * 8, 2)
 
     def forward(self, x):
-        n = x.shape[0]
-        return self.head(F.relu(self.conv(x)).reshape(n, -1))
-
-
-class _EditsThenReads(nn.Module):
-    """Halves a feature map in place and reads it afterwards (the result of mul_ unused)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4 * 8 * 8, 2)
-
-    def forward(self, x):
+        if self.how == "reads_shape":
+            return self.head(F.relu(self.conv(x)).reshape(x.shape[0], -1))
         h = self.conv(x)
         h.mul_(0.5)
         return self.head(h.flatten(1))
 
 
 @pytest.mark.parametrize(
-    ("net", "note"),
+    ("how", "note"),
     [
-        (_ReadsShape, r"^the forward reads the input's shape \(x.shape or x.size\(\)\)"),
-        (_EditsThenReads, r"^the forward changes a tensor in place \('mul_'\)"),
+        ("reads_shape", r"^the forward reads the input's shape \(x.shape or x.size\(\)\)"),
+        ("edits_then_reads", r"^the forward changes a tensor in place \('mul_'\)"),
     ],
 )
-def test_the_note_names_what_keeps_occlusion_plain(net, note):
+def test_the_note_names_what_keeps_occlusion_plain(how, note):
     x = image((3, 8, 8))
-    fast, plain = both(net().eval(), x, window=(3, 3), stride=(1, 1))
+    fast, plain = both(_ConvHead(how).eval(), x, window=(3, 3), stride=(1, 1))
     assert fast.info["incremental"] is False
     assert re.match(note, fast.info["incremental_note"]), fast.info["incremental_note"]
     np.testing.assert_allclose(fast.values, plain.values, rtol=1e-6)
