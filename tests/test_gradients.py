@@ -492,3 +492,11 @@ def test_a_float64_model_keeps_float64_in_every_step(method, params):
     if method == "input_x_gradient":
         _, grads = xk.Model(net).gradients(x[None], target=0)
         np.testing.assert_array_equal(e.values, x * grads[0])
+
+
+def test_a_baseline_tensor_is_kept_in_params_as_its_values():
+    net, x = two_conv_net(), images(1)[0]
+    base = torch.full((3, 12, 12), 0.25)
+    e = xk.explain(net, x, method="integrated_gradients", target=0, baseline=base, steps=8)
+    assert isinstance(e.params["baseline"], np.ndarray)
+    np.testing.assert_array_equal(e.params["baseline"], base.numpy())

@@ -189,6 +189,8 @@ def explain(
             targets = check_targets(target, n=len(xb), n_classes=scores.shape[1])
         result = spec.function(wrapped, xb, targets, **params)
     used = {**spec.defaults, **params, **result.params}
+    # a tensor (a baseline) kept as its values: the Explanation holds NumPy data
+    used = {k: _as_numpy(v) if isinstance(v, torch.Tensor) else v for k, v in used.items()}
     info = dict(result.info)
     if wrapped.output == "scores" and scores.shape[1] == 1:
         info["explained"] = "prediction"  # a regressor: there is no class to name
@@ -208,6 +210,11 @@ def explain(
         feature_names=None if feature_names is None else [str(n) for n in feature_names],
         tokens=tokens,
     )
+
+
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    t = tensor.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def _refuse_categorical_removal(table: Table) -> None:
