@@ -225,6 +225,7 @@ def test_attention_rows_sum_to_one_in_the_models_shape(minilm):
     assert a.plot().axes and a.plot(layer=2, head=3).axes
     e = text.explain(minilm, "The children were happy.", method="attention_rollout")
     assert e.values.shape == (n_tokens - 2,) and np.all(e.values > 0)
+    assert e.params == {"residual": True} and "Abnar" in e.info["reference"]
 
 
 @needs_extra

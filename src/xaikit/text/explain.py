@@ -174,7 +174,11 @@ def _rollout_explanation(
         target=int(np.argmax(scores)) if target is None else int(target),
         prediction=scores,
         method="attention_rollout",
-        params={"residual": bool(residual), "reference": REFERENCE_ROLLOUT},
-        info={"rollout": matrix, "special_share": float(row[0] + row[-1])},
+        params={"residual": bool(residual)},  # the method's parameters only
+        info={
+            "rollout": matrix,
+            "special_share": float(row[0] + row[-1]),
+            "reference": REFERENCE_ROLLOUT,
+        },
         tokens=enc.tokens,
     )
