@@ -303,6 +303,29 @@ class AliasedUpdateCNN(nn.Module):
         return self.head(self.pool(h + skip).flatten(1))
 
 
+class HarmlessUpdateCNN(nn.Module):
+    """A torchvision-style ``out += identity`` (its operand read by nothing after) beside two
+    branches on one input (``a = h + f(h); b = h + g(h)``: ``h`` read after the first sum,
+    which is no update): a trace that is faithful. 3-channel images, 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.f, self.g = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        out = self.conv(h)
+        out += h
+        h = torch.relu(out)
+        a = h + self.f(h)
+        b = h + self.g(h)
+        return self.head(self.pool(a + b).flatten(1))
+
+
 # ---------------------------------------------------------------- models with a known answer
 
 PATCH = (slice(2, 5), slice(3, 7))  # the only region a PatchModel looks at

@@ -500,3 +500,14 @@ def test_a_baseline_tensor_is_kept_in_params_as_its_values():
     e = xk.explain(net, x, method="integrated_gradients", target=0, baseline=base, steps=8)
     assert isinstance(e.params["baseline"], np.ndarray)
     np.testing.assert_array_equal(e.params["baseline"], base.numpy())
+
+
+def test_integrated_gradients_takes_a_baseline_per_item_without_a_warning():
+    net, x = two_conv_net(), images(2)
+    bases = np.stack([np.zeros((3, 12, 12)), np.full((3, 12, 12), 0.5)]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        both = xk.explain(net, x, method="integrated_gradients", target=0, baseline=bases,
+                          batch=True, steps=8)  # fmt: skip
+    second = xk.explain(net, x[1], method="integrated_gradients", target=0, baseline=0.5, steps=8)
+    np.testing.assert_allclose(both.values[1], second.values, rtol=1e-5, atol=1e-7)

@@ -30,7 +30,7 @@ from zennit.layer import Sum  # noqa: E402
 from zennit.torchvision import ResNetBasicBlockCanonizer  # noqa: E402
 
 from _lrp_models import Block, FirstLayer, ResNetLike, VGGLike, images  # noqa: E402
-from _models import AliasedUpdateCNN  # noqa: E402
+from _models import AliasedUpdateCNN, HarmlessUpdateCNN  # noqa: E402
 
 ZENNIT = {
     "epsilon_plus_flat": EpsilonPlusFlat,
@@ -607,3 +607,12 @@ def test_an_update_the_trace_cannot_see_is_refused():
     x = images(1)[0].numpy()
     with pytest.raises(ValueError, match=r"model: lrp runs the forward .* updated in place"):
         xk.explain(AliasedUpdateCNN().eval(), x, method="lrp")
+
+
+@pytest.mark.parametrize("method", ["lrp", "deeplift"])
+def test_an_update_nothing_reads_afterwards_beside_branches_is_explained(method):
+    # One harmless `out += h` made any sum whose operand is read later look like a hidden
+    # update: the model was refused
+    x = images(1)[0].numpy()
+    e = xk.explain(HarmlessUpdateCNN().eval(), x, method=method)
+    assert np.isfinite(e.values).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -647,6 +649,12 @@ def test_a_classifier_without_predict_proba_is_scored_by_its_decision_function(k
     m = xk.Model(clf)
     np.testing.assert_allclose(m.scores(X[:5]), clf.decision_function(X[:5]), rtol=1e-6)
     assert m.output == "scores"
+    # a binary one: its margin m as two class scores (-m, m), argmax its prediction
+    binary = RidgeClassifier() if kind == "ridge" else make_pipeline(StandardScaler(), SVC())
+    binary.fit(X, y > 0)
+    margin = binary.decision_function(X[:5])
+    np.testing.assert_allclose(xk.Model(binary).scores(X[:5]), np.c_[-margin, margin], rtol=1e-6)
+    np.testing.assert_array_equal(xk.Model(binary).predict(X[:20]), binary.predict(X[:20]))
 
 
 def test_probabilities_outside_zero_to_one_are_refused():
@@ -659,15 +667,15 @@ def test_probabilities_outside_zero_to_one_are_refused():
     assert xk.Model(softmaxed, output="probabilities").scores(x).shape == (2, 3)
 
 
-def test_a_callables_raw_scores_are_not_taken_as_probabilities():
+def test_a_callables_raw_scores_taken_as_probabilities_warn_once():
     m = xk.Model(lambda b: np.c_[b.sum(axis=1), -b.sum(axis=1)])
     x = np.full((2, 3), 2.0)
-    assert m.output == "probabilities"  # until an output says otherwise
-    scores = m.scores(x)
-    assert m.output == "scores"
-    np.testing.assert_allclose(m.probabilities(x).sum(axis=1), 1.0)
-    np.testing.assert_allclose(m.probabilities(x)[:, 0], 1 / (1 + np.exp(-12.0)))
-    assert scores[0, 0] == 6.0
+    with pytest.warns(UserWarning, match=r"^model: its outputs range from -6 to 6, outside"):
+        m.scores(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.scores(x)  # once per Model
+    assert m.output == "probabilities"  # what the outputs are taken to be never changes
 
 
 @pytest.mark.parametrize(

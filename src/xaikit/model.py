@@ -123,7 +123,7 @@ class Model:
         elif _margin_classifier(model):
             # A classifier without probabilities (SVC, RidgeClassifier): its decision function
             # scores the classes; its predict gives labels, not scores
-            self.function = model.decision_function
+            self.function = _Margins(model)
             default_output = "scores"
         elif hasattr(model, "predict") and callable(model.predict) and not callable(model):
             self.function = model.predict  # a regressor: its predictions are the scores
@@ -145,6 +145,7 @@ class Model:
         self.table = table if table is not None else Table.fitted_on(model)
         self.output = check_choice(output or default_output, name="output", choices=OUTPUTS)
         self._output_given = output is not None
+        self._warned_output = False
         if batch_size != "auto":
             batch_size = check_positive_int(batch_size, name="batch_size")
         self.batch_size = batch_size
@@ -653,7 +654,16 @@ class Model:
             low, high = float(values.min()), float(values.max())
             outside = low < -PROBABILITY_SLACK or high > 1 + PROBABILITY_SLACK
             if outside and not self._output_given:
-                self.output = "scores"  # a callable's raw scores: not taken as probabilities
+                # The default for callables: say so once, but never change what the outputs
+                # are taken to be (a switch would make results depend on the data seen first)
+                if not self._warned_output:
+                    self._warned_output = True
+                    warnings.warn(
+                        f"model: its outputs range from {low:.4g} to {high:.4g}, outside [0, "
+                        "1], but are taken as probabilities (the default for a callable); "
+                        "pass output='logits' or output='scores' for raw scores",
+                        stacklevel=4,
+                    )
             elif outside:
                 raise ValueError(
                     f"model: output='probabilities', but it returned values from {low:.4g} to "
@@ -851,6 +861,19 @@ def _check_input_shape(shape: Any) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise ValueError(f"input_shape: expected sizes >= 1, got {tuple(sizes)}")
     return tuple(int(s) for s in sizes)
+
+
+class _Margins:
+    """A classifier's decision function as class scores ``(N, K)``: a binary one's single
+    margin m (positive for ``classes_[1]``) becomes the two columns (-m, m), so that the
+    argmax is its prediction and each class has a score (a picklable object, for Ray)."""
+
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
+
+    def __call__(self, x: Any) -> np.ndarray:
+        margin = np.asarray(self.classifier.decision_function(x))
+        return np.stack([-margin, margin], axis=1) if margin.ndim == 1 else margin
 
 
 def _margin_classifier(model: Any) -> bool:

@@ -25,7 +25,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from xaikit._torch import module_stamp
+from xaikit._torch import module_stamp, preserved_state
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -183,18 +183,21 @@ _AUGMENTED = {
 }
 
 
-def hidden_updates(graph: Graph, run: Callable[[], Any]) -> list[str]:
-    """Nodes where the trace and the real forward may compute different things: a sum or
-    product whose first operand is read again after it, when the real forward (``run()``)
-    makes in-place updates that the trace does not show (``skip = h; h += y`` adds ``y`` to
-    ``skip`` too, the trace does not). Empty when the trace is faithful in this respect; the
-    answer is kept with the trace (``run`` is called at most once per trace).
+def hidden_updates(graph: Graph, module: nn.Module, x: torch.Tensor) -> list[str]:
+    """Nodes where the trace and the real forward compute different things: a sum or product
+    whose first operand is read again after it (a suspect) and that the real forward, run on
+    ``x`` (a batch of one), computed in place (``skip = h; h += y`` adds ``y`` to ``skip``
+    too; the trace does not). A suspect is matched to the in-place results of the real
+    forward by value: the trace run on ``x`` gives the suspect's value, which an in-place
+    call there must have produced. Empty when the trace is faithful in this respect; the
+    answer is kept with the trace (the forwards run at most once per trace, and only when
+    there are suspects).
     """
     if graph.hidden_updates is not None:
         return graph.hidden_updates
     nodes = list(graph.graph.nodes)
     position = {n: i for i, n in enumerate(nodes)}
-    suspects = [
+    suspects = {
         n
         for n in nodes
         if n.op == "call_function"
@@ -202,44 +205,67 @@ def hidden_updates(graph: Graph, run: Callable[[], Any]) -> list[str]:
         and n.args
         and isinstance(n.args[0], fx.Node)
         and any(position[u] > position[n] for u in n.args[0].users)
-    ]
+    }
     found: list[str] = []
     if suspects:
-        names = set(_AUGMENTED.values())
-        shown = sum(1 for n in nodes if _callee_name(n) in names)  # x.add_(y) traces as it is
-        with _InPlaceCounter(names) as counter:
-            run()
-        if counter.count > shown:
-            found = [n.name for n in suspects]
+        with preserved_state(module), torch.inference_mode():
+            with _InPlaceResults(set(_AUGMENTED.values())) as real:
+                module(x)
+            if real.results:
+                traced = _SuspectValues(module, graph, suspects)
+                traced.run(x)
+                found = [
+                    n.name
+                    for n in nodes
+                    if n in traced.values and any(_same(traced.values[n], r) for r in real.results)
+                ]
     graph.hidden_updates = found
     return found
 
 
-def _callee_name(node: fx.Node) -> str:
-    if node.op == "call_method":
-        return node.target
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", "")
-    return ""
+def _same(a: Any, b: torch.Tensor) -> bool:
+    return (
+        isinstance(a, torch.Tensor)
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and bool(torch.equal(a, b))
+    )
 
 
-class _InPlaceCounter(torch.overrides.TorchFunctionMode):
-    """Counts the in-place arithmetic calls (``add_``, ``mul_``, ...) made inside the block."""
+class _InPlaceResults(torch.overrides.TorchFunctionMode):
+    """Keeps a copy of the result of every in-place arithmetic call (``add_``, ``mul_``, ...,
+    what ``+=`` and ``*=`` run) made inside the block."""
 
     def __init__(self, names: set[str]) -> None:
         super().__init__()
         self.names = names
-        self.count = 0
+        self.results: list[torch.Tensor] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in self.names:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") in self.names and isinstance(out, torch.Tensor):
+            self.results.append(out.detach().clone())
+        return out
 
 
-def refuse_hidden_updates(graph: Graph, run: Callable[[], Any], *, method: str) -> None:
+class _SuspectValues(fx.Interpreter):
+    """Runs the trace and keeps a copy of the suspects' values."""
+
+    def __init__(self, module: nn.Module, graph: Graph, suspects: set) -> None:
+        super().__init__(module, graph=graph.graph)
+        self.suspects = suspects
+        self.values: dict[fx.Node, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n in self.suspects and isinstance(out, torch.Tensor):
+            self.values[n] = out.detach().clone()
+        return out
+
+
+def refuse_hidden_updates(graph: Graph, module: nn.Module, x: torch.Tensor, *, method: str):
     """Refuse, by node, a forward whose trace is not what it computes (:func:`hidden_updates`)."""
-    found = hidden_updates(graph, run)
+    found = hidden_updates(graph, module, x)
     if found:
         raise ValueError(
             f"model: {method} runs the forward as torch.fx reads it, which differs here from "

@@ -571,7 +571,7 @@ def prepare(
         return None, "the traced forward does not give the model's scores"
     got = float_output(output).reshape(-1).cpu().numpy().astype(np.float64)
     want = f_x[0].astype(np.float64)
-    if hidden_updates(graph, lambda: model.scores(x[:1], check=False)):
+    if hidden_updates(graph, model.module, x0):
         return None, (
             "the forward updates a tensor in place (a += b) while another name still holds "
             "it, which the torch.fx trace reads as a new tensor"

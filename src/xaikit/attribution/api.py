@@ -168,7 +168,8 @@ def explain(
     if not batch:
         suggest_batch(wrapped, x)
     xb = _as_batch(x, batch=batch)
-    _warn_if_per_item_baseline(params.get("baseline"), xb, batch=batch)
+    if not spec.needs_gradients:  # the perturbation methods read rows as background data
+        _warn_if_per_item_baseline(params.get("baseline"), xb, batch=batch)
     if not batch and (np.ndim(target) != 0 or isinstance(target, (str, bytes))):
         raise TypeError(
             f"target: expected one class index (int) for one input, got {describe(target)}"
@@ -310,8 +311,9 @@ def _target_of(target: Any, i: int) -> Any:
 
 
 def _warn_if_per_item_baseline(baseline: Any, xb: Any, *, batch: bool) -> None:
-    """An array of the batch's shape reads as background rows (R = N), not one baseline per
-    item as Captum takes it: say so, since every item is then explained against all rows."""
+    """For a perturbation method, an array of the batch's shape reads as background rows
+    (R = N), not one baseline per item as Captum takes it (and as Integrated Gradients here
+    does): say so, since every item is then explained against all rows."""
     shape = getattr(baseline, "shape", None)
     if batch and shape is not None and len(xb) > 1 and tuple(shape) == tuple(np.shape(xb)):
         warnings.warn(

@@ -26,7 +26,7 @@ import copy
 import numpy as np
 import torch
 
-from xaikit._torch import attribution_tensor
+from xaikit._torch import attribution_tensor, float_dtype
 from xaikit.attribution import _graph
 from xaikit.attribution.perturbation import CHUNK_BYTES
 from xaikit.attribution.registry import Attribution, register
@@ -101,9 +101,8 @@ def _rescaled(model: Model, xt: torch.Tensor, targets, reference, n_refs: int) -
     """
     graph = _graph.trace(model.module, method="deeplift")
     plan = _graph.plan(graph, method="deeplift")  # refuses what has no rule, before computing
-    _graph.refuse_hidden_updates(
-        graph, lambda: model.scores(xt[:1], check=False), method="deeplift"
-    )
+    one = xt[:1].to(float_dtype(model.module))
+    _graph.refuse_hidden_updates(graph, model.module, one, method="deeplift")
     model = _even_batches(model)
     n = len(xt)
     total = n * n_refs

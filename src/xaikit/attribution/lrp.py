@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaikit._torch import tensor_stamp
+from xaikit._torch import float_dtype, tensor_stamp
 from xaikit._validation import check_number, describe
 from xaikit.attribution import _graph
 from xaikit.attribution.registry import Attribution, register
@@ -114,7 +114,8 @@ def lrp(
     gamma = check_number(gamma, name="gamma", low=0)
     graph = _graph.trace(model.module, method="lrp")
     plan = _graph.plan(graph, method="lrp")  # refuses what has no rule, before computing
-    _graph.refuse_hidden_updates(graph, lambda: model.scores(x[:1], check=False), method="lrp")
+    one = torch.as_tensor(x[:1], device=model.device, dtype=float_dtype(model.module))
+    _graph.refuse_hidden_updates(graph, model.module, one, method="lrp")
     rules = assign_rules(plan, graph.modules, composite)
     box = _box(low, high, x, device=model.device) if "zbox" in rules.values() else None
     layer_bn = {layer: bn for bn, layer in plan.merged.items()}
