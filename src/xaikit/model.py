@@ -655,8 +655,9 @@ class Model:
             outside = low < -PROBABILITY_SLACK or high > 1 + PROBABILITY_SLACK
             if outside and not self._output_given:
                 # The default for callables: say so once, but never change what the outputs
-                # are taken to be (a switch would make results depend on the data seen first)
-                if not self._warned_output:
+                # are taken to be (a switch would make results depend on the data seen first);
+                # one column is a regressor's prediction, no class probability
+                if not self._warned_output and shape[1] > 1:
                     self._warned_output = True
                     warnings.warn(
                         f"model: its outputs range from {low:.4g} to {high:.4g}, outside [0, "
