@@ -369,12 +369,7 @@ def guarded(function: Callable) -> Callable:
 
 def floats(text: str | None, *, name: str) -> list[float] | None:
     """Comma-separated numbers (``"0.5,0.25"``); None stays None; an error names ``name``."""
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+    return _numbers(text, name=name, convert=float, what="numbers")
 
 
 def integers(text: str | None, *, name: str) -> list[int] | None:
@@ -382,12 +377,16 @@ def integers(text: str | None, *, name: str) -> list[int] | None:
 
     ``1.7`` is refused, not cut to 1: a count or an index is a whole number or a mistake.
     """
+    return _numbers(text, name=name, convert=int, what="whole numbers")
+
+
+def _numbers(text: str | None, *, name: str, convert, what: str) -> list | None:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [convert(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{name}: expected comma-separated whole numbers, got {text!r}") from None
+        raise ValueError(f"{name}: expected comma-separated {what}, got {text!r}") from None
 
 
 def names(text: str | None) -> list[str] | None:
