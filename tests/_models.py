@@ -282,6 +282,20 @@ class InputEditingCNN(nn.Module):
         return self.head(self.conv(x).flatten(1))
 
 
+class ConvHead(nn.Module):
+    """A seeded 3 -> 4 channel convolution and a linear head on 3x8x8 images, 2 classes; the
+    tests that need a small CNN with one twist in its forward subclass it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        return self.head(self.conv(x).flatten(1))
+
+
 class AliasedUpdateCNN(nn.Module):
     """``skip = h; h += y`` and ``skip`` read later: an in-place update that another name still
     holding the tensor sees, which torch.fx reads as a new tensor ``h + y``. 3-channel images

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import xaikit as xk
-from _models import AliasedUpdateCNN, InputEditingCNN, batch_norm_cnn
+from _models import AliasedUpdateCNN, ConvHead, InputEditingCNN, batch_norm_cnn
 from _models import conv_bn_pool_net as conv_net
 from xaikit import layout
 
@@ -254,15 +254,12 @@ def test_a_relu_after_an_update_another_name_holds_stays_out_of_place():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-class ScaledCNN(nn.Module):
+class ScaledCNN(ConvHead):
     """Reads a setting held as a plain attribute: ``scale`` multiplies the logits."""
 
     def __init__(self, scale) -> None:
         super().__init__()
-        torch.manual_seed(0)
         self.scale = scale
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4 * 8 * 8, 2)
 
     def forward(self, x):
         scale = self.scale["value"] if isinstance(self.scale, dict) else self.scale
