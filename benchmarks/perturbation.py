@@ -9,10 +9,11 @@ same number of forward passes on inputs of that shape, hand-written at the best 
 sweep. Peak memory is the largest rise of the process's resident memory while a contender runs
 (sampled every 5 ms). Goal: every xaikit method within 1.3x of the limit and at most 0.8x of
 the naive (NCHW) limit on both models (they may score on xaikit.layout's copy: channels-last,
-BatchNorm folded, ReLUs in place), and occlusion with incremental inference (the default,
-``incremental="auto"``: only the region a window changes is recomputed through the leading
-layers) at most 0.5x of the naive (NCHW) limit on ResNet-18 (issue 20); the plain occlusion
-row (``incremental=False``) is the engine's own forwards.
+BatchNorm folded, ReLUs in place, convolutions fused with the ReLU after them), and occlusion
+with incremental inference (the default, ``incremental="auto"``: only the region a window
+changes is recomputed through the leading layers) at most 0.5x of the naive (NCHW) limit on
+ResNet-18 (issue 20); the plain occlusion row (``incremental=False``) is the engine's own
+forwards.
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/perturbation.py [--quick]``;
 ``--method occlusion`` runs one method's rows only (printed, docs/benchmarks.md unchanged);
@@ -257,7 +258,8 @@ def main() -> None:
         "xaikit row is timed in turn with its two limits (best of 3 each); the peers' rows "
         "reuse them. "
         "Goals: xaikit within 1.3x of the limit; the perturbation methods at most 0.8x of the "
-        "naive limit (they may use channels-last, xaikit.layout), and occlusion with "
+        "naive limit (they may use xaikit.layout's copy: channels-last, BatchNorm folded, "
+        "convolution+ReLU fused), and occlusion with "
         "incremental inference (the default) at most 0.5x of the naive limit on ResNet-18. "
         f"Load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} (this "
         "run's own two threads count about 2)."

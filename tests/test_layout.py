@@ -293,3 +293,105 @@ def test_the_copy_is_made_again_when_a_numpy_or_dict_setting_changes(scale, chan
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.scores(x), want, rtol=1e-4, atol=1e-5)
+
+
+class ResidualCNN(nn.Module):
+    """A stem and one residual block (``relu(bn(conv(h)) + h)``) on 3x8x8 images, 3 classes.
+
+    ``how``: ``"modules"`` nn.ReLU layers; ``"functional"`` F.relu, torch.relu and .relu();
+    ``"skip_first"`` the sum written ``h + bn(conv(h))``; ``"same_padding"`` the block's
+    convolutions pad with ``"same"``; ``"sum_of_one"`` ``relu(y + y)``, one convolution read
+    twice by the sum.
+    """
+
+    def __init__(self, how: str = "modules") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        padding = "same" if how == "same_padding" else 1
+        self.stem, self.bn0 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=padding), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=padding, bias=False), nn.BatchNorm2d(4)
+        self.relu0, self.relu1, self.relu2 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.head = nn.Linear(4 * 8 * 8, 3)
+        with torch.no_grad():
+            for bn in (self.bn0, self.bn1, self.bn2):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        functional = self.how == "functional"
+        h = self.bn0(self.stem(x))
+        h = torch.relu(h) if functional else self.relu0(h)
+        y = self.bn1(self.conv1(h))
+        y = nn.functional.relu(y) if functional else self.relu1(y)
+        y = self.bn2(self.conv2(y))
+        if self.how == "sum_of_one":
+            out = self.relu2(y + y)
+        elif self.how == "skip_first":
+            out = self.relu2(h + y)
+        else:
+            out = (y + h).relu() if functional else self.relu2(y + h)
+        return self.head(out.flatten(1))
+
+
+def _fused_copy(net: nn.Module, x: np.ndarray) -> nn.Module:
+    example = layout.as_channels_last(torch.from_numpy(x[:1]))
+    return layout.channels_last_copy(net, example=example)
+
+
+def _fused(copy: nn.Module) -> int:
+    return sum(type(m).__name__ == "_FusedConvolution" for m in copy.modules())
+
+
+@pytest.mark.parametrize(
+    ("how", "fused"),
+    [
+        ("modules", 3),  # stem + ReLU, conv1 + ReLU, conv2 + sum + ReLU
+        ("functional", 3),
+        ("skip_first", 3),
+        ("same_padding", 1),  # only the stem: oneDNN's call takes explicit padding
+        ("sum_of_one", 2),  # y + y: the sum keeps its convolution
+    ],
+)
+def test_convolutions_take_the_relu_and_sum_after_them_with_equal_scores(how, fused):
+    net = ResidualCNN(how).eval()
+    x = np.random.default_rng(0).normal(size=(20, 3, 8, 8)).astype(np.float32)
+    assert _fused(_fused_copy(net, x)) == fused
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = forced(net, x, "channels_last").scores(x)
+    np.testing.assert_allclose(got, want, rtol=layout.RTOL, atol=layout.ATOL)
+    assert _fused(layout._COPIES[net][(True, True)][1]) == fused  # the score call's copy
+
+
+def test_a_forward_whose_trace_hides_an_in_place_update_is_not_fused():
+    # `skip = h; h += conv1(x); relu(h)`: the trace's h + conv1(x) would leave skip as it was
+    net = AliasedUpdateCNN().eval()
+    x = np.random.default_rng(0).normal(size=(20, 3, 8, 8)).astype(np.float32)
+    copy_ = _fused_copy(net, x)
+    assert _fused(copy_) == 0 and not isinstance(copy_, torch.fx.GraphModule)
+
+
+def test_a_fused_copy_that_scores_otherwise_is_not_kept(monkeypatch):
+    real = layout._FusedConvolution.forward
+    monkeypatch.setattr(layout._FusedConvolution, "forward", lambda s, x, o=None: real(s, x, o) + 1)
+    net = ResidualCNN().eval()
+    x = np.random.default_rng(0).normal(size=(20, 3, 8, 8)).astype(np.float32)
+    assert _fused(_fused_copy(net, x)) == 0
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = forced(net, x, "channels_last").scores(x)
+    np.testing.assert_allclose(got, want, rtol=layout.RTOL, atol=layout.ATOL)
+
+
+@pytest.mark.parametrize("why", ["float64", "oneDNN off"])
+def test_no_fusion_where_the_backend_cannot(why):
+    net = ResidualCNN().eval()
+    x = np.random.default_rng(0).normal(size=(20, 3, 8, 8)).astype(np.float32)
+    if why == "float64":
+        net, x = net.double(), x.astype(np.float64)
+        assert _fused(_fused_copy(net, x)) == 0
+    else:
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert _fused(_fused_copy(net, x)) == 0

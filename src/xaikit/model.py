@@ -203,11 +203,11 @@ class Model:
             def step(xb, rows):
                 with torch.inference_mode():
                     if fast and layout.chosen_layout(self.module, key) == "channels_last":
-                        held[:] = held or [layout.channels_last_copy(self.module)]
-                        module = held[0]
                         # the change of layout is the batch's copy (see _to_tensor's why)
                         tensor = layout.fresh_channels_last(self._to_tensor(xb, fresh=False))
-                        out = self._forward(tensor, rows, module=module)
+                        if not held:  # fused where it scores this batch's first item alike
+                            held.append(layout.channels_last_copy(self.module, example=tensor[:1]))
+                        out = self._forward(tensor, rows, module=held[0])
                     else:
                         out = self._forward(self._to_tensor(xb), rows)
                 out = float_output(out)
