@@ -354,7 +354,7 @@ def _fused(copy: nn.Module) -> int:
         ("sum_of_one", 2),  # y + y: the sum keeps its convolution
     ],
 )
-def test_convolutions_take_the_relu_and_sum_after_them_with_equal_scores(how, fused):
+def test_convolutions_take_the_relu_after_them_with_equal_scores(how, fused):
     net = ResidualCNN(how).eval()
     x = np.random.default_rng(0).normal(size=(20, 3, 8, 8)).astype(np.float32)
     assert _fused(_fused_copy(net, x)) == fused
