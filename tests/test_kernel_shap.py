@@ -397,3 +397,39 @@ def test_maps_come_in_the_inputs_precision_as_every_method_s(method, dtype):
     e = xk.explain(lambda b: np.c_[b @ weights, -(b @ weights)], x, method=method,
                    baseline=0.0, samples=64)  # fmt: skip
     assert e.values.dtype == dtype
+
+
+@pytest.mark.parametrize("method", ["lime", "kernel_shap"])
+@pytest.mark.parametrize("target", [None, 2])
+def test_the_input_scores_come_from_the_methods_own_coalitions(method, target):
+    # explain runs no forward pass of its own: the all-ones coalition is the input
+    weights = np.random.default_rng(0).normal(size=(6, 3))
+    rows: list[int] = []
+
+    def linear(batch):
+        rows.append(len(batch))
+        return batch @ weights
+
+    model = xk.Model(linear, output="scores", batch_size=64)  # no batch-size search
+    x = np.random.default_rng(1).normal(size=(2, 6))
+    model.scores(x[:1])  # the number of classes is known: a given target needs no forward
+    rows.clear()
+    targets = None if target is None else [target, target]
+    e = xk.explain(model, x, method=method, target=targets, samples=40, batch=True)
+    evaluations = e.info["evaluations" if method == "lime" else "samples"]
+    assert sum(rows) == evaluations.sum()
+    want = x @ weights
+    np.testing.assert_allclose(e.prediction, want, rtol=1e-12)
+    np.testing.assert_array_equal(e.target, want.argmax(axis=1) if target is None else targets)
+
+
+def test_tabular_lime_explains_the_predicted_class_by_default():
+    weights = np.random.default_rng(0).normal(size=(6, 3))
+    x = np.random.default_rng(1).normal(size=(3, 6))
+    training = np.random.default_rng(2).normal(size=(50, 6))
+    e = xk.explain(
+        xk.Model(lambda b: b @ weights, output="scores"), x, method="lime", batch=True,
+        sampling="training", baseline=training, samples=50,
+    )  # fmt: skip
+    np.testing.assert_array_equal(e.target, (x @ weights).argmax(axis=1))
+    np.testing.assert_allclose(e.prediction, x @ weights, rtol=1e-12)

@@ -246,10 +246,19 @@ def test_auto_batch_size_is_searched_once_per_module():
     np.testing.assert_array_equal(first, second)
 
 
-def test_batches_are_even_not_a_small_remainder():
+@pytest.mark.parametrize(
+    ("n", "size", "sizes"),
+    [
+        (100, 32, [25] * 4),
+        (97, 8, [8] * 6 + [7] * 7),  # was 12 x 8 and a last batch of one item
+        (33, 32, [17, 16]),
+        (32, 32, [32]),
+    ],
+)
+def test_batches_are_even_not_a_small_remainder(n, size, sizes):
     spy = BatchSizeSpy()
-    xk.Model(spy, batch_size=32).scores(np.zeros((100, 8), dtype=np.float32))
-    assert spy.sizes == [25, 25, 25, 25]
+    xk.Model(spy, batch_size=size).scores(np.zeros((n, 8), dtype=np.float32))
+    assert spy.sizes == sizes
 
 
 def test_auto_results_do_not_depend_on_timing():

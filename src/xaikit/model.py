@@ -694,18 +694,11 @@ class Model:
             size = n  # one small batch: nothing to tune
         else:
             size = self._tuned_batch_size(x, step, kind)
-        if n:  # even batches: 100 items at 32 run as 4 x 25, not 32, 32, 32, 4 (a small
-            # last batch costs more per item, up to 1.7x at one item on a CPU)
-            batches = -(-n // size)
-            size = -(-n // batches)
-            group = self._rows_per_group
-            size = max(group, size // group * group)
         sink = _Sink(n)
         with progress_bar(n, kind, enabled=progress) as bar:
-            for start in range(0, n, size):
-                chunk = x[start : start + size]
-                sink.put(start, step(chunk, np.arange(start, start + len(chunk))))
-                bar.advance(len(chunk))
+            for start, stop in _even_batches(n, size, group=self._rows_per_group):
+                sink.put(start, step(x[start:stop], np.arange(start, stop)))
+                bar.advance(stop - start)
         return sink.result()
 
     def _tuned_batch_size(self, x, step, kind: str) -> int:
@@ -823,6 +816,30 @@ def to_probabilities(scores: np.ndarray, *, output: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _even_batches(n: int, size: int, *, group: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of as few batches of at most ``size`` items as cover ``n``, their sizes
+    differing by at most one group: 97 items at 8 run as 6 x 8 + 7 x 7, not 12 x 8 + 1 (a small
+    last batch costs more per item, up to 1.7x at one item on a CPU; ResNet-18 on this CPU
+    scores one image in a fifth of the time of eight). Batches hold whole groups of ``group``
+    rows (pairs that must stay together); a partial last group ends the last batch."""
+    if n <= 0:
+        return []
+    units, rest = divmod(n, group)
+    per_batch = max(1, size // group)
+    batches = max(1, -(-units // per_batch))
+    small, extra = divmod(units, batches)  # the first ``extra`` batches take one group more
+    bounds, start = [], 0
+    for b in range(batches):
+        stop = start + (small + (b < extra)) * group
+        bounds.append((start, stop))
+        start = stop
+    if rest and n - bounds[-1][0] <= max(size, group):
+        bounds[-1] = (bounds[-1][0], n)
+    elif rest:
+        bounds.append((start, n))
+    return [(a, b) for a, b in bounds if b > a]
 
 
 class _Sink:

@@ -103,11 +103,20 @@ class CoalitionGame:
 
     Removed components take the baseline's values, or, with background rows, ``v(z)`` is the
     mean score over the rows (the expectation KernelSHAP defines removal by).
+
+    The all-ones coalition is the input itself: its scores for every class are kept as
+    ``input_scores`` when it is first run, so that :func:`~xaikit.explain` needs no forward pass
+    of its own. With ``target=None`` the target is the class the input scores highest, read
+    there; LIME and KernelSHAP run that coalition in their first chunk.
     """
 
-    def __init__(self, model: Model, x: np.ndarray, target: int, *, components, baseline, seed):
+    def __init__(
+        self, model: Model, x: np.ndarray, target: int | None, *, components, baseline, seed
+    ):
         kind = input_kind(x)
-        self.x, self.target, self.map = x, int(target), components
+        self.x, self.map = x, components
+        self.target = None if target is None else int(target)
+        self.input_scores: np.ndarray | None = None
         self.m = n_components(components)
         if baseline is None:
             values = component_mean(x, components) if kind == "image" else np.zeros(x.shape)
@@ -134,7 +143,19 @@ class CoalitionGame:
             background=self.background,
         )
         self.evaluations += len(masks)
+        self._note_input(masks, scores)
         return scores[:, self.target].astype(np.float64)[order[inverse.reshape(-1)]]
+
+    def _note_input(self, masks: np.ndarray, scores: np.ndarray) -> None:
+        """Keep the input's own scores (its all-ones coalition) and resolve a missing target."""
+        if self.input_scores is None:
+            full = np.flatnonzero(np.all(masks, axis=1))
+            if len(full):
+                self.input_scores = scores[full[0]]
+        if self.target is None:
+            if self.input_scores is None:  # a caller's mistake, never a user's
+                raise RuntimeError("the all-ones coalition must run first to resolve the target")
+            self.target = int(np.argmax(self.input_scores))
 
     def stream(self, coalitions: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(z, v(z))`` chunk by chunk for coalitions given in chunks, each run once, in order.
@@ -154,6 +175,7 @@ class CoalitionGame:
                 background=self.background,
             )
             self.evaluations += len(chunk)
+            self._note_input(chunk, scores)
             yield chunk, scores[:, self.target].astype(np.float64)
 
 
@@ -175,7 +197,8 @@ def row_keys(packed: np.ndarray) -> np.ndarray:
 
 
 def games_for(model, x, targets, *, components, baseline, seed) -> list[CoalitionGame]:
-    """One :class:`CoalitionGame` per item of the batch ``x``.
+    """One :class:`CoalitionGame` per item of the batch ``x`` (``targets=None``: each item's
+    predicted class, read from its all-ones coalition).
 
     Warns when an item has a single component (a uniform image, or a segmentation too coarse
     for it): its one value is then the whole score difference, which explains nothing.
@@ -192,6 +215,7 @@ def games_for(model, x, targets, *, components, baseline, seed) -> list[Coalitio
             UserWarning,
             stacklevel=4,
         )
+    targets = [None] * len(x) if targets is None else targets
     return [
         CoalitionGame(model, xi, t, components=c, baseline=baseline, seed=seed)
         for xi, t, c in zip(x, targets, maps, strict=True)
@@ -240,7 +264,8 @@ def assemble(
     x: np.ndarray, fits: list[tuple[CoalitionGame, np.ndarray]], info, *, dtype: type
 ) -> Attribution:
     """Paint each item's component values over its map (maps in ``dtype``, as every map of
-    this model: perturbation.values_dtype); pad ``component_values`` (float64) to max M."""
+    this model: perturbation.values_dtype); pad ``component_values`` (float64) to max M. The
+    scores at the inputs come from the games' all-ones coalitions."""
     width = max(g.m for g, _ in fits)
     values = np.zeros(x.shape, dtype=dtype)
     table = np.zeros((len(fits), width))
@@ -248,7 +273,10 @@ def assemble(
         values[i] = np.broadcast_to(coef[game.map], x.shape[1:])
         table[i, : game.m] = coef
     maps = np.stack([g.map for g, _ in fits])
-    return Attribution(values=values, components=maps, component_values=table, info=info)
+    scores = np.stack([g.input_scores for g, _ in fits])
+    return Attribution(
+        values=values, components=maps, component_values=table, info=info, scores=scores
+    )
 
 
 def single_threaded_blas():

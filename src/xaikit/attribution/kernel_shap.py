@@ -72,11 +72,11 @@ _CODES_PER_CHUNK = 2**16  # coalitions built, scored and summed per chunk
 _BYTES_PER_COALITION = 48
 
 
-@register("kernel_shap", needs_gradients=False, reference=REFERENCE)
+@register("kernel_shap", needs_gradients=False, reference=REFERENCE, scores_at_input=True)
 def kernel_shap(
     model: Model,
     x: np.ndarray,
-    targets: np.ndarray,
+    targets: np.ndarray | None,
     *,
     components: Any = "auto",
     samples: int | str = "auto",

@@ -38,11 +38,11 @@ REFERENCE = (
 )
 
 
-@register("lime", needs_gradients=False, reference=REFERENCE)
+@register("lime", needs_gradients=False, reference=REFERENCE, scores_at_input=True)
 def lime(
     model: Model,
     x: np.ndarray,
-    targets: np.ndarray,
+    targets: np.ndarray | None,
     *,
     components: Any = "auto",
     samples: int = 1000,
@@ -184,6 +184,8 @@ def _lime_from_training(model, x, targets, *, baseline, discretize, categorical,
     categorical = check_categorical(categorical, x.shape[1])
     if fit["samples"] < 2:
         raise ValueError(f"samples: sampling='training' needs at least 2, got {fit['samples']}")
+    scores = model.scores(x)  # the input is not among the drawn rows' chunks: scored alone
+    targets = scores.argmax(axis=1) if targets is None else targets
     result = tabular_lime(
         model, x.astype(np.float64), targets, training=training, discretize=discretize,
         categorical=categorical, **fit,
@@ -193,7 +195,9 @@ def _lime_from_training(model, x, targets, *, baseline, discretize, categorical,
     info = {**result, "evaluations": np.full(len(x), fit["samples"])}
     info["explained_output"] = model.output
     values = coef.astype(values_dtype(model, x))  # a copy
-    return Attribution(values=values, components=components, component_values=coef, info=info)
+    return Attribution(
+        values=values, components=components, component_values=coef, info=info, scores=scores
+    )
 
 
 def lime_coalitions(m: int, samples: int, rng: np.random.Generator) -> np.ndarray:
