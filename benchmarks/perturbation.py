@@ -242,7 +242,7 @@ def main() -> None:
         x = np.random.default_rng(0).random((3, 224, 224), dtype=np.float32)
         samples = max(64, args.samples // 10)
         rows += run_case("ResNet-18", resnet18(), x, 1, cell=32, samples=samples, window=32,
-                         sweep=(8, 16, 32), repeats=3, only=args.method)  # fmt: skip
+                         sweep=(8, 16, 32), repeats=5, only=args.method)  # fmt: skip
     header = [
         "| model | method | implementation | forwards | seconds | limit s | x limit | "
         "naive limit s | x naive limit | peak MiB |",
@@ -255,8 +255,9 @@ def main() -> None:
         "stride. 'forwards' is the number of model evaluations the method needs; the limit runs "
         "that many forwards at the best batch size, in the faster of the two memory layouts "
         "(channels-last on a copy, or NCHW); the naive limit in NCHW with the model as it is. Each "
-        "xaikit row is timed in turn with its two limits (best of 3 each); the peers' rows "
-        "reuse them. "
+        "xaikit row is timed in turn with its two limits (best of 3 each on MNIST, of 5 on "
+        "ResNet-18, where a busy moment on this shared machine moves a ratio by 5%); the peers' "
+        "rows reuse them. "
         "Goals: xaikit within 1.3x of the limit; the perturbation methods at most 0.8x of the "
         "naive limit (they may use xaikit.layout's copy: channels-last, BatchNorm folded, "
         "convolution+ReLU fused), and occlusion with "

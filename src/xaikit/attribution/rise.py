@@ -37,11 +37,12 @@ from xaikit.model import Model
     needs_gradients=False,
     reference="Petsiuk, Das & Saenko 2018, RISE: Randomized input sampling for explanation "
     "of black-box models",
+    scores_at_input=True,  # the input rides in the first batch of masks: explain skips its own
 )
 def rise(
     model: Model,
     x: np.ndarray,
-    targets: np.ndarray,
+    targets: np.ndarray | None,
     *,
     samples: int = 4000,
     cell: Any = None,
@@ -95,6 +96,7 @@ def rise(
     blocks += [(samples, lambda gen, b, c=c: gen.integers(0, c, b)) for c in cell_px]
     starts = block_generators(np.random.default_rng(seed), blocks)
     values = np.empty(x.shape, dtype=values_dtype(model, x))
+    at_input = []  # the scores of each input itself
     for i in range(len(x)):
         grid_draws, *shift_draws = (copy.deepcopy(g) for g in starts)  # same masks per item
         base = make_baseline(x[i], baseline, seed=seed)
@@ -108,17 +110,24 @@ def rise(
                     [g.integers(0, c, b) for g, c in zip(shift_draws, cell_px, strict=True)], axis=1
                 )
                 masks = _upsample(grids, shifts, interpolation, spatial)
+                # the input itself (a mask of ones) joins the first chunk: one item more in a
+                # batch costs less than a separate forward pass of one item
+                keep = torch.cat([torch.ones_like(masks[:1]), masks]) if start == 0 else masks
                 scores = perturbation_scores(
-                    model, x[i], [masks.numpy()], baseline=base.values, background=base.background
+                    model, x[i], [keep.numpy()], baseline=base.values, background=base.background
                 )
+                if start == 0:
+                    at_input.append(scores[0])
+                    scores = scores[1:]
+                target = int(at_input[i].argmax()) if targets is None else int(targets[i])
                 # float32 product (no float64 copy of the masks), float64 running sum; in torch,
                 # whose threads the forwards use: NumPy's BLAS threads would spin against them
-                weights = torch.from_numpy(scores[:, targets[i]].astype(np.float32))
+                weights = torch.from_numpy(scores[:, target].astype(np.float32))
                 saliency += (weights @ masks.reshape(len(masks), -1)).numpy()
                 bar.advance(b)
         saliency /= samples * p
         values[i] = np.broadcast_to(saliency.reshape(spatial), item)
-    return Attribution(values=values, params={"cell": cell})
+    return Attribution(values=values, params={"cell": cell}, scores=np.stack(at_input))
 
 
 def _resolve_cell(cell: Any, spatial: tuple[int, ...]) -> tuple[int, ...]:
