@@ -589,12 +589,13 @@ def test_a_directory_as_model_is_called_a_directory(tmp_path):
         load_model(tmp_path / "net.pt")
 
 
+@pytest.mark.parametrize("groups", [1, 3])  # a traced grouped convolution: in / groups
 @pytest.mark.parametrize("how", ["script", "trace"])
-def test_torchscript_tells_the_channels_of_its_first_convolution(tmp_path, how):
+def test_torchscript_tells_the_channels_of_its_first_convolution(tmp_path, how, groups):
     # Images were read without it: a grey image for an RGB TorchScript model came out with
     # one channel, and the model failed.
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).eval()
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, groups=groups), torch.nn.Flatten()).eval()
     saved = (
         torch.jit.script(net) if how == "script" else torch.jit.trace(net, torch.zeros(1, 3, 8, 8))
     )

@@ -87,8 +87,26 @@ class LoadedModel:
                     return int(module.in_channels)
                 weight = getattr(module, "weight", None)  # traced: (out, in / groups, kh, kw)
                 if isinstance(weight, torch.Tensor) and weight.ndim == 4:
-                    return int(weight.shape[1])
+                    groups = _traced_groups(module)
+                    return None if groups is None else int(weight.shape[1]) * groups
         return None
+
+
+def _traced_groups(module) -> int | None:
+    """The ``groups`` of a traced TorchScript convolution, read from the constant its graph
+    passes to ``aten::_convolution`` (a traced module keeps no ``groups`` attribute); None when
+    the graph does not say."""
+    try:
+        for node in module.graph.nodes():
+            if node.kind() == "aten::_convolution":  # (input, weight, bias, ..., groups, ...)
+                groups = node.inputsAt(8).toIValue()
+                return int(groups) if isinstance(groups, int) and groups > 0 else None
+            if node.kind() == "aten::conv2d":  # (input, weight, bias, stride, pad, dil, groups)
+                groups = node.inputsAt(6).toIValue()
+                return int(groups) if isinstance(groups, int) and groups > 0 else None
+    except (AttributeError, RuntimeError, IndexError):
+        return None
+    return None
 
 
 def load_model(
