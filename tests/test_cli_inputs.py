@@ -270,6 +270,14 @@ def test_an_out_that_cannot_be_written_is_named(tmp_path, cnn, monkeypatch):
     assert "staging" not in line
 
 
+def test_an_out_under_a_file_says_the_file_is_in_the_way(tmp_path, cnn):
+    # The error said "File exists" about a folder that did not exist.
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    (tmp_path / "notes.txt").write_text("a file")
+    result = _run("explain", *cnn, tmp_path / "x.npy", "--out", tmp_path / "notes.txt" / "o")
+    _fails(result, r"^Error: out: cannot write .*o' \('.*notes.txt' is a file, not a folder\)$")
+
+
 def test_saving_an_explanation_where_it_cannot_be_written_names_the_path(tmp_path, monkeypatch):
     # A bare PermissionError named the hidden ".e.npz.<pid>-<hex>.tmp" (a read-only folder;
     # played here by refusing the temporary file, as root may write anywhere).

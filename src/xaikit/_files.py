@@ -285,9 +285,25 @@ def atomic_write(
 def cannot_write(err: OSError, *, name: str, path: Any) -> OSError:
     """``err`` as an OSError of its kind whose message names the argument and the path it was
     about (the temporary or staging name in ``err`` means nothing to the user)."""
-    new = type(err)(f"{name}: cannot write {str(path)!r} ({err.strerror or one_line(err)})")
+    reason = err.strerror or one_line(err)
+    blocker = _file_in_the_way(path)
+    if blocker is not None:  # the OS says "File exists" or "Not a directory" about the parent
+        reason = f"{str(blocker)!r} is a file, not a folder"
+    new = type(err)(f"{name}: cannot write {str(path)!r} ({reason})")
     new.errno = err.errno
     return new
+
+
+def _file_in_the_way(path: Any) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is a file (a folder cannot be made
+    under it), else None."""
+    try:
+        for parent in Path(path).absolute().parents:
+            if parent.exists():
+                return None if parent.is_dir() else parent
+    except (OSError, TypeError, ValueError):
+        return None
+    return None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> Path:
