@@ -237,7 +237,7 @@ def main() -> None:
     mnist = load_default_cnn("clean")
     X, _ = load_mnist("test")
     rows += run_case("MNIST CNN", mnist, X[0], 7, cell=4, samples=args.samples, window=4,
-                     sweep=(32, 64, 128, 256), repeats=3, only=args.method)  # fmt: skip
+                     sweep=(32, 64, 128, 256), repeats=10, only=args.method)  # fmt: skip
     if not args.quick:
         x = np.random.default_rng(0).random((3, 224, 224), dtype=np.float32)
         samples = max(64, args.samples // 10)
@@ -255,9 +255,9 @@ def main() -> None:
         "stride. 'forwards' is the number of model evaluations the method needs; the limit runs "
         "that many forwards at the best batch size, in the faster of the two memory layouts "
         "(channels-last on a copy, or NCHW); the naive limit in NCHW with the model as it is. Each "
-        "xaikit row is timed in turn with its two limits (best of 3 each on MNIST, of 5 on "
-        "ResNet-18, where a busy moment on this shared machine moves a ratio by 5%); the peers' "
-        "rows reuse them. "
+        "xaikit row is timed in turn with its two limits (best of 10 each on MNIST, whose rows "
+        "take milliseconds, of 5 on ResNet-18: a busy moment on this shared machine moves a "
+        "ratio by 5%); the peers' rows reuse them. "
         "Goals: xaikit within 1.3x of the limit; the perturbation methods at most 0.8x of the "
         "naive limit (they may use xaikit.layout's copy: channels-last, BatchNorm folded, "
         "convolution+ReLU fused), and occlusion with "
