@@ -14,6 +14,7 @@ from torch import nn
 
 import xaikit as xk
 from _models import BagOfEmbeddings
+from xaikit.attribution import coalitions as coalitions_module
 from xaikit.attribution.coalitions import row_keys
 from xaikit.attribution.kernel_shap import product_kernel, product_kernel_shapley, shapley_pairs
 
@@ -433,3 +434,17 @@ def test_tabular_lime_explains_the_predicted_class_by_default():
     )  # fmt: skip
     np.testing.assert_array_equal(e.target, (x @ weights).argmax(axis=1))
     np.testing.assert_allclose(e.prediction, x @ weights, rtol=1e-12)
+
+
+@pytest.mark.parametrize("samples", [40, 2**6])  # sampled, and every coalition (exact)
+def test_one_coalition_per_chunk_still_reads_the_input_first(samples, monkeypatch):
+    # Many background rows made a chunk hold one coalition: the empty one ran alone, so the
+    # target could not be read (RuntimeError) and exact KernelSHAP lost v(1) (IndexError).
+    weights = np.random.default_rng(0).normal(size=(6, 3))
+    model = xk.Model(lambda b: np.tanh(b) @ weights, output="scores")
+    x = np.random.default_rng(1).normal(size=6)
+    want = xk.explain(model, x, method="kernel_shap", samples=samples)
+    monkeypatch.setattr(coalitions_module, "chunk_size", lambda *a, **k: 1)
+    got = xk.explain(model, x, method="kernel_shap", samples=samples)
+    assert got.target == want.target == int((np.tanh(x) @ weights).argmax())
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-9, atol=1e-12)

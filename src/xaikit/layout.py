@@ -209,7 +209,7 @@ def fuse_convolutions(module: nn.Module, example: torch.Tensor) -> nn.Module:
     except Exception:
         return module
     graph = traced.graph
-    if _suspect_sums(graph):
+    if _hidden_update(traced):
         return module
     calls = _call_counts(module, graph)
     read = [n.target for n in graph.nodes if n.op == "get_attr"]
@@ -245,10 +245,14 @@ def fuse_convolutions(module: nn.Module, example: torch.Tensor) -> nn.Module:
     graph.lint()
     traced.recompile()
     traced.delete_all_unused_submodules()
+    # the example (a perturbation method's first input may be its blank baseline, on which a
+    # wrong graph can score right) and uniform noise of its range
+    scale = float(example.abs().max()) or 1.0
+    probe = torch.cat([example, torch.rand_like(example) * scale])
     try:
         with torch.inference_mode():
-            expected = _tensors(module(example.clone(memory_format=torch.channels_last)))
-            got = _tensors(traced(example.clone(memory_format=torch.channels_last)))
+            expected = _tensors(module(probe.clone(memory_format=torch.channels_last)))
+            got = _tensors(traced(probe.clone(memory_format=torch.channels_last)))
     except Exception:
         return module
     if expected is None or got is None or len(expected) != len(got):
@@ -292,20 +296,74 @@ def _fusion_available(module: nn.Module, example: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
-def _suspect_sums(graph) -> bool:
-    """Whether a sum, difference, product or quotient's first operand is read again after it
-    (``skip = h; h += y`` traces as ``h + y``: the graph would not update ``skip``)."""
+# Python's augmented assignments: fx traces ``a += b`` as ``a + b`` (a Proxy has no __iadd__)
+_AUGMENTED = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+    operator.mod, operator.pow, operator.matmul, operator.and_, operator.or_, operator.xor,
+    operator.lshift, operator.rshift, torch.add, torch.mul,
+)  # fmt: skip
+_DROPOUT = nn.modules.dropout._DropoutNd  # the identity in eval mode: returns its input
+# ops whose result shares its first input's memory
+_VIEW_METHODS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute",
+    "narrow", "expand", "expand_as", "squeeze", "unsqueeze", "detach", "t", "contiguous",
+    "as_strided", "select", "split", "chunk", "unbind", "movedim", "swapaxes", "diagonal",
+    "real", "imag", "unfold", "to", "type_as", "float",
+}  # fmt: skip
+_VIEW_FUNCTIONS = {
+    operator.getitem, getattr, torch.flatten, torch.reshape, torch.narrow, torch.squeeze,
+    torch.unsqueeze, torch.transpose, torch.permute, torch.t, torch.select, torch.split,
+    torch.chunk, torch.unbind, torch.movedim, torch.swapaxes, torch.detach, torch.diagonal,
+    torch.relu_,
+}  # fmt: skip
+
+
+def _hidden_update(traced: nn.Module) -> bool:
+    """Whether the trace may compute something else than the forward: an arithmetic node
+    whose first operand's memory (the operand, what it is a view of, views of it) is read
+    again after it. Python's ``skip = h[:]; h += y`` changes ``skip`` too, but fx traces the
+    ``+=`` as a new tensor ``h + y``; a plain ``h + y`` is flagged alike (the trace cannot tell
+    them apart), which only costs the fusion."""
     from torch import fx
 
-    arithmetic = (operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.mul)
-    return any(
-        node.op == "call_function"
-        and node.target in arithmetic
-        and node.args
-        and isinstance(node.args[0], fx.Node)
-        and _read_after(node.args[0], node)
-        for node in graph.nodes
-    )
+    nodes = list(traced.graph.nodes)
+    position = {n: i for i, n in enumerate(nodes)}
+    root: dict = {}
+    for node in nodes:  # memory groups: a view or in-place result joins its input's
+        source = _aliased_input(traced, node)
+        root[node] = root.get(source, source) if source is not None else node
+    for node in nodes:
+        if node.op != "call_function" or node.target not in _AUGMENTED or not node.args:
+            continue
+        first = node.args[0]
+        if not isinstance(first, fx.Node):
+            continue
+        group = [n for n in nodes if root[n] is root[first]]
+        if any(position[u] > position[node] for n in group for u in n.users if u is not node):
+            return True
+    return False
+
+
+def _aliased_input(traced: nn.Module, node):
+    """The node whose memory ``node``'s result shares (a view, an in-place op, a layer that
+    returns its input), or None for a new tensor."""
+    from torch import fx
+
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node):
+        return None
+    if node.op == "call_method":
+        aliased = node.target in _VIEW_METHODS or node.target.endswith("_")
+    elif node.op == "call_function":
+        aliased = node.target in _VIEW_FUNCTIONS or node.kwargs.get("inplace") is True
+    elif node.op == "call_module":
+        layer = traced.get_submodule(node.target)
+        aliased = getattr(layer, "inplace", False) is True or isinstance(
+            layer, (nn.Identity, nn.Flatten, nn.Unflatten, _DROPOUT)
+        )
+    else:
+        aliased = False
+    return source if aliased else None
 
 
 def _is_relu(traced: nn.Module, node) -> bool:

@@ -164,7 +164,9 @@ class CoalitionGame:
         they are regrouped and batched as :meth:`__call__` batches its distinct coalitions,
         so the model sees the same batches, and memory is one chunk.
         """
-        size = chunk_size(self.x, n_background=self.rows)
+        # at least 2: KernelSHAP's first two coalitions, the empty and the all-ones one, must
+        # run together (the input's scores and the target are read there)
+        size = max(2, chunk_size(self.x, n_background=self.rows))
         for chunk in rechunk(coalitions, size):
             scores = perturbation_scores(
                 self.model,
