@@ -16,8 +16,9 @@ in place (:func:`relus_in_place`, about 3% more). On a CPU in float32, each conv
 takes the ReLU after it, and a residual block's sum before that ReLU, into one oneDNN call
 (:func:`fuse_convolutions`: 4-10% of ResNet-18's forward, 10% of the MNIST CNN's); that copy
 runs the fx graph, so it is made only where the graph is faithful to the forward and scores the
-first item of the first batch like the unfused copy. What qualifies is read from a ``torch.fx``
-trace of the copy; a model that does not trace keeps its BatchNorms and ReLUs as they are.
+first item of the first batch, and noise, like the unfused copy. What qualifies is read from a
+``torch.fx`` trace of the copy; a model that does not trace keeps its BatchNorms and ReLUs as
+they are.
 
 The batch-size search times both layouts at the chosen batch size and keeps the copy only when
 it is faster and its scores equal the user's module's within float tolerance (``RTOL``,
@@ -195,10 +196,12 @@ def fuse_convolutions(module: nn.Module, example: torch.Tensor) -> nn.Module:
     instead of three times, 4-10% of ResNet-18's forward on this CPU, with scores equal to the
     unfused copy's (oneDNN post-ops; Chetlur et al. 2014 and the oneDNN documentation describe
     the fusion). Runs on the ``torch.fx`` trace of ``module``, so it is tried only where that
-    trace is what the forward computes: no sum or product whose first operand is read again
-    after it (the trace cannot tell ``h + y`` from an in-place ``h += y``). The copy is kept
-    only when it scores ``example`` like ``module`` (``RTOL``, ``ATOL``); otherwise, or when
-    nothing fuses, or the backend lacks the fused call, ``module`` is returned as it is.
+    trace is what the forward computes: no arithmetic whose first operand's memory (itself, a
+    view of it, what it views) is read again after it (:func:`_hidden_update`: the trace cannot
+    tell ``h + y`` from an in-place ``h += y``). The copy is kept only when it scores
+    ``example`` and uniform noise of its range like ``module`` (``RTOL``, ``ATOL``; a blank
+    first item alone scores alike under many wrong graphs); otherwise, or when nothing fuses,
+    or the backend lacks the fused call, ``module`` is returned as it is.
     """
     from torch import fx
 
