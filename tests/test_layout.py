@@ -428,6 +428,15 @@ def test_an_update_seen_through_a_view_is_not_fused():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_fusing_leaves_the_global_random_state_alone():
+    net = ResidualCNN().eval()
+    torch.manual_seed(123)
+    _fused_copy(net, np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32))
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    np.testing.assert_array_equal(after.numpy(), torch.rand(3).numpy())
+
+
 def test_a_blank_first_item_does_not_pass_a_wrong_fused_copy(monkeypatch):
     # A perturbation method's first input may be its baseline (zeros): a bias-free network
     # scores 0 there whether or not the graph is right, so noise is checked too.

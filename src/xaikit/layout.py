@@ -251,7 +251,9 @@ def fuse_convolutions(module: nn.Module, example: torch.Tensor) -> nn.Module:
     # the example (a perturbation method's first input may be its blank baseline, on which a
     # wrong graph can score right) and uniform noise of its range
     scale = float(example.abs().max()) or 1.0
-    probe = torch.cat([example, torch.rand_like(example) * scale])
+    draws = torch.Generator().manual_seed(0)  # never the user's global generator
+    noise = torch.rand(example.shape, generator=draws).to(example) * scale
+    probe = torch.cat([example, noise])
     try:
         with torch.inference_mode():
             expected = _tensors(module(probe.clone(memory_format=torch.channels_last)))

@@ -205,7 +205,7 @@ class Model:
                     if fast and layout.chosen_layout(self.module, key) == "channels_last":
                         # the change of layout is the batch's copy (see _to_tensor's why)
                         tensor = layout.fresh_channels_last(self._to_tensor(xb, fresh=False))
-                        if not held:  # fused where it scores this batch's first item alike
+                        if not held:  # fused where it scores the first item (and noise) alike
                             held.append(layout.channels_last_copy(self.module, example=tensor[:1]))
                         out = self._forward(tensor, rows, module=held[0])
                     else:
