@@ -309,3 +309,11 @@ def test_text_holding_dollars_is_drawn_verbatim():
         fig.canvas.draw()
         shown = [t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))]
         assert not any(cbook.is_math_text(t) for t in shown)
+
+
+def test_loading_minilm_leaves_the_global_random_state_alone():
+    torch.manual_seed(7)
+    text.load_minilm(None)
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    np.testing.assert_array_equal(after.numpy(), torch.rand(3).numpy())

@@ -127,8 +127,10 @@ def load_minilm(
         task = check_choice(task, name="task", choices=PROPERTIES)
     encoder, hf_tokenizer = load_encoder()
     width = int(encoder.config.hidden_size)
-    torch.manual_seed(seed)  # the untrained head is reproducible too
-    model = TextModel(encoder, LinearHead(width), tokenizer=Tokenizer.from_hf(hf_tokenizer))
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream untouched
+        torch.manual_seed(seed)  # the untrained head is reproducible too
+        head = LinearHead(width)
+    model = TextModel(encoder, head, tokenizer=Tokenizer.from_hf(hf_tokenizer))
     if task is None:
         return model.eval()
     data = make_sentences(HEAD_SENTENCES, seed=seed)
