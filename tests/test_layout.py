@@ -443,3 +443,73 @@ def test_a_blank_first_item_does_not_pass_a_wrong_fused_copy(monkeypatch):
     monkeypatch.setattr(layout, "_hidden_update", lambda traced: False)
     net = ViewAliasCNN().eval()
     assert _fused(_fused_copy(net, np.zeros((1, 3, 8, 8), np.float32))) == 0
+
+
+class PartialUpdateCNN(nn.Module):
+    """``s = h[:, :4]; s += conv2(x); relu(s)`` and ``h`` read after: the sum is ``h``'s memory,
+    so that ReLU must not run in place. 3-channel images, 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        s = h[:, :4]
+        s += self.conv2(x)
+        s = self.relu(s)
+        return self.head(torch.cat([s.mean((2, 3)), h.mean((2, 3))], 1))
+
+
+class NoisyCNN(ConvHead):
+    """Adds fresh noise to its logits on every call (randomised smoothing at test time)."""
+
+    def forward(self, x):
+        return super().forward(torch.relu(x)) + torch.rand(2)
+
+
+def test_a_relu_after_an_update_through_a_view_stays_out_of_place():
+    net = PartialUpdateCNN().eval()
+    assert layout.relus_in_place(layout.channels_last_copy(net, in_place=False)) == []
+    x = np.random.default_rng(0).normal(size=(20, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = forced(net, x, "channels_last").scores(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_forward_that_draws_noise_keeps_its_draws_unfused():
+    x = np.random.default_rng(0).normal(size=(20, 3, 8, 8)).astype(np.float32)
+    draws = {}
+    for how in ("contiguous", "channels_last"):
+        net = NoisyCNN().eval()
+        torch.manual_seed(5)
+        scores = forced(net, x, how).scores(x)
+        draws[how] = (scores, torch.rand(1).item())
+    assert draws["channels_last"][1] == draws["contiguous"][1]  # the stream after the call
+    # each batch drew its own noise (a fused graph would hold one draw as a constant)
+    noise = draws["channels_last"][0] - draws["contiguous"][0]
+    np.testing.assert_allclose(noise, 0, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["forward replaced on an instance", "global hook"])
+def test_the_copy_is_not_used_where_the_users_layers_must_run(how):
+    net = batch_norm_cnn().eval()
+    x = np.random.default_rng(0).random((20, 3, 8, 8), dtype=np.float32)
+    if how == "global hook":
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    else:  # as accelerate's add_hook_to_module does: the folds would skip the doubling
+        original = net.bn1.forward
+        net.bn1.forward = lambda t: original(t) * 2.0
+    try:
+        assert not layout.may_use_channels_last(net, x, {})
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        got = forced(net, x, "channels_last").scores(x)
+    finally:
+        if how == "global hook":
+            handle.remove()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -57,18 +57,31 @@ def may_use_channels_last(module: nn.Module | None, x: Any, forward_kwargs: dict
     """Whether a score call on ``x`` could run on a channels-last copy of ``module``.
 
     Needs a plain module with a 2-D convolution, float images ``(N, C, H, W)``, no forward
-    arguments, and no hooks anywhere in the module (a hook must see the user's own layers).
+    arguments, no hooks anywhere in the module nor global ones (a hook must see the user's own
+    layers), and no forward replaced on a module instance.
     """
     if module is None or isinstance(module, torch.jit.ScriptModule) or forward_kwargs:
         return False
     if getattr(x, "ndim", 0) != 4 or not _floating(x):
         return False
+    if _global_hooks():  # a hook for every module would see the copy's layers
+        return False
     convolution = False
     for m in module.modules():
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
             return False
+        if "forward" in vars(m):  # a forward replaced on the instance (accelerate's hooks):
+            return False  # the copy's folds and fusions read the class's forward, not it
         convolution = convolution or isinstance(m, nn.Conv2d)
     return convolution
+
+
+def _global_hooks() -> bool:
+    """Whether hooks registered for every module (``register_module_forward_hook``) exist."""
+    from torch.nn.modules import module as torch_module
+
+    tables = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    return any(getattr(torch_module, name, None) for name in tables)
 
 
 def chosen_layout(module: nn.Module, key: tuple) -> str:
@@ -175,10 +188,11 @@ def relus_in_place(module: nn.Module) -> list[str]:
     if graph is None:
         return []
     calls = _call_counts(module, graph)
+    roots = _memory_roots(module, graph)
     changed = []
     for node in graph.nodes:
         source = _only_input(node)
-        if source is None or len(source.users) != 1 or not _fresh(module, source):
+        if source is None or len(source.users) != 1 or not _fresh(module, source, roots):
             continue
         relu = module.get_submodule(node.target)
         if type(relu) is nn.ReLU and calls[id(relu)] == 1:
@@ -203,13 +217,10 @@ def fuse_convolutions(module: nn.Module, example: torch.Tensor) -> nn.Module:
     first item alone scores alike under many wrong graphs); otherwise, or when nothing fuses,
     or the backend lacks the fused call, ``module`` is returned as it is.
     """
-    from torch import fx
-
     if not _fusion_available(module, example):
         return module
-    try:
-        traced = fx.symbolic_trace(module)
-    except Exception:
+    traced = _symbolic_trace(module)
+    if traced is None:
         return module
     graph = traced.graph
     if _hidden_update(traced):
@@ -255,8 +266,12 @@ def fuse_convolutions(module: nn.Module, example: torch.Tensor) -> nn.Module:
     noise = torch.rand(example.shape, generator=draws).to(example) * scale
     probe = torch.cat([example, noise])
     try:
-        with torch.inference_mode():
+        # A forward that draws random numbers (``+ torch.rand(3)``) has them baked into the
+        # trace as constants: drawn under another seed here, they differ, and it is refused.
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_PROBE_SEED)
             expected = _tensors(module(probe.clone(memory_format=torch.channels_last)))
+            torch.manual_seed(_PROBE_SEED)
             got = _tensors(traced(probe.clone(memory_format=torch.channels_last)))
     except Exception:
         return module
@@ -331,25 +346,39 @@ def _hidden_update(traced: nn.Module) -> bool:
     them apart), which only costs the fusion."""
     from torch import fx
 
-    nodes = list(traced.graph.nodes)
-    position = {n: i for i, n in enumerate(nodes)}
-    root: dict = {}
-    for node in nodes:  # memory groups: a view or in-place result joins its input's
-        source = _aliased_input(traced, node)
-        root[node] = root.get(source, source) if source is not None else node
-    for node in nodes:
+    roots = _memory_roots(traced, traced.graph)
+    for node in traced.graph.nodes:
         if node.op != "call_function" or node.target not in _AUGMENTED or not node.args:
             continue
         first = node.args[0]
-        if not isinstance(first, fx.Node):
-            continue
-        group = [n for n in nodes if root[n] is root[first]]
-        if any(position[u] > position[node] for n in group for u in n.users if u is not node):
+        if isinstance(first, fx.Node) and _memory_read_after(first, node, roots):
             return True
     return False
 
 
-def _aliased_input(traced: nn.Module, node):
+def _memory_roots(module: nn.Module, graph) -> dict:
+    """Each node's memory group, named by its first node: a view or an in-place result joins
+    its input's group (:func:`_aliased_input`)."""
+    roots: dict = {}
+    for node in graph.nodes:
+        source = _aliased_input(module, node)
+        roots[node] = roots.get(source, source) if source is not None else node
+    return roots
+
+
+def _memory_read_after(value, node, roots: dict) -> bool:
+    """Whether a node after ``node`` reads ``value``'s memory (``value``, its views, what it
+    views), besides ``node`` itself."""
+    group = {n for n, r in roots.items() if r is roots[value]}
+    later = node.next
+    while later.op != "root":  # the graph's sentinel ends the list
+        if any(n in group for n in later.all_input_nodes):
+            return True
+        later = later.next
+    return False
+
+
+def _aliased_input(module: nn.Module, node):
     """The node whose memory ``node``'s result shares (a view, an in-place op, a layer that
     returns its input), or None for a new tensor."""
     from torch import fx
@@ -362,7 +391,7 @@ def _aliased_input(traced: nn.Module, node):
     elif node.op == "call_function":
         aliased = node.target in _VIEW_FUNCTIONS or node.kwargs.get("inplace") is True
     elif node.op == "call_module":
-        layer = traced.get_submodule(node.target)
+        layer = module.get_submodule(node.target)
         aliased = getattr(layer, "inplace", False) is True or isinstance(
             layer, (nn.Identity, nn.Flatten, nn.Unflatten, _DROPOUT)
         )
@@ -435,12 +464,25 @@ def _tensors(out) -> list[torch.Tensor] | None:
 
 def _graph(module: nn.Module):
     """The module's ``torch.fx`` graph, or None when the forward does not trace."""
+    traced = _symbolic_trace(module)
+    return None if traced is None else traced.graph
+
+
+def _symbolic_trace(module: nn.Module):
+    """``torch.fx.symbolic_trace(module)``, or None when the forward does not trace. The trace
+    runs random calls on untraced arguments (``torch.rand(3)``): in a forked generator, so the
+    user's random stream is left as it was."""
     from torch import fx
 
-    try:
-        return fx.symbolic_trace(module).graph
-    except Exception:
-        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TRACE_SEED)  # what a baked random call drew: see fuse_convolutions
+        try:
+            return fx.symbolic_trace(module)
+        except Exception:
+            return None
+
+
+_TRACE_SEED, _PROBE_SEED = 1, 2
 
 
 def _call_counts(module: nn.Module, graph) -> dict[int, int]:
@@ -463,33 +505,31 @@ def _only_input(node):
     return source if isinstance(source, fx.Node) else None
 
 
-def _fresh(module: nn.Module, node) -> bool:
-    """Whether ``node``'s value is a new tensor of its own (no view, no shared input)."""
+def _fresh(module: nn.Module, node, roots: dict) -> bool:
+    """Whether ``node``'s value is a new tensor of its own (no view, no shared input);
+    ``roots`` from :func:`_memory_roots`."""
     if node.op == "call_function":
-        # fx reads ``a += b`` as ``a + b``: the real sum may be ``a`` itself, fresh only when
-        # nothing reads ``a`` afterwards
+        # fx reads ``a += b`` as ``a + b``: the real sum may be ``a``'s memory itself, fresh
+        # only when nothing reads that memory (``a``, its views, what it views) afterwards
         return (
             node.target in (operator.add, torch.add)
             and not node.kwargs
-            and not _read_after(node.args[0], node)
+            and isinstance(node.args[0], _fx_node())
+            and not _memory_read_after(node.args[0], node, roots)
         )
     if node.op != "call_module":
         return False
     layer = module.get_submodule(node.target)
     if type(layer) is nn.Identity:  # a folded BatchNorm: its input, if fresh and read once
         source = _only_input(node)
-        return source is not None and len(source.users) == 1 and _fresh(module, source)
+        return source is not None and len(source.users) == 1 and _fresh(module, source, roots)
     return type(layer) in (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
-def _read_after(value, node) -> bool:
-    """Whether the fx node ``value`` is read by a node after ``node`` in the forward."""
-    later = node.next
-    while later.op != "root":  # the graph's sentinel ends the list
-        if value in later.all_input_nodes:
-            return True
-        later = later.next
-    return False
+def _fx_node():
+    from torch import fx
+
+    return fx.Node
 
 
 def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:

@@ -155,7 +155,8 @@ def trace(module: nn.Module, *, method: str) -> Graph:
     if cached is not None and cached[0] == key:
         return cached[1]
     try:
-        graph = _Tracer().trace(module)
+        with torch.random.fork_rng(devices=[]):  # a traced random call draws: not the user's
+            graph = _Tracer().trace(module)
     except Exception as err:  # fx raises many kinds for data-dependent control flow
         raise ValueError(
             f"model: {method} needs a forward that torch.fx can trace (no Python control flow on "
