@@ -5,6 +5,7 @@ Every factory seeds torch itself, so a test gets the same weights whichever file
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -408,3 +409,25 @@ class BagOfEmbeddings(nn.Module):
 
     def forward(self, ids):
         return self.head(self.embed(ids).sum(dim=1))
+
+
+def explain_counting_rows(method: str, *, features: int, target, samples: int):
+    """``xk.explain`` of two rows by a seeded NumPy linear model (3 classes) that records the
+    size of every batch it scores, once the model's class count is known (so a given target
+    needs no forward). Returns ``(explanation, batch sizes, the rows' true scores, model)``."""
+    import xaikit as xk
+
+    weights = np.random.default_rng(0).normal(size=(features, 3))
+    rows: list[int] = []
+
+    def linear(batch):
+        rows.append(len(batch))
+        return batch @ weights
+
+    model = xk.Model(linear, output="scores", batch_size=64)  # no batch-size search
+    x = np.random.default_rng(1).normal(size=(2, features))
+    model.scores(x[:1])
+    rows.clear()
+    targets = None if target is None else [target, target]
+    e = xk.explain(model, x, method=method, target=targets, samples=samples, batch=True)
+    return e, rows, x @ weights, model

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import xaikit as xk
-from _models import BagOfEmbeddings
+from _models import BagOfEmbeddings, explain_counting_rows
 from xaikit.attribution import coalitions as coalitions_module
 from xaikit.attribution.coalitions import row_keys
 from xaikit.attribution.kernel_shap import product_kernel, product_kernel_shapley, shapley_pairs
@@ -404,24 +404,10 @@ def test_maps_come_in_the_inputs_precision_as_every_method_s(method, dtype):
 @pytest.mark.parametrize("target", [None, 2])
 def test_the_input_scores_come_from_the_methods_own_coalitions(method, target):
     # explain runs no forward pass of its own: the all-ones coalition is the input
-    weights = np.random.default_rng(0).normal(size=(6, 3))
-    rows: list[int] = []
-
-    def linear(batch):
-        rows.append(len(batch))
-        return batch @ weights
-
-    model = xk.Model(linear, output="scores", batch_size=64)  # no batch-size search
-    x = np.random.default_rng(1).normal(size=(2, 6))
-    model.scores(x[:1])  # the number of classes is known: a given target needs no forward
-    rows.clear()
-    targets = None if target is None else [target, target]
-    e = xk.explain(model, x, method=method, target=targets, samples=40, batch=True)
-    evaluations = e.info["evaluations" if method == "lime" else "samples"]
-    assert sum(rows) == evaluations.sum()
-    want = x @ weights
+    e, rows, want, _ = explain_counting_rows(method, features=6, target=target, samples=40)
+    assert sum(rows) == e.info["evaluations" if method == "lime" else "samples"].sum()
     np.testing.assert_allclose(e.prediction, want, rtol=1e-12)
-    np.testing.assert_array_equal(e.target, want.argmax(axis=1) if target is None else targets)
+    np.testing.assert_array_equal(e.target, want.argmax(axis=1) if target is None else [2, 2])
 
 
 def test_tabular_lime_explains_the_predicted_class_by_default():

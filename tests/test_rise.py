@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import xaikit as xk
+from _models import explain_counting_rows
 from xaikit.attribution import rise as rise_module
 
 REGION = (slice(10, 16), slice(4, 10))
@@ -137,22 +138,9 @@ def test_bad_parameters_name_the_argument(params, error, pattern):
 @pytest.mark.parametrize("target", [None, 1])
 def test_the_input_rides_in_the_first_batch_of_masks(target):
     # explain runs no forward pass of its own: one item more in RISE's first batch
-    weights = np.random.default_rng(0).normal(size=(12, 3))
-    rows: list[int] = []
-
-    def linear(batch):
-        rows.append(len(batch))
-        return batch @ weights
-
-    model = xk.Model(linear, output="scores", batch_size=64)  # no batch-size search
-    x = np.random.default_rng(1).normal(size=(2, 12))
-    model.scores(x[:1])  # the number of classes is known: a given target needs no forward
-    rows.clear()
-    targets = None if target is None else [target, target]
-    e = xk.explain(model, x, method="rise", target=targets, samples=50, batch=True)
+    e, rows, want, model = explain_counting_rows("rise", features=12, target=target, samples=50)
     assert rows == [50 + 1, 50 + 1]  # each item: its masks and itself, in one batch
-    want = x @ weights
     np.testing.assert_allclose(e.prediction, want, rtol=1e-12)
-    np.testing.assert_array_equal(e.target, want.argmax(axis=1) if target is None else targets)
-    alone = xk.explain(model, x[1], method="rise", target=int(e.target[1]), samples=50)
+    np.testing.assert_array_equal(e.target, want.argmax(axis=1) if target is None else [1, 1])
+    alone = xk.explain(model, e.x[1], method="rise", target=int(e.target[1]), samples=50)
     np.testing.assert_allclose(e.values[1], alone.values, rtol=1e-6)
