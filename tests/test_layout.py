@@ -399,25 +399,28 @@ def test_no_fusion_where_the_backend_cannot(why):
 
 class ViewAliasCNN(nn.Module):
     """``skip = h[:, :]; h += conv1(h)``: the update reaches ``skip`` through a view, which the
-    trace (``h + conv1(h)``) does not show. Bias-free: a blank input scores 0 whatever the
+    trace (``h + conv1(h)``) does not show; ``how="dropout"``: ``skip`` is an eval-mode
+    dropout of ``h``, which is ``h`` itself. Bias-free: a blank input scores 0 whatever the
     graph does. 3x8x8 images, 3 classes."""
 
-    def __init__(self) -> None:
+    def __init__(self, how: str = "view") -> None:
         super().__init__()
         torch.manual_seed(0)
+        self.how = how
         self.conv0 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
         self.conv1 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
         self.head = nn.Linear(4 * 8 * 8, 3, bias=False)
 
     def forward(self, x):
         h = torch.relu(self.conv0(x))
-        skip = h[:, :]
+        skip = h[:, :] if self.how == "view" else nn.functional.dropout(h, 0.1, self.training)
         h += self.conv1(h)
         return self.head((torch.relu(h) + skip).flatten(1))
 
 
-def test_an_update_seen_through_a_view_is_not_fused():
-    net = ViewAliasCNN().eval()
+@pytest.mark.parametrize("how", ["view", "dropout"])
+def test_an_update_seen_through_a_view_is_not_fused(how):
+    net = ViewAliasCNN(how).eval()
     assert layout._hidden_update(torch.fx.symbolic_trace(net))
     assert not layout._hidden_update(torch.fx.symbolic_trace(ResidualCNN().eval()))
     x = np.random.default_rng(0).random((20, 3, 8, 8), dtype=np.float32)

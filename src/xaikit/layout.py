@@ -334,7 +334,8 @@ _VIEW_FUNCTIONS = {
     operator.getitem, getattr, torch.flatten, torch.reshape, torch.narrow, torch.squeeze,
     torch.unsqueeze, torch.transpose, torch.permute, torch.t, torch.select, torch.split,
     torch.chunk, torch.unbind, torch.movedim, torch.swapaxes, torch.detach, torch.diagonal,
-    torch.relu_,
+    torch.relu_, torch.dropout, nn.functional.dropout, nn.functional.dropout1d,
+    nn.functional.dropout2d, nn.functional.dropout3d,  # in eval mode: the input itself
 }  # fmt: skip
 
 
