@@ -200,6 +200,46 @@ def numpy_callable(batch: np.ndarray) -> np.ndarray:
         return VGG(torch.from_numpy(batch)).numpy()
 
 
+class StandardisedConv(nn.Conv2d):
+    """Weight standardisation (BiT's StdConv): it overrides ``_conv_forward``, not ``forward``."""
+
+    def _conv_forward(self, x, weight, bias):
+        axes = (1, 2, 3)
+        mean, std = weight.mean(dim=axes, keepdim=True), weight.std(dim=axes, keepdim=True)
+        return F.conv2d(x, (weight - mean) / (std + 1e-5), bias, self.stride, self.padding)
+
+
+class WritesThroughOut(nn.Module):
+    """``torch.mul(h, 2.0, out=h)`` between two convolutions: a write whose result goes unused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        torch.mul(h, 2.0, out=h)
+        return self.head(self.conv2(h).mean((2, 3)))
+
+
+def standardised_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        StandardisedConv(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+
+
+def forward_replaced_on_an_instance() -> nn.Module:
+    net = VGGLike().eval()
+    first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    original = first.forward
+    first.forward = lambda t: original(t) * 2.0  # as accelerate's add_hook_to_module does
+    return net
+
+
 # Models and baselines where incremental inference cannot run, and the note that says why.
 FALLBACKS = {
     "mlp_on_the_flat_image": (image_mlp, (2, 6, 7), {}, "no leading convolution or pooling"),
@@ -215,6 +255,14 @@ FALLBACKS = {
     "switched_off": (
         lambda: plain_model(VGGLike()), (3, 16, 16), {"incremental": False}, "turned off"
     ),
+    # these three gave other values than plain occlusion (by 5%, 2% and 1%)
+    "conv_subclass_computing_otherwise": (
+        standardised_cnn, (3, 24, 20), {}, "no leading convolution or pooling"
+    ),
+    "forward_replaced_on_an_instance": (
+        forward_replaced_on_an_instance, (3, 16, 16), {}, "forward replaced on the instance"
+    ),
+    "write_through_out": (WritesThroughOut, (3, 16, 16), {}, "out="),
 }  # fmt: skip
 
 
@@ -225,6 +273,31 @@ def test_plain_occlusion_where_the_model_does_not_allow_it(case):
     e = xk.explain(factory(), image(shape), method="occlusion", **params)
     assert e.info["incremental"] is False
     assert note in e.info["incremental_note"]
+    params["incremental"] = False
+    plain = xk.explain(factory(), image(shape), method="occlusion", **params)
+    np.testing.assert_allclose(e.values, plain.values, rtol=1e-5, atol=1e-7)
+
+
+def test_a_global_hook_keeps_occlusion_plain():
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        e = xk.explain(VGGLike().eval(), image((3, 16, 16)), method="occlusion", incremental=True)
+    finally:
+        handle.remove()
+    assert e.info["incremental"] is False and "every module" in e.info["incremental_note"]
+
+
+def test_old_style_weight_norm_after_a_score_call():
+    # its hook keeps the weight as a plain attribute, made under inference mode by the score
+    # call: stamping it raised "Inference tensors do not track version counter"
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))
+    with pytest.warns(FutureWarning):
+        nn.utils.weight_norm(net[0])
+    x = image((3, 8, 8))
+    xk.Model(net).scores(x[None])
+    fast, plain = both(net.eval(), x, window=2)
+    np.testing.assert_allclose(fast.values, plain.values, rtol=1e-5, atol=1e-7)
 
 
 def test_torchscript_runs_plainly():

@@ -88,10 +88,29 @@ def tensor_stamp(tensors) -> tuple:
             continue
         flat = t.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // STAMP_SAMPLES)][:STAMP_SAMPLES]
+        # an inference tensor (made under torch.inference_mode, e.g. the weight an old-style
+        # weight_norm hook recomputes there) has no version counter: its sample must do
+        version = None if t.is_inference() else t._version
         stamps.append(
-            (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device, tuple(sample.tolist()))
+            (t.data_ptr(), version, tuple(t.shape), t.dtype, t.device, tuple(sample.tolist()))
         )
     return tuple(stamps)
+
+
+def user_code_around_layers(module: nn.Module) -> str | None:
+    """Why the layers of ``module`` may not compute what their classes say, or None: a forward
+    replaced on a module instance (accelerate's ``add_hook_to_module``) or hooks registered
+    for every module (``register_module_forward_hook``). Copies and re-traced layers would
+    skip that code."""
+    from torch.nn.modules import module as torch_module
+
+    tables = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    if any(getattr(torch_module, name, None) for name in tables):
+        return "hooks registered for every module run around its layers"
+    for name, m in module.named_modules():
+        if "forward" in vars(m) and not isinstance(m, torch.jit.ScriptModule):  # compiled
+            return f"layer {name or type(m).__name__!r} has a forward replaced on the instance"
+    return None
 
 
 def module_stamp(module: nn.Module) -> tuple:

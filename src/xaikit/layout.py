@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xaikit._torch import module_stamp
+from xaikit._torch import module_stamp, user_code_around_layers
 
 RTOL = 1e-4
 ATOL = 1e-5  # times the largest |score| of the batch
@@ -64,24 +64,14 @@ def may_use_channels_last(module: nn.Module | None, x: Any, forward_kwargs: dict
         return False
     if getattr(x, "ndim", 0) != 4 or not _floating(x):
         return False
-    if _global_hooks():  # a hook for every module would see the copy's layers
-        return False
+    if user_code_around_layers(module):  # global hooks would see the copy's layers; the
+        return False  # folds and fusions read a class's forward, not one set on an instance
     convolution = False
     for m in module.modules():
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
             return False
-        if "forward" in vars(m):  # a forward replaced on the instance (accelerate's hooks):
-            return False  # the copy's folds and fusions read the class's forward, not it
         convolution = convolution or isinstance(m, nn.Conv2d)
     return convolution
-
-
-def _global_hooks() -> bool:
-    """Whether hooks registered for every module (``register_module_forward_hook``) exist."""
-    from torch.nn.modules import module as torch_module
-
-    tables = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
-    return any(getattr(torch_module, name, None) for name in tables)
 
 
 def chosen_layout(module: nn.Module, key: tuple) -> str:

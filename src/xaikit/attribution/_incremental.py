@@ -57,6 +57,7 @@ from xaikit._torch import (
     float_output,
     model_output,
     preserved_state,
+    user_code_around_layers,
 )
 from xaikit.attribution._graph import Graph, _is_shape, hidden_updates, is_inplace, trace
 from xaikit.model import Model
@@ -541,6 +542,9 @@ def prepare(
         return None, "the inputs are not images (C, H, W)"
     if background:
         return None, "background rows as baseline"
+    around = user_code_around_layers(model.module)
+    if around is not None:  # the plan reads each layer's class, never that code
+        return None, around
     with preserved_state(model.module):
         try:
             graph = trace(model.module, method="occlusion")
@@ -553,13 +557,17 @@ def prepare(
     placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         return None, "the model's forward takes more than one input"
+    written = next((n.name for n in graph.graph.nodes if "out" in n.kwargs), None)
+    if written is not None:  # its result may go unused while the write matters
+        return None, f"the forward writes into a tensor through out= ({written!r})"
     dtype = float_dtype(model.module)
     key = (tuple(x.shape[1:]), dtype, str(model.device), tuple(window), tuple(stride), mode,
            model.batch_size, _hooked(graph))  # fmt: skip
     plan = graph.plans.get(("occlusion", key))
     if plan is not None and not plan.usable:
         return None, plan.note  # decided before: no forward needed
-    x0 = torch.as_tensor(x[0], dtype=attribution_dtype(model.module), device=model.device)
+    # a copy of its own: a forward that writes into its input must not change x
+    x0 = torch.tensor(x[0], dtype=attribution_dtype(model.module), device=model.device)
     x0 = x0[None].to(dtype)
     try:
         with preserved_state(model.module), torch.inference_mode():
@@ -690,8 +698,8 @@ def _mutates(node: fx.Node, graph: Graph) -> bool:
     (by keyword or position), ``Tensor.add_``-style methods, ``torch.relu_``, item assignment."""
     if node.op in ("placeholder", "output", "get_attr"):
         return False
-    if is_inplace(node, graph) or node.target is operator.setitem:
-        return True
+    if is_inplace(node, graph) or node.target is operator.setitem or "out" in node.kwargs:
+        return True  # ``torch.add(a, b, out=a)`` writes too
     if node.op == "call_function" and callable(node.target):
         try:
             bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
@@ -804,7 +812,12 @@ def _pair(value: Any) -> tuple[int, int]:
 def _window_op(module: nn.Module):
     """(op, kernel, stride, dilation, padding, fill, macs) of a local window module, or None."""
     kind = type(module).forward
-    if isinstance(module, nn.Conv2d) and kind is nn.Conv2d.forward:
+    plain_conv = (
+        type(module)._conv_forward is nn.Conv2d._conv_forward
+        if isinstance(module, nn.Conv2d)
+        else False
+    )  # a weight-standardised subclass overrides _conv_forward, not forward
+    if isinstance(module, nn.Conv2d) and kind is nn.Conv2d.forward and plain_conv:
         if module.padding_mode != "zeros":
             return None
         kernel, dilation = _pair(module.kernel_size), _pair(module.dilation)
