@@ -499,13 +499,15 @@ def _only_input(node):
 def _fresh(module: nn.Module, node, roots: dict) -> bool:
     """Whether ``node``'s value is a new tensor of its own (no view, no shared input);
     ``roots`` from :func:`_memory_roots`."""
+    from torch import fx
+
     if node.op == "call_function":
         # fx reads ``a += b`` as ``a + b``: the real sum may be ``a``'s memory itself, fresh
         # only when nothing reads that memory (``a``, its views, what it views) afterwards
         return (
             node.target in (operator.add, torch.add)
             and not node.kwargs
-            and isinstance(node.args[0], _fx_node())
+            and isinstance(node.args[0], fx.Node)
             and not _memory_read_after(node.args[0], node, roots)
         )
     if node.op != "call_module":
@@ -515,12 +517,6 @@ def _fresh(module: nn.Module, node, roots: dict) -> bool:
         source = _only_input(node)
         return source is not None and len(source.users) == 1 and _fresh(module, source, roots)
     return type(layer) in (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
-
-
-def _fx_node():
-    from torch import fx
-
-    return fx.Node
 
 
 def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
